@@ -1,0 +1,555 @@
+//! A connection to the broker: handshake, requests, write sessions.
+
+use std::borrow::BorrowMut;
+use std::io::{self, BufReader};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use interprocess::local_socket::prelude::*;
+use interprocess::local_socket::Stream;
+use litebroker_protocol::frame::read_frame_after;
+use litebroker_protocol::{
+    write_frame, BrokerStatus, ClientInfo, ErrorInfo, ErrorKind, ExecResult, Hello, HelloAck, Request,
+    Response, Statement, Value, WriteOptions, FRAME_HEADER_LEN, HARD_MAX_FRAME, PROTOCOL_MINOR,
+    PROTOCOL_VERSION,
+};
+
+use crate::error::{ClientError, Result};
+use crate::locate::{self, Location};
+use crate::tracking::Tracked;
+
+/// The notes' total wait: how long a request may take by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The notes' default wait for the writer in `factory.writer()`.
+pub const DEFAULT_WRITER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Extra time the client waits beyond a request's own timeout, so that the broker's
+/// typed answer ("locked", "timeout") arrives before the client gives up.
+const ANSWER_GRACE: Duration = Duration::from_secs(5);
+
+/// How to reach the broker of a database.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// The database file (the broker is found from it).
+    pub db: PathBuf,
+    /// An explicit socket path (Unix) or pipe name (Windows) instead of the derived one.
+    pub socket: Option<String>,
+    /// Name shown in the broker's `connections` list.
+    pub client_name: String,
+    /// Schema version this client was built for, if it cares.
+    pub expected_schema: Option<u32>,
+    /// Time allowed for connecting and the handshake.
+    pub connect_timeout: Duration,
+    /// Default timeout of each request.
+    pub request_timeout: Duration,
+}
+
+impl ConnectOptions {
+    /// Options for `db` with defaults: derived socket, the program's name, 5 s to
+    /// connect, 30 s per request.
+    pub fn new(db: impl AsRef<Path>) -> Self {
+        ConnectOptions {
+            db: db.as_ref().to_path_buf(),
+            socket: None,
+            client_name: default_client_name(),
+            expected_schema: None,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Sets an explicit socket (or pipe) name.
+    pub fn socket(mut self, socket: impl Into<String>) -> Self {
+        self.socket = Some(socket.into());
+        self
+    }
+
+    /// Sets the client name shown by the broker.
+    pub fn client_name(mut self, name: impl Into<String>) -> Self {
+        self.client_name = name.into();
+        self
+    }
+
+    /// Sets the default request timeout.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets the schema version this client was built for.
+    pub fn expected_schema(mut self, version: u32) -> Self {
+        self.expected_schema = Some(version);
+        self
+    }
+}
+
+fn default_client_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "client".to_owned())
+}
+
+/// A connection to the broker of one database.
+///
+/// Requests are sent one at a time; each carries its timeout so the broker never
+/// works past what the caller waits for.
+#[derive(Debug)]
+pub struct Client {
+    reader: BufReader<Stream>,
+    wbuf: Vec<u8>,
+    rbuf: Vec<u8>,
+    hello: HelloAck,
+    location: Location,
+    timeout: Duration,
+    /// Set after an I/O failure: the stream's state is unknown, so it is not reused.
+    broken: bool,
+    _tracked: Tracked,
+}
+
+impl Client {
+    /// Connects to the broker serving `db`, with default options.
+    ///
+    /// # Errors
+    /// [`ClientError::NotRunning`] when no broker serves the database, a typed
+    /// [`ClientError::Broker`] error (e.g. [`ErrorKind::Incompatible`]) when the
+    /// broker refuses the handshake.
+    pub fn connect(db: impl AsRef<Path>) -> Result<Client> {
+        Self::connect_with(&ConnectOptions::new(db))
+    }
+
+    /// Connects with explicit options.
+    ///
+    /// # Errors
+    /// As [`Client::connect`].
+    pub fn connect_with(opts: &ConnectOptions) -> Result<Client> {
+        let location = Location::resolve(&opts.db, opts.socket.as_deref())?;
+        let stream = match connect_stream(&location.socket) {
+            Ok(s) => s,
+            Err(first) => {
+                // A broker started with another TMPDIR or XDG_RUNTIME_DIR listens
+                // elsewhere; it recorded where in its lock file.
+                let recorded = location.read_info().filter(|_| !location.explicit_socket);
+                match recorded {
+                    Some(info) if info.socket != location.socket && pid_alive(info.pid) => {
+                        if info.protocol != PROTOCOL_VERSION {
+                            return Err(incompatible_recorded(&location, &info));
+                        }
+                        connect_stream(&info.socket).map_err(|source| ClientError::NotRunning {
+                            db: location.db_path.clone(),
+                            socket: info.socket.clone(),
+                            source,
+                        })?
+                    }
+                    Some(info) if info.protocol != PROTOCOL_VERSION && pid_alive(info.pid) => {
+                        return Err(incompatible_recorded(&location, &info));
+                    }
+                    _ => {
+                        return Err(ClientError::NotRunning {
+                            db: location.db_path.clone(),
+                            socket: location.socket.clone(),
+                            source: first,
+                        })
+                    }
+                }
+            }
+        };
+        let mut client = Client {
+            reader: BufReader::with_capacity(64 * 1024, stream),
+            wbuf: Vec::with_capacity(4096),
+            rbuf: Vec::with_capacity(4096),
+            hello: HelloAck {
+                protocol: 0,
+                minor: 0,
+                broker_version: String::new(),
+                db_path: String::new(),
+                socket: String::new(),
+                pid: 0,
+                client_id: 0,
+                schema_version: 0,
+            },
+            location,
+            timeout: opts.request_timeout,
+            broken: false,
+            _tracked: Tracked::new(),
+        };
+        let hello = Request::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            minor: PROTOCOL_MINOR,
+            client_name: opts.client_name.clone(),
+            pid: std::process::id(),
+            expected_schema: opts.expected_schema,
+        });
+        match client.round_trip(&hello, opts.connect_timeout)? {
+            Response::Hello(ack) => client.hello = ack,
+            other => return Err(unexpected("hello", &other)),
+        }
+        Ok(client)
+    }
+
+    /// The broker's handshake answer (versions, pid, database, schema version).
+    pub fn hello(&self) -> &HelloAck {
+        &self.hello
+    }
+
+    /// Where this client found its broker.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// The default timeout of requests on this connection.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Changes the default timeout of requests on this connection.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// True once an I/O failure has made this connection unusable.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Sends any request and returns the broker's answer; an error answer becomes
+    /// [`ClientError::Broker`]. `wait` bounds the time spent waiting for the answer.
+    ///
+    /// # Errors
+    /// [`ClientError::Broker`] for the broker's typed errors;
+    /// [`ClientError::ConnectionLost`] when the connection breaks or the answer
+    /// does not come within `wait`.
+    pub fn round_trip(&mut self, req: &Request, wait: Duration) -> Result<Response> {
+        if self.broken {
+            return Err(ClientError::ConnectionLost {
+                sent: false,
+                reason: "this connection failed earlier; connect again".into(),
+            });
+        }
+        let limit = HARD_MAX_FRAME;
+        let stream = self.reader.get_ref();
+        // The Windows pipe does not support timeouts; the broker bounds its own
+        // answers by the request's deadline there.
+        let _ = stream.set_recv_timeout(Some(wait.max(Duration::from_millis(1))));
+        if let Err(e) = write_frame(&mut &*stream, req, &mut self.wbuf, limit) {
+            return Err(match e {
+                litebroker_protocol::FrameError::Io(io) => {
+                    self.broken = true;
+                    ClientError::ConnectionLost { sent: false, reason: describe_io(&io) }
+                }
+                other => ClientError::Frame(other),
+            });
+        }
+        let resp = self.read_response(limit);
+        match resp {
+            Ok(Response::Error(info)) => Err(ClientError::Broker(info)),
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.broken = true;
+                Err(e)
+            }
+        }
+    }
+
+    fn read_response(&mut self, limit: u32) -> Result<Response> {
+        let mut header = [0u8; FRAME_HEADER_LEN];
+        let n = loop {
+            match io::Read::read(&mut self.reader, &mut header) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(ClientError::ConnectionLost { sent: true, reason: describe_io(&e) }),
+            }
+        };
+        if n == 0 {
+            return Err(ClientError::ConnectionLost {
+                sent: true,
+                reason: "the broker closed the connection before answering".into(),
+            });
+        }
+        read_frame_after(&mut self.reader, header, n, limit, &mut self.rbuf).map_err(|e| match e {
+            litebroker_protocol::FrameError::Io(io) => {
+                ClientError::ConnectionLost { sent: true, reason: describe_io(&io) }
+            }
+            litebroker_protocol::FrameError::Truncated { .. } => {
+                ClientError::ConnectionLost { sent: true, reason: e.to_string() }
+            }
+            other => ClientError::Frame(other),
+        })
+    }
+
+    fn call(&mut self, req: &Request, timeout: Duration) -> Result<Response> {
+        self.round_trip(req, timeout + ANSWER_GRACE)
+    }
+
+    /// Liveness check; returns the round-trip time.
+    ///
+    /// # Errors
+    /// When the broker does not answer.
+    pub fn ping(&mut self) -> Result<Duration> {
+        let t = Instant::now();
+        match self.call(&Request::Ping, self.timeout)? {
+            Response::Pong => Ok(t.elapsed()),
+            other => Err(unexpected("ping", &other)),
+        }
+    }
+
+    /// Runs `sql` (one or several `;`-separated statements, atomically) through the
+    /// broker's writer, with positional parameters.
+    ///
+    /// # Errors
+    /// [`ClientError::Broker`] with [`ErrorKind::Sql`], [`ErrorKind::Constraint`],
+    /// [`ErrorKind::Locked`]… when the write fails; nothing of it is applied then.
+    pub fn execute(&mut self, sql: &str, params: &[Value]) -> Result<ExecResult> {
+        let opts = WriteOptions::default();
+        self.execute_with(Statement::new(sql, params.to_vec()), opts)
+    }
+
+    /// Runs a statement with explicit options (timeout, request id, idempotency).
+    ///
+    /// # Errors
+    /// As [`Client::execute`].
+    pub fn execute_with(&mut self, stmt: Statement, mut opts: WriteOptions) -> Result<ExecResult> {
+        let wait = timeout_of(&mut opts, self.timeout);
+        match self.call(&Request::Execute { stmt, opts }, wait)? {
+            Response::Executed(r) => Ok(r),
+            other => Err(unexpected("execute", &other)),
+        }
+    }
+
+    /// Runs statements as one all-or-nothing transaction; one result per statement.
+    ///
+    /// # Errors
+    /// As [`Client::execute`]; when any statement fails, none is applied.
+    pub fn execute_batch(&mut self, statements: Vec<Statement>) -> Result<Vec<ExecResult>> {
+        let opts = WriteOptions::default();
+        self.execute_batch_with(statements, opts)
+    }
+
+    /// [`Client::execute_batch`] with explicit options.
+    ///
+    /// # Errors
+    /// As [`Client::execute_batch`].
+    pub fn execute_batch_with(
+        &mut self,
+        statements: Vec<Statement>,
+        mut opts: WriteOptions,
+    ) -> Result<Vec<ExecResult>> {
+        let wait = timeout_of(&mut opts, self.timeout);
+        match self.call(&Request::Batch { statements, opts }, wait)? {
+            Response::Batch(r) => Ok(r),
+            other => Err(unexpected("batch", &other)),
+        }
+    }
+
+    /// The broker's status.
+    ///
+    /// # Errors
+    /// When the broker does not answer.
+    pub fn status(&mut self) -> Result<BrokerStatus> {
+        match self.call(&Request::Status, self.timeout)? {
+            Response::Status(s) => Ok(s),
+            other => Err(unexpected("status", &other)),
+        }
+    }
+
+    /// The broker's connected clients.
+    ///
+    /// # Errors
+    /// When the broker does not answer.
+    pub fn connections(&mut self) -> Result<Vec<ClientInfo>> {
+        match self.call(&Request::Connections, self.timeout)? {
+            Response::Connections(c) => Ok(c),
+            other => Err(unexpected("connections", &other)),
+        }
+    }
+
+    /// Asks the broker to shut down cleanly.
+    ///
+    /// # Errors
+    /// When the broker does not answer.
+    pub fn shutdown(&mut self) -> Result<()> {
+        match self.call(&Request::Shutdown, self.timeout)? {
+            Response::ShuttingDown => Ok(()),
+            other => Err(unexpected("shutdown", &other)),
+        }
+    }
+
+    /// Opens an exclusive write session on this connection, waiting up to `timeout`
+    /// for the writer (FIFO behind other sessions and writes).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`] naming the current holder when the wait runs out;
+    /// [`ErrorKind::Locked`] when another process holds the database lock.
+    pub fn session(&mut self, timeout: Duration) -> Result<WriteSession<&mut Client>> {
+        WriteSession::begin(self, timeout)
+    }
+
+    /// As [`Client::session`], taking ownership of the connection.
+    ///
+    /// # Errors
+    /// As [`Client::session`].
+    pub fn into_session(self, timeout: Duration) -> Result<WriteSession<Client>> {
+        WriteSession::begin(self, timeout)
+    }
+}
+
+/// An exclusive write session (the notes' `factory.writer()`): the broker runs
+/// `BEGIN IMMEDIATE` for it, then every statement sent here, until [`commit`] or
+/// [`rollback`]. Dropping it without committing rolls back.
+///
+/// The session is a lease: the broker rolls it back when it is held longer than its
+/// configured maximum or the connection breaks; the next call then fails with
+/// [`ErrorKind::LeaseExpired`] and nothing of the session is visible.
+///
+/// [`commit`]: WriteSession::commit
+/// [`rollback`]: WriteSession::rollback
+#[derive(Debug)]
+pub struct WriteSession<C: BorrowMut<Client>> {
+    client: C,
+    open: bool,
+    waited: Duration,
+}
+
+impl<C: BorrowMut<Client>> WriteSession<C> {
+    fn begin(mut client: C, timeout: Duration) -> Result<Self> {
+        let c = client.borrow_mut();
+        let req = Request::BeginSession { timeout_ms: millis(timeout) };
+        match c.call(&req, timeout)? {
+            Response::SessionStarted { waited_ms } => {
+                Ok(WriteSession { client, open: true, waited: Duration::from_millis(waited_ms) })
+            }
+            other => Err(unexpected("begin-session", &other)),
+        }
+    }
+
+    /// How long the session waited for the writer.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    /// Runs SQL inside the session. Each call is atomic on its own: when it fails,
+    /// the session goes on without its effects.
+    ///
+    /// # Errors
+    /// SQL errors; [`ErrorKind::LeaseExpired`] when the broker rolled the session back.
+    pub fn execute(&mut self, sql: &str, params: &[Value]) -> Result<ExecResult> {
+        let r = self.client.borrow_mut().execute(sql, params);
+        self.note_end(&r);
+        r
+    }
+
+    /// Commits the session.
+    ///
+    /// # Errors
+    /// [`ErrorKind::LeaseExpired`] when the broker already rolled it back; any
+    /// commit failure (then nothing was committed).
+    pub fn commit(mut self) -> Result<()> {
+        self.end(true)
+    }
+
+    /// Rolls the session back.
+    ///
+    /// # Errors
+    /// When the broker cannot be told (the broker rolls back by itself then).
+    pub fn rollback(mut self) -> Result<()> {
+        self.end(false)
+    }
+
+    /// The underlying client (e.g. to ask for `status` while holding the writer).
+    pub fn client(&mut self) -> &mut Client {
+        self.client.borrow_mut()
+    }
+
+    fn end(&mut self, commit: bool) -> Result<()> {
+        self.open = false;
+        let c = self.client.borrow_mut();
+        let req = if commit { Request::Commit } else { Request::Rollback };
+        let timeout = c.timeout;
+        match c.call(&req, timeout)? {
+            Response::SessionEnded { committed } if committed == commit => Ok(()),
+            other => Err(unexpected(req.kind(), &other)),
+        }
+    }
+
+    fn note_end<T>(&mut self, r: &Result<T>) {
+        if let Err(e) = r {
+            if matches!(e.kind(), Some(ErrorKind::LeaseExpired | ErrorKind::ShuttingDown))
+                || matches!(e, ClientError::ConnectionLost { .. })
+            {
+                self.open = false;
+            }
+        }
+    }
+}
+
+impl<C: BorrowMut<Client>> Drop for WriteSession<C> {
+    fn drop(&mut self) {
+        if self.open {
+            // Best effort: if this fails the broker rolls back when the lease ends or
+            // the connection closes.
+            let _ = self.end(false);
+        }
+    }
+}
+
+fn connect_stream(socket: &str) -> io::Result<Stream> {
+    let name = locate::socket_name(socket)?;
+    Stream::connect(name)
+}
+
+fn pid_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+        // SAFETY: signal 0 only checks that the process exists.
+        let rc = unsafe { libc::kill(pid, 0) };
+        rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
+fn incompatible_recorded(location: &Location, info: &locate::BrokerInfo) -> ClientError {
+    ClientError::Broker(ErrorInfo::new(
+        ErrorKind::Incompatible,
+        format!(
+            "the broker serving {} (litebrokerd {}, pid {}, socket {}) speaks protocol {}, \
+             this client speaks protocol {PROTOCOL_VERSION}: use a litebroker client of the \
+             broker's version, or stop that broker and start litebrokerd {}",
+            location.db_path.display(),
+            info.version,
+            info.pid,
+            info.socket,
+            info.protocol,
+            env!("CARGO_PKG_VERSION"),
+        ),
+    ))
+}
+
+fn describe_io(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "no answer from the broker in time".to_owned(),
+        _ => e.to_string(),
+    }
+}
+
+fn unexpected(what: &str, resp: &Response) -> ClientError {
+    ClientError::Unexpected(format!("{what} answered with {resp:?}"))
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1)
+}
+
+/// The request's timeout, defaulting to the connection's (and telling the broker,
+/// so both sides give up at the same moment).
+fn timeout_of(opts: &mut WriteOptions, default: Duration) -> Duration {
+    if opts.timeout_ms == 0 {
+        opts.timeout_ms = millis(default);
+    }
+    Duration::from_millis(u64::from(opts.timeout_ms))
+}

@@ -1,0 +1,25 @@
+//! Client library of litebroker.
+//!
+//! App instances link this crate. Writes go to the database's one broker
+//! (`litebrokerd`) as request frames through [`Client`] or a [`WriteSession`];
+//! reads go through the app's own read-only connection, [`Reader`], so they never
+//! wait for the broker and keep working when no broker runs.
+//! [`ConnectionFactory`] bundles both in the shape of the notes' factory, and
+//! [`active_connections_count`] tracks what this process has open.
+
+mod client;
+mod error;
+mod factory;
+pub mod locate;
+mod reader;
+pub mod sqlvalue;
+mod tracking;
+
+pub use client::{Client, ConnectOptions, WriteSession, DEFAULT_TIMEOUT, DEFAULT_WRITER_TIMEOUT};
+pub use error::{ClientError, Result, LOCKED_USER_TEXT};
+pub use factory::ConnectionFactory;
+pub use litebroker_protocol as protocol;
+pub use litebroker_protocol::{ErrorKind, ExecResult, Statement, Value, WriteOptions};
+pub use locate::{Location, DEFAULT_DB};
+pub use reader::{Reader, Rows, READER_BUSY_TIMEOUT};
+pub use tracking::active_connections_count;

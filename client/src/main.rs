@@ -1,0 +1,372 @@
+//! `litebroker`: ad-hoc writes, reads and operations against a database served by
+//! `litebrokerd`.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use litebroker_client::{
+    Client, ClientError, ConnectOptions, ErrorKind, ExecResult, Reader, Value, LOCKED_USER_TEXT,
+};
+use serde_json::{json, Value as Json};
+
+/// Writes through the database's broker, reads through a local read-only
+/// connection, and operates the broker.
+///
+/// Exit codes: 0 ok, 1 SQL error, 2 usage, 3 broker not running or unreachable
+/// (reads still work), 4 database locked or timed out, 5 verification failed.
+#[derive(Debug, Parser)]
+#[command(name = "litebroker", version)]
+struct Cli {
+    /// The database file.
+    #[arg(long, global = true, env = "LITEBROKER_DB", default_value = litebroker_client::DEFAULT_DB)]
+    db: PathBuf,
+    /// Socket path (Unix) or pipe name (Windows) of the broker; derived from --db by default.
+    #[arg(long, global = true)]
+    socket: Option<String>,
+    /// Print one JSON document on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Seconds to wait for the broker (the notes' total wait).
+    #[arg(long, global = true, default_value_t = 30.0)]
+    timeout: f64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write through the broker: prints changes and last insert rowid, or the rows of
+    /// a statement that returns rows (`… RETURNING …`). Several `;`-separated
+    /// statements run atomically.
+    Exec {
+        /// The SQL.
+        sql: String,
+        /// Positional parameters: a JSON literal (42, 4.5, null, "42", true) or, when not valid JSON, text.
+        params: Vec<String>,
+    },
+    /// Read through a local read-only connection (works with no broker running).
+    Query {
+        /// The SQL.
+        sql: String,
+        /// Positional parameters, as for exec.
+        params: Vec<String>,
+    },
+    /// Run the statements of FILE (or stdin with `-` or nothing) as one atomic transaction.
+    Batch {
+        /// A file of SQL statements, or `-` for stdin.
+        file: Option<PathBuf>,
+    },
+    /// The broker serving this database: pid, socket, protocol, uptime, clients.
+    Status,
+    /// The broker's connected clients: pid, name, since, requests, writer.
+    Connections,
+    /// Ask the broker to shut down cleanly.
+    Shutdown,
+}
+
+/// A failure with its exit code.
+struct Failure {
+    code: u8,
+    kind: &'static str,
+    message: String,
+}
+
+fn fail(code: u8, kind: &'static str, message: impl Into<String>) -> Failure {
+    Failure { code, kind, message: message.into() }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        // Errors from the client library keep their exit code through the context chain.
+        if let Some(ce) = e.downcast_ref::<ClientError>() {
+            let mut f = client_failure(ce, None);
+            f.message = format!("{e:#}");
+            return f;
+        }
+        fail(1, "error", format!("{e:#}"))
+    }
+}
+
+fn client_failure(e: &ClientError, cli: Option<&Cli>) -> Failure {
+    match e {
+        ClientError::NotRunning { .. } => {
+            let db = cli.map_or_else(|| "data/app.db".into(), |c| c.db.display().to_string());
+            fail(
+                3,
+                "not_running",
+                format!(
+                    "{e}.\nReads still work without it (read-only mode): litebroker --db {db} query \"SELECT …\"\n\
+                     Start the broker with: litebrokerd --db {db}"
+                ),
+            )
+        }
+        ClientError::ConnectionLost { .. } => fail(3, "connection_lost", e.to_string()),
+        ClientError::Broker(info) => match info.kind {
+            ErrorKind::Locked => {
+                fail(4, "locked", format!("{LOCKED_USER_TEXT}\n\nDetails: {}", info.message))
+            }
+            ErrorKind::Timeout => fail(4, "timeout", info.message.clone()),
+            ErrorKind::ShuttingDown | ErrorKind::Incompatible => {
+                fail(3, info.kind.as_str(), info.message.clone())
+            }
+            k => fail(1, k.as_str(), info.message.clone()),
+        },
+        e if e.is_locked() => fail(4, "locked", format!("{LOCKED_USER_TEXT}\n\nDetails: {e}")),
+        other => fail(1, "error", other.to_string()),
+    }
+}
+
+/// A CLI parameter: a JSON literal, or text when it is not valid JSON.
+fn parse_param(s: &str) -> Value {
+    match serde_json::from_str::<Json>(s) {
+        Ok(Json::Null) => Value::Null,
+        Ok(Json::Bool(b)) => Value::Integer(i64::from(b)),
+        Ok(Json::Number(n)) => n
+            .as_i64()
+            .map(Value::Integer)
+            .or_else(|| n.as_f64().map(Value::Real))
+            .unwrap_or_else(|| Value::Text(s.to_owned())),
+        Ok(Json::String(t)) => Value::Text(t),
+        _ => Value::Text(s.to_owned()),
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn to_json(v: &Value) -> Json {
+    match v {
+        Value::Null => Json::Null,
+        Value::Integer(i) => json!(i),
+        Value::Real(r) => json!(r),
+        Value::Text(t) => json!(t),
+        Value::Blob(b) => json!({ "blob_hex": hex(b) }),
+    }
+}
+
+fn to_text(v: &Value) -> String {
+    match v {
+        Value::Null => "NULL".into(),
+        Value::Integer(i) => i.to_string(),
+        Value::Real(r) => r.to_string(),
+        Value::Text(t) => t.clone(),
+        Value::Blob(b) => format!("x'{}'", hex(b)),
+    }
+}
+
+fn rows_json(columns: &[String], rows: &[Vec<Value>]) -> Json {
+    json!({
+        "columns": columns,
+        "rows": rows.iter().map(|r| r.iter().map(to_json).collect::<Vec<_>>()).collect::<Vec<_>>(),
+    })
+}
+
+fn print_table(columns: &[String], rows: &[Vec<Value>]) {
+    let cells: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(to_text).collect()).collect();
+    let mut widths: Vec<usize> = columns.iter().map(|c| c.chars().count()).collect();
+    for r in &cells {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |vals: &mut dyn Iterator<Item = &str>| {
+        let parts: Vec<String> = vals.zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(&mut columns.iter().map(String::as_str));
+    line(&mut widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().iter().map(String::as_str));
+    for r in &cells {
+        line(&mut r.iter().map(String::as_str));
+    }
+    println!("({} row{})", rows.len(), if rows.len() == 1 { "" } else { "s" });
+}
+
+fn print_exec(json: bool, r: &ExecResult) {
+    if json {
+        let mut doc = json!({ "changes": r.changes, "last_insert_rowid": r.last_insert_rowid });
+        if !r.columns.is_empty() {
+            let rows = rows_json(&r.columns, &r.rows);
+            doc["columns"] = rows["columns"].clone();
+            doc["rows"] = rows["rows"].clone();
+        }
+        println!("{doc}");
+    } else {
+        if !r.columns.is_empty() {
+            print_table(&r.columns, &r.rows);
+        }
+        println!("changes: {}, last insert rowid: {}", r.changes, r.last_insert_rowid);
+    }
+}
+
+fn connect(cli: &Cli) -> Result<Client, Failure> {
+    let mut opts = ConnectOptions::new(&cli.db).client_name("litebroker-cli");
+    opts.socket = cli.socket.clone();
+    opts.request_timeout = Duration::from_secs_f64(cli.timeout);
+    opts.connect_timeout = opts.connect_timeout.min(opts.request_timeout);
+    Client::connect_with(&opts).map_err(|e| client_failure(&e, Some(cli)))
+}
+
+fn ms_to_text(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{:.1} s", ms as f64 / 1000.0),
+        60..=3599 => format!("{}m {:02}s", s / 60, s % 60),
+        _ => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), Failure> {
+    if !(cli.timeout.is_finite() && cli.timeout > 0.0) {
+        return Err(fail(
+            2,
+            "usage",
+            format!("--timeout must be a positive number of seconds, got {}", cli.timeout),
+        ));
+    }
+    let on_client = |e: ClientError| client_failure(&e, Some(cli));
+    match &cli.command {
+        Command::Exec { sql, params } => {
+            let params: Vec<Value> = params.iter().map(|p| parse_param(p)).collect();
+            let r = connect(cli)?.execute(sql, &params).map_err(on_client)?;
+            print_exec(cli.json, &r);
+        }
+        Command::Query { sql, params } => {
+            let params: Vec<Value> = params.iter().map(|p| parse_param(p)).collect();
+            let reader = Reader::open(&cli.db).map_err(on_client)?;
+            let rows = reader.query(sql, &params).map_err(on_client)?;
+            if cli.json {
+                println!("{}", rows_json(&rows.columns, &rows.rows));
+            } else {
+                print_table(&rows.columns, &rows.rows);
+            }
+        }
+        Command::Batch { file } => {
+            let sql = match file.as_deref() {
+                None => read_stdin()?,
+                Some(p) if p.as_os_str() == "-" => read_stdin()?,
+                Some(p) => {
+                    std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?
+                }
+            };
+            if sql.trim().is_empty() {
+                return Err(fail(2, "usage", "batch: no statements given"));
+            }
+            let r = connect(cli)?.execute(&sql, &[]).map_err(on_client)?;
+            print_exec(cli.json, &r);
+        }
+        Command::Status => {
+            let s = connect(cli)?.status().map_err(on_client)?;
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({
+                        "pid": s.pid, "socket": s.socket, "db": s.db_path, "protocol": s.protocol,
+                        "protocol_minor": s.minor, "version": s.broker_version, "uptime_ms": s.uptime_ms,
+                        "clients": s.clients, "requests": s.requests, "commits": s.commits,
+                        "queue_depth": s.queue_depth, "synchronous": s.synchronous,
+                        "writer_holder": s.writer_holder,
+                    })
+                );
+            } else {
+                println!("Broker for {}", s.db_path);
+                println!("  pid:          {}", s.pid);
+                println!("  socket:       {}", s.socket);
+                println!(
+                    "  version:      litebrokerd {} (protocol {}.{})",
+                    s.broker_version, s.protocol, s.minor
+                );
+                println!("  uptime:       {}", ms_to_text(s.uptime_ms));
+                println!("  clients:      {}", s.clients);
+                println!("  requests:     {}", s.requests);
+                println!("  commits:      {}", s.commits);
+                println!("  queue depth:  {}", s.queue_depth);
+                println!("  synchronous:  {}", s.synchronous);
+                println!("  writer:       {}", s.writer_holder.as_deref().unwrap_or("free"));
+            }
+        }
+        Command::Connections => {
+            let list = connect(cli)?.connections().map_err(on_client)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            if cli.json {
+                let items: Vec<Json> = list
+                    .iter()
+                    .map(|c| {
+                        json!({
+                            "id": c.id, "name": c.name, "pid": c.pid,
+                            "connected_unix_ms": c.connected_unix_ms, "requests": c.requests,
+                            "holds_writer": c.holds_writer,
+                        })
+                    })
+                    .collect();
+                println!("{}", json!({ "connections": items }));
+            } else {
+                let columns: Vec<String> =
+                    ["id", "pid", "name", "connected", "requests", "writer"].map(String::from).to_vec();
+                let rows: Vec<Vec<Value>> = list
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            Value::Integer(c.id as i64),
+                            Value::Integer(i64::from(c.pid)),
+                            Value::Text(c.name.clone()),
+                            Value::Text(format!(
+                                "{} ago",
+                                ms_to_text(now.saturating_sub(c.connected_unix_ms))
+                            )),
+                            Value::Integer(c.requests as i64),
+                            Value::Text(if c.holds_writer { "holds" } else { "" }.into()),
+                        ]
+                    })
+                    .collect();
+                print_table(&columns, &rows);
+            }
+        }
+        Command::Shutdown => {
+            let mut c = connect(cli)?;
+            let pid = c.hello().pid;
+            c.shutdown().map_err(on_client)?;
+            if cli.json {
+                println!("{}", json!({ "shutting_down": true, "pid": pid }));
+            } else {
+                println!("broker (pid {pid}) is shutting down");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_stdin() -> Result<String, Failure> {
+    let mut s = String::new();
+    std::io::stdin().read_to_string(&mut s).context("cannot read statements from stdin")?;
+    Ok(s)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({ "error": { "kind": f.kind, "message": f.message, "exit_code": f.code } })
+                );
+            }
+            eprintln!("litebroker: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}

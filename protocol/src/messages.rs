@@ -1,0 +1,384 @@
+//! Messages exchanged on a broker connection.
+//!
+//! Every [`Request`] variant's documentation names the [`Response`] variant that
+//! answers it; any request may also be answered with [`Response::Error`].
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A SQLite value as it crosses the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    /// SQL `NULL`.
+    Null,
+    /// A 64-bit signed integer.
+    Integer(i64),
+    /// A 64-bit IEEE float.
+    Real(f64),
+    /// UTF-8 text.
+    Text(String),
+    /// Raw bytes.
+    Blob(Vec<u8>),
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value::Integer(v)
+    }
+}
+impl From<f64> for Value {
+    fn from(v: f64) -> Self {
+        Value::Real(v)
+    }
+}
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Value::Text(v.to_owned())
+    }
+}
+impl From<String> for Value {
+    fn from(v: String) -> Self {
+        Value::Text(v)
+    }
+}
+impl From<Vec<u8>> for Value {
+    fn from(v: Vec<u8>) -> Self {
+        Value::Blob(v)
+    }
+}
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+
+/// One SQL statement (or several `;`-separated ones) with its positional parameters.
+///
+/// When `sql` holds several statements, the parameters are consumed in order: each
+/// statement takes as many as it has placeholders.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Statement {
+    /// The SQL text.
+    pub sql: String,
+    /// Positional parameters (`?`, `?NNN`).
+    pub params: Vec<Value>,
+}
+
+impl Statement {
+    /// A statement with parameters.
+    pub fn new(sql: impl Into<String>, params: Vec<Value>) -> Self {
+        Statement { sql: sql.into(), params }
+    }
+}
+
+/// 128-bit client-generated id that makes a write exactly-once (see
+/// [`WriteOptions::request_id`]).
+pub type RequestId = [u8; 16];
+
+/// Per-request options of a write.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteOptions {
+    /// How long the caller waits for the answer, in milliseconds; the broker never
+    /// works on the request past this. 0 means the broker's default.
+    pub timeout_ms: u32,
+    /// When set, the broker records the id with the result in the same transaction
+    /// as the write and never applies the same id twice.
+    pub request_id: Option<RequestId>,
+    /// The caller states that applying the request twice has the same effect as
+    /// applying it once (e.g. an UPSERT with a unique key).
+    pub idempotent: bool,
+}
+
+/// The client's half of the handshake. Frozen layout (see the crate docs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Major protocol version the client speaks ([`crate::PROTOCOL_VERSION`]).
+    pub protocol: u32,
+    /// Minor protocol version the client speaks ([`crate::PROTOCOL_MINOR`]).
+    pub minor: u32,
+    /// A human-readable name for the client (shown in `connections`).
+    pub client_name: String,
+    /// The client's process id.
+    pub pid: u32,
+    /// The schema version (`PRAGMA user_version`) the client was built for, if it
+    /// cares: a broker serving an older schema tells it so.
+    pub expected_schema: Option<u32>,
+}
+
+/// The broker's half of the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloAck {
+    /// Major protocol version of the broker.
+    pub protocol: u32,
+    /// Minor protocol version of the broker.
+    pub minor: u32,
+    /// The broker's crate version.
+    pub broker_version: String,
+    /// Canonical path of the database the broker serves.
+    pub db_path: String,
+    /// The socket (or pipe) name the broker listens on.
+    pub socket: String,
+    /// The broker's process id.
+    pub pid: u32,
+    /// The broker-assigned id of this connection.
+    pub client_id: u64,
+    /// The database's schema version (`PRAGMA user_version`) at connect time.
+    pub schema_version: u32,
+}
+
+/// A request from a client to the broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Handshake; must be the first frame. Answered by [`Response::Hello`].
+    Hello(Hello),
+    /// Liveness check. Answered by [`Response::Pong`].
+    Ping,
+    /// Run `sql` (one or several `;`-separated statements, atomically) through the
+    /// writer. Inside a write session it runs in the session. Answered by
+    /// [`Response::Executed`].
+    Execute {
+        /// SQL and parameters.
+        stmt: Statement,
+        /// Timeout, request id, idempotency.
+        opts: WriteOptions,
+    },
+    /// Run a list of statements as one all-or-nothing transaction. Answered by
+    /// [`Response::Batch`] with one result per statement.
+    Batch {
+        /// The statements, in order.
+        statements: Vec<Statement>,
+        /// Timeout, request id, idempotency.
+        opts: WriteOptions,
+    },
+    /// Broker status. Answered by [`Response::Status`].
+    Status,
+    /// Ask the broker to shut down cleanly. Answered by [`Response::ShuttingDown`].
+    Shutdown,
+    /// Open an exclusive write session (`BEGIN IMMEDIATE` at the broker), waiting
+    /// up to `timeout_ms` for the writer. Answered by [`Response::SessionStarted`].
+    BeginSession {
+        /// How long to wait for the writer, in milliseconds (0 = broker default).
+        timeout_ms: u32,
+    },
+    /// Commit the open write session. Answered by [`Response::SessionEnded`].
+    Commit,
+    /// Roll back the open write session. Answered by [`Response::SessionEnded`].
+    Rollback,
+    /// The broker's connected clients. Answered by [`Response::Connections`].
+    Connections,
+}
+
+impl Request {
+    /// Short name of the request kind, for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Hello(_) => "hello",
+            Request::Ping => "ping",
+            Request::Execute { .. } => "execute",
+            Request::Batch { .. } => "batch",
+            Request::Status => "status",
+            Request::Shutdown => "shutdown",
+            Request::BeginSession { .. } => "begin-session",
+            Request::Commit => "commit",
+            Request::Rollback => "rollback",
+            Request::Connections => "connections",
+        }
+    }
+}
+
+/// The outcome of one executed statement (or `;`-separated group of statements).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecResult {
+    /// Rows inserted, updated or deleted (summed over the statements).
+    pub changes: u64,
+    /// `last_insert_rowid()` after the statements ran.
+    pub last_insert_rowid: i64,
+    /// Column names of the last statement that returned rows (e.g. `RETURNING`).
+    pub columns: Vec<String>,
+    /// The rows of that statement.
+    pub rows: Vec<Vec<Value>>,
+}
+
+/// What the broker reports about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BrokerStatus {
+    /// Broker process id.
+    pub pid: u32,
+    /// Socket (or pipe) name.
+    pub socket: String,
+    /// Canonical database path.
+    pub db_path: String,
+    /// Major protocol version.
+    pub protocol: u32,
+    /// Minor protocol version.
+    pub minor: u32,
+    /// Broker crate version.
+    pub broker_version: String,
+    /// Milliseconds since the broker started.
+    pub uptime_ms: u64,
+    /// Clients connected now.
+    pub clients: u32,
+    /// Requests served since start.
+    pub requests: u64,
+    /// Write transactions committed since start.
+    pub commits: u64,
+    /// Write requests waiting for the writer now.
+    pub queue_depth: u32,
+    /// `normal` or `full`.
+    pub synchronous: String,
+    /// Who holds the writer in a write session, if anyone.
+    pub writer_holder: Option<String>,
+}
+
+/// One connected client, as listed by [`Request::Connections`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    /// Broker-assigned connection id.
+    pub id: u64,
+    /// Name the client gave in its handshake.
+    pub name: String,
+    /// The client's pid (from the OS where it tells, else from the handshake).
+    pub pid: u32,
+    /// Connection time, milliseconds since the Unix epoch.
+    pub connected_unix_ms: u64,
+    /// Requests served on this connection.
+    pub requests: u64,
+    /// Whether this client holds the writer in a write session now.
+    pub holds_writer: bool,
+}
+
+/// SQLite's primary and extended result codes of a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SqliteCode {
+    /// Primary result code (e.g. 19 = `SQLITE_CONSTRAINT`).
+    pub primary: i32,
+    /// Extended result code (e.g. 2067 = `SQLITE_CONSTRAINT_UNIQUE`).
+    pub extended: i32,
+}
+
+/// The class of a failure, so callers can act on it without parsing messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// SQL failed (syntax, missing table, type mismatch…); see the SQLite codes.
+    Sql,
+    /// A constraint (UNIQUE, FOREIGN KEY, NOT NULL, CHECK) rejected the write.
+    Constraint,
+    /// Another process holds a lock on the database file and kept it through the
+    /// whole retry schedule.
+    Locked,
+    /// The request's deadline passed (waiting for the writer, or running).
+    Timeout,
+    /// The broker is shutting down and refuses new work.
+    ShuttingDown,
+    /// A malformed, oversize or unexpected frame.
+    Protocol,
+    /// Client and broker speak incompatible protocol versions.
+    Incompatible,
+    /// A configured limit was exceeded; the message names it.
+    LimitExceeded,
+    /// The statement is not allowed through the broker; the message names the action.
+    NotAllowed,
+    /// The write session was rolled back by the broker (lease expired, broker
+    /// restart); nothing of it was committed.
+    LeaseExpired,
+    /// Commit/rollback without an open write session, or a session request that
+    /// cannot be honoured in the current state.
+    SessionState,
+    /// The disk (or file-size limit) is full; nothing of the request was written.
+    DiskFull,
+    /// An unexpected failure inside the broker.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Stable lower-case name, used in JSON output and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Sql => "sql",
+            ErrorKind::Constraint => "constraint",
+            ErrorKind::Locked => "locked",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::ShuttingDown => "shutting_down",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Incompatible => "incompatible",
+            ErrorKind::LimitExceeded => "limit_exceeded",
+            ErrorKind::NotAllowed => "not_allowed",
+            ErrorKind::LeaseExpired => "lease_expired",
+            ErrorKind::SessionState => "session_state",
+            ErrorKind::DiskFull => "disk_full",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failure reported by the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// The class of failure.
+    pub kind: ErrorKind,
+    /// Human-readable explanation (SQLite's message for SQL errors).
+    pub message: String,
+    /// SQLite's result codes, when SQLite reported the failure.
+    pub sqlite: Option<SqliteCode>,
+}
+
+impl ErrorInfo {
+    /// An error without SQLite codes.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ErrorInfo { kind, message: message.into(), sqlite: None }
+    }
+}
+
+impl fmt::Display for ErrorInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ErrorInfo {}
+
+/// A response from the broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// Answer to [`Request::Hello`]. Frozen layout.
+    Hello(HelloAck),
+    /// Any request may fail with this. Frozen layout.
+    Error(ErrorInfo),
+    /// Answer to [`Request::Ping`].
+    Pong,
+    /// Answer to [`Request::Execute`].
+    Executed(ExecResult),
+    /// Answer to [`Request::Batch`]: one result per statement.
+    Batch(Vec<ExecResult>),
+    /// Answer to [`Request::Status`].
+    Status(BrokerStatus),
+    /// Answer to [`Request::Shutdown`]: the broker is stopping.
+    ShuttingDown,
+    /// Answer to [`Request::BeginSession`]: the session holds the writer.
+    SessionStarted {
+        /// How long the session waited for the writer, in milliseconds.
+        waited_ms: u64,
+    },
+    /// Answer to [`Request::Commit`] and [`Request::Rollback`].
+    SessionEnded {
+        /// True when the session's changes were committed.
+        committed: bool,
+    },
+    /// Answer to [`Request::Connections`].
+    Connections(Vec<ClientInfo>),
+}
+
+impl Response {
+    /// An error response.
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Response::Error(ErrorInfo::new(kind, message))
+    }
+}

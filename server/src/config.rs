@@ -1,0 +1,120 @@
+//! Broker configuration: every limit and policy knob, with the notes' defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use litebroker_protocol::DEFAULT_MAX_FRAME;
+
+/// `PRAGMA synchronous` of the writer connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    /// The notes' default: in WAL mode commits do not fsync; a process crash loses
+    /// nothing committed, a power loss may lose the last commits.
+    Normal,
+    /// Every commit is fsynced: acknowledged writes survive power loss.
+    Full,
+}
+
+impl Synchronous {
+    /// The PRAGMA value and the name shown in `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "normal",
+            Synchronous::Full => "full",
+        }
+    }
+}
+
+/// Everything the broker can be told.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The database file (created, with its folder, when missing).
+    pub db: PathBuf,
+    /// Explicit socket path (Unix) or pipe name (Windows); derived from `db` when None.
+    pub socket: Option<String>,
+    /// `PRAGMA synchronous`.
+    pub synchronous: Synchronous,
+    /// SQLite's busy_timeout before the first retry (the notes: 5 s).
+    pub busy_timeout: Duration,
+    /// Retries after the first attempt when another process holds the lock
+    /// (the notes' `max_attempts`, default 3).
+    pub lock_retries: u32,
+    /// First backoff delay (the notes: 0.5 s, doubling).
+    pub retry_base: Duration,
+    /// Backoff cap (the notes: 5 s).
+    pub retry_cap: Duration,
+    /// Timeout of requests that do not state one.
+    pub default_timeout: Duration,
+    /// Maximum time a write session may hold the writer before it is rolled back.
+    pub lease: Duration,
+    /// Maximum run time of one statement before it is interrupted.
+    pub max_statement_time: Duration,
+    /// Maximum frame size, both directions.
+    pub max_frame: u32,
+    /// Maximum requests committed together in one group.
+    pub max_group_requests: usize,
+    /// Maximum SQL+parameter bytes committed together in one group.
+    pub max_group_bytes: usize,
+    /// Maximum statements in one batch request.
+    pub max_batch_statements: usize,
+    /// Maximum parameters of one statement (SQLite's own default limit).
+    pub max_params: usize,
+    /// Maximum rows one request may return.
+    pub max_rows: usize,
+    /// Maximum clients connected at once.
+    pub max_clients: usize,
+    /// How long a client may take to send the rest of a started frame, or to
+    /// accept an answer, before it is disconnected.
+    pub io_timeout: Duration,
+    /// Time allowed for the handshake after connecting.
+    pub handshake_timeout: Duration,
+    /// Other user ids allowed to connect (Unix; the broker's own uid always is).
+    pub allow_uids: Vec<u32>,
+}
+
+impl Config {
+    /// Defaults for `db`.
+    pub fn new(db: impl Into<PathBuf>) -> Config {
+        Config {
+            db: db.into(),
+            socket: None,
+            synchronous: Synchronous::Normal,
+            busy_timeout: Duration::from_millis(5000),
+            lock_retries: 3,
+            retry_base: Duration::from_millis(500),
+            retry_cap: Duration::from_secs(5),
+            default_timeout: Duration::from_secs(30),
+            lease: Duration::from_secs(30),
+            max_statement_time: Duration::from_secs(30),
+            max_frame: DEFAULT_MAX_FRAME,
+            max_group_requests: 512,
+            max_group_bytes: 8 * 1024 * 1024,
+            max_batch_statements: 250_000,
+            max_params: 32_766,
+            max_rows: 100_000,
+            max_clients: 512,
+            io_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
+            allow_uids: Vec::new(),
+        }
+    }
+
+    /// The backoff delay before retry number `retry` (0-based): base doubling, capped.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let factor = 1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX);
+        self.retry_base.saturating_mul(factor).min(self.retry_cap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_follows_the_notes_schedule() {
+        let c = Config::new("x.db");
+        let got: Vec<u64> = (0..6).map(|i| c.backoff(i).as_millis() as u64).collect();
+        assert_eq!(got, [500, 1000, 2000, 4000, 5000, 5000]);
+        assert_eq!(c.backoff(40), Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,483 @@
+//! One thread per client connection: handshake, frame reading with stall
+//! detection, request routing, hand-off to the writer thread, answers.
+
+use std::io::{self, BufRead, BufReader};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use interprocess::local_socket::prelude::*;
+use interprocess::local_socket::Stream;
+use litebroker_protocol::frame::{peek_hello_version, read_frame_after};
+use litebroker_protocol::{
+    write_frame, BrokerStatus, ClientInfo, ErrorInfo, ErrorKind, FrameError, Hello, HelloAck, Request,
+    Response, Statement, WriteOptions, FRAME_HEADER_LEN, PROTOCOL_MINOR, PROTOCOL_VERSION,
+};
+use tracing::{debug, info, warn};
+
+use crate::shared::{job_state, session_state, ClientEntry, Job, JobKind, Shared, StopReason, WriteBody};
+use crate::writer::SHUTTING_DOWN;
+
+/// What happened to a frame read.
+enum Incoming {
+    Request(Request),
+    /// The peer left cleanly between frames (or the broker is stopping).
+    Closed,
+    /// A complete frame that is not a valid request: answer, keep the connection.
+    Malformed(FrameError),
+}
+
+struct Conn {
+    reader: BufReader<Stream>,
+    wbuf: Vec<u8>,
+    rbuf: Vec<u8>,
+    shared: Arc<Shared>,
+    writer: SyncSender<Job>,
+    client: Option<Arc<ClientEntry>>,
+    peer_pid: Option<u32>,
+    accepted: Instant,
+    state: Arc<AtomicU64>,
+    seq: u64,
+    reply_tx: SyncSender<Response>,
+    reply_rx: Receiver<Response>,
+}
+
+/// Serves one client until it leaves, misbehaves or the broker stops.
+pub fn serve(stream: Stream, shared: Arc<Shared>, writer: SyncSender<Job>, peer_pid: Option<u32>) {
+    let io_timeout = shared.config.io_timeout;
+    // Unix sockets honour these; on Windows the pipe does not support them and the
+    // broker relies on the handshake and request deadlines instead.
+    let _ = stream.set_recv_timeout(Some(io_timeout));
+    let _ = stream.set_send_timeout(Some(io_timeout));
+    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+    let mut conn = Conn {
+        reader: BufReader::with_capacity(64 * 1024, stream),
+        wbuf: Vec::with_capacity(4096),
+        rbuf: Vec::with_capacity(4096),
+        shared,
+        writer,
+        client: None,
+        peer_pid,
+        accepted: Instant::now(),
+        state: Arc::new(AtomicU64::new(0)),
+        seq: 0,
+        reply_tx,
+        reply_rx,
+    };
+    if let Err(e) = conn.run() {
+        let who = conn.client.as_ref().map_or_else(|| "unidentified client".into(), |c| c.describe());
+        match &e {
+            FrameError::Io(io) if is_timeout(io) => {
+                warn!("disconnecting {who}: stalled in the middle of a frame or not reading answers")
+            }
+            FrameError::Io(_) | FrameError::Truncated { .. } => debug!("{who} left: {e}"),
+            _ => warn!("disconnecting {who}: {e}"),
+        }
+    }
+    conn.close();
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+}
+
+impl Conn {
+    fn run(&mut self) -> Result<(), FrameError> {
+        loop {
+            let req = match self.next_frame()? {
+                Incoming::Closed => return Ok(()),
+                Incoming::Request(r) => r,
+                Incoming::Malformed(e) => {
+                    if self.client.is_none() {
+                        // A handshake from another protocol version may not decode;
+                        // its first fields are frozen, so answer "incompatible".
+                        let resp = match peek_hello_version(&self.rbuf) {
+                            Some(v) if v != PROTOCOL_VERSION => incompatible(v),
+                            _ => Response::error(
+                                ErrorKind::Protocol,
+                                format!("expected a handshake (Hello) as the first frame: {e}"),
+                            ),
+                        };
+                        self.send(&resp)?;
+                        return Ok(());
+                    }
+                    self.send(&Response::error(ErrorKind::Protocol, e.to_string()))?;
+                    continue;
+                }
+            };
+            self.shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+            self.shared.counters.in_flight.fetch_add(1, Ordering::SeqCst);
+            let (resp, keep_open) = self.handle(req);
+            let sent = self.send(&resp);
+            self.shared.counters.in_flight.fetch_sub(1, Ordering::SeqCst);
+            sent?;
+            if !keep_open {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits for the next frame. Idle time between frames is unlimited (app
+    /// instances keep connections open for hours); once a frame has started it must
+    /// arrive within the I/O timeout.
+    fn next_frame(&mut self) -> Result<Incoming, FrameError> {
+        loop {
+            match self.reader.fill_buf() {
+                Ok([]) => return Ok(Incoming::Closed),
+                Ok(_) => break,
+                Err(e) if is_timeout(&e) => {
+                    if self.shared.is_shutting_down() {
+                        return Ok(Incoming::Closed);
+                    }
+                    if self.client.is_none()
+                        && self.accepted.elapsed() >= self.shared.config.handshake_timeout
+                    {
+                        debug!("closing a connection that sent no handshake in time");
+                        return Ok(Incoming::Closed);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let max = self.shared.config.max_frame;
+        match read_frame_after::<_, Request>(&mut self.reader, [0; FRAME_HEADER_LEN], 0, max, &mut self.rbuf)
+        {
+            Ok(r) => Ok(Incoming::Request(r)),
+            Err(e @ (FrameError::Decode(_) | FrameError::TrailingBytes { .. })) => Ok(Incoming::Malformed(e)),
+            Err(FrameError::TooLarge { len, max }) => {
+                // The stream cannot be resynchronised without reading the whole
+                // announced length: answer and close.
+                let resp = Response::error(
+                    ErrorKind::LimitExceeded,
+                    format!("frame of {len} bytes exceeds the maximum frame size of {max} bytes (--max-frame-bytes)"),
+                );
+                let _ = self.send(&resp);
+                Err(FrameError::TooLarge { len, max })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn send(&mut self, resp: &Response) -> Result<(), FrameError> {
+        let max = self.shared.config.max_frame;
+        let stream = self.reader.get_ref();
+        match write_frame(&mut &*stream, resp, &mut self.wbuf, max) {
+            Err(FrameError::TooLarge { len, max }) => {
+                let msg = format!(
+                    "the answer ({len} bytes) exceeds the maximum frame size of {max} bytes \
+                     (--max-frame-bytes); if this was a write, it was applied; ask for fewer rows"
+                );
+                write_frame(
+                    &mut &*stream,
+                    &Response::error(ErrorKind::LimitExceeded, msg),
+                    &mut self.wbuf,
+                    max,
+                )
+            }
+            other => other,
+        }
+    }
+
+    /// Answers one request; the flag says whether to keep the connection open.
+    fn handle(&mut self, req: Request) -> (Response, bool) {
+        let Some(client) = self.client.clone() else {
+            return match req {
+                Request::Hello(h) => self.hello(h),
+                other => (
+                    Response::error(
+                        ErrorKind::Protocol,
+                        format!("expected a handshake (Hello) as the first frame, got {}", other.kind()),
+                    ),
+                    false,
+                ),
+            };
+        };
+        client.requests.fetch_add(1, Ordering::Relaxed);
+        let resp = match req {
+            Request::Hello(_) => {
+                Response::error(ErrorKind::Protocol, "handshake already done on this connection")
+            }
+            Request::Ping => Response::Pong,
+            Request::Status => Response::Status(self.status()),
+            Request::Connections => Response::Connections(self.connections()),
+            Request::Shutdown => {
+                info!("shutdown requested by {}", client.describe());
+                self.shared.request_stop(StopReason::Request { client: client.describe() });
+                Response::ShuttingDown
+            }
+            Request::Execute { stmt, opts } => match self.check_statement(&stmt) {
+                Err(e) => Response::Error(e),
+                Ok(()) => self.write(&client, WriteBody::Execute(stmt), opts),
+            },
+            Request::Batch { statements, opts } => match self.check_batch(&statements) {
+                Err(e) => Response::Error(e),
+                Ok(()) => self.write(&client, WriteBody::Batch(statements), opts),
+            },
+            Request::BeginSession { timeout_ms } => self.begin_session(&client, timeout_ms),
+            Request::Commit | Request::Rollback => {
+                let commit = matches!(req, Request::Commit);
+                match self.session_state(&client) {
+                    Err(e) => Response::Error(e),
+                    Ok(false) => Response::error(
+                        ErrorKind::SessionState,
+                        format!(
+                            "{} without an open write session",
+                            if commit { "commit" } else { "rollback" }
+                        ),
+                    ),
+                    Ok(true) => {
+                        let timeout = self.shared.config.default_timeout;
+                        self.submit(&client, JobKind::EndSession { commit }, WriteOptions::default(), timeout)
+                    }
+                }
+            }
+        };
+        (resp, true)
+    }
+
+    fn hello(&mut self, h: Hello) -> (Response, bool) {
+        if h.protocol != PROTOCOL_VERSION {
+            return (incompatible(h.protocol), false);
+        }
+        let name: String = h.client_name.chars().filter(|c| !c.is_control()).take(128).collect();
+        let pid = self.peer_pid.unwrap_or(h.pid);
+        let client = self.shared.register(name, pid);
+        debug!("client {} connected (protocol {}.{})", client.describe(), h.protocol, h.minor);
+        let ack = HelloAck {
+            protocol: PROTOCOL_VERSION,
+            minor: PROTOCOL_MINOR,
+            broker_version: env!("CARGO_PKG_VERSION").to_owned(),
+            db_path: self.shared.db_path.clone(),
+            socket: self.shared.socket.clone(),
+            pid: std::process::id(),
+            client_id: client.id,
+            schema_version: self.shared.schema_version.load(Ordering::Relaxed),
+        };
+        self.client = Some(client);
+        (Response::Hello(ack), true)
+    }
+
+    fn status(&self) -> BrokerStatus {
+        let s = &self.shared;
+        BrokerStatus {
+            pid: std::process::id(),
+            socket: s.socket.clone(),
+            db_path: s.db_path.clone(),
+            protocol: PROTOCOL_VERSION,
+            minor: PROTOCOL_MINOR,
+            broker_version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_ms: s.started.elapsed().as_millis() as u64,
+            clients: s.client_count() as u32,
+            requests: s.counters.requests.load(Ordering::Relaxed),
+            commits: s.counters.commits.load(Ordering::Relaxed),
+            queue_depth: s.counters.queued.load(Ordering::Relaxed) as u32,
+            synchronous: s.config.synchronous.as_str().to_owned(),
+            writer_holder: s
+                .holder()
+                .map(|h| format!("{} for {:.1} s", h.client.describe(), h.since.elapsed().as_secs_f64())),
+        }
+    }
+
+    fn connections(&self) -> Vec<ClientInfo> {
+        self.shared
+            .clients()
+            .iter()
+            .map(|c| ClientInfo {
+                id: c.id,
+                name: c.name.clone(),
+                pid: c.pid,
+                connected_unix_ms: c.connected_unix_ms,
+                requests: c.requests.load(Ordering::Relaxed),
+                holds_writer: c.session.load(Ordering::SeqCst) == session_state::ACTIVE,
+            })
+            .collect()
+    }
+
+    fn check_statement(&self, s: &Statement) -> Result<(), ErrorInfo> {
+        let max = self.shared.config.max_params;
+        if s.params.len() > max {
+            return Err(ErrorInfo::new(
+                ErrorKind::LimitExceeded,
+                format!(
+                    "{} parameters in one statement exceed the limit of {max} (--max-params)",
+                    s.params.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_batch(&self, stmts: &[Statement]) -> Result<(), ErrorInfo> {
+        let max = self.shared.config.max_batch_statements;
+        if stmts.len() > max {
+            return Err(ErrorInfo::new(
+                ErrorKind::LimitExceeded,
+                format!(
+                    "{} statements in one batch exceed the limit of {max} (--max-batch-statements)",
+                    stmts.len()
+                ),
+            ));
+        }
+        if stmts.is_empty() {
+            return Err(ErrorInfo::new(ErrorKind::Sql, "empty batch: no statements to run"));
+        }
+        stmts.iter().try_for_each(|s| self.check_statement(s))
+    }
+
+    /// Whether this client holds a session; an expired one is reported once.
+    fn session_state(&self, client: &ClientEntry) -> Result<bool, ErrorInfo> {
+        match client.session.load(Ordering::SeqCst) {
+            session_state::ACTIVE => Ok(true),
+            session_state::EXPIRED => {
+                client.session.store(session_state::NONE, Ordering::SeqCst);
+                Err(ErrorInfo::new(
+                    ErrorKind::LeaseExpired,
+                    format!(
+                        "the write session was rolled back by the broker (it held the writer longer \
+                         than the {} s lease, or the broker restarted its writer); nothing of it was committed",
+                        self.shared.config.lease.as_secs_f64()
+                    ),
+                ))
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn write(&mut self, client: &Arc<ClientEntry>, body: WriteBody, opts: WriteOptions) -> Response {
+        let timeout = self.timeout_of(opts.timeout_ms);
+        match self.session_state(client) {
+            Err(e) => Response::Error(e),
+            Ok(true) => self.submit(client, JobKind::SessionWrite(body), opts, timeout),
+            Ok(false) => self.submit(client, JobKind::Write(body), opts, timeout),
+        }
+    }
+
+    fn begin_session(&mut self, client: &Arc<ClientEntry>, timeout_ms: u32) -> Response {
+        match self.session_state(client) {
+            Ok(true) => {
+                Response::error(ErrorKind::SessionState, "this connection already holds a write session")
+            }
+            // An expired session was reported to nobody yet; a new one supersedes it.
+            Ok(false) | Err(_) => {
+                let timeout = self.timeout_of(timeout_ms);
+                self.submit(client, JobKind::BeginSession, WriteOptions::default(), timeout)
+            }
+        }
+    }
+
+    fn timeout_of(&self, ms: u32) -> Duration {
+        if ms == 0 {
+            self.shared.config.default_timeout
+        } else {
+            Duration::from_millis(u64::from(ms))
+        }
+    }
+
+    /// Hands a job to the writer and waits for its answer. When the deadline passes
+    /// while the job still waits in the queue, it is cancelled (the writer will skip
+    /// it) and the caller learns who holds the writer; once the writer has taken it,
+    /// its answer is awaited, since the writer bounds its own work by the deadline.
+    fn submit(
+        &mut self,
+        client: &Arc<ClientEntry>,
+        kind: JobKind,
+        opts: WriteOptions,
+        timeout: Duration,
+    ) -> Response {
+        if self.shared.is_shutting_down() {
+            return Response::error(ErrorKind::ShuttingDown, SHUTTING_DOWN);
+        }
+        let now = Instant::now();
+        let deadline = now + timeout;
+        self.seq += 1;
+        let seq = self.seq;
+        self.state.store(job_state::pack(seq, job_state::QUEUED), Ordering::SeqCst);
+        let job = Job {
+            kind,
+            opts,
+            client: Some(client.clone()),
+            deadline,
+            enqueued: now,
+            state: self.state.clone(),
+            seq,
+            reply: Some(self.reply_tx.clone()),
+        };
+        self.shared.counters.queued.fetch_add(1, Ordering::Relaxed);
+        if self.writer.send(job).is_err() {
+            self.shared.counters.queued.fetch_sub(1, Ordering::Relaxed);
+            return Response::error(ErrorKind::ShuttingDown, SHUTTING_DOWN);
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.reply_rx.recv_timeout(left.clamp(Duration::from_millis(1), Duration::from_secs(1))) {
+                Ok(resp) => return resp,
+                Err(RecvTimeoutError::Timeout) => {
+                    if Instant::now() >= deadline
+                        && self
+                            .state
+                            .compare_exchange(
+                                job_state::pack(seq, job_state::QUEUED),
+                                job_state::pack(seq, job_state::CANCELLED),
+                                Ordering::AcqRel,
+                                Ordering::Acquire,
+                            )
+                            .is_ok()
+                    {
+                        return Response::error(
+                            ErrorKind::Timeout,
+                            format!(
+                                "timed out after {:.1} s waiting for the writer: {}",
+                                timeout.as_secs_f64(),
+                                self.shared.describe_contention()
+                            ),
+                        );
+                    }
+                    if !self.shared.writer_alive.load(Ordering::SeqCst) {
+                        return Response::error(ErrorKind::ShuttingDown, SHUTTING_DOWN);
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Response::error(ErrorKind::Internal, "the writer thread is gone");
+                }
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        let Some(client) = self.client.take() else { return };
+        if client.session.load(Ordering::SeqCst) == session_state::ACTIVE {
+            // The writer rolls the session back; nobody waits for an answer.
+            let job = Job {
+                kind: JobKind::Disconnected,
+                opts: WriteOptions::default(),
+                client: Some(client.clone()),
+                deadline: Instant::now(),
+                enqueued: Instant::now(),
+                state: self.state.clone(),
+                seq: 0,
+                reply: None,
+            };
+            self.shared.counters.queued.fetch_add(1, Ordering::Relaxed);
+            if self.writer.send(job).is_err() {
+                self.shared.counters.queued.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        debug!("client {} disconnected", client.describe());
+        self.shared.unregister(client.id);
+    }
+}
+
+fn incompatible(client_protocol: u32) -> Response {
+    Response::error(
+        ErrorKind::Incompatible,
+        format!(
+            "incompatible protocol: this client speaks protocol {client_protocol}, the broker \
+             (litebrokerd {}, pid {}) speaks protocol {PROTOCOL_VERSION}; use a litebroker \
+             client and broker of the same version (restart the broker after upgrading)",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id()
+        ),
+    )
+}

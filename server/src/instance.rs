@@ -1,0 +1,294 @@
+//! One broker per database: lock → probe → stale-socket cleanup → bind, in that
+//! order, never displacing a live listener; the socket folder's safety; peer checks.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use interprocess::local_socket::prelude::*;
+use interprocess::local_socket::{Listener, ListenerOptions, Stream};
+use litebroker_client::locate::{self, BrokerInfo, Location};
+use litebroker_client::{Client, ClientError, ConnectOptions};
+use litebroker_protocol::{write_frame, ErrorKind, Response, PROTOCOL_VERSION};
+use named_lock::{NamedLock, NamedLockGuard};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::shared::unix_ms;
+use crate::BrokerError;
+
+/// The database's single-instance lock, held for the broker's lifetime.
+pub struct InstanceLock {
+    _guard: NamedLockGuard,
+}
+
+fn config_err(msg: String) -> BrokerError {
+    BrokerError::Config(msg)
+}
+
+/// Makes sure the per-user socket folder exists, belongs to us and is private
+/// (mode 0700). An explicit socket's folder is only created when missing.
+///
+/// # Errors
+/// [`BrokerError::Config`] (exit 2) for a folder of another user or with looser
+/// permissions.
+pub fn prepare_socket_folder(location: &Location) -> Result<(), BrokerError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        let Some(dir) = Path::new(&location.socket).parent() else { return Ok(()) };
+        if location.explicit_socket {
+            if !dir.as_os_str().is_empty() && !dir.exists() {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(crate::io_err(format!("cannot create socket folder {}", dir.display())))?;
+            }
+            return Ok(());
+        }
+        if let Err(e) = fs::DirBuilder::new().mode(0o700).create(dir) {
+            if e.kind() != io::ErrorKind::AlreadyExists {
+                return Err(crate::io_err(format!("cannot create socket folder {}", dir.display()))(e));
+            }
+        }
+        let meta = fs::symlink_metadata(dir)
+            .map_err(crate::io_err(format!("cannot inspect socket folder {}", dir.display())))?;
+        let me = locate::current_uid();
+        let mode = meta.permissions().mode() & 0o777;
+        if !meta.is_dir() {
+            return Err(config_err(format!(
+                "socket folder {} is not a folder (a symlink or file is in its place); remove it",
+                dir.display()
+            )));
+        }
+        if meta.uid() != me {
+            return Err(config_err(format!(
+                "socket folder {} belongs to uid {}, not to this user (uid {me}); refusing to use it. \
+                 Remove it, or set XDG_RUNTIME_DIR/TMPDIR to a private folder",
+                dir.display(),
+                meta.uid()
+            )));
+        }
+        if mode & 0o077 != 0 {
+            return Err(config_err(format!(
+                "socket folder {} has mode {mode:o}; it must be private (0700) so other users cannot \
+                 reach the broker. Fix it with: chmod 700 {}",
+                dir.display(),
+                dir.display()
+            )));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = location;
+    Ok(())
+}
+
+/// Takes the database's broker lock. The lock belongs to the database (a file next
+/// to it on Unix, a global mutex named from its path on Windows), so two users or
+/// two temp folders can never both serve one file.
+///
+/// # Errors
+/// [`BrokerError::AlreadyRunning`] naming the running broker.
+pub fn lock(location: &Location) -> Result<InstanceLock, BrokerError> {
+    #[cfg(unix)]
+    let named = NamedLock::with_path(&location.lock_path);
+    #[cfg(windows)]
+    let named = NamedLock::create(&format!(
+        "litebroker-{:016x}",
+        litebroker_protocol::fnv1a64(location.db_path.to_string_lossy().to_lowercase().as_bytes())
+    ));
+    let named = named.map_err(|e| {
+        BrokerError::Database(format!("cannot create the broker lock {}: {e}", location.lock_path.display()))
+    })?;
+    match named.try_lock() {
+        Ok(guard) => Ok(InstanceLock { _guard: guard }),
+        Err(named_lock::Error::WouldBlock) => Err(BrokerError::AlreadyRunning(describe_running(location))),
+        Err(e) => Err(BrokerError::Database(format!(
+            "cannot take the broker lock {}: {e}",
+            location.lock_path.display()
+        ))),
+    }
+}
+
+impl InstanceLock {
+    /// Records pid and socket in the lock file for clients and `doctor`.
+    pub fn record(&self, location: &Location) {
+        let info = BrokerInfo {
+            pid: std::process::id(),
+            socket: location.socket.clone(),
+            db: location.db_path.to_string_lossy().into_owned(),
+            started_unix_ms: unix_ms(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol: PROTOCOL_VERSION,
+        };
+        let json = serde_json::to_string(&info).unwrap_or_default();
+        let written = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&location.lock_path)
+            .and_then(|mut f| f.write_all(json.as_bytes()));
+        if let Err(e) = written {
+            warn!("cannot record broker info in {}: {e}", location.lock_path.display());
+        }
+    }
+
+    /// Clears the recorded info and releases the lock.
+    pub fn release(self, location: &Location) {
+        if let Ok(f) = fs::OpenOptions::new().write(true).open(&location.lock_path) {
+            let _ = f.set_len(0);
+        }
+        drop(self);
+    }
+}
+
+enum Probe {
+    Live(Box<litebroker_protocol::HelloAck>),
+    Nobody,
+    Unresponsive(String),
+}
+
+fn probe(location: &Location, socket: &str) -> Probe {
+    let mut opts =
+        ConnectOptions::new(&location.db_path).socket(socket).client_name("litebrokerd (startup probe)");
+    opts.connect_timeout = Duration::from_secs(2);
+    match Client::connect_with(&opts) {
+        Ok(c) => Probe::Live(Box::new(c.hello().clone())),
+        Err(ClientError::NotRunning { .. }) => Probe::Nobody,
+        Err(e) => Probe::Unresponsive(e.to_string()),
+    }
+}
+
+fn describe_running(location: &Location) -> String {
+    let db = location.db_path.display();
+    let info = location.read_info();
+    let socket = info.as_ref().map_or(location.socket.as_str(), |i| i.socket.as_str());
+    match probe(location, socket) {
+        Probe::Live(ack) => format!("another broker (pid {}) already serves {db} on {}", ack.pid, ack.socket),
+        _ => match info {
+            Some(i) => format!(
+                "another broker (pid {}, socket {}) holds the lock of {db} ({}) but does not answer \
+                 yet; if it is hung, stop it (kill {})",
+                i.pid,
+                i.socket,
+                location.lock_path.display(),
+                i.pid
+            ),
+            None => format!(
+                "another process holds the broker lock {} of {db}; a broker is probably starting",
+                location.lock_path.display()
+            ),
+        },
+    }
+}
+
+/// With the lock held: if the socket file exists, a live listener there is never
+/// displaced; a dead one (left by a killed broker) is removed.
+///
+/// # Errors
+/// [`BrokerError::AlreadyRunning`] when something live listens on the socket.
+pub fn clear_stale_socket(location: &Location) -> Result<(), BrokerError> {
+    if cfg!(windows) {
+        // Pipes vanish with their process: nothing can be stale.
+        return Ok(());
+    }
+    let path = Path::new(&location.socket);
+    let Ok(meta) = fs::symlink_metadata(path) else { return Ok(()) };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(config_err(format!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            )));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = meta;
+    match probe(location, &location.socket) {
+        Probe::Live(ack) => Err(BrokerError::AlreadyRunning(format!(
+            "another broker (pid {}) already listens on {} (serving {})",
+            ack.pid, ack.socket, ack.db_path
+        ))),
+        Probe::Unresponsive(e) => Err(BrokerError::AlreadyRunning(format!(
+            "something listens on {} but does not answer as a broker ({e}); not displacing it",
+            location.socket
+        ))),
+        Probe::Nobody => {
+            fs::remove_file(path)
+                .map_err(crate::io_err(format!("cannot remove stale socket {}", path.display())))?;
+            info!("removed stale socket {} left by a broker that did not shut down cleanly", path.display());
+            Ok(())
+        }
+    }
+}
+
+/// Binds the listener (never overwriting a live one) and makes the socket private.
+///
+/// # Errors
+/// [`BrokerError::AlreadyRunning`] when the name is taken, else I/O errors.
+pub fn bind(location: &Location) -> Result<Listener, BrokerError> {
+    let name = locate::socket_name(&location.socket)
+        .map_err(crate::io_err(format!("invalid socket name {}", location.socket)))?;
+    let listener = ListenerOptions::new().name(name).reclaim_name(true).create_sync().map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            BrokerError::AlreadyRunning(format!(
+                "socket {} is already in use by another process",
+                location.socket
+            ))
+        } else {
+            BrokerError::Io { context: format!("cannot listen on {}", location.socket), source: e }
+        }
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&location.socket, fs::Permissions::from_mode(0o600))
+            .map_err(crate::io_err(format!("cannot restrict permissions of {}", location.socket)))?;
+    }
+    Ok(listener)
+}
+
+/// Removes the socket file if it is still there (the listener normally does).
+pub fn remove_socket_file(location: &Location) {
+    if cfg!(unix) {
+        let _ = fs::remove_file(&location.socket);
+    }
+}
+
+/// Checks the peer's credentials: only the broker's own user, or users listed with
+/// `--allow-uid`, may connect. Returns the peer's pid when the OS tells it.
+///
+/// # Errors
+/// A message naming the refused peer.
+pub fn check_peer(stream: &Stream, config: &Config) -> Result<Option<u32>, String> {
+    let creds = match stream.peer_creds() {
+        Ok(c) => c,
+        // No credentials on this platform: the private socket folder is the guard.
+        Err(_) => return Ok(None),
+    };
+    let pid = creds.pid().and_then(|p| u32::try_from(p).ok());
+    #[cfg(unix)]
+    if let Some(uid) = creds.euid() {
+        let me = locate::current_uid();
+        if uid != me && !config.allow_uids.contains(&uid) {
+            return Err(format!(
+                "peer uid {uid} (pid {}) is not the broker's user (uid {me}); allow it with --allow-uid {uid}",
+                pid.map_or_else(|| "unknown".into(), |p| p.to_string())
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = config;
+    Ok(pid)
+}
+
+/// Tells a refused peer why, best effort, and closes the connection.
+pub fn refuse(stream: Stream, config: &Config, kind: ErrorKind, msg: String) {
+    let _ = stream.set_send_timeout(Some(Duration::from_secs(1)));
+    let mut buf = Vec::new();
+    let _ = write_frame(&mut &stream, &Response::error(kind, msg), &mut buf, config.max_frame);
+}

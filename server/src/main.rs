@@ -1,0 +1,174 @@
+//! `litebrokerd`: serve one SQLite database's writes to many processes.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use litebroker_server::{run, BrokerError, Config, StopReason, Synchronous};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SyncArg {
+    Normal,
+    Full,
+}
+
+/// The broker for one SQLite database: the only writer, serving writes from many
+/// app instances over a local socket (named pipe on Windows).
+///
+/// Exit codes: 0 clean shutdown, 1 other failure, 2 usage or configuration error,
+/// 3 another broker already serves this database.
+#[derive(Debug, Parser)]
+#[command(name = "litebrokerd", version)]
+struct Args {
+    /// The database file; created with its folder when missing.
+    #[arg(long, env = "LITEBROKER_DB", default_value = litebroker_client::DEFAULT_DB)]
+    db: PathBuf,
+    /// Socket path (Unix) or pipe name (Windows); derived from the database path by default.
+    #[arg(long)]
+    socket: Option<String>,
+    /// PRAGMA synchronous: `full` makes every acknowledged write survive power loss.
+    #[arg(long, value_enum, default_value = "normal")]
+    synchronous: SyncArg,
+    /// Log level (error, warn, info, debug, trace) or a tracing filter.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// SQLite busy_timeout before the first retry, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    busy_timeout_ms: u64,
+    /// Retries after the first attempt while another process holds the database lock.
+    #[arg(long, default_value_t = 3)]
+    lock_retries: u32,
+    /// First backoff delay in milliseconds (doubling each retry).
+    #[arg(long, default_value_t = 500)]
+    retry_base_ms: u64,
+    /// Backoff cap in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    retry_cap_ms: u64,
+    /// Longest a write session may hold the writer before it is rolled back, in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    lease_secs: f64,
+    /// Longest a single statement may run before it is interrupted, in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    max_statement_secs: f64,
+    /// Timeout of requests that state none, in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    default_timeout_secs: f64,
+    /// Maximum frame size in bytes (both directions).
+    #[arg(long, default_value_t = litebroker_protocol::DEFAULT_MAX_FRAME)]
+    max_frame_bytes: u32,
+    /// Maximum requests committed together in one transaction.
+    #[arg(long, default_value_t = 512)]
+    max_group_requests: usize,
+    /// Maximum statements in one batch request.
+    #[arg(long, default_value_t = 250_000)]
+    max_batch_statements: usize,
+    /// Maximum parameters of one statement.
+    #[arg(long, default_value_t = 32_766)]
+    max_params: usize,
+    /// Maximum rows one request may return.
+    #[arg(long, default_value_t = 100_000)]
+    max_rows: usize,
+    /// Maximum clients connected at once.
+    #[arg(long, default_value_t = 512)]
+    max_clients: usize,
+    /// Seconds a client may take to finish a started frame or to read an answer.
+    #[arg(long, default_value_t = 10.0)]
+    io_timeout_secs: f64,
+    /// Another user id allowed to connect (repeatable); by default only the broker's own user may.
+    #[arg(long = "allow-uid")]
+    allow_uids: Vec<u32>,
+}
+
+fn secs(name: &str, v: f64) -> Result<Duration, BrokerError> {
+    Duration::try_from_secs_f64(v)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| BrokerError::Config(format!("--{name} must be a positive number of seconds, got {v}")))
+}
+
+fn config(a: Args) -> Result<Config, BrokerError> {
+    let mut c = Config::new(a.db);
+    c.socket = a.socket;
+    c.synchronous = match a.synchronous {
+        SyncArg::Normal => Synchronous::Normal,
+        SyncArg::Full => Synchronous::Full,
+    };
+    c.busy_timeout = Duration::from_millis(a.busy_timeout_ms);
+    c.lock_retries = a.lock_retries;
+    c.retry_base = Duration::from_millis(a.retry_base_ms);
+    c.retry_cap = Duration::from_millis(a.retry_cap_ms);
+    c.lease = secs("lease-secs", a.lease_secs)?;
+    c.max_statement_time = secs("max-statement-secs", a.max_statement_secs)?;
+    c.default_timeout = secs("default-timeout-secs", a.default_timeout_secs)?;
+    c.io_timeout = secs("io-timeout-secs", a.io_timeout_secs)?;
+    if a.max_frame_bytes < 1024 || a.max_frame_bytes > litebroker_protocol::HARD_MAX_FRAME {
+        return Err(BrokerError::Config(format!(
+            "--max-frame-bytes must be between 1024 and {}, got {}",
+            litebroker_protocol::HARD_MAX_FRAME,
+            a.max_frame_bytes
+        )));
+    }
+    c.max_frame = a.max_frame_bytes;
+    for (name, v) in [
+        ("max-group-requests", a.max_group_requests),
+        ("max-batch-statements", a.max_batch_statements),
+        ("max-rows", a.max_rows),
+        ("max-clients", a.max_clients),
+    ] {
+        if v == 0 {
+            return Err(BrokerError::Config(format!("--{name} must be at least 1")));
+        }
+    }
+    c.max_group_requests = a.max_group_requests;
+    c.max_batch_statements = a.max_batch_statements;
+    c.max_params = a.max_params;
+    c.max_rows = a.max_rows;
+    c.max_clients = a.max_clients;
+    c.allow_uids = a.allow_uids;
+    Ok(c)
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let result = config(args).and_then(|c| {
+        run(c, |ready| {
+            let stopper = ready.stopper.clone();
+            static SIGNALS: AtomicU32 = AtomicU32::new(0);
+            let installed = ctrlc::set_handler(move || {
+                if SIGNALS.fetch_add(1, Ordering::SeqCst) == 0 {
+                    stopper.stop(StopReason::Signal);
+                } else {
+                    eprintln!("litebrokerd: second signal, exiting at once");
+                    std::process::exit(1);
+                }
+            });
+            if let Err(e) = installed {
+                tracing::warn!("cannot install the signal handler: {e}");
+            }
+        })
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("litebrokerd: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

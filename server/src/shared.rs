@@ -1,0 +1,331 @@
+//! State shared by the accept loop, the connection threads and the writer thread.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::mpsc::{Sender, SyncSender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use litebroker_protocol::{Response, Statement, WriteOptions};
+
+use crate::config::Config;
+
+/// Why the broker stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// Ctrl-C, SIGTERM or SIGHUP.
+    Signal,
+    /// A client sent the `shutdown` request.
+    Request {
+        /// Who asked.
+        client: String,
+    },
+    /// The writer or acceptor failed and the broker cannot go on.
+    Fatal(String),
+}
+
+/// Session state of one connection, written by the writer thread and read by the
+/// connection's thread to route its requests.
+pub mod session_state {
+    /// No write session.
+    pub const NONE: u8 = 0;
+    /// This connection holds the writer.
+    pub const ACTIVE: u8 = 1;
+    /// The broker rolled the session back (lease expired, shutdown); the client
+    /// has not been told yet.
+    pub const EXPIRED: u8 = 2;
+}
+
+/// One connected client.
+#[derive(Debug)]
+pub struct ClientEntry {
+    /// Broker-assigned id.
+    pub id: u64,
+    /// Name from the handshake.
+    pub name: String,
+    /// Process id (from the OS where available).
+    pub pid: u32,
+    /// Connection time, ms since the epoch.
+    pub connected_unix_ms: u64,
+    /// Requests served.
+    pub requests: AtomicU64,
+    /// See [`session_state`].
+    pub session: AtomicU8,
+}
+
+impl ClientEntry {
+    /// "name (pid N, client #id)" for messages and logs.
+    pub fn describe(&self) -> String {
+        format!("'{}' (pid {}, client #{})", self.name, self.pid, self.id)
+    }
+}
+
+/// Who holds the writer in a write session.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    /// The holding client.
+    pub client: Arc<ClientEntry>,
+    /// Since when.
+    pub since: Instant,
+}
+
+/// Counters reported by `status`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Requests served (all kinds).
+    pub requests: AtomicU64,
+    /// Write transactions committed.
+    pub commits: AtomicU64,
+    /// Write requests committed (sum of group sizes).
+    pub committed_requests: AtomicU64,
+    /// Largest group committed.
+    pub max_group: AtomicU64,
+    /// Jobs submitted to the writer and not yet taken.
+    pub queued: AtomicUsize,
+    /// Times the writer found the database locked by another process.
+    pub lock_waits: AtomicU64,
+    /// Backoff retries made because of such locks.
+    pub lock_retries: AtomicU64,
+    /// Requests whose answer has not been written yet (for a clean shutdown).
+    pub in_flight: AtomicUsize,
+}
+
+/// Everything shared between the broker's threads.
+#[derive(Debug)]
+pub struct Shared {
+    /// The configuration in force.
+    pub config: Config,
+    /// Canonical database path.
+    pub db_path: String,
+    /// The socket or pipe name.
+    pub socket: String,
+    /// Start time.
+    pub started: Instant,
+    /// Start time, ms since the epoch.
+    pub started_unix_ms: u64,
+    /// Set once shutdown began: no new work is accepted.
+    pub shutting_down: AtomicBool,
+    /// False once the writer thread has exited.
+    pub writer_alive: AtomicBool,
+    /// Counters.
+    pub counters: Counters,
+    /// `PRAGMA user_version`, refreshed by the writer after commits that touch it.
+    pub schema_version: AtomicU32,
+    /// Connections accepted and not yet closed (handshake done or not).
+    pub connections: AtomicUsize,
+    clients: Mutex<BTreeMap<u64, Arc<ClientEntry>>>,
+    next_client_id: AtomicU64,
+    holder: Mutex<Option<Holder>>,
+    stop_tx: Mutex<Option<Sender<StopReason>>>,
+}
+
+/// Locks a mutex, recovering from poisoning: the data behind these mutexes stays
+/// consistent even if a holder panicked, and the broker must keep serving.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Shared {
+    /// Shared state for a broker that serves `db_path` on `socket`.
+    pub fn new(config: Config, db_path: String, socket: String, stop_tx: Sender<StopReason>) -> Shared {
+        Shared {
+            config,
+            db_path,
+            socket,
+            started: Instant::now(),
+            started_unix_ms: unix_ms(),
+            shutting_down: AtomicBool::new(false),
+            writer_alive: AtomicBool::new(true),
+            counters: Counters::default(),
+            schema_version: AtomicU32::new(0),
+            connections: AtomicUsize::new(0),
+            clients: Mutex::new(BTreeMap::new()),
+            next_client_id: AtomicU64::new(1),
+            holder: Mutex::new(None),
+            stop_tx: Mutex::new(Some(stop_tx)),
+        }
+    }
+
+    /// Starts the one shutdown path (idempotent).
+    pub fn request_stop(&self, reason: StopReason) {
+        if let Some(tx) = lock(&self.stop_tx).as_ref() {
+            let _ = tx.send(reason);
+        }
+    }
+
+    /// True once shutdown began.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Registers a client after its handshake.
+    pub fn register(&self, name: String, pid: u32) -> Arc<ClientEntry> {
+        let id = self.next_client_id.fetch_add(1, Ordering::Relaxed);
+        let entry = Arc::new(ClientEntry {
+            id,
+            name,
+            pid,
+            connected_unix_ms: unix_ms(),
+            requests: AtomicU64::new(0),
+            session: AtomicU8::new(session_state::NONE),
+        });
+        lock(&self.clients).insert(id, entry.clone());
+        entry
+    }
+
+    /// Forgets a client that disconnected.
+    pub fn unregister(&self, id: u64) {
+        lock(&self.clients).remove(&id);
+    }
+
+    /// Clients connected now.
+    pub fn client_count(&self) -> usize {
+        lock(&self.clients).len()
+    }
+
+    /// A snapshot of the connected clients.
+    pub fn clients(&self) -> Vec<Arc<ClientEntry>> {
+        lock(&self.clients).values().cloned().collect()
+    }
+
+    /// Records (or clears) the write-session holder.
+    pub fn set_holder(&self, holder: Option<Holder>) {
+        *lock(&self.holder) = holder;
+    }
+
+    /// The current write-session holder.
+    pub fn holder(&self) -> Option<Holder> {
+        lock(&self.holder).clone()
+    }
+
+    /// Why a waiter did not get the writer in time, for its error message.
+    pub fn describe_contention(&self) -> String {
+        match self.holder() {
+            Some(h) => format!(
+                "the writer is held by the write session of {} for {:.1} s",
+                h.client.describe(),
+                h.since.elapsed().as_secs_f64()
+            ),
+            None => {
+                let queued = self.counters.queued.load(Ordering::Relaxed);
+                format!("the writer is busy ({queued} requests queued)")
+            }
+        }
+    }
+}
+
+/// A job's lifecycle, packed with a per-connection sequence number so that a stale
+/// (cancelled) job can never be mistaken for the connection's current one.
+pub mod job_state {
+    /// Waiting in the queue.
+    pub const QUEUED: u64 = 0;
+    /// Taken by the writer: it will answer.
+    pub const RUNNING: u64 = 1;
+    /// Given up by the connection (deadline passed): the writer must skip it.
+    pub const CANCELLED: u64 = 2;
+
+    /// Packs a sequence number and a state.
+    pub fn pack(seq: u64, state: u64) -> u64 {
+        (seq << 2) | state
+    }
+}
+
+/// What the writer thread is asked to do.
+#[derive(Debug)]
+pub enum JobKind {
+    /// A one-shot write: one or several statements, committed atomically.
+    Write(WriteBody),
+    /// Open a write session for the job's client.
+    BeginSession,
+    /// Run a write inside the client's session.
+    SessionWrite(WriteBody),
+    /// End the client's session.
+    EndSession {
+        /// Commit (true) or roll back.
+        commit: bool,
+    },
+    /// The client's connection closed: roll back its session, if any. Not answered.
+    Disconnected,
+    /// Finish what is queued and stop. Not answered.
+    Stop,
+}
+
+/// The statements of a write request.
+#[derive(Debug)]
+pub enum WriteBody {
+    /// `Request::Execute`: one SQL text (possibly several statements).
+    Execute(Statement),
+    /// `Request::Batch`: a list of statements.
+    Batch(Vec<Statement>),
+}
+
+impl WriteBody {
+    /// Bytes of SQL and parameters, for group limits.
+    pub fn weight(&self) -> usize {
+        fn one(s: &Statement) -> usize {
+            s.sql.len() + s.params.len() * 16
+        }
+        match self {
+            WriteBody::Execute(s) => one(s),
+            WriteBody::Batch(v) => v.iter().map(one).sum(),
+        }
+    }
+}
+
+/// A unit of work for the writer thread.
+#[derive(Debug)]
+pub struct Job {
+    /// What to do.
+    pub kind: JobKind,
+    /// Options of the request (request id, idempotency).
+    pub opts: WriteOptions,
+    /// The submitting client (None for broker-internal jobs).
+    pub client: Option<Arc<ClientEntry>>,
+    /// When the caller stops waiting.
+    pub deadline: Instant,
+    /// When it was queued.
+    pub enqueued: Instant,
+    /// Shared with the connection: see [`job_state`].
+    pub state: Arc<AtomicU64>,
+    /// This job's sequence number on its connection.
+    pub seq: u64,
+    /// Where the answer goes.
+    pub reply: Option<SyncSender<Response>>,
+}
+
+impl Job {
+    /// Claims the job for execution; false when the connection already gave up on it.
+    pub fn claim(&self) -> bool {
+        self.state
+            .compare_exchange(
+                job_state::pack(self.seq, job_state::QUEUED),
+                job_state::pack(self.seq, job_state::RUNNING),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// Sends the answer. Never blocks: each connection has one job in flight and a
+    /// reply slot of one.
+    pub fn answer(&self, resp: Response) {
+        if let Some(tx) = &self.reply {
+            let _ = tx.try_send(resp);
+        }
+    }
+
+    /// The client id, or 0 for internal jobs.
+    pub fn client_id(&self) -> u64 {
+        self.client.as_ref().map_or(0, |c| c.id)
+    }
+
+    /// Time left before the deadline.
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}

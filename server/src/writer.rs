@@ -1,0 +1,648 @@
+//! The writer thread: the only connection that writes the database.
+//!
+//! Connection threads hand it [`Job`]s through one bounded channel. Without a
+//! write session it commits everything that queued while the previous transaction
+//! ran as one transaction (group commit): `BEGIN IMMEDIATE`, a `SAVEPOINT` per
+//! request so a failing request rolls back only itself, `COMMIT`, then every caller
+//! is answered. A write session holds the writer exclusively; jobs of other clients
+//! wait in FIFO order meanwhile.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use litebroker_protocol::{ErrorInfo, ErrorKind, ExecResult, Response};
+use rusqlite::{Connection, OpenFlags};
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::shared::{session_state, ClientEntry, Holder, Job, JobKind, Shared, WriteBody};
+use crate::sqlexec::{run_sql, sql_error, ExecLimits, Mode, SessionEnd, Tracker};
+
+/// Opens the writer connection with the notes' PRAGMAs.
+///
+/// # Errors
+/// When the file cannot be opened, or WAL mode cannot be enabled (e.g. on a network
+/// filesystem).
+pub fn open_writer(path: &std::path::Path, config: &Config) -> Result<Connection, String> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    conn.busy_timeout(config.busy_timeout).map_err(|e| e.to_string())?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(|e| format!("cannot set WAL mode on {}: {e}", path.display()))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(format!(
+            "{} stays in journal mode '{mode}' instead of WAL; WAL needs a local filesystem \
+             (network drives are not supported)",
+            path.display()
+        ));
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {};
+         PRAGMA foreign_keys = ON;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA cache_size = -64000;",
+        config.synchronous.as_str()
+    ))
+    .map_err(|e| format!("cannot apply PRAGMAs to {}: {e}", path.display()))?;
+    conn.set_prepared_statement_cache_capacity(256);
+    Ok(conn)
+}
+
+/// Reads `PRAGMA user_version`.
+pub fn user_version(conn: &Connection) -> u32 {
+    conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+        .map(|v| u32::try_from(v).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+struct ActiveSession {
+    client: Arc<ClientEntry>,
+    started: Instant,
+    lease_deadline: Instant,
+    fresh: bool,
+}
+
+/// The writer thread's state.
+pub struct Writer {
+    conn: Connection,
+    shared: Arc<Shared>,
+    rx: Receiver<Job>,
+    pending: VecDeque<Job>,
+    session: Option<ActiveSession>,
+    stopping: bool,
+    /// Deadline of the running statement in ns since `epoch` (0 = none), read by the
+    /// progress handler to interrupt runaway statements.
+    deadline_ns: Arc<AtomicU64>,
+    epoch: Instant,
+    busy_timeout: Duration,
+    group: Vec<Job>,
+    results: Vec<Result<Response, ErrorInfo>>,
+}
+
+impl Writer {
+    /// Wraps an open writer connection.
+    pub fn new(mut conn: Connection, shared: Arc<Shared>, rx: Receiver<Job>) -> Writer {
+        let deadline_ns = Arc::new(AtomicU64::new(0));
+        let epoch = Instant::now();
+        let dl = deadline_ns.clone();
+        conn.progress_handler(
+            1000,
+            Some(move || {
+                let d = dl.load(Ordering::Relaxed);
+                d != 0 && epoch.elapsed().as_nanos() as u64 >= d
+            }),
+        )
+        .ok();
+        let busy_timeout = shared.config.busy_timeout;
+        Writer {
+            conn,
+            shared,
+            rx,
+            pending: VecDeque::new(),
+            session: None,
+            stopping: false,
+            deadline_ns,
+            epoch,
+            busy_timeout,
+            group: Vec::new(),
+            results: Vec::new(),
+        }
+    }
+
+    /// Serves jobs until a `Stop` job (or every sender is gone), then checkpoints.
+    pub fn run(mut self) {
+        self.refresh_schema_version();
+        while let Some(job) = self.next_job() {
+            if matches!(job.kind, JobKind::Stop) {
+                self.stop();
+                break;
+            }
+            self.dispatch(job);
+        }
+        self.shared.writer_alive.store(false, Ordering::SeqCst);
+    }
+
+    fn next_job(&mut self) -> Option<Job> {
+        loop {
+            if let Some(s) = &self.session {
+                let now = Instant::now();
+                if now >= s.lease_deadline {
+                    self.expire_session();
+                    continue;
+                }
+                match self.rx.recv_timeout(s.lease_deadline - now) {
+                    Ok(j) => return Some(j),
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return None,
+                }
+            }
+            if let Some(j) = self.pending.pop_front() {
+                return Some(j);
+            }
+            return self.rx.recv().ok();
+        }
+    }
+
+    fn finished(&self, n: usize) {
+        self.shared.counters.queued.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    fn dispatch(&mut self, job: Job) {
+        let holder = self.session.as_ref().map(|s| s.client.id);
+        let mine = holder.is_some() && holder == Some(job.client_id());
+        match job.kind {
+            JobKind::Stop => unreachable!("handled by run"),
+            JobKind::Disconnected => {
+                if mine {
+                    let who = job.client.as_ref().map(|c| c.describe()).unwrap_or_default();
+                    info!("client {who} disconnected during its write session; rolled back");
+                    self.end_session(false, session_state::NONE).ok();
+                }
+                self.finished(1);
+            }
+            JobKind::SessionWrite(_) | JobKind::EndSession { .. } if mine => self.session_job(job),
+            JobKind::SessionWrite(_) | JobKind::EndSession { .. } => {
+                // The session ended (lease expired, shutdown) after the client sent this.
+                if job.claim() {
+                    job.answer(Response::Error(lease_expired(&self.shared.config)));
+                    if let Some(c) = &job.client {
+                        c.session.store(session_state::NONE, Ordering::SeqCst);
+                    }
+                }
+                self.finished(1);
+            }
+            _ if holder.is_some() => self.pending.push_back(job),
+            JobKind::Write(_) => self.run_group(job),
+            JobKind::BeginSession => self.begin_session(job),
+        }
+    }
+
+    // ----- group commit -------------------------------------------------------
+
+    fn run_group(&mut self, first: Job) {
+        let cfg = &self.shared.config;
+        let (max_n, max_bytes) = (cfg.max_group_requests.max(1), cfg.max_group_bytes);
+        let mut group = std::mem::take(&mut self.group);
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            if job.claim() {
+                if let JobKind::Write(body) = &job.kind {
+                    bytes += body.weight();
+                }
+                group.push(job);
+            } else {
+                self.finished(1);
+            }
+            if group.len() >= max_n || bytes >= max_bytes {
+                break;
+            }
+            // FIFO: older jobs parked in `pending` come before the channel's.
+            let candidate = match self.pending.front() {
+                Some(j) if matches!(j.kind, JobKind::Write(_)) => self.pending.pop_front(),
+                Some(_) => None,
+                None => self.rx.try_recv().ok(),
+            };
+            match candidate {
+                Some(j) if matches!(j.kind, JobKind::Write(_)) => next = Some(j),
+                Some(other) => self.pending.push_back(other),
+                None => {}
+            }
+        }
+        if !group.is_empty() {
+            self.execute_group(&group);
+            self.finished(group.len());
+        }
+        group.clear();
+        self.group = group;
+    }
+
+    fn execute_group(&mut self, group: &[Job]) {
+        let deadline = group.iter().map(|j| j.deadline).max().unwrap_or_else(Instant::now);
+        if let Err(e) = self.begin_immediate(deadline) {
+            for job in group {
+                job.answer(Response::Error(e.clone()));
+            }
+            return;
+        }
+        let single = group.len() == 1;
+        let mut results = std::mem::take(&mut self.results);
+        results.clear();
+        let mut touches_schema = false;
+        let mut aborted: Option<ErrorInfo> = None;
+        for job in group {
+            let JobKind::Write(body) = &job.kind else { unreachable!("groups hold writes") };
+            touches_schema |= mentions_user_version(body);
+            if Instant::now() >= job.deadline {
+                results.push(Err(ErrorInfo::new(
+                    ErrorKind::Timeout,
+                    "the request's deadline passed before the writer reached it; nothing was applied",
+                )));
+                continue;
+            }
+            let r = if single {
+                self.run_body(body, Mode::OneShot, job.deadline).map(|(r, _)| r)
+            } else {
+                self.in_savepoint(|w| w.run_body(body, Mode::OneShot, job.deadline).map(|(r, _)| r))
+            };
+            // Some errors (disk full, I/O) make SQLite roll back the whole
+            // transaction: then nothing of the group survives and all must fail.
+            if self.conn.is_autocommit() {
+                let cause = r.as_ref().err().cloned().unwrap_or_else(|| {
+                    ErrorInfo::new(ErrorKind::Internal, "the transaction ended unexpectedly")
+                });
+                aborted = Some(cause);
+                break;
+            }
+            results.push(r);
+        }
+        let outcome = match aborted {
+            Some(cause) => Err(cause),
+            None if single && results[0].is_err() => {
+                self.exec_cached("ROLLBACK").ok();
+                Ok(())
+            }
+            None => self.exec_cached("COMMIT").map_err(|e| {
+                self.exec_cached("ROLLBACK").ok();
+                sql_error(&e)
+            }),
+        };
+        match outcome {
+            Ok(()) => {
+                let committed = results.iter().any(Result::is_ok);
+                if committed {
+                    let c = &self.shared.counters;
+                    c.commits.fetch_add(1, Ordering::Relaxed);
+                    c.committed_requests.fetch_add(group.len() as u64, Ordering::Relaxed);
+                    c.max_group.fetch_max(group.len() as u64, Ordering::Relaxed);
+                    if touches_schema {
+                        self.refresh_schema_version();
+                    }
+                }
+                for (job, r) in group.iter().zip(results.drain(..)) {
+                    job.answer(r.unwrap_or_else(Response::Error));
+                }
+            }
+            Err(cause) => {
+                warn!(
+                    requests = group.len(),
+                    "write transaction failed, nothing committed: {}", cause.message
+                );
+                for job in group {
+                    let mut e = cause.clone();
+                    if group.len() > 1 {
+                        e.message = format!(
+                            "{} (the transaction this request was committed with failed; nothing of it was applied)",
+                            cause.message
+                        );
+                    }
+                    job.answer(Response::Error(e));
+                }
+                results.clear();
+            }
+        }
+        self.results = results;
+    }
+
+    /// Runs `f` inside the internal savepoint: released on success, rolled back to
+    /// on failure, so one request's failure does not touch the others.
+    fn in_savepoint<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, ErrorInfo>) -> Result<T, ErrorInfo> {
+        self.exec_cached(SAVEPOINT_SQL).map_err(|e| sql_error(&e))?;
+        let r = f(self);
+        if self.conn.is_autocommit() {
+            return r;
+        }
+        if r.is_err() {
+            self.exec_cached(ROLLBACK_TO_SQL).map_err(|e| sql_error(&e))?;
+        }
+        self.exec_cached(RELEASE_SQL).map_err(|e| sql_error(&e))?;
+        r
+    }
+
+    fn exec_cached(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.prepare_cached(sql)?.raw_execute().map(|_| ())
+    }
+
+    fn run_body(
+        &mut self,
+        body: &WriteBody,
+        mode: Mode,
+        deadline: Instant,
+    ) -> Result<(Response, SessionEnd), ErrorInfo> {
+        let cfg = &self.shared.config;
+        let limits = ExecLimits { max_rows: cfg.max_rows };
+        let stmt_deadline = deadline.min(Instant::now() + cfg.max_statement_time);
+        self.deadline_ns.store(
+            stmt_deadline.saturating_duration_since(self.epoch).as_nanos().max(1) as u64,
+            Ordering::Relaxed,
+        );
+        let mut tracker = Tracker::new(mode);
+        let r = match body {
+            WriteBody::Execute(stmt) => {
+                let mut out = ExecResult::default();
+                run_sql(&self.conn, &stmt.sql, &stmt.params, &mut tracker, limits, &mut out)
+                    .and_then(|()| tracker.finish())
+                    .map(|()| Response::Executed(out))
+            }
+            WriteBody::Batch(stmts) => {
+                let mut all = Vec::with_capacity(stmts.len());
+                stmts
+                    .iter()
+                    .try_for_each(|s| {
+                        let mut out = ExecResult::default();
+                        run_sql(&self.conn, &s.sql, &s.params, &mut tracker, limits, &mut out)?;
+                        all.push(out);
+                        Ok(())
+                    })
+                    .and_then(|()| tracker.finish())
+                    .map(|()| Response::Batch(all))
+            }
+        };
+        self.deadline_ns.store(0, Ordering::Relaxed);
+        r.map(|resp| (resp, tracker.end)).map_err(|mut e| {
+            if e.kind == ErrorKind::Timeout {
+                e.message = format!(
+                    "statement interrupted: it ran past its deadline (the request's timeout, \
+                     or --max-statement-secs {}); the request was rolled back",
+                    cfg.max_statement_time.as_secs()
+                );
+            }
+            e
+        })
+    }
+
+    /// `BEGIN IMMEDIATE`, waiting for locks held by other processes: busy_timeout
+    /// first, then the notes' backoff (base doubling, capped), within `deadline`.
+    fn begin_immediate(&mut self, deadline: Instant) -> Result<(), ErrorInfo> {
+        let cfg = &self.shared.config;
+        let started = Instant::now();
+        let mut retry = 0u32;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let wait = cfg.busy_timeout.min(remaining);
+            if wait != self.busy_timeout {
+                self.conn.busy_timeout(wait).ok();
+                self.busy_timeout = wait;
+            }
+            let e = match self.exec_cached("BEGIN IMMEDIATE") {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let info = sql_error(&e);
+            if info.kind != ErrorKind::Locked {
+                return Err(info);
+            }
+            let counters = &self.shared.counters;
+            if retry == 0 {
+                counters.lock_waits.fetch_add(1, Ordering::Relaxed);
+            }
+            let delay = cfg.backoff(retry);
+            if retry >= cfg.lock_retries || Instant::now() + delay >= deadline {
+                let attempts = retry + 1;
+                warn!(
+                    attempts,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "database locked by another process; giving up"
+                );
+                return Err(locked_error(&self.shared, attempts, started.elapsed()));
+            }
+            retry += 1;
+            counters.lock_retries.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                attempt = retry,
+                max_attempts = cfg.lock_retries,
+                delay_ms = delay.as_millis() as u64,
+                "database locked by another process; retry {retry} of {} in {} ms",
+                cfg.lock_retries,
+                delay.as_millis()
+            );
+            std::thread::sleep(delay);
+        }
+    }
+
+    fn refresh_schema_version(&self) {
+        self.shared.schema_version.store(user_version(&self.conn), Ordering::Relaxed);
+    }
+
+    // ----- write sessions -----------------------------------------------------
+
+    fn begin_session(&mut self, job: Job) {
+        if !job.claim() {
+            self.finished(1);
+            return;
+        }
+        let Some(client) = job.client.clone() else {
+            self.finished(1);
+            return;
+        };
+        if self.stopping {
+            job.answer(Response::error(ErrorKind::ShuttingDown, SHUTTING_DOWN));
+            self.finished(1);
+            return;
+        }
+        match self.begin_immediate(job.deadline) {
+            Err(e) => job.answer(Response::Error(e)),
+            Ok(()) => {
+                let now = Instant::now();
+                client.session.store(session_state::ACTIVE, Ordering::SeqCst);
+                self.shared.set_holder(Some(Holder { client: client.clone(), since: now }));
+                debug!("write session opened by {}", client.describe());
+                self.session = Some(ActiveSession {
+                    client,
+                    started: now,
+                    lease_deadline: now + self.shared.config.lease,
+                    fresh: true,
+                });
+                job.answer(Response::SessionStarted { waited_ms: job.enqueued.elapsed().as_millis() as u64 });
+            }
+        }
+        self.finished(1);
+    }
+
+    fn session_job(&mut self, job: Job) {
+        if !job.claim() {
+            self.finished(1);
+            return;
+        }
+        let (fresh, lease_deadline) =
+            self.session.as_ref().map_or((false, Instant::now()), |s| (s.fresh, s.lease_deadline));
+        match &job.kind {
+            JobKind::SessionWrite(body) => {
+                let deadline = job.deadline.min(lease_deadline);
+                let r = self.in_savepoint(|w| w.run_body(body, Mode::Session { fresh }, deadline));
+                if self.conn.is_autocommit() {
+                    // SQLite rolled the whole session back (disk full, I/O error).
+                    let cause = r.err().unwrap_or_else(|| {
+                        ErrorInfo::new(ErrorKind::Internal, "the transaction ended unexpectedly")
+                    });
+                    self.drop_session(session_state::NONE);
+                    job.answer(Response::Error(ErrorInfo {
+                        message: format!(
+                            "{}; the write session was rolled back and is closed",
+                            cause.message
+                        ),
+                        ..cause
+                    }));
+                } else {
+                    match r {
+                        Ok((resp, end)) => {
+                            if let Some(s) = self.session.as_mut() {
+                                s.fresh = false;
+                            }
+                            let answer = match end {
+                                SessionEnd::None => resp,
+                                SessionEnd::Commit => match self.end_session(true, session_state::NONE) {
+                                    Ok(()) => resp,
+                                    Err(e) => Response::Error(e),
+                                },
+                                SessionEnd::Rollback => {
+                                    self.end_session(false, session_state::NONE).ok();
+                                    resp
+                                }
+                            };
+                            job.answer(answer);
+                        }
+                        Err(e) => job.answer(Response::Error(e)),
+                    }
+                }
+            }
+            JobKind::EndSession { commit } => {
+                let commit = *commit;
+                match self.end_session(commit, session_state::NONE) {
+                    Ok(()) => job.answer(Response::SessionEnded { committed: commit }),
+                    Err(e) => job.answer(Response::Error(e)),
+                }
+            }
+            _ => unreachable!("only session jobs come here"),
+        }
+        self.finished(1);
+    }
+
+    /// Commits or rolls back the session and releases the writer. A failed commit
+    /// rolls back.
+    fn end_session(&mut self, commit: bool, state_after: u8) -> Result<(), ErrorInfo> {
+        let r = if commit {
+            self.exec_cached("COMMIT").map_err(|e| {
+                self.exec_cached("ROLLBACK").ok();
+                let mut info = sql_error(&e);
+                info.message = format!("commit failed, the session was rolled back: {}", info.message);
+                info
+            })
+        } else {
+            self.exec_cached("ROLLBACK").map_err(|e| sql_error(&e))
+        };
+        if commit && r.is_ok() {
+            self.shared.counters.commits.fetch_add(1, Ordering::Relaxed);
+            self.refresh_schema_version();
+        }
+        self.drop_session(state_after);
+        r
+    }
+
+    fn drop_session(&mut self, state_after: u8) {
+        if !self.conn.is_autocommit() {
+            self.exec_cached("ROLLBACK").ok();
+        }
+        if let Some(s) = self.session.take() {
+            s.client.session.store(state_after, Ordering::SeqCst);
+            debug!(
+                "write session of {} ended after {:.3} s",
+                s.client.describe(),
+                s.started.elapsed().as_secs_f64()
+            );
+        }
+        self.shared.set_holder(None);
+    }
+
+    fn expire_session(&mut self) {
+        if let Some(s) = &self.session {
+            warn!(
+                "write session of {} held the writer longer than the {} s lease; rolled back",
+                s.client.describe(),
+                self.shared.config.lease.as_secs_f64()
+            );
+        }
+        self.drop_session(session_state::EXPIRED);
+    }
+
+    // ----- shutdown -----------------------------------------------------------
+
+    fn stop(&mut self) {
+        self.stopping = true;
+        if let Some(s) = &self.session {
+            info!("shutting down: rolling back the write session of {}", s.client.describe());
+            self.drop_session(session_state::EXPIRED);
+        }
+        // Answer what was queued before the stop (writes run; sessions are refused).
+        while let Some(job) = self.pending.pop_front().or_else(|| self.rx.try_recv().ok()) {
+            match job.kind {
+                JobKind::Stop => {}
+                _ => self.dispatch(job),
+            }
+        }
+        match self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        }) {
+            Ok((busy, log, done)) => {
+                info!(busy, wal_frames = log, checkpointed = done, "final checkpoint")
+            }
+            Err(e) => warn!("final checkpoint failed: {e}"),
+        }
+    }
+}
+
+// The savepoint is `sqlexec::INTERNAL_SAVEPOINT`; clients may not use its name.
+const SAVEPOINT_SQL: &str = "SAVEPOINT litebroker_req";
+const RELEASE_SQL: &str = "RELEASE litebroker_req";
+const ROLLBACK_TO_SQL: &str = "ROLLBACK TO litebroker_req";
+
+/// Message of requests refused during shutdown.
+pub const SHUTTING_DOWN: &str = "the broker is shutting down and accepts no new work; retry once it is back";
+
+fn mentions_user_version(body: &WriteBody) -> bool {
+    let has = |s: &str| s.to_ascii_lowercase().contains("user_version");
+    match body {
+        WriteBody::Execute(s) => has(&s.sql),
+        WriteBody::Batch(v) => v.iter().any(|s| has(&s.sql)),
+    }
+}
+
+fn lease_expired(cfg: &Config) -> ErrorInfo {
+    ErrorInfo::new(
+        ErrorKind::LeaseExpired,
+        format!(
+            "the write session was rolled back by the broker (it held the writer longer than the \
+             {} s lease, or the broker is shutting down); nothing of it was committed",
+            cfg.lease.as_secs_f64()
+        ),
+    )
+}
+
+/// The typed "database locked" error, in the notes' words.
+pub fn locked_error(shared: &Shared, attempts: u32, elapsed: Duration) -> ErrorInfo {
+    let cfg = &shared.config;
+    ErrorInfo {
+        kind: ErrorKind::Locked,
+        message: format!(
+            "Database is locked: another process (e.g. the sqlite3 CLI or a backup tool) held a \
+             lock on {} through {attempts} attempt(s) over {:.1} s (busy_timeout {} ms, then \
+             backoff {} ms doubling, capped at {} ms); nothing was applied",
+            shared.db_path,
+            elapsed.as_secs_f64(),
+            cfg.busy_timeout.as_millis(),
+            cfg.retry_base.as_millis(),
+            cfg.retry_cap.as_millis(),
+        ),
+        sqlite: Some(litebroker_protocol::SqliteCode {
+            primary: rusqlite::ffi::SQLITE_BUSY,
+            extended: rusqlite::ffi::SQLITE_BUSY,
+        }),
+    }
+}

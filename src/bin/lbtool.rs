@@ -1,0 +1,125 @@
+//! `lbtool`: the client processes that litebroker's integration tests and demo
+//! scripts spawn. Each subcommand prints one JSON summary line on stdout and exits
+//! non-zero when anything failed.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use litebroker_client::{Client, ConnectOptions, Reader, Value};
+use serde_json::json;
+
+#[derive(Debug, Parser)]
+#[command(name = "lbtool")]
+struct Args {
+    /// The database.
+    #[arg(long)]
+    db: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Insert COUNT rows `(client, seq, payload)` into table `rows`, one request
+    /// each; after each acknowledged write, check this process's own reader sees it.
+    Write {
+        #[arg(long)]
+        client: i64,
+        #[arg(long)]
+        count: i64,
+        /// Also check read-your-writes through this process's reader.
+        #[arg(long)]
+        verify_reads: bool,
+    },
+    /// Read `SELECT count(*) FROM rows` in a loop until FILE exists.
+    ReadLoop {
+        #[arg(long)]
+        until: PathBuf,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        max_secs: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let (summary, ok) = match args.cmd {
+        Cmd::Write { client, count, verify_reads } => write(&args.db, client, count, verify_reads),
+        Cmd::ReadLoop { until, max_secs } => read_loop(&args.db, &until, max_secs),
+    };
+    println!("{summary}");
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn write(db: &Path, client_no: i64, count: i64, verify_reads: bool) -> (serde_json::Value, bool) {
+    let opts = ConnectOptions::new(db).client_name(format!("lbtool-write-{client_no}"));
+    let mut client = match Client::connect_with(&opts) {
+        Ok(c) => c,
+        Err(e) => return (json!({ "ok": 0, "errors": 1, "first_error": e.to_string() }), false),
+    };
+    let reader = if verify_reads { Reader::open(db).ok() } else { None };
+    let (mut ok, mut errors, mut first_error, mut stale_reads) = (0, 0, None, 0);
+    for seq in 0..count {
+        let payload = format!("client {client_no} row {seq}");
+        let r = client.execute(
+            "INSERT INTO rows (client, seq, payload) VALUES (?1, ?2, ?3)",
+            &[Value::Integer(client_no), Value::Integer(seq), Value::Text(payload)],
+        );
+        match r {
+            Ok(_) => {
+                ok += 1;
+                if let Some(reader) = &reader {
+                    let seen = reader.query_value(
+                        "SELECT count(*) FROM rows WHERE client = ?1 AND seq = ?2",
+                        &[Value::Integer(client_no), Value::Integer(seq)],
+                    );
+                    if !matches!(seen, Ok(Some(Value::Integer(1)))) {
+                        stale_reads += 1;
+                    }
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    let good = errors == 0 && stale_reads == 0;
+    (json!({ "ok": ok, "errors": errors, "stale_reads": stale_reads, "first_error": first_error }), good)
+}
+
+fn read_loop(db: &Path, until: &Path, max_secs: u64) -> (serde_json::Value, bool) {
+    let deadline = Instant::now() + Duration::from_secs(max_secs);
+    let (mut reads, mut errors, mut first_error, mut last) = (0u64, 0u64, None, 0i64);
+    let reader = match Reader::open(db) {
+        Ok(r) => r,
+        Err(e) => return (json!({ "reads": 0, "errors": 1, "first_error": e.to_string() }), false),
+    };
+    while !until.exists() && Instant::now() < deadline {
+        match reader.query_value("SELECT count(*) FROM rows", &[]) {
+            Ok(Some(Value::Integer(n))) => {
+                if n < last {
+                    errors += 1;
+                    first_error.get_or_insert_with(|| format!("count went backwards: {last} -> {n}"));
+                }
+                last = n;
+                reads += 1;
+            }
+            Ok(other) => {
+                errors += 1;
+                first_error.get_or_insert_with(|| format!("unexpected result {other:?}"));
+            }
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    (json!({ "reads": reads, "errors": errors, "last_count": last, "first_error": first_error }), errors == 0)
+}

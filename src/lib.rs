@@ -1,0 +1,291 @@
+//! Support for litebroker's multi-process integration tests: the real binaries,
+//! started in temp dirs, waited for with deadlines (never bare sleeps).
+//!
+//! The binaries come from the same target folder as the running test
+//! (`target/<profile>/`); `scripts/test.sh` builds them before the tests run.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use tempfile::TempDir;
+
+/// Generous deadline for a broker to become ready (debug builds, loaded CI).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The folder holding the workspace's binaries for the current build profile.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe folder").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of a workspace binary (`litebrokerd`, `litebroker`, `lbtool`).
+///
+/// # Panics
+/// When the binary was not built; the message says how to build it.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first (`cargo build --workspace`; scripts/test.sh does it)",
+        p.display()
+    );
+    p
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// A temp folder with a database path `data/app.db` inside (the folder `data` is
+/// left for the broker to create).
+pub struct TestDir {
+    dir: TempDir,
+}
+
+impl TestDir {
+    /// A fresh temp folder.
+    pub fn new() -> TestDir {
+        TestDir { dir: tempfile::Builder::new().prefix("lbtest").tempdir().expect("tempdir") }
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `<dir>/data/app.db`.
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("data").join("app.db")
+    }
+}
+
+impl Default for TestDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A running `litebrokerd`, its stderr captured in a log file.
+pub struct Broker {
+    child: Child,
+    log: PathBuf,
+    /// The database it serves.
+    pub db: PathBuf,
+    /// The socket from its readiness line.
+    pub socket: String,
+    status: Option<ExitStatus>,
+}
+
+impl Broker {
+    /// Starts `litebrokerd --db <db> <args>` and waits for `listening on`.
+    ///
+    /// # Panics
+    /// When it exits or is not ready within [`READY_TIMEOUT`] (the log is shown).
+    pub fn start(db: &Path, args: &[&str]) -> Broker {
+        let b = Broker::spawn(db, args);
+        b.ready()
+    }
+
+    /// Spawns without waiting for readiness (for tests that expect a failure).
+    pub fn spawn(db: &Path, args: &[&str]) -> Broker {
+        let log = log_path(db);
+        let file = fs::File::create(&log).expect("broker log");
+        let child = Command::new(bin("litebrokerd"))
+            .arg("--db")
+            .arg(db)
+            .args(["--log-level", "debug"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn litebrokerd");
+        Broker { child, log, db: db.to_path_buf(), socket: String::new(), status: None }
+    }
+
+    /// Waits for the readiness line.
+    ///
+    /// # Panics
+    /// When the broker exits first or the deadline passes.
+    pub fn ready(mut self) -> Broker {
+        let mut socket = None;
+        let ok = wait_until(READY_TIMEOUT, || {
+            if let Some(line) = self.log().lines().find(|l| l.contains("listening on ")) {
+                let rest = line.split("listening on ").nth(1).unwrap_or("");
+                socket = Some(rest.split_whitespace().next().unwrap_or("").to_owned());
+                return true;
+            }
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        match socket {
+            Some(s) if ok => self.socket = s,
+            _ => panic!("litebrokerd did not become ready; its log:\n{}", self.log()),
+        }
+        self
+    }
+
+    /// The broker's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The log file's path.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Sends a signal (Unix).
+    #[cfg(unix)]
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) with a pid we spawned.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, sig);
+        }
+    }
+
+    /// SIGTERM (Unix).
+    #[cfg(unix)]
+    pub fn sigterm(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        self.status = self.child.wait().ok();
+    }
+
+    /// Waits for exit up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            let child = &mut self.child;
+            let mut st = None;
+            wait_until(timeout, || {
+                st = child.try_wait().ok().flatten();
+                st.is_some()
+            });
+            self.status = st;
+        }
+        self.status
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.status.is_none() && matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn log_path(db: &Path) -> PathBuf {
+    let dir = db.parent().and_then(Path::parent).unwrap_or_else(|| Path::new("."));
+    for i in 0.. {
+        let p = dir.join(format!("broker-{i}.log"));
+        if !p.exists() {
+            return p;
+        }
+    }
+    unreachable!()
+}
+
+/// Runs `litebroker --db <db> <args>` to completion.
+pub fn cli(db: &Path, args: &[&str]) -> Output {
+    cli_with_stdin(db, args, None)
+}
+
+/// Runs `litebroker` with `input` on stdin.
+pub fn cli_with_stdin(db: &Path, args: &[&str], input: Option<&str>) -> Output {
+    let mut child = Command::new(bin("litebroker"))
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn litebroker");
+    if let Some(text) = input {
+        child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write stdin");
+    }
+    child.wait_with_output().expect("litebroker output")
+}
+
+/// Stdout of a finished command as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Stderr of a finished command as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts a command's exit code, showing its output when it differs.
+#[track_caller]
+pub fn assert_exit(o: &Output, code: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "expected exit {code}\nstdout:\n{}\nstderr:\n{}",
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// Opens the database directly (read-only) for assertions.
+pub fn open_ro(db: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("open db read-only")
+}
+
+/// `PRAGMA integrity_check` result joined into one string ("ok" when healthy).
+pub fn integrity(db: &Path) -> String {
+    let c = open_ro(db);
+    let mut st = c.prepare("PRAGMA integrity_check").expect("prepare");
+    let rows: Vec<String> = st.query_map([], |r| r.get(0)).expect("query").map(|r| r.expect("row")).collect();
+    rows.join("; ")
+}
+
+/// Number of rows `PRAGMA foreign_key_check` reports.
+pub fn foreign_key_violations(db: &Path) -> usize {
+    let c = open_ro(db);
+    let mut st = c.prepare("PRAGMA foreign_key_check").expect("prepare");
+    let n = st.query_map([], |_| Ok(())).expect("query").count();
+    n
+}
+
+/// A single integer from a query on a direct read-only connection.
+pub fn query_i64(db: &Path, sql: &str) -> i64 {
+    open_ro(db).query_row(sql, [], |r| r.get(0)).expect("query_i64")
+}
