@@ -289,3 +289,107 @@ pub fn foreign_key_violations(db: &Path) -> usize {
 pub fn query_i64(db: &Path, sql: &str) -> i64 {
     open_ro(db).query_row(sql, [], |r| r.get(0)).expect("query_i64")
 }
+
+/// A child process with piped stdin/stdout whose output lines can be awaited
+/// with deadlines (an `lbtool` client, the `sqlite3` CLI holding a lock, …).
+pub struct Proc {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    status: Option<ExitStatus>,
+}
+
+impl Proc {
+    /// Spawns `cmd` with piped stdin and stdout (stderr is inherited).
+    pub fn spawn(mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc { child, lines, status: None }
+    }
+
+    /// Spawns `lbtool --db <db> <args>`.
+    pub fn lbtool(db: &Path, args: &[&str]) -> Proc {
+        let mut cmd = Command::new(bin("lbtool"));
+        cmd.arg("--db").arg(db).args(args);
+        Proc::spawn(cmd)
+    }
+
+    /// The next line of stdout, waiting up to `timeout`.
+    pub fn line(&self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
+    /// The next stdout line that parses as JSON, waiting up to `timeout`.
+    ///
+    /// # Panics
+    /// When none comes in time.
+    pub fn json_line(&self, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.line(left).unwrap_or_else(|| panic!("no JSON line within {timeout:?}"));
+            if let Ok(v) = serde_json::from_str(&line) {
+                return v;
+            }
+        }
+    }
+
+    /// Writes a line to its stdin.
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{line}").expect("write to child stdin");
+        stdin.flush().expect("flush child stdin");
+    }
+
+    /// Closes its stdin.
+    pub fn close_stdin(&mut self) {
+        drop(self.child.stdin.take());
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL (TerminateProcess on Windows) and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        self.status = self.child.wait().ok();
+    }
+
+    /// Waits for exit up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            let child = &mut self.child;
+            let mut st = None;
+            wait_until(timeout, || {
+                st = child.try_wait().ok().flatten();
+                st.is_some()
+            });
+            self.status = st;
+        }
+        self.status
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

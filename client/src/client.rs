@@ -305,6 +305,16 @@ impl Client {
         self.execute_with(Statement::new(sql, params.to_vec()), opts)
     }
 
+    /// As [`Client::execute`], marking the request idempotent (an UPSERT with a
+    /// unique key): [`crate::retry_on_locked`] may then retry it after a lost answer.
+    ///
+    /// # Errors
+    /// As [`Client::execute`].
+    pub fn execute_idempotent(&mut self, sql: &str, params: &[Value]) -> Result<ExecResult> {
+        let opts = WriteOptions { idempotent: true, ..WriteOptions::default() };
+        self.execute_with(Statement::new(sql, params.to_vec()), opts)
+    }
+
     /// Runs a statement with explicit options (timeout, request id, idempotency).
     ///
     /// # Errors

@@ -12,6 +12,7 @@ mod error;
 mod factory;
 pub mod locate;
 mod reader;
+mod retry;
 pub mod sqlvalue;
 mod tracking;
 
@@ -22,4 +23,5 @@ pub use litebroker_protocol as protocol;
 pub use litebroker_protocol::{ErrorKind, ExecResult, Statement, Value, WriteOptions};
 pub use locate::{Location, DEFAULT_DB};
 pub use reader::{Reader, Rows, READER_BUSY_TIMEOUT};
+pub use retry::{is_retryable, retry_on_locked, Idempotency, RetryPolicy};
 pub use tracking::active_connections_count;

@@ -41,6 +41,18 @@ enum Cmd {
         #[arg(long, default_value_t = 120)]
         max_secs: u64,
     },
+    /// Connect to the broker, print the handshake, then hold the connection until
+    /// stdin closes (tests SIGKILL it to play a crashed app).
+    Hold,
+    /// Open a write session, run each --sql in it, print `{"in_session":true}`, then
+    /// wait for a line on stdin: `commit` or `rollback` (EOF rolls back by dropping).
+    Session {
+        #[arg(long)]
+        sql: Vec<String>,
+        /// Seconds to wait for the writer.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +60,8 @@ fn main() -> ExitCode {
     let (summary, ok) = match args.cmd {
         Cmd::Write { client, count, verify_reads } => write(&args.db, client, count, verify_reads),
         Cmd::ReadLoop { until, max_secs } => read_loop(&args.db, &until, max_secs),
+        Cmd::Hold => hold(&args.db),
+        Cmd::Session { sql, timeout } => session(&args.db, &sql, timeout),
     };
     println!("{summary}");
     if ok {
@@ -122,4 +136,46 @@ fn read_loop(db: &Path, until: &Path, max_secs: u64) -> (serde_json::Value, bool
         }
     }
     (json!({ "reads": reads, "errors": errors, "last_count": last, "first_error": first_error }), errors == 0)
+}
+
+fn say(v: serde_json::Value) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+fn hold(db: &Path) -> (serde_json::Value, bool) {
+    let opts = ConnectOptions::new(db).client_name("lbtool-hold");
+    match Client::connect_with(&opts) {
+        Ok(c) => {
+            say(json!({ "connected": true, "client_id": c.hello().client_id, "pid": std::process::id() }));
+            let mut sink = String::new();
+            let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut sink);
+            (json!({ "released": true }), true)
+        }
+        Err(e) => (json!({ "connected": false, "error": e.to_string() }), false),
+    }
+}
+
+fn session(db: &Path, sql: &[String], timeout: f64) -> (serde_json::Value, bool) {
+    let opts = ConnectOptions::new(db).client_name("lbtool-session");
+    let run = || -> Result<&'static str, litebroker_client::ClientError> {
+        let client = Client::connect_with(&opts)?;
+        let mut s = client.into_session(Duration::from_secs_f64(timeout))?;
+        for q in sql {
+            s.execute(q, &[])?;
+        }
+        say(json!({ "in_session": true, "pid": std::process::id() }));
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        match line.trim() {
+            "commit" => s.commit().map(|()| "committed"),
+            _ => s.rollback().map(|()| "rolled back"),
+        }
+    };
+    match run() {
+        Ok(outcome) => (json!({ "outcome": outcome }), true),
+        Err(e) => (json!({ "error": e.to_string(), "kind": e.kind().map(|k| k.as_str()) }), false),
+    }
 }
