@@ -9,9 +9,9 @@ use interprocess::local_socket::prelude::*;
 use interprocess::local_socket::Stream;
 use litebroker_protocol::frame::read_frame_after;
 use litebroker_protocol::{
-    write_frame, BrokerStatus, ClientInfo, ErrorInfo, ErrorKind, ExecResult, Hello, HelloAck, Request,
-    Response, Statement, Value, WriteOptions, FRAME_HEADER_LEN, HARD_MAX_FRAME, PROTOCOL_MINOR,
-    PROTOCOL_VERSION,
+    write_frame, BackupReport, BrokerStatus, CheckpointMode, CheckpointReport, ClientInfo, DbStats,
+    ErrorInfo, ErrorKind, ExecResult, Hello, HelloAck, Request, Response, RestoreReport, Statement, Value,
+    VerifyReport, WriteOptions, FRAME_HEADER_LEN, HARD_MAX_FRAME, PROTOCOL_MINOR, PROTOCOL_VERSION,
 };
 
 use crate::error::{ClientError, Result};
@@ -383,6 +383,98 @@ impl Client {
             Response::ShuttingDown => Ok(()),
             other => Err(unexpected("shutdown", &other)),
         }
+    }
+
+    /// Database and broker figures.
+    ///
+    /// # Errors
+    /// When the broker cannot read the database or does not answer.
+    pub fn stats(&mut self) -> Result<DbStats> {
+        match self.call(&Request::Stats, self.timeout)? {
+            Response::Stats(s) => Ok(*s),
+            other => Err(unexpected("stats", &other)),
+        }
+    }
+
+    /// `integrity_check` and `foreign_key_check`, run by the broker on a read-only
+    /// connection.
+    ///
+    /// # Errors
+    /// When the broker cannot read the database or does not answer.
+    pub fn verify(&mut self) -> Result<VerifyReport> {
+        match self.call(&Request::Verify, self.timeout)? {
+            Response::Verify(r) => Ok(r),
+            other => Err(unexpected("verify", &other)),
+        }
+    }
+
+    /// Runs a WAL checkpoint at the broker.
+    ///
+    /// # Errors
+    /// When the checkpoint fails or the broker does not answer.
+    pub fn checkpoint(&mut self, mode: CheckpointMode) -> Result<CheckpointReport> {
+        match self.call(&Request::Checkpoint { mode }, self.timeout)? {
+            Response::Checkpoint(r) => Ok(r),
+            other => Err(unexpected("checkpoint", &other)),
+        }
+    }
+
+    /// An online backup into the database's `backups/` folder; `progress(done,
+    /// total)` is called while it runs. `keep` > 0 keeps only the newest `keep`.
+    ///
+    /// # Errors
+    /// When the copy or its check fails.
+    pub fn backup(
+        &mut self,
+        label: &str,
+        keep: u32,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<BackupReport> {
+        let req = Request::Backup { label: label.to_owned(), keep };
+        match self.call_with_progress(&req, self.timeout, progress)? {
+            Response::Backup(r) => Ok(r),
+            other => Err(unexpected("backup", &other)),
+        }
+    }
+
+    /// Replaces the database's content with the SQLite file at `path` (a path the
+    /// broker can read): verified first, a safety backup taken, then copied while
+    /// the broker holds the writer.
+    ///
+    /// # Errors
+    /// [`ErrorKind::VerificationFailed`] for a corrupt or non-SQLite file; any
+    /// failure of the copy (the database is then unchanged).
+    pub fn restore(&mut self, path: &Path) -> Result<RestoreReport> {
+        let abs = std::path::absolute(path)?;
+        let req =
+            Request::Restore { path: abs.to_string_lossy().into_owned(), timeout_ms: millis(self.timeout) };
+        match self.call_with_progress(&req, self.timeout, &mut |_, _| {})? {
+            Response::Restored(r) => Ok(r),
+            other => Err(unexpected("restore", &other)),
+        }
+    }
+
+    /// Sends `req` and reads answers until one that is not [`Response::Progress`].
+    /// Long operations send progress frames, so the wait is renewed by each.
+    fn call_with_progress(
+        &mut self,
+        req: &Request,
+        timeout: Duration,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Response> {
+        let mut resp = self.call(req, timeout)?;
+        while let Response::Progress { done, total } = resp {
+            progress(done, total);
+            resp = match self.read_response(HARD_MAX_FRAME) {
+                Ok(Response::Error(info)) => return Err(ClientError::Broker(info)),
+                Ok(r) => r,
+                Err(e) => {
+                    self.broken = true;
+                    return Err(e);
+                }
+            };
+        }
+        Ok(resp)
     }
 
     /// Opens an exclusive write session on this connection, waiting up to `timeout`

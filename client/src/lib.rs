@@ -11,6 +11,7 @@ mod client;
 mod error;
 mod factory;
 pub mod locate;
+pub mod ops;
 mod reader;
 mod retry;
 pub mod sqlvalue;

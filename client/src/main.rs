@@ -66,17 +66,70 @@ enum Command {
     Connections,
     /// Ask the broker to shut down cleanly.
     Shutdown,
+    /// Database and broker figures: schema version, tables, indices, sizes, row counts;
+    /// broker pid, uptime, clients, commits, requests per commit, lock waits, last checkpoint.
+    Stats,
+    /// `PRAGMA integrity_check` and `foreign_key_check`: prints OK or each problem (exit 5 on problems).
+    Verify,
+    /// An online, consistent copy into `<db folder>/backups/<stem>_<YYYYMMDD_HHMMSS>_<LABEL>.db` (UTC), then checked.
+    Backup {
+        /// Label in the file name.
+        #[arg(default_value = "manual")]
+        label: String,
+        /// Keep only the newest N backups of this database.
+        #[arg(long)]
+        keep: Option<u32>,
+    },
+    /// The backups of this database, oldest first.
+    Backups,
+    /// Replace the database's content with FILE: verified first (exit 5 when corrupt or
+    /// not SQLite), a safety backup taken, then copied while the broker holds the writer.
+    Restore {
+        /// The SQLite file to restore from.
+        file: PathBuf,
+    },
+    /// Run a WAL checkpoint and report WAL frames, checkpointed frames and whether readers blocked it.
+    Checkpoint {
+        /// passive, full, restart or truncate.
+        #[arg(value_enum, default_value = "truncate")]
+        mode: ModeArg,
+    },
+    /// The notes' troubleshooting steps, automated: broker, connections, WAL size,
+    /// permissions, network filesystem, quick_check, backups. Exit 0 when healthy,
+    /// 3 when only the broker is missing, 5 when another check failed.
+    Doctor,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ModeArg {
+    Passive,
+    Full,
+    Restart,
+    Truncate,
+}
+
+mod cli {
+    pub mod doctor;
+    pub mod ops;
 }
 
 /// A failure with its exit code.
-struct Failure {
-    code: u8,
-    kind: &'static str,
-    message: String,
+pub(crate) struct Failure {
+    pub(crate) code: u8,
+    pub(crate) kind: &'static str,
+    pub(crate) message: String,
+    /// The command already printed its result document (e.g. a failed `verify`):
+    /// with `--json`, no second (error) document follows it.
+    pub(crate) reported: bool,
 }
 
 fn fail(code: u8, kind: &'static str, message: impl Into<String>) -> Failure {
-    Failure { code, kind, message: message.into() }
+    Failure { code, kind, message: message.into(), reported: false }
+}
+
+/// A failure whose details the command already printed.
+fn reported(code: u8, kind: &'static str, message: impl Into<String>) -> Failure {
+    Failure { reported: true, ..fail(code, kind, message) }
 }
 
 impl From<anyhow::Error> for Failure {
@@ -106,6 +159,7 @@ fn client_failure(e: &ClientError, cli: Option<&Cli>) -> Failure {
         }
         ClientError::ConnectionLost { .. } => fail(3, "connection_lost", e.to_string()),
         ClientError::Broker(info) => match info.kind {
+            ErrorKind::VerificationFailed => fail(5, "verification_failed", info.message.clone()),
             ErrorKind::Locked => {
                 fail(4, "locked", format!("{LOCKED_USER_TEXT}\n\nDetails: {}", info.message))
             }
@@ -328,6 +382,22 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 print_table(&columns, &rows);
             }
         }
+        Command::Stats => cli::ops::stats(cli)?,
+        Command::Verify => cli::ops::verify(cli)?,
+        Command::Backup { label, keep } => cli::ops::backup(cli, Some(label), *keep)?,
+        Command::Backups => cli::ops::backups(cli)?,
+        Command::Restore { file } => cli::ops::restore(cli, file)?,
+        Command::Checkpoint { mode } => {
+            use litebroker_client::protocol::CheckpointMode;
+            let mode = match mode {
+                ModeArg::Passive => CheckpointMode::Passive,
+                ModeArg::Full => CheckpointMode::Full,
+                ModeArg::Restart => CheckpointMode::Restart,
+                ModeArg::Truncate => CheckpointMode::Truncate,
+            };
+            cli::ops::checkpoint(cli, mode)?;
+        }
+        Command::Doctor => cli::doctor::doctor(cli)?,
         Command::Shutdown => {
             let mut c = connect(cli)?;
             let pid = c.hello().pid;
@@ -359,7 +429,7 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            if cli.json {
+            if cli.json && !f.reported {
                 println!(
                     "{}",
                     json!({ "error": { "kind": f.kind, "message": f.message, "exit_code": f.code } })

@@ -167,6 +167,33 @@ pub enum Request {
     Rollback,
     /// The broker's connected clients. Answered by [`Response::Connections`].
     Connections,
+    /// Database and broker figures. Answered by [`Response::Stats`].
+    Stats,
+    /// `PRAGMA integrity_check` and `foreign_key_check`. Answered by [`Response::Verify`].
+    Verify,
+    /// Run a WAL checkpoint now. Answered by [`Response::Checkpoint`].
+    Checkpoint {
+        /// The checkpoint mode.
+        mode: CheckpointMode,
+    },
+    /// An online, consistent copy into the database's `backups/` folder, then
+    /// checked. Answered by zero or more [`Response::Progress`] frames, then
+    /// [`Response::Backup`].
+    Backup {
+        /// Label in the file name (`<stem>_<YYYYMMDD_HHMMSS>_<label>.db`).
+        label: String,
+        /// Keep only the newest `keep` backups of this database (0 = keep all).
+        keep: u32,
+    },
+    /// Replace the database's content with the file at `path` (verified first,
+    /// after a safety backup), holding the writer. Answered by zero or more
+    /// [`Response::Progress`] frames, then [`Response::Restored`].
+    Restore {
+        /// Path of the SQLite file to restore from, as the broker sees it.
+        path: String,
+        /// How long to wait for the writer, in milliseconds (0 = broker default).
+        timeout_ms: u32,
+    },
 }
 
 impl Request {
@@ -183,6 +210,11 @@ impl Request {
             Request::Commit => "commit",
             Request::Rollback => "rollback",
             Request::Connections => "connections",
+            Request::Stats => "stats",
+            Request::Verify => "verify",
+            Request::Checkpoint { .. } => "checkpoint",
+            Request::Backup { .. } => "backup",
+            Request::Restore { .. } => "restore",
         }
     }
 }
@@ -290,6 +322,9 @@ pub enum ErrorKind {
     DiskFull,
     /// An unexpected failure inside the broker.
     Internal,
+    /// A verification failed: a corrupt or non-SQLite file, a failed
+    /// integrity check (CLI exit 5).
+    VerificationFailed,
 }
 
 impl ErrorKind {
@@ -309,6 +344,7 @@ impl ErrorKind {
             ErrorKind::SessionState => "session_state",
             ErrorKind::DiskFull => "disk_full",
             ErrorKind::Internal => "internal",
+            ErrorKind::VerificationFailed => "verification_failed",
         }
     }
 }
@@ -374,6 +410,24 @@ pub enum Response {
     },
     /// Answer to [`Request::Connections`].
     Connections(Vec<ClientInfo>),
+    /// Answer to [`Request::Stats`].
+    Stats(Box<DbStats>),
+    /// Answer to [`Request::Verify`].
+    Verify(VerifyReport),
+    /// Answer to [`Request::Checkpoint`].
+    Checkpoint(CheckpointReport),
+    /// Progress of a long [`Request::Backup`] or [`Request::Restore`]; more frames
+    /// follow.
+    Progress {
+        /// Units done (bytes or pages).
+        done: u64,
+        /// Units in all (an estimate for backups).
+        total: u64,
+    },
+    /// Answer to [`Request::Backup`].
+    Backup(BackupReport),
+    /// Answer to [`Request::Restore`].
+    Restored(RestoreReport),
 }
 
 impl Response {
@@ -381,4 +435,150 @@ impl Response {
     pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
         Response::Error(ErrorInfo::new(kind, message))
     }
+}
+
+/// `PRAGMA wal_checkpoint` modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CheckpointMode {
+    /// Checkpoint what can be without waiting for readers or writers.
+    Passive,
+    /// Wait for readers of old snapshots, then checkpoint everything.
+    Full,
+    /// As `Full`, then make the next writer restart the WAL from its beginning.
+    Restart,
+    /// As `Restart`, then truncate the WAL file to zero bytes.
+    Truncate,
+}
+
+impl CheckpointMode {
+    /// The PRAGMA argument.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckpointMode::Passive => "PASSIVE",
+            CheckpointMode::Full => "FULL",
+            CheckpointMode::Restart => "RESTART",
+            CheckpointMode::Truncate => "TRUNCATE",
+        }
+    }
+}
+
+/// The outcome of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointReport {
+    /// The mode run.
+    pub mode: CheckpointMode,
+    /// True when readers (or another writer) kept it from completing.
+    pub blocked: bool,
+    /// Frames in the WAL (-1 when not in WAL mode).
+    pub wal_frames: i64,
+    /// Frames copied into the database (-1 when not in WAL mode).
+    pub checkpointed_frames: i64,
+    /// WAL file size afterwards.
+    pub wal_bytes_after: u64,
+    /// When it ran, ms since the Unix epoch.
+    pub at_unix_ms: u64,
+}
+
+/// Rows of one table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableCount {
+    /// Table name.
+    pub name: String,
+    /// Row count.
+    pub rows: u64,
+}
+
+/// The writer's own figures, reported with [`DbStats`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriterFigures {
+    /// Write requests committed.
+    pub committed_requests: u64,
+    /// Largest number of requests committed in one transaction.
+    pub max_requests_per_commit: u64,
+    /// Times another process's lock made the writer wait.
+    pub lock_waits: u64,
+    /// Backoff retries made because of such locks.
+    pub lock_retries: u64,
+    /// The last checkpoint the broker ran (manual, idle or final).
+    pub last_checkpoint: Option<CheckpointReport>,
+    /// WAL size above which the broker warns.
+    pub wal_warn_bytes: u64,
+}
+
+/// Database figures (the notes' `db.py stats`), plus the broker's when a broker
+/// served the request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DbStats {
+    /// Canonical database path.
+    pub db_path: String,
+    /// `PRAGMA user_version`.
+    pub schema_version: u32,
+    /// User tables.
+    pub tables: u32,
+    /// Indices (including automatic ones).
+    pub indices: u32,
+    /// Main database file size.
+    pub db_bytes: u64,
+    /// WAL file size.
+    pub wal_bytes: u64,
+    /// `PRAGMA page_size`.
+    pub page_size: u64,
+    /// `PRAGMA page_count`.
+    pub page_count: u64,
+    /// `PRAGMA freelist_count`.
+    pub free_pages: u64,
+    /// `PRAGMA journal_mode`.
+    pub journal_mode: String,
+    /// Rows per user table, by name.
+    pub row_counts: Vec<TableCount>,
+    /// Things worth attention (e.g. a WAL pinned by readers).
+    pub warnings: Vec<String>,
+    /// The broker's status, when a broker answered.
+    pub broker: Option<BrokerStatus>,
+    /// The writer's figures, when a broker answered.
+    pub writer: Option<WriterFigures>,
+}
+
+/// The outcome of `integrity_check` and `foreign_key_check`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// Canonical path of the file checked.
+    pub path: String,
+    /// Problems `PRAGMA integrity_check` reported (empty when it said "ok").
+    pub integrity_problems: Vec<String>,
+    /// Violations `PRAGMA foreign_key_check` reported, one line each.
+    pub foreign_key_problems: Vec<String>,
+}
+
+impl VerifyReport {
+    /// True when both checks found nothing.
+    pub fn ok(&self) -> bool {
+        self.integrity_problems.is_empty() && self.foreign_key_problems.is_empty()
+    }
+}
+
+/// A finished backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupReport {
+    /// Path of the copy.
+    pub path: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Time taken by the copy and its check, in milliseconds.
+    pub duration_ms: u64,
+    /// Backups removed by the retention rule.
+    pub removed: Vec<String>,
+}
+
+/// A finished restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreReport {
+    /// The file restored from.
+    pub restored_from: String,
+    /// The safety copy of the database as it was before.
+    pub safety_backup: String,
+    /// Pages copied.
+    pub pages: u64,
+    /// Time the writer was held, in milliseconds.
+    pub duration_ms: u64,
 }

@@ -70,6 +70,10 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Other user ids allowed to connect (Unix; the broker's own uid always is).
     pub allow_uids: Vec<u32>,
+    /// WAL size above which the broker warns (log and `stats`).
+    pub wal_warn_bytes: u64,
+    /// Idle time after the last commit before the broker runs a TRUNCATE checkpoint.
+    pub idle_checkpoint_after: Duration,
 }
 
 impl Config {
@@ -96,6 +100,8 @@ impl Config {
             io_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(5),
             allow_uids: Vec::new(),
+            wal_warn_bytes: litebroker_client::ops::DEFAULT_WAL_WARN_BYTES,
+            idle_checkpoint_after: Duration::from_secs(1),
         }
     }
 

@@ -16,6 +16,7 @@ use litebroker_protocol::{
 };
 use tracing::{debug, info, warn};
 
+use crate::admin;
 use crate::shared::{job_state, session_state, ClientEntry, Job, JobKind, Shared, StopReason, WriteBody};
 use crate::writer::SHUTTING_DOWN;
 
@@ -216,6 +217,35 @@ impl Conn {
                 Ok(()) => self.write(&client, WriteBody::Batch(statements), opts),
             },
             Request::BeginSession { timeout_ms } => self.begin_session(&client, timeout_ms),
+            Request::Stats => admin::stats(&self.shared, self.status())
+                .map_or_else(Response::Error, |s| Response::Stats(Box::new(s))),
+            Request::Verify => admin::verify(&self.shared).map_or_else(Response::Error, Response::Verify),
+            Request::Checkpoint { .. } | Request::Restore { .. }
+                if self.session_state(&client) == Ok(true) =>
+            {
+                Response::error(
+                    ErrorKind::SessionState,
+                    format!("{} needs the writer: end this connection's write session first", req.kind()),
+                )
+            }
+            Request::Checkpoint { mode } => {
+                let timeout = self.shared.config.default_timeout;
+                self.submit(&client, JobKind::Checkpoint(mode), WriteOptions::default(), timeout)
+            }
+            Request::Backup { label, keep } => {
+                let shared = self.shared.clone();
+                let mut progress = |done, total| self.send(&Response::Progress { done, total }).is_ok();
+                admin::backup(&shared, &label, keep, &mut progress)
+                    .map_or_else(Response::Error, Response::Backup)
+            }
+            Request::Restore { path, timeout_ms } => match admin::check_restore(&self.shared, &path) {
+                Err(e) => Response::Error(e),
+                Ok(p) => {
+                    info!("restore of {} requested by {}", p.display(), client.describe());
+                    let timeout = self.timeout_of(timeout_ms);
+                    self.submit(&client, JobKind::Restore(p), WriteOptions::default(), timeout)
+                }
+            },
             Request::Commit | Request::Rollback => {
                 let commit = matches!(req, Request::Commit);
                 match self.session_state(&client) {

@@ -5,6 +5,7 @@
 //! clients until asked to stop, then shuts down cleanly. The binary adds argument
 //! parsing, logging and signal handling around it.
 
+mod admin;
 pub mod config;
 mod conn;
 mod instance;

@@ -78,6 +78,12 @@ struct Args {
     /// Seconds a client may take to finish a started frame or to read an answer.
     #[arg(long, default_value_t = 10.0)]
     io_timeout_secs: f64,
+    /// WAL size in MB above which the broker warns (log and `stats`): readers pin the WAL.
+    #[arg(long, default_value_t = 100.0)]
+    wal_warn_mb: f64,
+    /// Idle milliseconds after the last commit before the broker truncates the WAL.
+    #[arg(long, default_value_t = 1000)]
+    idle_checkpoint_ms: u64,
     /// Another user id allowed to connect (repeatable); by default only the broker's own user may.
     #[arg(long = "allow-uid")]
     allow_uids: Vec<u32>,
@@ -129,6 +135,14 @@ fn config(a: Args) -> Result<Config, BrokerError> {
     c.max_rows = a.max_rows;
     c.max_clients = a.max_clients;
     c.allow_uids = a.allow_uids;
+    if !(a.wal_warn_mb.is_finite() && a.wal_warn_mb >= 0.0) {
+        return Err(BrokerError::Config(format!(
+            "--wal-warn-mb must be a non-negative number, got {}",
+            a.wal_warn_mb
+        )));
+    }
+    c.wal_warn_bytes = (a.wal_warn_mb * 1e6) as u64;
+    c.idle_checkpoint_after = Duration::from_millis(a.idle_checkpoint_ms.max(1));
     Ok(c)
 }
 

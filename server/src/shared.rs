@@ -6,7 +6,7 @@ use std::sync::mpsc::{Sender, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use litebroker_protocol::{Response, Statement, WriteOptions};
+use litebroker_protocol::{CheckpointMode, CheckpointReport, Response, Statement, WriteOptions};
 
 use crate::config::Config;
 
@@ -116,6 +116,7 @@ pub struct Shared {
     clients: Mutex<BTreeMap<u64, Arc<ClientEntry>>>,
     next_client_id: AtomicU64,
     holder: Mutex<Option<Holder>>,
+    last_checkpoint: Mutex<Option<CheckpointReport>>,
     stop_tx: Mutex<Option<Sender<StopReason>>>,
 }
 
@@ -147,6 +148,7 @@ impl Shared {
             clients: Mutex::new(BTreeMap::new()),
             next_client_id: AtomicU64::new(1),
             holder: Mutex::new(None),
+            last_checkpoint: Mutex::new(None),
             stop_tx: Mutex::new(Some(stop_tx)),
         }
     }
@@ -203,6 +205,16 @@ impl Shared {
         lock(&self.holder).clone()
     }
 
+    /// Records the last checkpoint the writer ran.
+    pub fn set_last_checkpoint(&self, report: CheckpointReport) {
+        *lock(&self.last_checkpoint) = Some(report);
+    }
+
+    /// The last checkpoint the writer ran.
+    pub fn last_checkpoint(&self) -> Option<CheckpointReport> {
+        lock(&self.last_checkpoint).clone()
+    }
+
     /// Why a waiter did not get the writer in time, for its error message.
     pub fn describe_contention(&self) -> String {
         match self.holder() {
@@ -251,6 +263,10 @@ pub enum JobKind {
     },
     /// The client's connection closed: roll back its session, if any. Not answered.
     Disconnected,
+    /// Run a WAL checkpoint on the writer connection.
+    Checkpoint(CheckpointMode),
+    /// Replace the database's content with a verified file, holding the writer.
+    Restore(std::path::PathBuf),
     /// Finish what is queued and stop. Not answered.
     Stop,
 }

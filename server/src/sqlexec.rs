@@ -262,20 +262,18 @@ pub fn run_sql(
     limits: ExecLimits,
     out: &mut ExecResult,
 ) -> Result<(), ErrorInfo> {
-    // Fast path: one statement, prepared once and cached across requests.
+    // Fast path: one statement, prepared once and cached across requests. Text with
+    // an inner `;` takes the statement-by-statement path: a later statement may
+    // depend on an earlier one (CREATE TABLE t …; CREATE INDEX … ON t) and cannot be
+    // prepared before it ran.
     let ctl = classify(sql);
-    if ctl == TxControl::None {
-        match conn.prepare_cached(sql) {
-            Ok(mut stmt) => {
-                tracker.admit(&ctl)?;
-                if stmt.parameter_count() != params.len() {
-                    return Err(param_count_error(stmt.parameter_count(), params.len()));
-                }
-                return run_one(conn, &mut stmt, params, limits, out);
-            }
-            Err(rusqlite::Error::MultipleStatement) => {}
-            Err(e) => return Err(sql_error(&e)),
+    if ctl == TxControl::None && !sql.trim_end().trim_end_matches(';').contains(';') {
+        let mut stmt = conn.prepare_cached(sql).map_err(|e| sql_error(&e))?;
+        tracker.admit(&ctl)?;
+        if stmt.parameter_count() != params.len() {
+            return Err(param_count_error(stmt.parameter_count(), params.len()));
         }
+        return run_one(conn, &mut stmt, params, limits, out);
     }
     let mut batch = Batch::new(conn, sql);
     let mut used = 0;
@@ -405,6 +403,21 @@ mod tests {
             run(&c, "INSERT INTO t(v) VALUES (1),(2),(3),(4) RETURNING id", &[], Mode::OneShot).unwrap_err();
         assert_eq!(e.kind, ErrorKind::LimitExceeded);
         assert!(e.message.contains("--max-rows"));
+    }
+
+    #[test]
+    fn later_statements_may_depend_on_earlier_ones() {
+        let c = Connection::open_in_memory().unwrap();
+        let (r, _) = run(
+            &c,
+            "CREATE TABLE a(id INTEGER PRIMARY KEY, t TEXT); CREATE TABLE b(a_id REFERENCES a(id)); CREATE INDEX bi ON b(a_id); INSERT INTO a(t) VALUES (';');",
+            &[],
+            Mode::OneShot,
+        )
+        .unwrap();
+        assert_eq!(r.changes, 1);
+        let (r, _) = run(&c, "SELECT ';' AS semi;", &[], Mode::OneShot).unwrap();
+        assert_eq!(r.rows, vec![vec![Value::Text(";".into())]]);
     }
 
     #[test]

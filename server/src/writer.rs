@@ -8,12 +8,16 @@
 //! wait in FIFO order meanwhile.
 
 use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use litebroker_protocol::{ErrorInfo, ErrorKind, ExecResult, Response};
+use litebroker_client::ops;
+use litebroker_protocol::{
+    CheckpointMode, CheckpointReport, ErrorInfo, ErrorKind, ExecResult, Response, RestoreReport,
+};
 use rusqlite::{Connection, OpenFlags};
 use tracing::{debug, info, warn};
 
@@ -77,6 +81,8 @@ pub struct Writer {
     pending: VecDeque<Job>,
     session: Option<ActiveSession>,
     stopping: bool,
+    /// Something was committed since the last idle checkpoint.
+    dirty: bool,
     /// Deadline of the running statement in ns since `epoch` (0 = none), read by the
     /// progress handler to interrupt runaway statements.
     deadline_ns: Arc<AtomicU64>,
@@ -108,6 +114,7 @@ impl Writer {
             pending: VecDeque::new(),
             session: None,
             stopping: false,
+            dirty: false,
             deadline_ns,
             epoch,
             busy_timeout,
@@ -146,8 +153,57 @@ impl Writer {
             if let Some(j) = self.pending.pop_front() {
                 return Some(j);
             }
-            return self.rx.recv().ok();
+            if !self.dirty {
+                return self.rx.recv().ok();
+            }
+            // Idle after commits: truncate the WAL while nobody writes.
+            match self.rx.recv_timeout(self.shared.config.idle_checkpoint_after) {
+                Ok(j) => return Some(j),
+                Err(RecvTimeoutError::Timeout) => {
+                    self.dirty = false;
+                    match self.checkpoint(CheckpointMode::Truncate, Duration::ZERO) {
+                        Ok(r) => debug!(
+                            blocked = r.blocked,
+                            wal_frames = r.wal_frames,
+                            checkpointed = r.checkpointed_frames,
+                            "idle checkpoint"
+                        ),
+                        Err(e) => debug!("idle checkpoint failed: {}", e.message),
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return None,
+            }
         }
+    }
+
+    /// Runs `PRAGMA wal_checkpoint(mode)`, waiting at most `wait` for readers, and
+    /// records the outcome; warns when the WAL stays above the threshold.
+    fn checkpoint(&mut self, mode: CheckpointMode, wait: Duration) -> Result<CheckpointReport, ErrorInfo> {
+        if wait != self.busy_timeout {
+            self.conn.busy_timeout(wait).ok();
+            self.busy_timeout = wait;
+        }
+        let (busy, log, done) = self
+            .conn
+            .query_row(&format!("PRAGMA wal_checkpoint({})", mode.as_str()), [], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            })
+            .map_err(|e| sql_error(&e))?;
+        let wal_bytes_after = ops::file_size(&ops::wal_path(Path::new(&self.shared.db_path)));
+        let report = CheckpointReport {
+            mode,
+            blocked: busy != 0 || done < log,
+            wal_frames: log,
+            checkpointed_frames: done,
+            wal_bytes_after,
+            at_unix_ms: crate::shared::unix_ms(),
+        };
+        let warn_at = self.shared.config.wal_warn_bytes;
+        if wal_bytes_after > warn_at {
+            warn!("{}", ops::wal_warning(wal_bytes_after, warn_at));
+        }
+        self.shared.set_last_checkpoint(report.clone());
+        Ok(report)
     }
 
     fn finished(&self, n: usize) {
@@ -181,7 +237,92 @@ impl Writer {
             _ if holder.is_some() => self.pending.push_back(job),
             JobKind::Write(_) => self.run_group(job),
             JobKind::BeginSession => self.begin_session(job),
+            JobKind::Checkpoint(mode) => {
+                if job.claim() {
+                    let wait = self.shared.config.busy_timeout.min(job.remaining());
+                    job.answer(match self.checkpoint(mode, wait) {
+                        Ok(r) => Response::Checkpoint(r),
+                        Err(e) => Response::Error(e),
+                    });
+                }
+                self.finished(1);
+            }
+            JobKind::Restore(ref path) => {
+                if job.claim() {
+                    let r = if self.stopping {
+                        Err(ErrorInfo::new(ErrorKind::ShuttingDown, SHUTTING_DOWN))
+                    } else {
+                        self.restore(path)
+                    };
+                    job.answer(r.map_or_else(Response::Error, Response::Restored));
+                }
+                self.finished(1);
+            }
         }
+    }
+
+    /// Replaces the database's content with `source` (verified by the caller)
+    /// while holding the writer: a safety copy first, then SQLite's backup API in
+    /// one step, which is one write transaction, so a failure leaves the database
+    /// as it was and other processes' readers see the restored data on their next
+    /// read.
+    fn restore(&mut self, source: &Path) -> Result<RestoreReport, ErrorInfo> {
+        let started = Instant::now();
+        let db = PathBuf::from(&self.shared.db_path);
+        let internal = |what: &str, e: &dyn std::fmt::Display| {
+            ErrorInfo::new(ErrorKind::Internal, format!("restore: {what}: {e}; the database is unchanged"))
+        };
+        let src = ops::open_read_only(source).map_err(|e| internal("cannot open the source", &e))?;
+        let page_size = |c: &Connection| c.query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0));
+        let (theirs, ours) = (
+            page_size(&src).map_err(|e| internal("cannot read the source", &e))?,
+            page_size(&self.conn).map_err(|e| internal("cannot read the database", &e))?,
+        );
+        if theirs != ours {
+            return Err(ErrorInfo::new(
+                ErrorKind::VerificationFailed,
+                format!(
+                    "cannot restore {}: its page size ({theirs}) differs from the database's ({ours}), \
+                     which WAL mode cannot change; the database is unchanged",
+                    source.display()
+                ),
+            ));
+        }
+        let safety = ops::new_backup_path(&db, "pre-restore").map_err(|e| internal("safety backup", &e))?;
+        let snapshot = ops::open_read_only(&db).map_err(|e| internal("safety backup", &e))?;
+        if let Err(e) = snapshot.execute("VACUUM INTO ?1", [safety.to_string_lossy()]) {
+            let _ = std::fs::remove_file(&safety);
+            return Err(internal("safety backup failed", &e));
+        }
+        drop(snapshot);
+        let pages = {
+            let backup = rusqlite::backup::Backup::new(&src, &mut self.conn)
+                .map_err(|e| internal("cannot start the copy", &e))?;
+            match backup.step(-1) {
+                Ok(rusqlite::backup::StepResult::Done) => backup.progress().pagecount as u64,
+                Ok(other) => return Err(internal("the copy did not finish", &format!("{other:?}"))),
+                Err(e) => return Err(internal("the copy failed", &e)),
+            }
+        };
+        // A source in rollback-journal mode carries that mode in its header.
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|e| internal("cannot re-enable WAL", &e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            warn!("after the restore the database is in journal mode {mode}, not WAL");
+        }
+        self.conn.flush_prepared_statement_cache();
+        self.refresh_schema_version();
+        self.dirty = true;
+        self.shared.counters.commits.fetch_add(1, Ordering::Relaxed);
+        info!(from = %source.display(), safety = %safety.display(), pages, "database restored");
+        Ok(RestoreReport {
+            restored_from: source.to_string_lossy().into_owned(),
+            safety_backup: safety.to_string_lossy().into_owned(),
+            pages,
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
     }
 
     // ----- group commit -------------------------------------------------------
@@ -278,6 +419,7 @@ impl Writer {
             Ok(()) => {
                 let committed = results.iter().any(Result::is_ok);
                 if committed {
+                    self.dirty = true;
                     let c = &self.shared.counters;
                     c.commits.fetch_add(1, Ordering::Relaxed);
                     c.committed_requests.fetch_add(group.len() as u64, Ordering::Relaxed);
@@ -539,6 +681,7 @@ impl Writer {
             self.exec_cached("ROLLBACK").map_err(|e| sql_error(&e))
         };
         if commit && r.is_ok() {
+            self.dirty = true;
             self.shared.counters.commits.fetch_add(1, Ordering::Relaxed);
             self.refresh_schema_version();
         }
@@ -587,13 +730,15 @@ impl Writer {
                 _ => self.dispatch(job),
             }
         }
-        match self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-        }) {
-            Ok((busy, log, done)) => {
-                info!(busy, wal_frames = log, checkpointed = done, "final checkpoint")
-            }
-            Err(e) => warn!("final checkpoint failed: {e}"),
+        let wait = self.shared.config.busy_timeout;
+        match self.checkpoint(CheckpointMode::Truncate, wait) {
+            Ok(r) => info!(
+                blocked = r.blocked,
+                wal_frames = r.wal_frames,
+                checkpointed = r.checkpointed_frames,
+                "final checkpoint"
+            ),
+            Err(e) => warn!("final checkpoint failed: {}", e.message),
         }
     }
 }

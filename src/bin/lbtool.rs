@@ -53,6 +53,14 @@ enum Cmd {
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
     },
+    /// Write one small row at a time into `probe(seq, payload)` until FILE exists,
+    /// measuring each write's latency: how long the writer is ever stalled.
+    Latency {
+        #[arg(long)]
+        until: PathBuf,
+        #[arg(long, default_value_t = 600)]
+        max_secs: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +70,7 @@ fn main() -> ExitCode {
         Cmd::ReadLoop { until, max_secs } => read_loop(&args.db, &until, max_secs),
         Cmd::Hold => hold(&args.db),
         Cmd::Session { sql, timeout } => session(&args.db, &sql, timeout),
+        Cmd::Latency { until, max_secs } => latency(&args.db, &until, max_secs),
     };
     println!("{summary}");
     if ok {
@@ -178,4 +187,50 @@ fn session(db: &Path, sql: &[String], timeout: f64) -> (serde_json::Value, bool)
         Ok(outcome) => (json!({ "outcome": outcome }), true),
         Err(e) => (json!({ "error": e.to_string(), "kind": e.kind().map(|k| k.as_str()) }), false),
     }
+}
+
+fn latency(db: &Path, until: &Path, max_secs: u64) -> (serde_json::Value, bool) {
+    let opts = ConnectOptions::new(db).client_name("lbtool-latency");
+    let mut client = match Client::connect_with(&opts) {
+        Ok(c) => c,
+        Err(e) => return (json!({ "writes": 0, "errors": 1, "first_error": e.to_string() }), false),
+    };
+    if let Err(e) =
+        client.execute("CREATE TABLE IF NOT EXISTS probe (seq INTEGER PRIMARY KEY, payload TEXT)", &[])
+    {
+        return (json!({ "writes": 0, "errors": 1, "first_error": e.to_string() }), false);
+    }
+    say(json!({ "started": true }));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(max_secs);
+    let (mut lat, mut errors, mut first_error) = (Vec::new(), 0u64, None);
+    let (mut max_us, mut max_at_ms) = (0u64, 0u64);
+    while !until.exists() && Instant::now() < deadline {
+        let t = Instant::now();
+        match client.execute("INSERT INTO probe (payload) VALUES ('latency probe row')", &[]) {
+            Ok(_) => {
+                let us = t.elapsed().as_micros() as u64;
+                if us > max_us {
+                    max_us = us;
+                    max_at_ms = t.duration_since(started).as_millis() as u64;
+                }
+                lat.push(us);
+            }
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0)
+    };
+    (
+        json!({
+            "writes": lat.len(), "errors": errors, "first_error": first_error,
+            "p50_us": pct(0.5), "p99_us": pct(0.99), "max_us": max_us, "max_at_ms": max_at_ms,
+        }),
+        errors == 0,
+    )
 }
