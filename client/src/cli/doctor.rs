@@ -79,10 +79,11 @@ pub fn doctor(cli: &Cli) -> Result<(), Failure> {
                 .iter()
                 .find(|c| c.holds_writer)
                 .map(|c| format!("; {} (pid {}) holds the writer", c.name, c.pid));
+            let plural = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
             let detail = format!(
-                "{} broker connections from {} processes{}",
-                clients.len(),
-                per_pid.len(),
+                "{} from {}{}",
+                plural(clients.len(), "broker connection", "broker connections"),
+                plural(per_pid.len(), "process", "processes"),
                 holder.unwrap_or_default()
             );
             if leaky.is_empty() {
@@ -174,7 +175,7 @@ pub fn doctor(cli: &Cli) -> Result<(), Failure> {
             findings.push(finding(
                 "backups",
                 Level::Ok,
-                format!("{} backups, newest {last}", list.len()),
+                format!("{} backup{}, newest {last}", list.len(), if list.len() == 1 { "" } else { "s" }),
                 None,
             ));
         }
