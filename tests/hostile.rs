@@ -172,8 +172,10 @@ impl Scenario {
 
 fn raw_connect(b: &Broker) -> Stream {
     let s = Stream::connect(socket_name(&b.socket).expect("socket name")).expect("connect to the broker");
-    s.set_recv_timeout(Some(RAW_TIMEOUT)).unwrap();
-    s.set_send_timeout(Some(RAW_TIMEOUT)).unwrap();
+    // Windows pipes have no timeouts (Unsupported): there a broken broker hangs the
+    // test instead of failing it.
+    let _ = s.set_recv_timeout(Some(RAW_TIMEOUT));
+    let _ = s.set_send_timeout(Some(RAW_TIMEOUT));
     s
 }
 
@@ -288,6 +290,9 @@ fn assert_logged(b: &Broker, needles: &[&str]) {
 
 // ----- tests -----------------------------------------------------------------------
 
+// Stalled leftovers of the garbage are dropped by the socket's receive timeout,
+// which Windows pipes do not have.
+#[cfg(unix)]
 #[test]
 fn random_garbage_before_and_after_the_handshake_is_refused_and_closed() {
     let s = Scenario::start();
@@ -333,6 +338,8 @@ fn random_garbage_before_and_after_the_handshake_is_refused_and_closed() {
     s.finish("random garbage");
 }
 
+// Stalls are detected with the socket's receive timeout, which Windows pipes lack.
+#[cfg(unix)]
 #[test]
 fn truncated_and_stalled_frames_are_dropped() {
     let s = Scenario::start();
@@ -446,15 +453,18 @@ fn forged_length_prefixes_get_limit_exceeded_and_a_close() {
     assert!(t0.elapsed() < IO_TIMEOUT, "refusing forged lengths took {:?}", t0.elapsed());
 
     // The largest accepted length, then only 1 KiB and a stall: the broker must not
-    // have reserved 16 MiB for it, and drops it at the io timeout.
-    let c = s.connect();
-    handshake(&c, "forger");
-    let rss_before = s.rss();
-    send_bytes(&c, &[&DEFAULT_MAX_FRAME.to_le_bytes()[..], &garbage(3, 1024)].concat()).unwrap();
-    let closed = read_until_closed(&c, Instant::now());
-    assert!(closed.answers.is_empty() && closed.after >= IO_TIMEOUT.mul_f64(0.9), "{closed:?}");
-    let grew = s.rss().saturating_sub(rss_before);
-    assert!(grew < 4 * 1024, "a 16 MiB announcement with 1 KiB sent grew the broker by {grew} KiB");
+    // have reserved 16 MiB for it, and drops it at the io timeout (Unix only: the
+    // stall is detected with the socket's receive timeout).
+    if cfg!(unix) {
+        let c = s.connect();
+        handshake(&c, "forger");
+        let rss_before = s.rss();
+        send_bytes(&c, &[&DEFAULT_MAX_FRAME.to_le_bytes()[..], &garbage(3, 1024)].concat()).unwrap();
+        let closed = read_until_closed(&c, Instant::now());
+        assert!(closed.answers.is_empty() && closed.after >= IO_TIMEOUT.mul_f64(0.9), "{closed:?}");
+        let grew = s.rss().saturating_sub(rss_before);
+        assert!(grew < 4 * 1024, "a 16 MiB announcement with 1 KiB sent grew the broker by {grew} KiB");
+    }
 
     // A full-size frame of garbage is read, refused, and the connection goes on.
     let c = s.connect();
@@ -573,7 +583,12 @@ fn connection_churn_leaves_no_threads_or_descriptors_behind() {
     let pid = s.broker.pid();
     let mut status_client = Client::connect(s.dir.db()).unwrap();
     let clients_now = |c: &mut Client| c.status().unwrap().clients;
-    assert_eq!(clients_now(&mut status_client), 2, "the witness and this client");
+    // The CLI that created the table may still be on its way out.
+    assert!(
+        wait_until(Duration::from_secs(10), || clients_now(&mut status_client) == 2),
+        "expected the witness and this client only: {:?}",
+        status_client.connections().unwrap()
+    );
     let (threads0, fds0) = (proc_status_field(pid, "Threads"), fd_count(pid));
 
     for i in 0..600 {
@@ -597,7 +612,12 @@ fn connection_churn_leaves_no_threads_or_descriptors_behind() {
     for c in &held {
         handshake(c, "held");
     }
-    assert_eq!(clients_now(&mut status_client), 102);
+    // The churn's last connections may still be on their way out.
+    assert!(
+        wait_until(Duration::from_secs(10), || clients_now(&mut status_client) == 102),
+        "expected 100 held clients, the witness and this client: {} listed",
+        clients_now(&mut status_client)
+    );
     drop(held);
 
     assert!(

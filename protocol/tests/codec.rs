@@ -425,7 +425,9 @@ fn garbage_payload_is_a_decode_error() {
         &[2],                                  // Execute with no body
         &[2, 3, 0xC3, 0x28, 0x61, 0, 0, 0, 0], // Execute whose SQL is invalid UTF-8
         &[0, 1],                               // Hello cut short inside a frame
-        &[3, 0, 5], // Batch with an absurd options varint after an empty list... then EOF
+        &[3, 0, 5],                            // Batch whose options end after timeout_ms
+        &[2, 0, 0, 0, 0, 2, 1],                // Execute with 2 where a bool belongs
+        &[2, 0, 0, 0, 0, 7],                   // Execute with 7 as the Option tag of request_id
     ];
     for (i, payload) in cases.iter().enumerate() {
         match read_one::<Request>(&raw_frame(payload)) {
