@@ -393,3 +393,90 @@ impl Drop for Proc {
         }
     }
 }
+
+/// Spawns `lbtool --db <db> <args>` with stdout and stderr captured; collect them
+/// with [`wait_output`].
+pub fn spawn_lbtool(db: &Path, args: &[&str]) -> Child {
+    Command::new(bin("lbtool"))
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lbtool")
+}
+
+/// Waits up to `timeout` for a child spawned with piped stdout/stderr and returns
+/// its output. The pipes are drained while waiting, so a chatty child cannot block
+/// on a full pipe.
+///
+/// # Panics
+/// When the deadline passes (the child is killed first, and what it printed so far
+/// is shown).
+pub fn wait_output(mut child: Child, timeout: Duration, what: &str) -> Output {
+    use std::io::Read;
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let mut status = None;
+    wait_until(timeout, || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    let timed_out = status.is_none();
+    if timed_out {
+        let _ = child.kill();
+        status = Some(child.wait().expect("wait"));
+    }
+    let output = Output {
+        status: status.expect("status"),
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    };
+    assert!(
+        !timed_out,
+        "{what} did not finish within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    output
+}
+
+/// The last line of a process's stdout parsed as JSON (lbtool's summary).
+///
+/// # Panics
+/// When it is not JSON; the output is shown.
+pub fn json_summary(o: &Output) -> serde_json::Value {
+    let text = stdout(o);
+    let line = text.lines().last().unwrap_or("");
+    serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("not a JSON summary ({e})\nstdout:\n{text}\nstderr:\n{}", stderr(o)))
+}
+
+/// A field of `/proc/<pid>/status` (e.g. `VmRSS`, `Threads`) as a number (kB for
+/// sizes). None where there is no procfs or the process is gone.
+pub fn proc_status_field(pid: u32, field: &str) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.split(':').next() == Some(field))?;
+    line.split(':').nth(1)?.split_whitespace().next()?.parse().ok()
+}
+
+/// Resident set size of a process in KiB (Linux), from `/proc/<pid>/status`.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    proc_status_field(pid, "VmRSS")
+}
+
+/// Open file descriptors of a process (Linux), from `/proc/<pid>/fd`.
+pub fn fd_count(pid: u32) -> Option<usize> {
+    Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}

@@ -8,7 +8,7 @@
 
 use std::io::{self, Read, Write};
 
-use bincode::config::{self, Configuration, Limit, LittleEndian, Varint};
+use bincode::config;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -21,15 +21,50 @@ pub const HARD_MAX_FRAME: u32 = 64 * 1024 * 1024;
 /// The default maximum frame size.
 pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
 
-/// Bound on what the decoder may claim (allocate) while decoding one payload.
-/// bincode preallocates containers from their encoded length, so without a limit a
-/// small frame claiming a huge `Vec` could exhaust memory.
-const DECODE_LIMIT: usize = 4 * HARD_MAX_FRAME as usize;
+/// The most decode-limit bytes bincode claims per payload byte: a one-byte varint
+/// can decode into a 16-byte integer (today's messages stay at 8, a `u64`).
+const CLAIM_PER_BYTE: usize = 16;
 
-type DecodeConfig = Configuration<LittleEndian, Varint, Limit<DECODE_LIMIT>>;
+/// Bound on what the decoder may claim while decoding the largest possible payload.
+const DECODE_LIMIT: usize = CLAIM_PER_BYTE * HARD_MAX_FRAME as usize;
 
-fn decode_config() -> DecodeConfig {
-    config::standard().with_limit::<DECODE_LIMIT>()
+fn decode_limited<T: DeserializeOwned, const LIMIT: usize>(
+    payload: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    bincode::serde::decode_from_slice::<T, _>(payload, config::standard().with_limit::<LIMIT>())
+}
+
+/// Decodes with a limit proportional to the payload's length. bincode allocates a
+/// `String` or byte vector at its encoded length *before* reading its bytes, and
+/// only the limit stops it, so a fixed limit would let a 20-byte frame claiming a
+/// 200 MiB string allocate 200 MiB. An honest payload of `n` bytes never claims more
+/// than `CLAIM_PER_BYTE * n`; the limit is the next size class above that (classes
+/// 4x apart, since each is a separate instantiation of the whole decoder).
+fn decode_bounded<T: DeserializeOwned>(payload: &[u8]) -> Result<(T, usize), bincode::error::DecodeError> {
+    let need = payload.len().saturating_mul(CLAIM_PER_BYTE);
+    if need <= 1 << 10 {
+        decode_limited::<T, { 1 << 10 }>(payload)
+    } else if need <= 1 << 12 {
+        decode_limited::<T, { 1 << 12 }>(payload)
+    } else if need <= 1 << 14 {
+        decode_limited::<T, { 1 << 14 }>(payload)
+    } else if need <= 1 << 16 {
+        decode_limited::<T, { 1 << 16 }>(payload)
+    } else if need <= 1 << 18 {
+        decode_limited::<T, { 1 << 18 }>(payload)
+    } else if need <= 1 << 20 {
+        decode_limited::<T, { 1 << 20 }>(payload)
+    } else if need <= 1 << 22 {
+        decode_limited::<T, { 1 << 22 }>(payload)
+    } else if need <= 1 << 24 {
+        decode_limited::<T, { 1 << 24 }>(payload)
+    } else if need <= 1 << 26 {
+        decode_limited::<T, { 1 << 26 }>(payload)
+    } else if need <= 1 << 28 {
+        decode_limited::<T, { 1 << 28 }>(payload)
+    } else {
+        decode_limited::<T, DECODE_LIMIT>(payload)
+    }
 }
 
 /// A framing or codec failure.
@@ -133,8 +168,7 @@ pub fn parse_header(header: [u8; FRAME_HEADER_LEN], max: u32) -> Result<usize, F
 /// # Errors
 /// [`FrameError::Decode`] or [`FrameError::TrailingBytes`].
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
-    let (msg, used) = bincode::serde::decode_from_slice::<T, _>(payload, decode_config())
-        .map_err(|e| FrameError::Decode(e.to_string()))?;
+    let (msg, used) = decode_bounded::<T>(payload).map_err(|e| FrameError::Decode(e.to_string()))?;
     if used != payload.len() {
         return Err(FrameError::TrailingBytes { extra: payload.len() - used });
     }
@@ -205,7 +239,6 @@ pub fn read_frame<R: Read, T: DeserializeOwned>(
 /// not decode, but its first two fields (`Request::Hello` = variant 0, then
 /// `protocol`) are frozen, so the broker can still answer "incompatible".
 pub fn peek_hello_version(payload: &[u8]) -> Option<u32> {
-    let ((tag, protocol), _) =
-        bincode::serde::decode_from_slice::<(u32, u32), _>(payload, decode_config()).ok()?;
+    let ((tag, protocol), _) = decode_limited::<(u32, u32), { 2 * CLAIM_PER_BYTE }>(payload).ok()?;
     (tag == 0).then_some(protocol)
 }

@@ -1,7 +1,7 @@
 //! One thread per client connection: handshake, frame reading with stall
 //! detection, request routing, hand-off to the writer thread, answers.
 
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
@@ -94,14 +94,21 @@ impl Conn {
                         // A handshake from another protocol version may not decode;
                         // its first fields are frozen, so answer "incompatible".
                         let resp = match peek_hello_version(&self.rbuf) {
-                            Some(v) if v != PROTOCOL_VERSION => incompatible(v),
-                            _ => Response::error(
-                                ErrorKind::Protocol,
-                                format!("expected a handshake (Hello) as the first frame: {e}"),
-                            ),
+                            Some(v) if v != PROTOCOL_VERSION => {
+                                warn!("refused an unidentified client: {}", version_mismatch(v));
+                                incompatible(v)
+                            }
+                            _ => {
+                                let msg = format!("expected a handshake (Hello) as the first frame: {e}");
+                                warn!("disconnecting unidentified client: {msg}");
+                                Response::error(ErrorKind::Protocol, msg)
+                            }
                         };
                         self.send(&resp)?;
                         return Ok(());
+                    }
+                    if let Some(c) = &self.client {
+                        debug!("client {} sent a malformed frame: {e}", c.describe());
                     }
                     self.send(&Response::error(ErrorKind::Protocol, e.to_string()))?;
                     continue;
@@ -143,8 +150,17 @@ impl Conn {
             }
         }
         let max = self.shared.config.max_frame;
-        match read_frame_after::<_, Request>(&mut self.reader, [0; FRAME_HEADER_LEN], 0, max, &mut self.rbuf)
-        {
+        let io_timeout = self.shared.config.io_timeout;
+        let mut frame = FrameDeadline {
+            reader: &mut self.reader,
+            deadline: Instant::now() + io_timeout,
+            shortened: false,
+        };
+        let read = read_frame_after::<_, Request>(&mut frame, [0; FRAME_HEADER_LEN], 0, max, &mut self.rbuf);
+        if frame.shortened {
+            let _ = self.reader.get_ref().set_recv_timeout(Some(io_timeout));
+        }
+        match read {
             Ok(r) => Ok(Incoming::Request(r)),
             Err(e @ (FrameError::Decode(_) | FrameError::TrailingBytes { .. })) => Ok(Incoming::Malformed(e)),
             Err(FrameError::TooLarge { len, max }) => {
@@ -186,13 +202,12 @@ impl Conn {
         let Some(client) = self.client.clone() else {
             return match req {
                 Request::Hello(h) => self.hello(h),
-                other => (
-                    Response::error(
-                        ErrorKind::Protocol,
-                        format!("expected a handshake (Hello) as the first frame, got {}", other.kind()),
-                    ),
-                    false,
-                ),
+                other => {
+                    let msg =
+                        format!("expected a handshake (Hello) as the first frame, got {}", other.kind());
+                    warn!("disconnecting unidentified client: {msg}");
+                    (Response::error(ErrorKind::Protocol, msg), false)
+                }
             };
         };
         client.requests.fetch_add(1, Ordering::Relaxed);
@@ -268,11 +283,12 @@ impl Conn {
     }
 
     fn hello(&mut self, h: Hello) -> (Response, bool) {
-        if h.protocol != PROTOCOL_VERSION {
-            return (incompatible(h.protocol), false);
-        }
         let name: String = h.client_name.chars().filter(|c| !c.is_control()).take(128).collect();
         let pid = self.peer_pid.unwrap_or(h.pid);
+        if h.protocol != PROTOCOL_VERSION {
+            warn!("refused client '{name}' (pid {pid}): {}", version_mismatch(h.protocol));
+            return (incompatible(h.protocol), false);
+        }
         let client = self.shared.register(name, pid);
         debug!("client {} connected (protocol {}.{})", client.describe(), h.protocol, h.minor);
         let ack = HelloAck {
@@ -497,6 +513,39 @@ impl Conn {
         debug!("client {} disconnected", client.describe());
         self.shared.unregister(client.id);
     }
+}
+
+/// Reads the rest of a started frame against one deadline for the whole frame.
+/// The socket's receive timeout alone restarts at every read, so a peer sending a
+/// byte now and then would hold its connection, and its thread, forever.
+struct FrameDeadline<'a> {
+    reader: &'a mut BufReader<Stream>,
+    deadline: Instant,
+    /// Whether the socket's receive timeout was changed and must be restored.
+    shortened: bool,
+}
+
+impl Read for FrameDeadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // Bytes already buffered cost no wait (and no system call).
+        if self.reader.buffer().is_empty() {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "frame not completed within the io timeout",
+                ));
+            }
+            // Unsupported on Windows pipes: there, the per-request deadlines bound the work.
+            let _ = self.reader.get_ref().set_recv_timeout(Some(left.max(Duration::from_millis(1))));
+            self.shortened = true;
+        }
+        self.reader.read(buf)
+    }
+}
+
+fn version_mismatch(client_protocol: u32) -> String {
+    format!("it speaks protocol {client_protocol}, this broker speaks protocol {PROTOCOL_VERSION}")
 }
 
 fn incompatible(client_protocol: u32) -> Response {

@@ -1,0 +1,401 @@
+//! Golden bytes: the exact frame of one message per `Request`, `Response` and
+//! `Value` variant. bincode writes an enum variant as its index, so a reordered,
+//! inserted or removed variant, or a changed field, changes these bytes and fails
+//! here before it reaches users whose broker and clients were built apart.
+//!
+//! Variants may only be APPENDED, and fields never reordered. When you append a
+//! variant, the exhaustive matches below stop compiling: add a sample and its
+//! bytes (generate them once, check the first payload byte is the new index) —
+//! never edit the bytes of an existing sample.
+
+use litebroker_protocol::*;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+}
+
+fn frame_of<T: serde::Serialize>(msg: &T) -> Vec<u8> {
+    let mut buf = Vec::new();
+    encode_frame(msg, &mut buf, HARD_MAX_FRAME).expect("encode");
+    buf
+}
+
+/// Checks both directions, and that the frame's header and first payload byte are
+/// what the wire rules say: little-endian length, then the variant index.
+fn check<T>(msg: &T, golden: &str, index: u8)
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let bytes = frame_of(msg);
+    assert_eq!(hex(&bytes), golden, "the encoding of {msg:?} changed: this breaks the wire protocol");
+    let golden = unhex(golden);
+    let len = u32::from_le_bytes(golden[..FRAME_HEADER_LEN].try_into().unwrap()) as usize;
+    assert_eq!(len, golden.len() - FRAME_HEADER_LEN, "length prefix of {msg:?}");
+    assert_eq!(golden[FRAME_HEADER_LEN], index, "variant index of {msg:?}");
+    let back: T = read_frame(&mut &golden[..], HARD_MAX_FRAME, &mut Vec::new()).unwrap().unwrap();
+    assert_eq!(&back, msg, "the golden bytes no longer decode to the same message");
+}
+
+/// The wire index of each variant. Exhaustive on purpose: appending a variant
+/// breaks this match, which is the reminder to add its golden sample.
+fn request_index(r: &Request) -> u8 {
+    match r {
+        Request::Hello(_) => 0,
+        Request::Ping => 1,
+        Request::Execute { .. } => 2,
+        Request::Batch { .. } => 3,
+        Request::Status => 4,
+        Request::Shutdown => 5,
+        Request::BeginSession { .. } => 6,
+        Request::Commit => 7,
+        Request::Rollback => 8,
+        Request::Connections => 9,
+        Request::Stats => 10,
+        Request::Verify => 11,
+        Request::Checkpoint { .. } => 12,
+        Request::Backup { .. } => 13,
+        Request::Restore { .. } => 14,
+    }
+}
+
+fn response_index(r: &Response) -> u8 {
+    match r {
+        Response::Hello(_) => 0,
+        Response::Error(_) => 1,
+        Response::Pong => 2,
+        Response::Executed(_) => 3,
+        Response::Batch(_) => 4,
+        Response::Status(_) => 5,
+        Response::ShuttingDown => 6,
+        Response::SessionStarted { .. } => 7,
+        Response::SessionEnded { .. } => 8,
+        Response::Connections(_) => 9,
+        Response::Stats(_) => 10,
+        Response::Verify(_) => 11,
+        Response::Checkpoint(_) => 12,
+        Response::Progress { .. } => 13,
+        Response::Backup(_) => 14,
+        Response::Restored(_) => 15,
+    }
+}
+
+fn value_index(v: &Value) -> u8 {
+    match v {
+        Value::Null => 0,
+        Value::Integer(_) => 1,
+        Value::Real(_) => 2,
+        Value::Text(_) => 3,
+        Value::Blob(_) => 4,
+    }
+}
+
+fn golden_requests() -> Vec<(Request, &'static str)> {
+    vec![
+        (
+            Request::Hello(Hello {
+                protocol: 1,
+                minor: 0,
+                client_name: "app".into(),
+                pid: 4242,
+                expected_schema: Some(3),
+            }),
+            // 00 Hello, 01 protocol, 00 minor, 03 "app", fb 9210 pid (u16 varint), 01 03 Some(3)
+            "0c00000000010003617070fb92100103",
+        ),
+        (Request::Ping, "0100000001"),
+        (
+            Request::Execute {
+                stmt: Statement::new(
+                    "INSERT INTO t VALUES (?, ?, ?, ?, ?)",
+                    vec![
+                        Value::Null,
+                        Value::Integer(-2),
+                        Value::Real(1.5),
+                        Value::Text("é".into()),
+                        Value::Blob(vec![0, 255]),
+                    ],
+                ),
+                opts: WriteOptions { timeout_ms: 30_000, request_id: Some([7; 16]), idempotent: true },
+            },
+            "5000000002\
+             24494e5345525420494e544f20742056414c55455320283f2c203f2c203f2c203f2c203f29\
+             05 00 0103 02000000000000f83f 0302c3a9 040200ff\
+             fb3075 0107070707070707070707070707070707 01",
+        ),
+        (
+            Request::Batch {
+                statements: vec![
+                    Statement::new("DELETE FROM t", vec![]),
+                    Statement::new("SELECT ?", vec![Value::Integer(300)]),
+                ],
+                opts: WriteOptions::default(),
+            },
+            "2200000003 02 0d44454c4554452046524f4d207400 0853454c454354203f 01 01fb5802 00 00 00",
+        ),
+        (Request::Status, "0100000004"),
+        (Request::Shutdown, "0100000005"),
+        (Request::BeginSession { timeout_ms: 10_000 }, "0400000006fb1027"),
+        (Request::Commit, "0100000007"),
+        (Request::Rollback, "0100000008"),
+        (Request::Connections, "0100000009"),
+        (Request::Stats, "010000000a"),
+        (Request::Verify, "010000000b"),
+        (Request::Checkpoint { mode: CheckpointMode::Truncate }, "020000000c 03"),
+        (Request::Backup { label: "nightly".into(), keep: 7 }, "0a0000000d 076e696768746c79 07"),
+        (
+            Request::Restore { path: "/b/x.db".into(), timeout_ms: 30_000 },
+            "0c0000000e 072f622f782e6462 fb3075",
+        ),
+    ]
+}
+
+fn golden_responses() -> Vec<(Response, &'static str)> {
+    vec![
+        (
+            Response::Hello(HelloAck {
+                protocol: 1,
+                minor: 0,
+                broker_version: "0.1.0".into(),
+                db_path: "/d/app.db".into(),
+                socket: "/s.sock".into(),
+                pid: 77,
+                client_id: 5,
+                schema_version: 3,
+            }),
+            "1e00000000 01 00 05302e312e30 092f642f6170702e6462 072f732e736f636b 4d 05 03",
+        ),
+        (
+            Response::Error(ErrorInfo {
+                kind: ErrorKind::Constraint,
+                message: "UNIQUE".into(),
+                sqlite: Some(SqliteCode { primary: 19, extended: 2067 }),
+            }),
+            // 01 Error, 01 Constraint, "UNIQUE", Some, zigzag(19) = 0x26, zigzag(2067) = fb 2610
+            "0e00000001 01 06554e49515545 01 26 fb2610",
+        ),
+        (Response::Pong, "0100000002"),
+        (
+            Response::Executed(ExecResult {
+                changes: 1,
+                last_insert_rowid: 7,
+                columns: vec!["id".into()],
+                rows: vec![vec![Value::Integer(7)]],
+            }),
+            "0b00000003 01 0e 01026964 01 01 010e",
+        ),
+        (
+            Response::Batch(vec![ExecResult {
+                changes: 2,
+                last_insert_rowid: 0,
+                columns: vec![],
+                rows: vec![],
+            }]),
+            "0600000004 01 02 00 00 00",
+        ),
+        (
+            Response::Status(BrokerStatus {
+                pid: 77,
+                socket: "/s.sock".into(),
+                db_path: "/d/app.db".into(),
+                protocol: 1,
+                minor: 0,
+                broker_version: "0.1.0".into(),
+                uptime_ms: 1000,
+                clients: 2,
+                requests: 300,
+                commits: 250,
+                queue_depth: 0,
+                synchronous: "normal".into(),
+                writer_holder: None,
+            }),
+            "2d00000005 4d 072f732e736f636b 092f642f6170702e6462 01 00 05302e312e30\
+             fbe803 02 fb2c01 fa 00 066e6f726d616c 00",
+        ),
+        (Response::ShuttingDown, "0100000006"),
+        (Response::SessionStarted { waited_ms: 12 }, "02000000070c"),
+        (Response::SessionEnded { committed: true }, "020000000801"),
+        (
+            Response::Connections(vec![ClientInfo {
+                id: 5,
+                name: "app".into(),
+                pid: 4242,
+                connected_unix_ms: 1_700_000_000_000,
+                requests: 9,
+                holds_writer: false,
+            }]),
+            "1500000009 01 05 03617070 fb9210 fd0068e5cf8b010000 09 00",
+        ),
+        (
+            Response::Stats(Box::new(DbStats {
+                db_path: "/d/app.db".into(),
+                schema_version: 3,
+                tables: 2,
+                indices: 1,
+                db_bytes: 8192,
+                wal_bytes: 0,
+                page_size: 4096,
+                page_count: 2,
+                free_pages: 0,
+                journal_mode: "wal".into(),
+                row_counts: vec![TableCount { name: "skus".into(), rows: 1250 }],
+                warnings: vec![],
+                broker: None,
+                writer: Some(WriterFigures {
+                    committed_requests: 10,
+                    max_requests_per_commit: 4,
+                    lock_waits: 1,
+                    lock_retries: 2,
+                    last_checkpoint: None,
+                    wal_warn_bytes: 100_000_000,
+                }),
+            })),
+            "310000000a 092f642f6170702e6462 03 02 01 fb0020 00 fb0010 02 00 0377616c 01 04736b7573 fbe204 00 00 01 0a 04 01 02 00 fc00e1f505",
+        ),
+        (
+            Response::Verify(VerifyReport {
+                path: "/d/app.db".into(),
+                integrity_problems: vec![],
+                foreign_key_problems: vec!["c row 2".into()],
+            }),
+            "150000000b 092f642f6170702e6462 00 01 076320726f772032",
+        ),
+        (
+            Response::Checkpoint(CheckpointReport {
+                mode: CheckpointMode::Passive,
+                blocked: true,
+                wal_frames: 10,
+                checkpointed_frames: 4,
+                wal_bytes_after: 41_232,
+                at_unix_ms: 1_700_000_000_000,
+            }),
+            "110000000c 00 01 14 08 fb10a1 fd0068e5cf8b010000",
+        ),
+        (Response::Progress { done: 4096, total: 8192 }, "070000000d fb0010 fb0020"),
+        (
+            Response::Backup(BackupReport {
+                path: "/d/backups/app.db".into(),
+                bytes: 8192,
+                duration_ms: 12,
+                removed: vec!["/d/backups/old.db".into()],
+            }),
+            "2a0000000e 112f642f6261636b7570732f6170702e6462 fb0020 0c 01 112f642f6261636b7570732f6f6c642e6462",
+        ),
+        (
+            Response::Restored(RestoreReport {
+                restored_from: "/b/x.db".into(),
+                safety_backup: "/d/backups/pre.db".into(),
+                pages: 2,
+                duration_ms: 3,
+            }),
+            "1d0000000f 072f622f782e6462 112f642f6261636b7570732f7072652e6462 02 03",
+        ),
+    ]
+}
+
+fn golden_values() -> Vec<(Value, &'static str)> {
+    vec![
+        (Value::Null, "0100000000"),
+        (Value::Integer(-3), "020000000105"),
+        (Value::Real(-0.5), "0900000002000000000000e0bf"),
+        (Value::Text("hé".into()), "05000000030368c3a9"),
+        (Value::Blob(vec![1, 2, 255]), "0500000004 03 0102ff"),
+    ]
+}
+
+/// Golden strings are written with spaces between fields for reading; the wire
+/// has none.
+fn compact(s: &str) -> String {
+    s.chars().filter(|c| !c.is_whitespace()).collect()
+}
+
+/// One sample per index 0..n, in order: nothing skipped, nothing doubled.
+fn assert_covers_every_index(indexes: &[u8], what: &str) {
+    let want: Vec<u8> = (0..indexes.len() as u8).collect();
+    assert_eq!(indexes, want, "{what}: the golden samples must cover every variant once, in order");
+}
+
+#[test]
+fn request_frames_are_unchanged() {
+    let samples = golden_requests();
+    for (req, golden) in &samples {
+        check(req, &compact(golden), request_index(req));
+    }
+    assert_covers_every_index(&samples.iter().map(|(r, _)| request_index(r)).collect::<Vec<_>>(), "Request");
+}
+
+#[test]
+fn response_frames_are_unchanged() {
+    let samples = golden_responses();
+    for (resp, golden) in &samples {
+        check(resp, &compact(golden), response_index(resp));
+    }
+    assert_covers_every_index(
+        &samples.iter().map(|(r, _)| response_index(r)).collect::<Vec<_>>(),
+        "Response",
+    );
+}
+
+#[test]
+fn value_frames_are_unchanged() {
+    let samples = golden_values();
+    for (v, golden) in &samples {
+        check(v, &compact(golden), value_index(v));
+    }
+    assert_covers_every_index(&samples.iter().map(|(v, _)| value_index(v)).collect::<Vec<_>>(), "Value");
+}
+
+#[test]
+fn no_variant_exists_past_the_golden_ones() {
+    // Unit-variant payloads one past the last known index must not decode. This
+    // holds the exhaustive matches above to the real enums.
+    assert!(decode_payload::<Request>(&[golden_requests().len() as u8]).is_err());
+    assert!(decode_payload::<Response>(&[golden_responses().len() as u8]).is_err());
+    assert!(decode_payload::<Value>(&[golden_values().len() as u8]).is_err());
+}
+
+#[test]
+fn error_kind_indexes_are_unchanged() {
+    // ErrorKind is `#[non_exhaustive]`, so it has no exhaustive match here; its
+    // indexes are pinned one by one inside a frozen `Response::Error`.
+    let kinds = [
+        (ErrorKind::Sql, 0u8),
+        (ErrorKind::Constraint, 1),
+        (ErrorKind::Locked, 2),
+        (ErrorKind::Timeout, 3),
+        (ErrorKind::ShuttingDown, 4),
+        (ErrorKind::Protocol, 5),
+        (ErrorKind::Incompatible, 6),
+        (ErrorKind::LimitExceeded, 7),
+        (ErrorKind::NotAllowed, 8),
+        (ErrorKind::LeaseExpired, 9),
+        (ErrorKind::SessionState, 10),
+        (ErrorKind::DiskFull, 11),
+        (ErrorKind::Internal, 12),
+        (ErrorKind::VerificationFailed, 13),
+    ];
+    for (kind, index) in kinds {
+        // 01 Error, kind, message "x", sqlite None.
+        let golden = format!("0500000001{index:02x}017800");
+        check(&Response::Error(ErrorInfo::new(kind, "x")), &golden, 1);
+    }
+    assert!(decode_payload::<Response>(&[1, kinds.len() as u8, 0, 0]).is_err(), "add the new ErrorKind here");
+}
+
+#[test]
+fn handshake_prefix_is_frozen() {
+    // A broker of any version reads a client's Hello up to its protocol field
+    // (`peek_hello_version`): variant 0, then the major version as a varint.
+    let bytes = frame_of(&Request::Hello(Hello {
+        protocol: PROTOCOL_VERSION,
+        minor: PROTOCOL_MINOR,
+        client_name: String::new(),
+        pid: 0,
+        expected_schema: None,
+    }));
+    assert_eq!(bytes[FRAME_HEADER_LEN], 0);
+    assert_eq!(u32::from(bytes[FRAME_HEADER_LEN + 1]), PROTOCOL_VERSION);
+}
