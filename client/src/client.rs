@@ -17,6 +17,7 @@ use litebroker_protocol::{
 use crate::error::{ClientError, Result};
 use crate::locate::{self, Location};
 use crate::tracking::Tracked;
+use litebroker_protocol::{Migration, MigrationReport};
 
 /// The notes' total wait: how long a request may take by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -451,6 +452,23 @@ impl Client {
         match self.call_with_progress(&req, self.timeout, &mut |_, _| {})? {
             Response::Restored(r) => Ok(r),
             other => Err(unexpected("restore", &other)),
+        }
+    }
+
+    /// Applies the migrations above the database's schema version, each in its own
+    /// transaction, through the broker. Concurrent callers wait for each other; each
+    /// migration is applied exactly once.
+    ///
+    /// # Errors
+    /// The failing migration's error (it was rolled back; earlier ones stay).
+    pub fn migrate(&mut self, migrations: &[Migration]) -> Result<MigrationReport> {
+        let req = Request::Migrate { migrations: migrations.to_vec(), timeout_ms: millis(self.timeout) };
+        match self.call(&req, self.timeout)? {
+            Response::Migrated(r) => {
+                self.hello.schema_version = r.to_version;
+                Ok(r)
+            }
+            other => Err(unexpected("migrate", &other)),
         }
     }
 

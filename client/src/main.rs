@@ -94,6 +94,12 @@ enum Command {
         #[arg(value_enum, default_value = "truncate")]
         mode: ModeArg,
     },
+    /// Apply the numbered migrations of DIR (`0001_init.sql`, `0002_add_sales.sql`, …)
+    /// above the database's `PRAGMA user_version`, each in one transaction.
+    Migrate {
+        /// The folder of migration files.
+        dir: PathBuf,
+    },
     /// The notes' troubleshooting steps, automated: broker, connections, WAL size,
     /// permissions, network filesystem, quick_check, backups. Exit 0 when healthy,
     /// 3 when only the broker is missing, 5 when another check failed.
@@ -160,6 +166,7 @@ fn client_failure(e: &ClientError, cli: Option<&Cli>) -> Failure {
         ClientError::ConnectionLost { .. } => fail(3, "connection_lost", e.to_string()),
         ClientError::Broker(info) => match info.kind {
             ErrorKind::VerificationFailed => fail(5, "verification_failed", info.message.clone()),
+            ErrorKind::SchemaMismatch => fail(1, "schema_mismatch", info.message.clone()),
             ErrorKind::Locked => {
                 fail(4, "locked", format!("{LOCKED_USER_TEXT}\n\nDetails: {}", info.message))
             }
@@ -398,6 +405,32 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             cli::ops::checkpoint(cli, mode)?;
         }
         Command::Doctor => cli::doctor::doctor(cli)?,
+        Command::Migrate { dir } => {
+            let migrations = litebroker_client::migrations_from_dir(dir).map_err(|e| {
+                fail(2, "usage", format!("cannot read migrations from {}: {e}", dir.display()))
+            })?;
+            let r = connect(cli)?.migrate(&migrations).map_err(on_client)?;
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({ "from_version": r.from_version, "to_version": r.to_version, "applied": r.applied })
+                );
+            } else if r.applied.is_empty() {
+                println!("Schema is at version {}: nothing to apply.", r.to_version);
+            } else {
+                let names: Vec<String> = migrations
+                    .iter()
+                    .filter(|m| r.applied.contains(&m.version))
+                    .map(|m| format!("{} ({})", m.version, m.name))
+                    .collect();
+                println!(
+                    "Migrated from version {} to {}: applied {}.",
+                    r.from_version,
+                    r.to_version,
+                    names.join(", ")
+                );
+            }
+        }
         Command::Shutdown => {
             let mut c = connect(cli)?;
             let pid = c.hello().pid;

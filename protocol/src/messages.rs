@@ -194,6 +194,16 @@ pub enum Request {
         /// How long to wait for the writer, in milliseconds (0 = broker default).
         timeout_ms: u32,
     },
+    /// Apply numbered schema migrations (`PRAGMA user_version` tracks the last one
+    /// applied), each in its own transaction; those at or below the database's
+    /// version are skipped, so concurrent callers apply each exactly once.
+    /// Answered by [`Response::Migrated`].
+    Migrate {
+        /// The migrations, in increasing version order.
+        migrations: Vec<Migration>,
+        /// How long to wait for the writer, in milliseconds (0 = broker default).
+        timeout_ms: u32,
+    },
 }
 
 impl Request {
@@ -215,6 +225,7 @@ impl Request {
             Request::Checkpoint { .. } => "checkpoint",
             Request::Backup { .. } => "backup",
             Request::Restore { .. } => "restore",
+            Request::Migrate { .. } => "migrate",
         }
     }
 }
@@ -325,6 +336,9 @@ pub enum ErrorKind {
     /// A verification failed: a corrupt or non-SQLite file, a failed
     /// integrity check (CLI exit 5).
     VerificationFailed,
+    /// The client was built for a newer schema than the database has: its writes
+    /// are refused until the migrations are applied.
+    SchemaMismatch,
 }
 
 impl ErrorKind {
@@ -345,6 +359,7 @@ impl ErrorKind {
             ErrorKind::DiskFull => "disk_full",
             ErrorKind::Internal => "internal",
             ErrorKind::VerificationFailed => "verification_failed",
+            ErrorKind::SchemaMismatch => "schema_mismatch",
         }
     }
 }
@@ -428,6 +443,8 @@ pub enum Response {
     Backup(BackupReport),
     /// Answer to [`Request::Restore`].
     Restored(RestoreReport),
+    /// Answer to [`Request::Migrate`].
+    Migrated(MigrationReport),
 }
 
 impl Response {
@@ -581,4 +598,33 @@ pub struct RestoreReport {
     pub pages: u64,
     /// Time the writer was held, in milliseconds.
     pub duration_ms: u64,
+}
+
+/// One numbered schema migration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Migration {
+    /// Its version: `PRAGMA user_version` after it is applied.
+    pub version: u32,
+    /// A short name, for messages.
+    pub name: String,
+    /// The SQL (several `;`-separated statements allowed).
+    pub sql: String,
+}
+
+impl Migration {
+    /// A migration from embedded SQL (e.g. `include_str!`).
+    pub fn new(version: u32, name: impl Into<String>, sql: impl Into<String>) -> Self {
+        Migration { version, name: name.into(), sql: sql.into() }
+    }
+}
+
+/// The outcome of a [`Request::Migrate`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationReport {
+    /// Schema version before.
+    pub from_version: u32,
+    /// Schema version after.
+    pub to_version: u32,
+    /// Versions applied by this request (empty when already up to date).
+    pub applied: Vec<u32>,
 }

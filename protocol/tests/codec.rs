@@ -134,6 +134,14 @@ fn all_requests() -> Vec<Request> {
             path: "/home/u/app/data/backups/app_20261128_120000_manual.db".into(),
             timeout_ms: 0,
         },
+        Request::Migrate { migrations: Vec::new(), timeout_ms: 0 },
+        Request::Migrate {
+            migrations: vec![
+                Migration { version: 1, name: "init".into(), sql: "CREATE TABLE skus (sku TEXT);".into() },
+                Migration { version: u32::MAX, name: String::new(), sql: "BEGIN; COMMIT;".into() },
+            ],
+            timeout_ms: u32::MAX,
+        },
     ]
 }
 
@@ -254,6 +262,8 @@ fn all_responses() -> Vec<Response> {
             pages: 3,
             duration_ms: 4,
         }),
+        Response::Migrated(MigrationReport { from_version: 0, to_version: 0, applied: Vec::new() }),
+        Response::Migrated(MigrationReport { from_version: 3, to_version: 7, applied: vec![4, 5, 7] }),
     ];
     v.extend(all_error_kinds().into_iter().map(|k| Response::error(k, format!("a {k} failure"))));
     v
@@ -277,6 +287,7 @@ fn all_error_kinds() -> Vec<ErrorKind> {
         ErrorKind::DiskFull,
         ErrorKind::Internal,
         ErrorKind::VerificationFailed,
+        ErrorKind::SchemaMismatch,
     ]
 }
 

@@ -59,6 +59,7 @@ fn request_index(r: &Request) -> u8 {
         Request::Checkpoint { .. } => 12,
         Request::Backup { .. } => 13,
         Request::Restore { .. } => 14,
+        Request::Migrate { .. } => 15,
     }
 }
 
@@ -80,6 +81,7 @@ fn response_index(r: &Response) -> u8 {
         Response::Progress { .. } => 13,
         Response::Backup(_) => 14,
         Response::Restored(_) => 15,
+        Response::Migrated(_) => 16,
     }
 }
 
@@ -149,6 +151,17 @@ fn golden_requests() -> Vec<(Request, &'static str)> {
         (
             Request::Restore { path: "/b/x.db".into(), timeout_ms: 30_000 },
             "0c0000000e 072f622f782e6462 fb3075",
+        ),
+        (
+            Request::Migrate {
+                migrations: vec![Migration {
+                    version: 2,
+                    name: "sales".into(),
+                    sql: "CREATE TABLE s(x)".into(),
+                }],
+                timeout_ms: 10_000,
+            },
+            "1e0000000f 01 02 0573616c6573 11435245415445205441424c452073287829 fb1027",
         ),
     ]
 }
@@ -293,6 +306,7 @@ fn golden_responses() -> Vec<(Response, &'static str)> {
             }),
             "1d0000000f 072f622f782e6462 112f642f6261636b7570732f7072652e6462 02 03",
         ),
+        (Response::Migrated(MigrationReport { from_version: 1, to_version: 3, applied: vec![2, 3] }), "0600000010 01 03 02 02 03"),
     ]
 }
 
@@ -376,6 +390,7 @@ fn error_kind_indexes_are_unchanged() {
         (ErrorKind::DiskFull, 11),
         (ErrorKind::Internal, 12),
         (ErrorKind::VerificationFailed, 13),
+        (ErrorKind::SchemaMismatch, 14),
     ];
     for (kind, index) in kinds {
         // 01 Error, kind, message "x", sqlite None.

@@ -11,8 +11,8 @@ use interprocess::local_socket::prelude::*;
 use interprocess::local_socket::Stream;
 use litebroker_protocol::frame::{peek_hello_version, read_frame_after};
 use litebroker_protocol::{
-    write_frame, BrokerStatus, ClientInfo, ErrorInfo, ErrorKind, FrameError, Hello, HelloAck, Request,
-    Response, Statement, WriteOptions, FRAME_HEADER_LEN, PROTOCOL_MINOR, PROTOCOL_VERSION,
+    write_frame, BrokerStatus, ClientInfo, ErrorInfo, ErrorKind, FrameError, Hello, HelloAck, Migration,
+    Request, Response, Statement, WriteOptions, FRAME_HEADER_LEN, PROTOCOL_MINOR, PROTOCOL_VERSION,
 };
 use tracing::{debug, info, warn};
 
@@ -253,6 +253,13 @@ impl Conn {
                 admin::backup(&shared, &label, keep, &mut progress)
                     .map_or_else(Response::Error, Response::Backup)
             }
+            Request::Migrate { migrations, timeout_ms } => match check_migrations(&migrations) {
+                Err(e) => Response::Error(e),
+                Ok(()) => {
+                    let timeout = self.timeout_of(timeout_ms);
+                    self.submit(&client, JobKind::Migrate(migrations), WriteOptions::default(), timeout)
+                }
+            },
             Request::Restore { path, timeout_ms } => match admin::check_restore(&self.shared, &path) {
                 Err(e) => Response::Error(e),
                 Ok(p) => {
@@ -289,7 +296,15 @@ impl Conn {
             warn!("refused client '{name}' (pid {pid}): {}", version_mismatch(h.protocol));
             return (incompatible(h.protocol), false);
         }
-        let client = self.shared.register(name, pid);
+        let client = self.shared.register(name, pid, h.expected_schema);
+        let schema = self.shared.schema_version.load(Ordering::Relaxed);
+        if let Some(expected) = h.expected_schema.filter(|e| *e > schema) {
+            warn!(
+                "client {} was built for schema version {expected}, the database is at {schema}: \
+                 its writes are refused until the migrations are applied",
+                client.describe()
+            );
+        }
         debug!("client {} connected (protocol {}.{})", client.describe(), h.protocol, h.minor);
         let ack = HelloAck {
             protocol: PROTOCOL_VERSION,
@@ -392,6 +407,17 @@ impl Conn {
     }
 
     fn write(&mut self, client: &Arc<ClientEntry>, body: WriteBody, opts: WriteOptions) -> Response {
+        let schema = self.shared.schema_version.load(Ordering::Relaxed);
+        if let Some(expected) = client.expected_schema.filter(|e| *e > schema) {
+            return Response::error(
+                ErrorKind::SchemaMismatch,
+                format!(
+                    "this client was built for schema version {expected} but the database is at version \
+                     {schema}: its writes are refused so they cannot corrupt data; apply the migrations \
+                     first (the app's migrate step, or litebroker migrate DIR)"
+                ),
+            );
+        }
         let timeout = self.timeout_of(opts.timeout_ms);
         match self.session_state(client) {
             Err(e) => Response::Error(e),
@@ -542,6 +568,25 @@ impl Read for FrameDeadline<'_> {
         }
         self.reader.read(buf)
     }
+}
+
+/// Versions must be positive and strictly increasing, so "apply those above the
+/// database's version" has one meaning.
+fn check_migrations(migrations: &[Migration]) -> Result<(), ErrorInfo> {
+    let mut last = 0;
+    for m in migrations {
+        if m.version <= last {
+            return Err(ErrorInfo::new(
+                ErrorKind::Sql,
+                format!(
+                    "migration versions must be positive and strictly increasing: {} ({}) follows {last}",
+                    m.version, m.name
+                ),
+            ));
+        }
+        last = m.version;
+    }
+    Ok(())
 }
 
 fn version_mismatch(client_protocol: u32) -> String {

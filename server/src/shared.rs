@@ -51,6 +51,8 @@ pub struct ClientEntry {
     pub requests: AtomicU64,
     /// See [`session_state`].
     pub session: AtomicU8,
+    /// The schema version the client was built for, if it said.
+    pub expected_schema: Option<u32>,
 }
 
 impl ClientEntry {
@@ -166,7 +168,7 @@ impl Shared {
     }
 
     /// Registers a client after its handshake.
-    pub fn register(&self, name: String, pid: u32) -> Arc<ClientEntry> {
+    pub fn register(&self, name: String, pid: u32, expected_schema: Option<u32>) -> Arc<ClientEntry> {
         let id = self.next_client_id.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(ClientEntry {
             id,
@@ -175,6 +177,7 @@ impl Shared {
             connected_unix_ms: unix_ms(),
             requests: AtomicU64::new(0),
             session: AtomicU8::new(session_state::NONE),
+            expected_schema,
         });
         lock(&self.clients).insert(id, entry.clone());
         entry
@@ -267,6 +270,8 @@ pub enum JobKind {
     Checkpoint(CheckpointMode),
     /// Replace the database's content with a verified file, holding the writer.
     Restore(std::path::PathBuf),
+    /// Apply the schema migrations above the database's version.
+    Migrate(Vec<litebroker_protocol::Migration>),
     /// Finish what is queued and stop. Not answered.
     Stop,
 }

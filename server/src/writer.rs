@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use litebroker_client::ops;
 use litebroker_protocol::{
-    CheckpointMode, CheckpointReport, ErrorInfo, ErrorKind, ExecResult, Response, RestoreReport,
+    CheckpointMode, CheckpointReport, ErrorInfo, ErrorKind, ExecResult, Migration, MigrationReport, Response,
+    RestoreReport,
 };
 use rusqlite::{Connection, OpenFlags};
 use tracing::{debug, info, warn};
@@ -247,6 +248,13 @@ impl Writer {
                 }
                 self.finished(1);
             }
+            JobKind::Migrate(ref migrations) => {
+                if job.claim() {
+                    let r = self.migrate(migrations, job.deadline);
+                    job.answer(r.map_or_else(Response::Error, Response::Migrated));
+                }
+                self.finished(1);
+            }
             JobKind::Restore(ref path) => {
                 if job.claim() {
                     let r = if self.stopping {
@@ -259,6 +267,49 @@ impl Writer {
                 self.finished(1);
             }
         }
+    }
+
+    /// Applies, in order, each migration whose version is above `PRAGMA
+    /// user_version`, each in its own transaction that also sets `user_version`, so
+    /// a migration is applied exactly once however many callers ask for it.
+    fn migrate(&mut self, migrations: &[Migration], deadline: Instant) -> Result<MigrationReport, ErrorInfo> {
+        let from_version = user_version(&self.conn);
+        let mut applied = Vec::new();
+        for m in migrations.iter().filter(|m| m.version > from_version) {
+            self.begin_immediate(deadline)?;
+            let limits = ExecLimits { max_rows: self.shared.config.max_rows };
+            let mut tracker = Tracker::new(Mode::OneShot);
+            let mut out = ExecResult::default();
+            let r = run_sql(&self.conn, &m.sql, &[], &mut tracker, limits, &mut out)
+                .and_then(|()| tracker.finish())
+                .and_then(|()| {
+                    self.conn
+                        .execute_batch(&format!("PRAGMA user_version = {}", m.version))
+                        .map_err(|e| sql_error(&e))
+                })
+                .and_then(|()| self.exec_cached("COMMIT").map_err(|e| sql_error(&e)));
+            if let Err(mut e) = r {
+                if !self.conn.is_autocommit() {
+                    self.exec_cached("ROLLBACK").ok();
+                }
+                self.refresh_schema_version();
+                e.message = format!(
+                    "migration {} ({}) failed and was rolled back: {}; the database is at schema version {}",
+                    m.version,
+                    m.name,
+                    e.message,
+                    user_version(&self.conn)
+                );
+                return Err(e);
+            }
+            info!(version = m.version, name = %m.name, "migration applied");
+            applied.push(m.version);
+            self.dirty = true;
+            self.shared.counters.commits.fetch_add(1, Ordering::Relaxed);
+            self.refresh_schema_version();
+        }
+        self.conn.flush_prepared_statement_cache();
+        Ok(MigrationReport { from_version, to_version: user_version(&self.conn), applied })
     }
 
     /// Replaces the database's content with `source` (verified by the caller)
