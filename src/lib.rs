@@ -107,18 +107,23 @@ impl Broker {
 
     /// Spawns without waiting for readiness (for tests that expect a failure).
     pub fn spawn(db: &Path, args: &[&str]) -> Broker {
+        Broker::spawn_with(db, args, |_| {})
+    }
+
+    /// Spawns after letting `configure` adjust the command (environment, limits).
+    pub fn spawn_with(db: &Path, args: &[&str], configure: impl FnOnce(&mut Command)) -> Broker {
         let log = log_path(db);
         let file = fs::File::create(&log).expect("broker log");
-        let child = Command::new(bin("litebrokerd"))
-            .arg("--db")
+        let mut cmd = Command::new(bin("litebrokerd"));
+        cmd.arg("--db")
             .arg(db)
             .args(["--log-level", "debug"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("spawn litebrokerd");
+            .stderr(file);
+        configure(&mut cmd);
+        let child = cmd.spawn().expect("spawn litebrokerd");
         Broker { child, log, db: db.to_path_buf(), socket: String::new(), status: None }
     }
 

@@ -44,6 +44,13 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// Default timeout of each request.
     pub request_timeout: Duration,
+    /// Give every write that is not marked idempotent a request id, so that it can
+    /// be resent after a lost answer and still apply exactly once (default on).
+    pub auto_request_ids: bool,
+    /// Reconnect and resend when the broker goes away in the middle of a one-shot
+    /// request, within the request's timeout (default on). Only requests that cannot
+    /// apply twice are resent: never sent, idempotent, or carrying a request id.
+    pub reconnect: bool,
 }
 
 impl ConnectOptions {
@@ -57,6 +64,8 @@ impl ConnectOptions {
             expected_schema: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: DEFAULT_TIMEOUT,
+            auto_request_ids: true,
+            reconnect: true,
         }
     }
 
@@ -106,6 +115,8 @@ pub struct Client {
     timeout: Duration,
     /// Set after an I/O failure: the stream's state is unknown, so it is not reused.
     broken: bool,
+    opts: ConnectOptions,
+    reconnects: u64,
     _tracked: Tracked,
 }
 
@@ -173,6 +184,8 @@ impl Client {
             location,
             timeout: opts.request_timeout,
             broken: false,
+            opts: opts.clone(),
+            reconnects: 0,
             _tracked: Tracked::new(),
         };
         let hello = Request::Hello(Hello {
@@ -187,6 +200,80 @@ impl Client {
             other => return Err(unexpected("hello", &other)),
         }
         Ok(client)
+    }
+
+    /// How many times this client reconnected after losing its broker.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+
+    /// Replaces a broken connection with a new one, retrying with jittered
+    /// exponential backoff (50 ms doubling, capped at 2 s) until `deadline`: the
+    /// broker may be restarting.
+    ///
+    /// # Errors
+    /// The last connect error once the deadline passes, or at once for errors a
+    /// retry cannot fix (e.g. an incompatible broker).
+    pub fn reconnect(&mut self, deadline: Instant) -> Result<()> {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let mut opts = self.opts.clone();
+            opts.connect_timeout =
+                opts.connect_timeout.min(deadline.saturating_duration_since(Instant::now()));
+            match Client::connect_with(&opts) {
+                Ok(mut fresh) => {
+                    fresh.timeout = self.timeout;
+                    fresh.reconnects = self.reconnects + 1;
+                    tracing::info!(
+                        broker_pid = fresh.hello.pid,
+                        reconnects = fresh.reconnects,
+                        "reconnected to the broker"
+                    );
+                    *self = fresh;
+                    return Ok(());
+                }
+                Err(e) if is_transient(&e) => {
+                    let pause = delay.mul_f64(crate::ids::jitter());
+                    if Instant::now() + pause >= deadline {
+                        return Err(e);
+                    }
+                    std::thread::sleep(pause);
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sends a one-shot request; when the connection breaks, reconnects and resends
+    /// it if that cannot apply it twice (see [`ConnectOptions::reconnect`]).
+    fn call_resending(&mut self, req: &Request, opts: &WriteOptions, wait: Duration) -> Result<Response> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let err = match self.call(req, left) {
+                Err(e) => e,
+                ok => return ok,
+            };
+            let sent = match &err {
+                ClientError::ConnectionLost { sent, .. } => *sent,
+                // Refused before running: safe to send again once the broker is back.
+                ClientError::Broker(i) if i.kind == ErrorKind::ShuttingDown => false,
+                _ => return Err(err),
+            };
+            if !self.opts.reconnect || (sent && !opts.idempotent && opts.request_id.is_none()) {
+                return Err(err);
+            }
+            if let Err(e) = self.reconnect(deadline) {
+                tracing::warn!("could not reconnect to resend the request: {e}");
+                return Err(err);
+            }
+            // A resend is exactly-once only where the broker records request ids.
+            if sent && !opts.idempotent && !self.status().is_ok_and(|s| s.request_ids) {
+                return Err(err);
+            }
+            tracing::info!(request = req.kind(), "resending after a lost connection");
+        }
     }
 
     /// The broker's handshake answer (versions, pid, database, schema version).
@@ -322,7 +409,9 @@ impl Client {
     /// As [`Client::execute`].
     pub fn execute_with(&mut self, stmt: Statement, mut opts: WriteOptions) -> Result<ExecResult> {
         let wait = timeout_of(&mut opts, self.timeout);
-        match self.call(&Request::Execute { stmt, opts }, wait)? {
+        self.assign_request_id(&mut opts);
+        let ids = opts.clone();
+        match self.call_resending(&Request::Execute { stmt, opts }, &ids, wait)? {
             Response::Executed(r) => Ok(r),
             other => Err(unexpected("execute", &other)),
         }
@@ -347,9 +436,37 @@ impl Client {
         mut opts: WriteOptions,
     ) -> Result<Vec<ExecResult>> {
         let wait = timeout_of(&mut opts, self.timeout);
-        match self.call(&Request::Batch { statements, opts }, wait)? {
+        self.assign_request_id(&mut opts);
+        let ids = opts.clone();
+        match self.call_resending(&Request::Batch { statements, opts }, &ids, wait)? {
             Response::Batch(r) => Ok(r),
             other => Err(unexpected("batch", &other)),
+        }
+    }
+
+    fn assign_request_id(&self, opts: &mut WriteOptions) {
+        if self.opts.auto_request_ids && !opts.idempotent && opts.request_id.is_none() {
+            opts.request_id = Some(crate::ids::new_request_id());
+        }
+    }
+
+    /// Runs SQL inside this connection's write session: no request id, no resend —
+    /// a session cut by a lost connection is rolled back by the broker, never resumed.
+    fn execute_in_session(&mut self, sql: &str, params: &[Value]) -> Result<ExecResult> {
+        let mut opts = WriteOptions::default();
+        let wait = timeout_of(&mut opts, self.timeout);
+        let req = Request::Execute { stmt: Statement::new(sql, params.to_vec()), opts };
+        match self.call(&req, wait) {
+            Ok(Response::Executed(r)) => Ok(r),
+            Ok(other) => Err(unexpected("execute", &other)),
+            Err(ClientError::ConnectionLost { reason, .. }) => Err(ClientError::Broker(ErrorInfo::new(
+                ErrorKind::LeaseExpired,
+                format!(
+                    "the connection to the broker broke during the write session ({reason}); the broker \
+                     rolls such a session back, nothing of it was committed"
+                ),
+            ))),
+            Err(e) => Err(e),
         }
     }
 
@@ -554,7 +671,7 @@ impl<C: BorrowMut<Client>> WriteSession<C> {
     /// # Errors
     /// SQL errors; [`ErrorKind::LeaseExpired`] when the broker rolled the session back.
     pub fn execute(&mut self, sql: &str, params: &[Value]) -> Result<ExecResult> {
-        let r = self.client.borrow_mut().execute(sql, params);
+        let r = self.client.borrow_mut().execute_in_session(sql, params);
         self.note_end(&r);
         r
     }
@@ -648,6 +765,12 @@ fn incompatible_recorded(location: &Location, info: &locate::BrokerInfo) -> Clie
             env!("CARGO_PKG_VERSION"),
         ),
     ))
+}
+
+/// Connect failures worth retrying while a broker may be (re)starting.
+fn is_transient(e: &ClientError) -> bool {
+    matches!(e, ClientError::NotRunning { .. } | ClientError::ConnectionLost { .. })
+        || matches!(e.kind(), Some(ErrorKind::ShuttingDown))
 }
 
 fn describe_io(e: &io::Error) -> String {

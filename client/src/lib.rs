@@ -10,6 +10,7 @@
 mod client;
 mod error;
 mod factory;
+mod ids;
 pub mod locate;
 pub mod migrate;
 pub mod ops;
@@ -21,6 +22,7 @@ mod tracking;
 pub use client::{Client, ConnectOptions, WriteSession, DEFAULT_TIMEOUT, DEFAULT_WRITER_TIMEOUT};
 pub use error::{ClientError, Result, LOCKED_USER_TEXT};
 pub use factory::ConnectionFactory;
+pub use ids::new_request_id;
 pub use litebroker_protocol as protocol;
 pub use litebroker_protocol::{ErrorKind, ExecResult, Statement, Value, WriteOptions};
 pub use locate::{Location, DEFAULT_DB};

@@ -53,13 +53,18 @@ pub fn db_stats(conn: &Connection, db_path: &Path, wal_warn_bytes: u64) -> rusql
     let journal_mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
     let names: Vec<String> = {
         let mut st = conn.prepare(
-            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+            // The broker's own tables (`_litebroker_…`) are reported apart.
+            r"SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\_%' ESCAPE '\'
+                AND name NOT LIKE '\_litebroker%' ESCAPE '\' ORDER BY name",
         )?;
         let rows = st.query_map([], |r| r.get(0))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
-    let indices: i64 =
-        conn.query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'index'", [], |r| r.get(0))?;
+    let indices: i64 = conn.query_row(
+        r"SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND tbl_name NOT LIKE '\_litebroker%' ESCAPE '\'",
+        [],
+        |r| r.get(0),
+    )?;
     let mut row_counts = Vec::with_capacity(names.len());
     for name in &names {
         let quoted = format!("\"{}\"", name.replace('"', "\"\""));

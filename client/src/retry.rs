@@ -10,8 +10,17 @@
 //!   `qty = qty + 1`, is **not**: applied twice it duplicates or double-counts. Such
 //!   requests are retried only when the failure proves the broker never saw them
 //!   (no broker listening, or the connection broke before the request was sent).
+//! - Such a write **with a request id** kept across attempts
+//!   ([`Idempotency::WithRequestId`]) may be retried like an idempotent one: the
+//!   broker records the id in the same transaction as the write and answers a
+//!   repeat from that record instead of applying it again.
 //! - Other errors (SQL errors, constraint violations) are returned at once: a retry
 //!   would fail the same way.
+//!
+//! Beware the notes' own UPSERT example, `ON CONFLICT(date, sku) DO UPDATE SET
+//! qty = qty + excluded.qty`: it adds on every application, so it is *not*
+//! idempotent. Send it like any other write (with [`crate::Client::execute`] it gets
+//! a request id and is exactly-once), not with `execute_idempotent`.
 //!
 //! The broker already retries locks held by other processes itself (busy_timeout,
 //! then the same backoff); a "locked" answer that reaches the client means the lock
@@ -62,6 +71,11 @@ pub enum Idempotency {
     Idempotent,
     /// A write that must not be applied twice (plain INSERT, `qty = qty + 1`).
     NonIdempotent,
+    /// A write that must not be applied twice, sent with the same request id on
+    /// every attempt ([`crate::new_request_id`] once, then
+    /// [`crate::Client::execute_with`]): the broker records the id with the write
+    /// and answers a repeat from that record, so retrying is safe.
+    WithRequestId,
 }
 
 /// Whether `err` may be retried for an operation of kind `what`.
@@ -190,6 +204,14 @@ mod tests {
         });
         assert!(r.is_err());
         assert_eq!(calls.get(), 4, "never sent: always safe to retry");
+    }
+
+    #[test]
+    fn writes_with_a_request_id_retry_like_idempotent_ones() {
+        let lost = || ClientError::ConnectionLost { sent: true, reason: "x".into() };
+        assert!(is_retryable(&lost(), Idempotency::WithRequestId));
+        assert!(is_retryable(&locked(), Idempotency::WithRequestId));
+        assert!(!is_retryable(&lost(), Idempotency::NonIdempotent));
     }
 
     #[test]

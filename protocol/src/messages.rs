@@ -272,6 +272,9 @@ pub struct BrokerStatus {
     pub synchronous: String,
     /// Who holds the writer in a write session, if anyone.
     pub writer_holder: Option<String>,
+    /// Whether the broker records request ids, making writes that carry one
+    /// exactly-once (a client resends a write after a lost answer only then).
+    pub request_ids: bool,
 }
 
 /// One connected client, as listed by [`Request::Connections`].
@@ -520,6 +523,10 @@ pub struct WriterFigures {
     pub last_checkpoint: Option<CheckpointReport>,
     /// WAL size above which the broker warns.
     pub wal_warn_bytes: u64,
+    /// Request ids recorded now (the `_litebroker_requests` table's rows).
+    pub request_ids_recorded: u64,
+    /// Writes answered from that table instead of running again (resends).
+    pub deduplicated: u64,
 }
 
 /// Database figures (the notes' `db.py stats`), plus the broker's when a broker

@@ -190,6 +190,7 @@ fn all_responses() -> Vec<Response> {
             queue_depth: 0,
             synchronous: "full".into(),
             writer_holder: Some("client 2 (app, pid 9) for 1.5 s".into()),
+            request_ids: true,
         }),
         Response::ShuttingDown,
         Response::SessionStarted { waited_ms: 0 },
@@ -235,6 +236,8 @@ fn all_responses() -> Vec<Response> {
                     at_unix_ms: 1,
                 }),
                 wal_warn_bytes: u64::MAX,
+                request_ids_recorded: 7,
+                deduplicated: 1,
             }),
         })),
         Response::Verify(VerifyReport {

@@ -7,6 +7,10 @@
 //! variant, the exhaustive matches below stop compiling: add a sample and its
 //! bytes (generate them once, check the first payload byte is the new index) —
 //! never edit the bytes of an existing sample.
+//!
+//! One exception was made before protocol 1 was first released: fields were
+//! appended to `BrokerStatus` and `WriterFigures` (request ids). After a release a
+//! struct gains fields only through a new variant carrying a new struct.
 
 use litebroker_protocol::*;
 
@@ -224,9 +228,10 @@ fn golden_responses() -> Vec<(Response, &'static str)> {
                 queue_depth: 0,
                 synchronous: "normal".into(),
                 writer_holder: None,
+                request_ids: true,
             }),
-            "2d00000005 4d 072f732e736f636b 092f642f6170702e6462 01 00 05302e312e30\
-             fbe803 02 fb2c01 fa 00 066e6f726d616c 00",
+            "2e00000005 4d 072f732e736f636b 092f642f6170702e6462 01 00 05302e312e30\
+             fbe803 02 fb2c01 fa 00 066e6f726d616c 00 01",
         ),
         (Response::ShuttingDown, "0100000006"),
         (Response::SessionStarted { waited_ms: 12 }, "02000000070c"),
@@ -264,9 +269,11 @@ fn golden_responses() -> Vec<(Response, &'static str)> {
                     lock_retries: 2,
                     last_checkpoint: None,
                     wal_warn_bytes: 100_000_000,
+                    request_ids_recorded: 7,
+                    deduplicated: 1,
                 }),
             })),
-            "310000000a 092f642f6170702e6462 03 02 01 fb0020 00 fb0010 02 00 0377616c 01 04736b7573 fbe204 00 00 01 0a 04 01 02 00 fc00e1f505",
+            "330000000a 092f642f6170702e6462 03 02 01 fb0020 00 fb0010 02 00 0377616c 01 04736b7573 fbe204 00 00 01 0a 04 01 02 00 fc00e1f505 07 01",
         ),
         (
             Response::Verify(VerifyReport {

@@ -74,6 +74,8 @@ pub struct Config {
     pub wal_warn_bytes: u64,
     /// Idle time after the last commit before the broker runs a TRUNCATE checkpoint.
     pub idle_checkpoint_after: Duration,
+    /// How long request ids are kept for exactly-once writes; None disables them.
+    pub request_id_retention: Option<Duration>,
 }
 
 impl Config {
@@ -102,6 +104,7 @@ impl Config {
             allow_uids: Vec::new(),
             wal_warn_bytes: litebroker_client::ops::DEFAULT_WAL_WARN_BYTES,
             idle_checkpoint_after: Duration::from_secs(1),
+            request_id_retention: Some(Duration::from_secs(24 * 3600)),
         }
     }
 

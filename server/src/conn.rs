@@ -338,6 +338,7 @@ impl Conn {
             writer_holder: s
                 .holder()
                 .map(|h| format!("{} for {:.1} s", h.client.describe(), h.since.elapsed().as_secs_f64())),
+            request_ids: s.request_ids.load(Ordering::Relaxed),
         }
     }
 

@@ -9,6 +9,7 @@ mod admin;
 pub mod config;
 mod conn;
 mod instance;
+pub mod requests;
 pub mod shared;
 pub mod sqlexec;
 mod writer;

@@ -84,6 +84,10 @@ struct Args {
     /// Idle milliseconds after the last commit before the broker truncates the WAL.
     #[arg(long, default_value_t = 1000)]
     idle_checkpoint_ms: u64,
+    /// Hours a request id is kept for exactly-once writes (table `_litebroker_requests`);
+    /// 0 disables request ids (then writes carrying one run like any other).
+    #[arg(long, default_value_t = 24.0)]
+    request_id_retention_hours: f64,
     /// Another user id allowed to connect (repeatable); by default only the broker's own user may.
     #[arg(long = "allow-uid")]
     allow_uids: Vec<u32>,
@@ -143,6 +147,10 @@ fn config(a: Args) -> Result<Config, BrokerError> {
     }
     c.wal_warn_bytes = (a.wal_warn_mb * 1e6) as u64;
     c.idle_checkpoint_after = Duration::from_millis(a.idle_checkpoint_ms.max(1));
+    c.request_id_retention = match a.request_id_retention_hours {
+        0.0 => None,
+        h => Some(secs("request-id-retention-hours", h * 3600.0)?),
+    };
     Ok(c)
 }
 
@@ -154,6 +162,13 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    // A file-size limit (RLIMIT_FSIZE) must surface as a write error, not kill the
+    // broker with SIGXFSZ.
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)

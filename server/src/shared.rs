@@ -90,6 +90,8 @@ pub struct Counters {
     pub lock_retries: AtomicU64,
     /// Requests whose answer has not been written yet (for a clean shutdown).
     pub in_flight: AtomicUsize,
+    /// Requests answered from the request-id table instead of running again.
+    pub deduplicated: AtomicU64,
 }
 
 /// Everything shared between the broker's threads.
@@ -115,6 +117,8 @@ pub struct Shared {
     pub schema_version: AtomicU32,
     /// Connections accepted and not yet closed (handshake done or not).
     pub connections: AtomicUsize,
+    /// Whether the writer records request ids (exactly-once writes).
+    pub request_ids: AtomicBool,
     clients: Mutex<BTreeMap<u64, Arc<ClientEntry>>>,
     next_client_id: AtomicU64,
     holder: Mutex<Option<Holder>>,
@@ -147,6 +151,7 @@ impl Shared {
             counters: Counters::default(),
             schema_version: AtomicU32::new(0),
             connections: AtomicUsize::new(0),
+            request_ids: AtomicBool::new(false),
             clients: Mutex::new(BTreeMap::new()),
             next_client_id: AtomicU64::new(1),
             holder: Mutex::new(None),

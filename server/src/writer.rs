@@ -17,12 +17,13 @@ use std::time::{Duration, Instant};
 use litebroker_client::ops;
 use litebroker_protocol::{
     CheckpointMode, CheckpointReport, ErrorInfo, ErrorKind, ExecResult, Migration, MigrationReport, Response,
-    RestoreReport,
+    RestoreReport, WriteOptions,
 };
 use rusqlite::{Connection, OpenFlags};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::requests;
 use crate::shared::{session_state, ClientEntry, Holder, Job, JobKind, Shared, WriteBody};
 use crate::sqlexec::{run_sql, sql_error, ExecLimits, Mode, SessionEnd, Tracker};
 
@@ -84,6 +85,11 @@ pub struct Writer {
     stopping: bool,
     /// Something was committed since the last idle checkpoint.
     dirty: bool,
+    /// Request ids are recorded (the table exists and retention is on).
+    request_ids: bool,
+    last_prune: Option<Instant>,
+    id_buf: Vec<u8>,
+    crash_after_commits: Option<u64>,
     /// Deadline of the running statement in ns since `epoch` (0 = none), read by the
     /// progress handler to interrupt runaway statements.
     deadline_ns: Arc<AtomicU64>,
@@ -116,6 +122,13 @@ impl Writer {
             session: None,
             stopping: false,
             dirty: false,
+            request_ids: false,
+            last_prune: None,
+            id_buf: Vec::new(),
+            crash_after_commits: std::env::var("LITEBROKER_FAILPOINT")
+                .ok()
+                .and_then(|v| v.strip_prefix("crash-after-commit:").and_then(|n| n.parse().ok()))
+                .filter(|n: &u64| *n > 0),
             deadline_ns,
             epoch,
             busy_timeout,
@@ -126,6 +139,16 @@ impl Writer {
 
     /// Serves jobs until a `Stop` job (or every sender is gone), then checkpoints.
     pub fn run(mut self) {
+        if self.shared.config.request_id_retention.is_some() {
+            match requests::ensure_table(&self.conn) {
+                Ok(()) => {
+                    self.request_ids = true;
+                    self.prune_request_ids();
+                }
+                Err(e) => warn!("request ids disabled: cannot create {}: {e}", requests::TABLE),
+            }
+        }
+        self.shared.request_ids.store(self.request_ids, Ordering::Relaxed);
         self.refresh_schema_version();
         while let Some(job) = self.next_job() {
             if matches!(job.kind, JobKind::Stop) {
@@ -162,6 +185,11 @@ impl Writer {
                 Ok(j) => return Some(j),
                 Err(RecvTimeoutError::Timeout) => {
                     self.dirty = false;
+                    if self.last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                        self.busy_timeout = Duration::ZERO;
+                        self.conn.busy_timeout(Duration::ZERO).ok();
+                        self.prune_request_ids();
+                    }
                     match self.checkpoint(CheckpointMode::Truncate, Duration::ZERO) {
                         Ok(r) => debug!(
                             blocked = r.blocked,
@@ -440,9 +468,9 @@ impl Writer {
                 continue;
             }
             let r = if single {
-                self.run_body(body, Mode::OneShot, job.deadline).map(|(r, _)| r)
+                self.run_write(body, &job.opts, job.deadline)
             } else {
-                self.in_savepoint(|w| w.run_body(body, Mode::OneShot, job.deadline).map(|(r, _)| r))
+                self.in_savepoint(|w| w.run_write(body, &job.opts, job.deadline))
             };
             // Some errors (disk full, I/O) make SQLite roll back the whole
             // transaction: then nothing of the group survives and all must fail.
@@ -469,6 +497,9 @@ impl Writer {
         match outcome {
             Ok(()) => {
                 let committed = results.iter().any(Result::is_ok);
+                if committed {
+                    self.failpoint_after_commit();
+                }
                 if committed {
                     self.dirty = true;
                     let c = &self.shared.counters;
@@ -517,6 +548,74 @@ impl Writer {
         }
         self.exec_cached(RELEASE_SQL).map_err(|e| sql_error(&e))?;
         r
+    }
+
+    /// Runs a one-shot write. With a request id it is exactly-once: an id already
+    /// recorded returns its stored answer without running again; otherwise the id
+    /// and answer are recorded in the same transaction as the write.
+    fn run_write(
+        &mut self,
+        body: &WriteBody,
+        opts: &WriteOptions,
+        deadline: Instant,
+    ) -> Result<Response, ErrorInfo> {
+        let id = opts.request_id.filter(|_| self.request_ids);
+        if let Some(id) = &id {
+            if let Some(stored) = requests::lookup(&self.conn, id).map_err(|e| sql_error(&e))? {
+                self.shared.counters.deduplicated.fetch_add(1, Ordering::Relaxed);
+                return Ok(stored);
+            }
+        }
+        let resp = self.run_body(body, Mode::OneShot, deadline).map(|(r, _)| r)?;
+        if let Some(id) = &id {
+            requests::record(&self.conn, id, &resp, crate::shared::unix_ms(), &mut self.id_buf)
+                .map_err(|e| sql_error(&e))?;
+        }
+        Ok(resp)
+    }
+
+    /// Fault injection for the exactly-once tests: with `LITEBROKER_FAILPOINT=
+    /// crash-after-commit:N` in its environment, the broker aborts right after its
+    /// Nth committed group, before answering — the "answer lost after commit" case a
+    /// `kill -9` only hits by chance. Inert unless the variable is set.
+    fn failpoint_after_commit(&mut self) {
+        if let Some(n) = self.crash_after_commits.as_mut() {
+            *n -= 1;
+            if *n == 0 {
+                eprintln!("litebrokerd: failpoint crash-after-commit reached; aborting before answering");
+                std::process::abort();
+            }
+        }
+    }
+
+    /// Deletes request ids past their retention, in small transactions, when idle.
+    fn prune_request_ids(&mut self) {
+        let Some(retention) = self.shared.config.request_id_retention.filter(|_| self.request_ids) else {
+            return;
+        };
+        self.last_prune = Some(Instant::now());
+        let now = crate::shared::unix_ms();
+        loop {
+            if self.exec_cached("BEGIN IMMEDIATE").is_err() {
+                return;
+            }
+            let r = requests::prune(&self.conn, retention, now, 1000);
+            let done = match r {
+                Ok(n) if self.exec_cached("COMMIT").is_ok() => {
+                    if n > 0 {
+                        debug!(pruned = n, "request ids past their retention deleted");
+                    }
+                    n < 1000
+                }
+                _ => {
+                    self.exec_cached("ROLLBACK").ok();
+                    true
+                }
+            };
+            if done {
+                return;
+            }
+        }
     }
 
     fn exec_cached(&self, sql: &str) -> rusqlite::Result<()> {
@@ -798,6 +897,9 @@ impl Writer {
 const SAVEPOINT_SQL: &str = "SAVEPOINT litebroker_req";
 const RELEASE_SQL: &str = "RELEASE litebroker_req";
 const ROLLBACK_TO_SQL: &str = "ROLLBACK TO litebroker_req";
+
+/// How often the idle writer prunes old request ids.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// Message of requests refused during shutdown.
 pub const SHUTTING_DOWN: &str = "the broker is shutting down and accepts no new work; retry once it is back";

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use litebroker_client::{Client, ConnectOptions, Reader, Value};
+use litebroker_client::{Client, ConnectOptions, Reader, Statement, Value};
 use serde_json::json;
 
 #[derive(Debug, Parser)]
@@ -53,6 +53,21 @@ enum Cmd {
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
     },
+    /// The fault-test load: until FILE exists, alternate increments of this client's
+    /// counter (`UPDATE counters SET qty = qty + 1`) and atomic 3-row batches with a
+    /// marker, through a client that reconnects and resends with request ids. Prints
+    /// what was acknowledged.
+    Increments {
+        #[arg(long)]
+        client: i64,
+        #[arg(long)]
+        until: PathBuf,
+        /// Seconds each request may take, reconnects included.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+        #[arg(long, default_value_t = 600)]
+        max_secs: u64,
+    },
     /// Write one small row at a time into `probe(seq, payload)` until FILE exists,
     /// measuring each write's latency: how long the writer is ever stalled.
     Latency {
@@ -71,6 +86,9 @@ fn main() -> ExitCode {
         Cmd::Hold => hold(&args.db),
         Cmd::Session { sql, timeout } => session(&args.db, &sql, timeout),
         Cmd::Latency { until, max_secs } => latency(&args.db, &until, max_secs),
+        Cmd::Increments { client, until, timeout, max_secs } => {
+            increments(&args.db, client, &until, timeout, max_secs)
+        }
     };
     println!("{summary}");
     if ok {
@@ -230,6 +248,65 @@ fn latency(db: &Path, until: &Path, max_secs: u64) -> (serde_json::Value, bool) 
         json!({
             "writes": lat.len(), "errors": errors, "first_error": first_error,
             "p50_us": pct(0.5), "p99_us": pct(0.99), "max_us": max_us, "max_at_ms": max_at_ms,
+        }),
+        errors == 0,
+    )
+}
+
+fn increments(
+    db: &Path,
+    client_no: i64,
+    until: &Path,
+    timeout: f64,
+    max_secs: u64,
+) -> (serde_json::Value, bool) {
+    let opts = ConnectOptions::new(db)
+        .client_name(format!("lbtool-increments-{client_no}"))
+        .request_timeout(Duration::from_secs_f64(timeout));
+    let mut client = match Client::connect_with(&opts) {
+        Ok(c) => c,
+        Err(e) => return (json!({ "client": client_no, "errors": 1, "first_error": e.to_string() }), false),
+    };
+    say(json!({ "started": true }));
+    let deadline = Instant::now() + Duration::from_secs(max_secs);
+    let (mut acked_increments, mut acked_batches, mut errors, mut first_error) =
+        (0u64, Vec::new(), 0u64, None);
+    let mut reconnects = 0;
+    let mut op = 0u64;
+    while !until.exists() && Instant::now() < deadline {
+        op += 1;
+        let r = if op.is_multiple_of(4) {
+            let marker = format!("c{client_no}-{op}");
+            let rows = (1..=3)
+                .map(|part| {
+                    Statement::new(
+                        "INSERT INTO batches (marker, part, counter_id) VALUES (?1, ?2, ?3)",
+                        vec![Value::Text(marker.clone()), Value::Integer(part), Value::Integer(client_no)],
+                    )
+                })
+                .collect();
+            client.execute_batch(rows).map(|_| acked_batches.push(marker))
+        } else {
+            client
+                .execute("UPDATE counters SET qty = qty + 1 WHERE id = ?1", &[Value::Integer(client_no)])
+                .map(|_| acked_increments += 1)
+        };
+        if let Err(e) = r {
+            errors += 1;
+            first_error.get_or_insert_with(|| e.to_string());
+            // The request's outcome is unknown; a new connection for what follows.
+            if client.is_broken()
+                && client.reconnect(Instant::now() + Duration::from_secs_f64(timeout)).is_err()
+            {
+                break;
+            }
+        }
+        reconnects = reconnects.max(client.reconnects());
+    }
+    (
+        json!({
+            "client": client_no, "ops": op, "acked_increments": acked_increments, "acked_batches": acked_batches,
+            "errors": errors, "first_error": first_error, "reconnects": reconnects,
         }),
         errors == 0,
     )

@@ -71,6 +71,8 @@ fn stats_json(s: &DbStats) -> serde_json::Value {
                 "checkpointed_frames": c.checkpointed_frames, "at_unix_ms": c.at_unix_ms,
             })),
             "wal_warn_bytes": w.wal_warn_bytes,
+            "request_ids_enabled": b.request_ids, "request_ids_recorded": w.request_ids_recorded,
+            "deduplicated": w.deduplicated,
         });
     }
     doc
@@ -109,6 +111,15 @@ fn print_stats(s: &DbStats) {
             println!("  Requests per commit: mean {per_commit:.2}, max {}", w.max_requests_per_commit);
             println!("  Queue depth: {}", b.queue_depth);
             println!("  Lock waits: {} ({} retries)", w.lock_waits, w.lock_retries);
+            if b.request_ids {
+                println!(
+                    "  Request ids: {} recorded, {} resends answered from them",
+                    thousands(w.request_ids_recorded),
+                    thousands(w.deduplicated)
+                );
+            } else {
+                println!("  Request ids: disabled (--request-id-retention-hours 0)");
+            }
             match &w.last_checkpoint {
                 Some(c) => println!(
                     "  Last checkpoint: {} — {} of {} WAL frames{}",

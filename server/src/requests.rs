@@ -1,0 +1,111 @@
+//! Exactly-once writes: the broker's table of request ids.
+//!
+//! A write that carries a client-generated 128-bit request id is recorded — id,
+//! time, encoded answer — in `_litebroker_requests` **in the same transaction** as
+//! the write, so the record exists exactly when the write committed. A request
+//! whose id is already recorded is not executed again: the stored answer is
+//! returned. A client whose answer was lost (broker crash, broken connection) can
+//! therefore resend the same request safely. Records older than the retention
+//! (default 24 h) are pruned when the broker is idle.
+
+use std::time::Duration;
+
+use litebroker_protocol::{
+    decode_payload, encode_frame, RequestId, Response, FRAME_HEADER_LEN, HARD_MAX_FRAME,
+};
+use rusqlite::{Connection, OptionalExtension};
+
+/// The table's name; clients may not write it (the authorizer refuses).
+pub const TABLE: &str = "_litebroker_requests";
+
+/// Creates the table if missing.
+///
+/// # Errors
+/// SQLite's error.
+pub fn ensure_table(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS _litebroker_requests (
+             id BLOB PRIMARY KEY,
+             created_ms INTEGER NOT NULL,
+             answer BLOB NOT NULL
+         ) WITHOUT ROWID;
+         CREATE INDEX IF NOT EXISTS _litebroker_requests_created ON _litebroker_requests (created_ms);",
+    )
+}
+
+/// The stored answer of `id`, if that request already committed.
+///
+/// # Errors
+/// SQLite's error.
+pub fn lookup(conn: &Connection, id: &RequestId) -> rusqlite::Result<Option<Response>> {
+    let stored: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT answer FROM _litebroker_requests WHERE id = ?1")?
+        .query_row([&id[..]], |r| r.get(0))
+        .optional()?;
+    Ok(stored.and_then(|bytes| decode_payload::<Response>(&bytes).ok()))
+}
+
+/// Records `id` with its answer; call inside the write's transaction.
+///
+/// # Errors
+/// SQLite's error (then the write must roll back with it).
+pub fn record(
+    conn: &Connection,
+    id: &RequestId,
+    answer: &Response,
+    now_ms: u64,
+    buf: &mut Vec<u8>,
+) -> rusqlite::Result<()> {
+    encode_frame(answer, buf, HARD_MAX_FRAME)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    conn.prepare_cached("INSERT INTO _litebroker_requests (id, created_ms, answer) VALUES (?1, ?2, ?3)")?
+        .execute(rusqlite::params![&id[..], now_ms as i64, &buf[FRAME_HEADER_LEN..]])?;
+    Ok(())
+}
+
+/// Deletes records older than `retention`, at most `limit` per call so the writer
+/// is never held long; returns how many went.
+///
+/// # Errors
+/// SQLite's error.
+pub fn prune(conn: &Connection, retention: Duration, now_ms: u64, limit: u32) -> rusqlite::Result<usize> {
+    let cutoff = now_ms.saturating_sub(retention.as_millis() as u64) as i64;
+    conn.prepare_cached(
+        "DELETE FROM _litebroker_requests WHERE id IN
+             (SELECT id FROM _litebroker_requests WHERE created_ms < ?1 ORDER BY created_ms LIMIT ?2)",
+    )?
+    .execute(rusqlite::params![cutoff, limit])
+}
+
+/// Records held now.
+///
+/// # Errors
+/// SQLite's error.
+pub fn count(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row("SELECT count(*) FROM _litebroker_requests", [], |r| r.get::<_, i64>(0)).map(|n| n as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use litebroker_protocol::ExecResult;
+
+    #[test]
+    fn records_are_found_and_pruned() {
+        let c = Connection::open_in_memory().unwrap();
+        ensure_table(&c).unwrap();
+        ensure_table(&c).unwrap();
+        let id = [9u8; 16];
+        assert_eq!(lookup(&c, &id).unwrap(), None);
+        let answer =
+            Response::Executed(ExecResult { changes: 1, last_insert_rowid: 42, ..Default::default() });
+        record(&c, &id, &answer, 1_000, &mut Vec::new()).unwrap();
+        assert_eq!(lookup(&c, &id).unwrap(), Some(answer.clone()));
+        assert!(record(&c, &id, &answer, 1_000, &mut Vec::new()).is_err(), "an id is recorded once");
+        record(&c, &[1u8; 16], &answer, 90_000, &mut Vec::new()).unwrap();
+        assert_eq!(count(&c).unwrap(), 2);
+        assert_eq!(prune(&c, Duration::from_secs(60), 100_000, 10).unwrap(), 1);
+        assert_eq!(lookup(&c, &id).unwrap(), None);
+        assert_eq!(count(&c).unwrap(), 1);
+    }
+}
