@@ -14,6 +14,9 @@ pub mod locate;
 mod reader;
 pub mod sqlvalue;
 mod tracking;
+#[cfg(windows)]
+#[doc(hidden)]
+pub mod windows;
 
 pub use client::{Client, ConnectOptions, WriteSession, DEFAULT_TIMEOUT, DEFAULT_WRITER_TIMEOUT};
 pub use error::{ClientError, Result, LOCKED_USER_TEXT};

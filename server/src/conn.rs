@@ -29,6 +29,11 @@ enum Incoming {
 }
 
 struct Conn {
+    /// Windows: pipes have no timeouts; the pipe watchdog enforces the handshake
+    /// and I/O timeouts instead. Declared before `reader`: released before the
+    /// handle is closed.
+    #[cfg(windows)]
+    deadline: litebroker_client::windows::PipeDeadline,
     reader: BufReader<Stream>,
     wbuf: Vec<u8>,
     rbuf: Vec<u8>,
@@ -47,11 +52,17 @@ struct Conn {
 pub fn serve(stream: Stream, shared: Arc<Shared>, writer: SyncSender<Job>, peer_pid: Option<u32>) {
     let io_timeout = shared.config.io_timeout;
     // Unix sockets honour these; on Windows the pipe does not support them and the
-    // broker relies on the handshake and request deadlines instead.
+    // pipe watchdog disconnects a client that misses the same deadlines.
     let _ = stream.set_recv_timeout(Some(io_timeout));
     let _ = stream.set_send_timeout(Some(io_timeout));
+    #[cfg(windows)]
+    let deadline = litebroker_client::windows::PipeDeadline::new(&stream, true);
+    #[cfg(windows)]
+    deadline.arm(shared.config.handshake_timeout);
     let (reply_tx, reply_rx) = mpsc::sync_channel(1);
     let mut conn = Conn {
+        #[cfg(windows)]
+        deadline,
         reader: BufReader::with_capacity(64 * 1024, stream),
         wbuf: Vec::with_capacity(4096),
         rbuf: Vec::with_capacity(4096),
@@ -68,6 +79,9 @@ pub fn serve(stream: Stream, shared: Arc<Shared>, writer: SyncSender<Job>, peer_
     if let Err(e) = conn.run() {
         let who = conn.client.as_ref().map_or_else(|| "unidentified client".into(), |c| c.describe());
         match &e {
+            _ if conn.deadline_fired() => {
+                warn!("disconnecting {who}: stalled in the middle of a frame or not reading answers")
+            }
             FrameError::Io(io) if is_timeout(io) => {
                 warn!("disconnecting {who}: stalled in the middle of a frame or not reading answers")
             }
@@ -76,6 +90,8 @@ pub fn serve(stream: Stream, shared: Arc<Shared>, writer: SyncSender<Job>, peer_
         }
     }
     conn.close();
+    #[cfg(windows)]
+    conn.deadline.release();
 }
 
 fn is_timeout(e: &io::Error) -> bool {
@@ -83,6 +99,18 @@ fn is_timeout(e: &io::Error) -> bool {
 }
 
 impl Conn {
+    /// Windows: whether the pipe watchdog cut this connection off.
+    fn deadline_fired(&self) -> bool {
+        #[cfg(windows)]
+        {
+            self.deadline.fired()
+        }
+        #[cfg(not(windows))]
+        {
+            false
+        }
+    }
+
     fn run(&mut self) -> Result<(), FrameError> {
         loop {
             let req = match self.next_frame()? {
@@ -142,8 +170,13 @@ impl Conn {
             }
         }
         let max = self.shared.config.max_frame;
-        match read_frame_after::<_, Request>(&mut self.reader, [0; FRAME_HEADER_LEN], 0, max, &mut self.rbuf)
-        {
+        #[cfg(windows)]
+        self.deadline.arm(self.shared.config.io_timeout);
+        let frame =
+            read_frame_after::<_, Request>(&mut self.reader, [0; FRAME_HEADER_LEN], 0, max, &mut self.rbuf);
+        #[cfg(windows)]
+        self.deadline.disarm();
+        match frame {
             Ok(r) => Ok(Incoming::Request(r)),
             Err(e @ (FrameError::Decode(_) | FrameError::TrailingBytes { .. })) => Ok(Incoming::Malformed(e)),
             Err(FrameError::TooLarge { len, max }) => {
@@ -162,6 +195,15 @@ impl Conn {
 
     fn send(&mut self, resp: &Response) -> Result<(), FrameError> {
         let max = self.shared.config.max_frame;
+        #[cfg(windows)]
+        self.deadline.arm(self.shared.config.io_timeout);
+        let sent = self.write_answer(resp, max);
+        #[cfg(windows)]
+        self.deadline.disarm();
+        sent
+    }
+
+    fn write_answer(&mut self, resp: &Response, max: u32) -> Result<(), FrameError> {
         let stream = self.reader.get_ref();
         match write_frame(&mut &*stream, resp, &mut self.wbuf, max) {
             Err(FrameError::TooLarge { len, max }) => {
