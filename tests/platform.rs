@@ -131,7 +131,11 @@ fn shutdown_request_stops_the_broker_cleanly_and_frees_the_database() {
     let mut b = Broker::start(&t.db(), &[]);
     create_rows_table(&t.db());
     assert_exit(&cli(&t.db(), &["exec", "INSERT INTO rows (client, seq) VALUES (1, 1)"]), 0);
+    // An app instance that stays connected, idle, does not hold the shutdown up.
+    let idle = connect_raw(&b.socket);
+    hello(&idle, std::process::id());
     assert_exit(&b.request_shutdown(), 0);
+    assert!(closed_within(idle, Duration::from_secs(20)), "the idle connection was not closed");
     let status = b.wait_exit(Duration::from_secs(20)).expect("broker exits after the shutdown request");
     assert_eq!(status.code(), Some(0), "log:\n{}", b.log());
     let log = b.log();
@@ -236,6 +240,38 @@ fn a_silent_connection_is_closed_after_the_handshake_timeout() {
     // The broker allows 5 s for the handshake.
     assert!(closed_within(s, Duration::from_secs(15)), "a connection without a handshake was kept open");
     assert_exit(&cli(&t.db(), &["status"]), 0);
+}
+
+#[test]
+fn a_silent_broker_does_not_hang_the_client() {
+    use interprocess::local_socket::ListenerOptions;
+    use litebroker_client::{Client, ClientError, ConnectOptions};
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.path().join("data")).unwrap();
+    let socket = if cfg!(windows) {
+        format!("litebroker-test-silent-{}", std::process::id())
+    } else {
+        t.path().join("silent.sock").to_string_lossy().into_owned()
+    };
+    // Something that accepts connections and never answers (a hung broker).
+    let listener = ListenerOptions::new()
+        .name(litebroker_client::locate::socket_name(&socket).unwrap())
+        .create_sync()
+        .expect("listener");
+    let holder = thread::spawn(move || {
+        use interprocess::local_socket::traits::Listener as _;
+        let conn = listener.accept().expect("accept");
+        thread::sleep(Duration::from_secs(15));
+        drop(conn);
+    });
+    let mut opts = ConnectOptions::new(t.db()).socket(&socket);
+    opts.connect_timeout = Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    let err = Client::connect_with(&opts).expect_err("no handshake answer must be an error");
+    let took = started.elapsed();
+    assert!(matches!(err, ClientError::ConnectionLost { .. }), "{err}");
+    assert!(took < Duration::from_secs(5), "the client waited {took:?} for a silent broker");
+    drop(holder);
 }
 
 #[test]
