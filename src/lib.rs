@@ -115,6 +115,12 @@ impl Broker {
         let log = log_path(db);
         let file = fs::File::create(&log).expect("broker log");
         let mut cmd = Command::new(bin("litebrokerd"));
+        // Windows: its own process group, so that a Ctrl-Break reaches it alone.
+        #[cfg(windows)]
+        std::os::windows::process::CommandExt::creation_flags(
+            &mut cmd,
+            windows_sys::Win32::System::Threading::CREATE_NEW_PROCESS_GROUP,
+        );
         cmd.arg("--db")
             .arg(db)
             .args(["--log-level", "debug"])
@@ -178,7 +184,32 @@ impl Broker {
         self.signal(libc::SIGTERM);
     }
 
-    /// SIGKILL and reap.
+    /// Windows: gives this process a console when it has none (as under a CI
+    /// runner), so that brokers started afterwards share it and can receive
+    /// console control events. True when there is a console now.
+    #[cfg(windows)]
+    pub fn ensure_console() -> bool {
+        use windows_sys::Win32::System::Console::{AllocConsole, GetConsoleWindow};
+        // SAFETY: plain Win32 calls without arguments.
+        unsafe { AllocConsole() != 0 || !GetConsoleWindow().is_null() }
+    }
+
+    /// Windows: a console Ctrl-Break for the broker's process group (its own, see
+    /// [`Broker::spawn`]); the broker treats it as Ctrl-C. Returns false when the
+    /// event could not be sent (no console shared with the broker).
+    #[cfg(windows)]
+    pub fn ctrl_break(&self) -> bool {
+        use windows_sys::Win32::System::Console::{GenerateConsoleCtrlEvent, CTRL_BREAK_EVENT};
+        // SAFETY: sends a console event to a process group we created.
+        unsafe { GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, self.child.id()) != 0 }
+    }
+
+    /// Asks the broker to stop through the `shutdown` request (every platform).
+    pub fn request_shutdown(&self) -> Output {
+        cli(&self.db, &["shutdown"])
+    }
+
+    /// SIGKILL (Windows: TerminateProcess) and reap.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         self.status = self.child.wait().ok();
@@ -222,6 +253,14 @@ fn log_path(db: &Path) -> PathBuf {
         }
     }
     unreachable!()
+}
+
+/// A raw connection to a broker's socket or pipe, for tests that speak the wire
+/// protocol themselves (hostile bytes, stalls, forged handshakes).
+pub fn connect_raw(socket: &str) -> interprocess::local_socket::Stream {
+    use interprocess::local_socket::traits::Stream as _;
+    let name = litebroker_client::locate::socket_name(socket).expect("socket name");
+    interprocess::local_socket::Stream::connect(name).expect("connect to the broker")
 }
 
 /// Runs `litebroker --db <db> <args>` to completion.

@@ -62,8 +62,11 @@ fn stop_condition_1_two_writers() {
                 w.execute("INSERT INTO skus (sku, description) VALUES (?1, 'Test')", &[sku.into()]).unwrap();
                 thread::sleep(Duration::from_secs(2)); // the notes' test: hold the writer for 2 s
                 let waited = w.waited();
+                // The broker can hand the writer on only after it got this commit, so
+                // the next session cannot have started before this moment.
+                let committing = Instant::now();
                 w.commit().expect("commit");
-                (got, Instant::now(), waited)
+                (got, committing, waited)
             })
         })
         .collect();

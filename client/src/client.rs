@@ -107,6 +107,10 @@ fn default_client_name() -> String {
 /// works past what the caller waits for.
 #[derive(Debug)]
 pub struct Client {
+    /// Windows: the pipe has no timeouts; this bounds each round trip instead.
+    /// Declared before `reader` so it is released before the handle is closed.
+    #[cfg(windows)]
+    deadline: crate::windows::PipeDeadline,
     reader: BufReader<Stream>,
     wbuf: Vec<u8>,
     rbuf: Vec<u8>,
@@ -168,6 +172,8 @@ impl Client {
             }
         };
         let mut client = Client {
+            #[cfg(windows)]
+            deadline: crate::windows::PipeDeadline::new(&stream, false),
             reader: BufReader::with_capacity(64 * 1024, stream),
             wbuf: Vec::with_capacity(4096),
             rbuf: Vec::with_capacity(4096),
@@ -317,9 +323,29 @@ impl Client {
         }
         let limit = HARD_MAX_FRAME;
         let stream = self.reader.get_ref();
-        // The Windows pipe does not support timeouts; the broker bounds its own
-        // answers by the request's deadline there.
+        // The Windows pipe does not support timeouts: the pipe watchdog cancels
+        // the write or read instead when `wait` runs out.
         let _ = stream.set_recv_timeout(Some(wait.max(Duration::from_millis(1))));
+        #[cfg(windows)]
+        self.deadline.arm(wait.max(Duration::from_millis(1)));
+        let resp = self.send_and_read(req, limit);
+        #[cfg(windows)]
+        if self.deadline.disarm() {
+            // The watchdog cancelled the I/O (and the stream's state is unknown).
+            self.broken = true;
+            return Err(ClientError::ConnectionLost {
+                sent: !matches!(resp, Err(ClientError::ConnectionLost { sent: false, .. })),
+                reason: "no answer from the broker in time".to_owned(),
+            });
+        }
+        match resp {
+            Ok(Response::Error(info)) => Err(ClientError::Broker(info)),
+            other => other,
+        }
+    }
+
+    fn send_and_read(&mut self, req: &Request, limit: u32) -> Result<Response> {
+        let stream = self.reader.get_ref();
         if let Err(e) = write_frame(&mut &*stream, req, &mut self.wbuf, limit) {
             return Err(match e {
                 litebroker_protocol::FrameError::Io(io) => {
@@ -329,15 +355,7 @@ impl Client {
                 other => ClientError::Frame(other),
             });
         }
-        let resp = self.read_response(limit);
-        match resp {
-            Ok(Response::Error(info)) => Err(ClientError::Broker(info)),
-            Ok(r) => Ok(r),
-            Err(e) => {
-                self.broken = true;
-                Err(e)
-            }
-        }
+        self.read_response(limit).inspect_err(|_| self.broken = true)
     }
 
     fn read_response(&mut self, limit: u32) -> Result<Response> {
@@ -743,7 +761,11 @@ fn pid_alive(pid: u32) -> bool {
         let rc = unsafe { libc::kill(pid, 0) };
         rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
     }
-    #[cfg(not(unix))]
+    #[cfg(windows)]
+    {
+        crate::windows::pid_alive(pid)
+    }
+    #[cfg(not(any(unix, windows)))]
     {
         let _ = pid;
         true

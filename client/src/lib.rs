@@ -18,6 +18,9 @@ mod reader;
 mod retry;
 pub mod sqlvalue;
 mod tracking;
+#[cfg(windows)]
+#[doc(hidden)]
+pub mod windows;
 
 pub use client::{Client, ConnectOptions, WriteSession, DEFAULT_TIMEOUT, DEFAULT_WRITER_TIMEOUT};
 pub use error::{ClientError, Result, LOCKED_USER_TEXT};

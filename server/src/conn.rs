@@ -30,6 +30,11 @@ enum Incoming {
 }
 
 struct Conn {
+    /// Windows: pipes have no timeouts; the pipe watchdog enforces the handshake
+    /// and I/O timeouts instead. Declared before `reader`: released before the
+    /// handle is closed.
+    #[cfg(windows)]
+    deadline: litebroker_client::windows::PipeDeadline,
     reader: BufReader<Stream>,
     wbuf: Vec<u8>,
     rbuf: Vec<u8>,
@@ -48,11 +53,17 @@ struct Conn {
 pub fn serve(stream: Stream, shared: Arc<Shared>, writer: SyncSender<Job>, peer_pid: Option<u32>) {
     let io_timeout = shared.config.io_timeout;
     // Unix sockets honour these; on Windows the pipe does not support them and the
-    // broker relies on the handshake and request deadlines instead.
+    // pipe watchdog disconnects a client that misses the same deadlines.
     let _ = stream.set_recv_timeout(Some(io_timeout));
     let _ = stream.set_send_timeout(Some(io_timeout));
+    #[cfg(windows)]
+    let deadline = litebroker_client::windows::PipeDeadline::new(&stream, true);
+    #[cfg(windows)]
+    deadline.arm(shared.config.handshake_timeout);
     let (reply_tx, reply_rx) = mpsc::sync_channel(1);
     let mut conn = Conn {
+        #[cfg(windows)]
+        deadline,
         reader: BufReader::with_capacity(64 * 1024, stream),
         wbuf: Vec::with_capacity(4096),
         rbuf: Vec::with_capacity(4096),
@@ -69,6 +80,9 @@ pub fn serve(stream: Stream, shared: Arc<Shared>, writer: SyncSender<Job>, peer_
     if let Err(e) = conn.run() {
         let who = conn.client.as_ref().map_or_else(|| "unidentified client".into(), |c| c.describe());
         match &e {
+            _ if conn.deadline_fired() => {
+                warn!("disconnecting {who}: stalled in the middle of a frame or not reading answers")
+            }
             FrameError::Io(io) if is_timeout(io) => {
                 warn!("disconnecting {who}: stalled in the middle of a frame or not reading answers")
             }
@@ -77,6 +91,8 @@ pub fn serve(stream: Stream, shared: Arc<Shared>, writer: SyncSender<Job>, peer_
         }
     }
     conn.close();
+    #[cfg(windows)]
+    conn.deadline.release();
 }
 
 fn is_timeout(e: &io::Error) -> bool {
@@ -84,6 +100,18 @@ fn is_timeout(e: &io::Error) -> bool {
 }
 
 impl Conn {
+    /// Windows: whether the pipe watchdog cut this connection off.
+    fn deadline_fired(&self) -> bool {
+        #[cfg(windows)]
+        {
+            self.deadline.fired()
+        }
+        #[cfg(not(windows))]
+        {
+            false
+        }
+    }
+
     fn run(&mut self) -> Result<(), FrameError> {
         loop {
             let req = match self.next_frame()? {
@@ -151,6 +179,8 @@ impl Conn {
         }
         let max = self.shared.config.max_frame;
         let io_timeout = self.shared.config.io_timeout;
+        #[cfg(windows)]
+        self.deadline.arm(io_timeout);
         let mut frame = FrameDeadline {
             reader: &mut self.reader,
             deadline: Instant::now() + io_timeout,
@@ -160,6 +190,8 @@ impl Conn {
         if frame.shortened {
             let _ = self.reader.get_ref().set_recv_timeout(Some(io_timeout));
         }
+        #[cfg(windows)]
+        self.deadline.disarm();
         match read {
             Ok(r) => Ok(Incoming::Request(r)),
             Err(e @ (FrameError::Decode(_) | FrameError::TrailingBytes { .. })) => Ok(Incoming::Malformed(e)),
@@ -179,6 +211,15 @@ impl Conn {
 
     fn send(&mut self, resp: &Response) -> Result<(), FrameError> {
         let max = self.shared.config.max_frame;
+        #[cfg(windows)]
+        self.deadline.arm(self.shared.config.io_timeout);
+        let sent = self.write_answer(resp, max);
+        #[cfg(windows)]
+        self.deadline.disarm();
+        sent
+    }
+
+    fn write_answer(&mut self, resp: &Response, max: u32) -> Result<(), FrameError> {
         let stream = self.reader.get_ref();
         match write_frame(&mut &*stream, resp, &mut self.wbuf, max) {
             Err(FrameError::TooLarge { len, max }) => {

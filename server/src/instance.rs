@@ -23,6 +23,7 @@ pub struct InstanceLock {
     _guard: NamedLockGuard,
 }
 
+#[cfg(unix)]
 fn config_err(msg: String) -> BrokerError {
     BrokerError::Config(msg)
 }
@@ -170,10 +171,11 @@ fn describe_running(location: &Location) -> String {
         _ => match info {
             Some(i) => format!(
                 "another broker (pid {}, socket {}) holds the lock of {db} ({}) but does not answer \
-                 yet; if it is hung, stop it (kill {})",
+                 yet; if it is hung, stop it ({} {})",
                 i.pid,
                 i.socket,
                 location.lock_path.display(),
+                if cfg!(windows) { "taskkill /F /PID" } else { "kill" },
                 i.pid
             ),
             None => format!(
@@ -191,8 +193,22 @@ fn describe_running(location: &Location) -> String {
 /// [`BrokerError::AlreadyRunning`] when something live listens on the socket.
 pub fn clear_stale_socket(location: &Location) -> Result<(), BrokerError> {
     if cfg!(windows) {
-        // Pipes vanish with their process: nothing can be stale.
-        return Ok(());
+        // Pipes vanish with their process: nothing can be stale. A pipe of this
+        // name that exists belongs to a live process: never join or displace it.
+        // (`FILE_FLAG_FIRST_PIPE_INSTANCE` refuses it again at bind time, against
+        // a pipe created after this probe.)
+        return match probe(location, &location.socket) {
+            Probe::Nobody => Ok(()),
+            Probe::Live(ack) => Err(BrokerError::AlreadyRunning(format!(
+                "another broker (pid {}) already listens on {} (serving {})",
+                ack.pid, ack.socket, ack.db_path
+            ))),
+            Probe::Unresponsive(e) => Err(BrokerError::AlreadyRunning(format!(
+                "another process already serves the pipe {} and does not answer as a broker ({e}); \
+                 not joining it",
+                location.socket
+            ))),
+        };
     }
     let path = Path::new(&location.socket);
     let Ok(meta) = fs::symlink_metadata(path) else { return Ok(()) };
@@ -233,8 +249,20 @@ pub fn clear_stale_socket(location: &Location) -> Result<(), BrokerError> {
 pub fn bind(location: &Location) -> Result<Listener, BrokerError> {
     let name = locate::socket_name(&location.socket)
         .map_err(crate::io_err(format!("invalid socket name {}", location.socket)))?;
-    let listener = ListenerOptions::new().name(name).reclaim_name(true).create_sync().map_err(|e| {
-        if e.kind() == io::ErrorKind::AddrInUse {
+    let options = ListenerOptions::new().name(name).reclaim_name(true);
+    // Windows: the pipe admits the current user only (see `windows.rs`).
+    #[cfg(windows)]
+    let options = {
+        use interprocess::os::windows::local_socket::ListenerOptionsExt;
+        let sd = crate::windows::pipe_security_descriptor()
+            .map_err(crate::io_err("cannot build the pipe's security descriptor"))?;
+        options.security_descriptor(sd)
+    };
+    let listener = options.create_sync().map_err(|e| {
+        // A pipe that already exists refuses a first instance with "access denied".
+        if e.kind() == io::ErrorKind::AddrInUse
+            || (cfg!(windows) && e.kind() == io::ErrorKind::PermissionDenied)
+        {
             BrokerError::AlreadyRunning(format!(
                 "socket {} is already in use by another process",
                 location.socket
@@ -270,6 +298,8 @@ pub fn check_peer(stream: &Stream, config: &Config) -> Result<Option<u32>, Strin
         // No credentials on this platform: the private socket folder is the guard.
         Err(_) => return Ok(None),
     };
+    // The pid type is i32 on Unix and already u32 on Windows.
+    #[allow(clippy::useless_conversion)]
     let pid = creds.pid().and_then(|p| u32::try_from(p).ok());
     #[cfg(unix)]
     if let Some(uid) = creds.euid() {

@@ -12,6 +12,8 @@ mod instance;
 pub mod requests;
 pub mod shared;
 pub mod sqlexec;
+#[cfg(windows)]
+mod windows;
 mod writer;
 
 use std::io;
@@ -186,6 +188,10 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), BrokerEr
         thread::sleep(Duration::from_millis(5));
     }
     instance::remove_socket_file(&location);
+    // Windows: idle connections still hold pipe instances (the pipe name lives on
+    // with them); cut them off before the lock is released.
+    #[cfg(windows)]
+    litebroker_client::windows::disconnect_all_servers();
     lock.release(&location);
     info!("stopped cleanly");
     match reason {
