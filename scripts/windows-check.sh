@@ -95,7 +95,10 @@ echo "== windows-check: cross-build (std from source, first time several minutes
 xcargo build --workspace --all-targets
 phase build
 echo "== windows-check: clippy for the Windows target"
-xcargo clippy --workspace --all-targets -- -D warnings
+# Debian's clippy 1.96 flags `thread_local!` initializers that already are
+# `const { … }` (protocol/tests/codec.rs) when std is built from source: a false
+# positive of that lint, so it alone is allowed here.
+xcargo clippy --workspace --all-targets -- -D warnings -A clippy::missing-const-for-thread-local
 phase clippy
 echo "== windows-check: tests under Wine"
 xcargo test --workspace "$@"

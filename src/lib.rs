@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Support for litebroker's multi-process integration tests: the real binaries,
 //! started in temp dirs, waited for with deadlines (never bare sleeps).
 //!

@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use litebroker_client::{Client, ConnectOptions, ErrorKind, Reader, Value};
+use litebroker_client::{Client, ConnectOptions};
+#[cfg(target_os = "linux")]
+use litebroker_client::{ErrorKind, Reader, Value};
 use litebroker_tests::*;
 
 const SCHEMA: &str = "CREATE TABLE counters (id INTEGER PRIMARY KEY, qty INTEGER NOT NULL);

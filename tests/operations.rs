@@ -65,6 +65,7 @@ fn stats_reports_schema_sizes_rows_and_broker_figures() {
 }
 
 #[test]
+#[cfg_attr(litebroker_wine, ignore = "needs the sqlite3 CLI, a Linux program that Wine cannot start")]
 fn verify_reports_ok_then_each_problem_with_exit_5() {
     let t = TestDir::new();
     let mut b = Broker::start(&t.db(), &[]);
@@ -206,6 +207,7 @@ fn restore_refuses_corrupt_or_foreign_files_and_changes_nothing() {
 }
 
 #[test]
+#[cfg_attr(litebroker_wine, ignore = "needs the sqlite3 CLI, a Linux program that Wine cannot start")]
 fn checkpoint_reports_frames_and_readers_that_block_it() {
     let t = TestDir::new();
     let b = Broker::start(&t.db(), &["--idle-checkpoint-ms", "600000", "--wal-warn-mb", "0.05"]);

@@ -109,6 +109,7 @@ fn stop_condition_1_two_writers() {
 }
 
 #[test]
+#[cfg_attr(litebroker_wine, ignore = "needs the sqlite3 CLI, a Linux program that Wine cannot start")]
 fn stop_condition_2_external_lock() {
     // Short busy_timeout so the whole schedule takes seconds, not the default 23.5 s:
     // 1 s busy wait, then 0.5 s, 1 s, 2 s backoff with a 1 s busy wait after each.
@@ -155,6 +156,7 @@ fn stop_condition_2_external_lock() {
 }
 
 #[test]
+#[cfg_attr(litebroker_wine, ignore = "needs the sqlite3 CLI, a Linux program that Wine cannot start")]
 fn stop_condition_4_integrity_after_lock() {
     let (t, b) = setup(&["--busy-timeout-ms", "200", "--lock-retries", "1", "--retry-base-ms", "100"]);
     let db = t.db();

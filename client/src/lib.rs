@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Client library of litebroker.
 //!
 //! App instances link this crate. Writes go to the database's one broker

@@ -90,7 +90,7 @@ pub struct BrokerInfo {
 /// # Errors
 /// When the folder does not exist or cannot be read.
 pub fn canonical_db_path(db: &Path) -> io::Result<PathBuf> {
-    if let Ok(p) = fs::canonicalize(db) {
+    if let Ok(p) = canonicalize(db) {
         return Ok(p);
     }
     let file = db.file_name().ok_or_else(|| {
@@ -100,9 +100,31 @@ pub fn canonical_db_path(db: &Path) -> io::Result<PathBuf> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let parent = fs::canonicalize(parent)
+    let parent = canonicalize(parent)
         .map_err(|e| io::Error::new(e.kind(), format!("database folder {}: {e}", parent.display())))?;
     Ok(parent.join(file))
+}
+
+/// `fs::canonicalize`, without Windows' verbatim prefix (`\\?\C:\…` becomes
+/// `C:\…`, `\\?\UNC\server\share` becomes `\\server\share`) so that paths shown
+/// to users, and compared, look as users write them.
+///
+/// # Errors
+/// As `fs::canonicalize`.
+pub fn canonicalize(p: &Path) -> io::Result<PathBuf> {
+    let c = fs::canonicalize(p)?;
+    if cfg!(windows) {
+        let s = c.to_string_lossy();
+        if let Some(rest) = s.strip_prefix(r"\\?\UNC\") {
+            return Ok(PathBuf::from(format!(r"\\{rest}")));
+        }
+        if let Some(rest) = s.strip_prefix(r"\\?\") {
+            if rest.as_bytes().get(1) == Some(&b':') {
+                return Ok(PathBuf::from(rest));
+            }
+        }
+    }
+    Ok(c)
 }
 
 /// The per-user folder that holds broker sockets (Unix): `$XDG_RUNTIME_DIR/litebroker`
@@ -169,7 +191,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("x.db");
         let loc = Location::resolve(&db, None).unwrap();
-        assert_eq!(loc.db_path, fs::canonicalize(dir.path()).unwrap().join("x.db"));
+        assert_eq!(loc.db_path, canonicalize(dir.path()).unwrap().join("x.db"));
         assert!(loc.lock_path.to_string_lossy().ends_with("x.db-broker.lock"));
         assert!(!loc.explicit_socket);
         fs::write(&db, b"").unwrap();

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! The wire contract between litebroker clients and `litebrokerd`.
 //!
 //! This crate holds only what both sides must agree on: the [`Request`] and

@@ -147,7 +147,8 @@ pub fn backup(
 /// [`ErrorKind::VerificationFailed`] saying why the file is refused.
 pub fn check_restore(shared: &Shared, path: &str) -> Result<PathBuf, ErrorInfo> {
     let refuse = |msg: String| ErrorInfo::new(ErrorKind::VerificationFailed, msg);
-    let p = std::fs::canonicalize(path).map_err(|e| refuse(format!("cannot restore {path}: {e}")))?;
+    let p = litebroker_client::locate::canonicalize(Path::new(path))
+        .map_err(|e| refuse(format!("cannot restore {path}: {e}")))?;
     if p == Path::new(&shared.db_path) {
         return Err(refuse(format!("{path} is the database itself; restore from a backup copy")));
     }

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! `litebrokerd`: the one process that writes a SQLite database.
 //!
 //! [`run`] takes the database's single-instance lock, opens the only writer
