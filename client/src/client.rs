@@ -14,6 +14,7 @@ use litebroker_protocol::{
     VerifyReport, WriteOptions, FRAME_HEADER_LEN, HARD_MAX_FRAME, PROTOCOL_MINOR, PROTOCOL_VERSION,
 };
 
+use crate::autostart::AutoStart;
 use crate::error::{ClientError, Result};
 use crate::locate::{self, Location};
 use crate::tracking::Tracked;
@@ -51,6 +52,8 @@ pub struct ConnectOptions {
     /// request, within the request's timeout (default on). Only requests that cannot
     /// apply twice are resent: never sent, idempotent, or carrying a request id.
     pub reconnect: bool,
+    /// Opt-in on-demand start: when no broker runs, start one (see [`crate::autostart`]).
+    pub autostart: Option<AutoStart>,
 }
 
 impl ConnectOptions {
@@ -66,6 +69,7 @@ impl ConnectOptions {
             request_timeout: DEFAULT_TIMEOUT,
             auto_request_ids: true,
             reconnect: true,
+            autostart: None,
         }
     }
 
@@ -90,6 +94,12 @@ impl ConnectOptions {
     /// Sets the schema version this client was built for.
     pub fn expected_schema(mut self, version: u32) -> Self {
         self.expected_schema = Some(version);
+        self
+    }
+
+    /// Starts a broker when none runs (opt-in; see [`crate::autostart`]).
+    pub fn autostart(mut self, auto: AutoStart) -> Self {
+        self.autostart = Some(auto);
         self
     }
 }
@@ -135,11 +145,15 @@ impl Client {
         Self::connect_with(&ConnectOptions::new(db))
     }
 
-    /// Connects with explicit options.
+    /// Connects with explicit options; with [`ConnectOptions::autostart`] set, starts
+    /// a broker first when none runs.
     ///
     /// # Errors
-    /// As [`Client::connect`].
+    /// As [`Client::connect`]; [`ClientError::AutoStart`] when starting one failed.
     pub fn connect_with(opts: &ConnectOptions) -> Result<Client> {
+        if let Some(auto) = &opts.autostart {
+            return crate::autostart::connect_or_start(opts, auto).map(|(client, _)| client);
+        }
         let location = Location::resolve(&opts.db, opts.socket.as_deref())?;
         let stream = match connect_stream(&location.socket) {
             Ok(s) => s,

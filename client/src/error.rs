@@ -56,6 +56,16 @@ pub enum ClientError {
     /// A local I/O failure (resolving paths, opening files).
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// No broker ran and starting one on demand failed (see [`crate::autostart`]).
+    /// Boxed: its paths and log excerpt would otherwise make every `Result` large.
+    #[error("{0}")]
+    AutoStart(Box<crate::autostart::AutoStartError>),
+}
+
+impl From<crate::autostart::AutoStartError> for ClientError {
+    fn from(e: crate::autostart::AutoStartError) -> Self {
+        ClientError::AutoStart(Box::new(e))
+    }
 }
 
 /// Result alias of the client library.
