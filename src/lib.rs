@@ -107,9 +107,20 @@ impl Broker {
 
     /// Spawns without waiting for readiness (for tests that expect a failure).
     pub fn spawn(db: &Path, args: &[&str]) -> Broker {
+        Broker::spawn_with_env(db, args, &[])
+    }
+
+    /// As [`Broker::start`], with extra environment variables (e.g. `XDG_RUNTIME_DIR`).
+    pub fn start_with_env(db: &Path, args: &[&str], env: &[(&str, &Path)]) -> Broker {
+        Broker::spawn_with_env(db, args, env).ready()
+    }
+
+    /// As [`Broker::spawn`], with extra environment variables.
+    pub fn spawn_with_env(db: &Path, args: &[&str], env: &[(&str, &Path)]) -> Broker {
         let log = log_path(db);
         let file = fs::File::create(&log).expect("broker log");
         let child = Command::new(bin("litebrokerd"))
+            .envs(env.iter().copied())
             .arg("--db")
             .arg(db)
             .args(["--log-level", "debug"])

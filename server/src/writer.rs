@@ -406,6 +406,26 @@ impl Writer {
             }
             results.push(r);
         }
+        if let Some(cause) = aborted.as_ref().filter(|c| c.kind == ErrorKind::Timeout && !single) {
+            // An interrupted write statement (--max-statement-secs) makes SQLite roll
+            // back the whole transaction, not only its savepoint. Nobody was answered
+            // and nothing committed, so the runaway request fails alone and the
+            // others run again without it, in their order.
+            let culprit = results.len();
+            results.clear();
+            self.results = results;
+            warn!(
+                requests = group.len(),
+                "a runaway statement was interrupted; re-running the rest of its group"
+            );
+            group[culprit].answer(Response::Error(cause.clone()));
+            for rest in [&group[..culprit], &group[culprit + 1..]] {
+                if !rest.is_empty() {
+                    self.execute_group(rest);
+                }
+            }
+            return;
+        }
         let outcome = match aborted {
             Some(cause) => Err(cause),
             None if single && results[0].is_err() => {
