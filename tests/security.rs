@@ -540,3 +540,32 @@ fn a_client_that_never_reads_its_answers_is_disconnected_and_stalls_nobody() {
          worst {worst:?}; broker RSS peak {rss_peak} KiB"
     );
 }
+
+#[test]
+fn idle_connections_do_not_keep_the_buffers_of_their_big_frames() {
+    let t = TestDir::new();
+    let b = Broker::start(&t.db(), &["--max-frame-bytes", "4194304"]);
+    let before = rss_kib(b.pid()).unwrap_or(0);
+    // Each client sends one 4 MiB request, then idles.
+    let held: Vec<Stream> = (0..24)
+        .map(|i| {
+            let s = raw_connect(&b.socket);
+            handshake(&s, "bulk-then-idle");
+            // Text, not a blob: a debug build decodes blobs byte by byte, slowly.
+            let req = execute(
+                "SELECT length(?), ?",
+                vec![Value::Text("x".repeat(4 * 1024 * 1024 - 200)), Value::Integer(i)],
+            );
+            (&s).write_all(&frame_of(&req)).unwrap();
+            assert!(matches!(recv(&s), Response::Executed(_)));
+            s
+        })
+        .collect();
+    let mut c = Client::connect(t.db()).unwrap();
+    c.ping().unwrap();
+    let after = rss_kib(b.pid()).unwrap_or(0);
+    let grew = after.saturating_sub(before);
+    eprintln!("24 idle connections after a 4 MiB frame each: broker RSS {before} -> {after} KiB");
+    assert!(grew < 32 * 1024, "24 idle connections pin {grew} KiB (RSS {before} -> {after} KiB)");
+    drop(held);
+}
