@@ -3,6 +3,8 @@
 //! limits that keep a buggy or hostile client from hurting the broker, the other
 //! clients or the data.
 
+#![cfg_attr(not(unix), allow(unused))]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
