@@ -90,7 +90,7 @@ fn hostile_processes_cannot_hurt_good_clients_or_the_data() {
     assert!(max_rss < RSS_BOUND_KIB, "broker RSS reached {max_rss} KiB (bound {RSS_BOUND_KIB} KiB)");
     // The broker still serves, and shuts down cleanly.
     assert_exit(&cli(&t.db(), &["exec", "INSERT INTO probe (payload) VALUES ('after')"]), 0);
-    b.sigterm();
+    assert_exit(&cli(&t.db(), &["shutdown"]), 0);
     assert_eq!(b.wait_exit(Duration::from_secs(30)).and_then(|s| s.code()), Some(0), "{}", b.log());
     let actions: u64 = reports.iter().map(|r| r["actions"].as_u64().unwrap()).sum();
     eprintln!(
