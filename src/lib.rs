@@ -111,6 +111,18 @@ impl Broker {
         Broker::spawn_with(db, args, |_| {})
     }
 
+    /// As [`Broker::start`], with extra environment variables (e.g. `XDG_RUNTIME_DIR`).
+    pub fn start_with_env(db: &Path, args: &[&str], env: &[(&str, &Path)]) -> Broker {
+        Broker::spawn_with_env(db, args, env).ready()
+    }
+
+    /// As [`Broker::spawn`], with extra environment variables.
+    pub fn spawn_with_env(db: &Path, args: &[&str], env: &[(&str, &Path)]) -> Broker {
+        Broker::spawn_with(db, args, |c| {
+            c.envs(env.iter().copied());
+        })
+    }
+
     /// Spawns after letting `configure` adjust the command (environment, limits).
     pub fn spawn_with(db: &Path, args: &[&str], configure: impl FnOnce(&mut Command)) -> Broker {
         let log = log_path(db);

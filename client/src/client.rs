@@ -364,6 +364,12 @@ impl Client {
             return Err(match e {
                 litebroker_protocol::FrameError::Io(io) => {
                     self.broken = true;
+                    // A broker that refuses this connection (another user, too many
+                    // clients, an oversized frame) answers and closes at once, maybe
+                    // before the request was written: its reason is still readable.
+                    if let Ok(Response::Error(info)) = self.read_response(limit) {
+                        return Err(ClientError::Broker(info));
+                    }
                     ClientError::ConnectionLost { sent: false, reason: describe_io(&io) }
                 }
                 other => ClientError::Frame(other),

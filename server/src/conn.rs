@@ -95,6 +95,9 @@ pub fn serve(stream: Stream, shared: Arc<Shared>, writer: SyncSender<Job>, peer_
     conn.deadline.release();
 }
 
+/// Largest read or write buffer a connection keeps between frames.
+const IDLE_BUFFER_MAX: usize = 256 * 1024;
+
 fn is_timeout(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
 }
@@ -114,6 +117,13 @@ impl Conn {
 
     fn run(&mut self) -> Result<(), FrameError> {
         loop {
+            // Idle connections may wait for hours: they must not pin the buffers of
+            // their last big frame, or many clients could hold max_frame each.
+            for buf in [&mut self.rbuf, &mut self.wbuf] {
+                if buf.capacity() > IDLE_BUFFER_MAX {
+                    *buf = Vec::with_capacity(4096);
+                }
+            }
             let req = match self.next_frame()? {
                 Incoming::Closed => return Ok(()),
                 Incoming::Request(r) => r,

@@ -7,6 +7,7 @@
 //! parsing, logging and signal handling around it.
 
 mod admin;
+pub mod authorizer;
 pub mod config;
 mod conn;
 mod instance;

@@ -155,6 +155,7 @@ fn config(a: Args) -> Result<Config, BrokerError> {
 }
 
 fn main() -> ExitCode {
+    bound_freed_memory();
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
@@ -199,5 +200,18 @@ fn main() -> ExitCode {
             eprintln!("litebrokerd: {e}");
             ExitCode::from(e.exit_code() as u8)
         }
+    }
+}
+
+/// Makes large buffers (frames of up to --max-frame-bytes, their decoded values,
+/// SQLite's big allocations) go back to the system when freed. glibc otherwise
+/// raises its mmap threshold after the first such free and keeps later ones in
+/// per-thread arenas, so a few clients sending big frames would leave the broker's
+/// memory at its peak for good.
+fn bound_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }

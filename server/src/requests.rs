@@ -15,6 +15,10 @@ use litebroker_protocol::{
 };
 use rusqlite::{Connection, OptionalExtension};
 
+// The table is the broker's own: the authorizer refuses writes to it unless they
+// run as the broker's (`internal`).
+use crate::authorizer::internal;
+
 /// The table's name; clients may not write it (the authorizer refuses).
 pub const TABLE: &str = "_litebroker_requests";
 
@@ -23,14 +27,16 @@ pub const TABLE: &str = "_litebroker_requests";
 /// # Errors
 /// SQLite's error.
 pub fn ensure_table(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS _litebroker_requests (
+    internal(|| {
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS _litebroker_requests (
              id BLOB PRIMARY KEY,
              created_ms INTEGER NOT NULL,
              answer BLOB NOT NULL
          ) WITHOUT ROWID;
          CREATE INDEX IF NOT EXISTS _litebroker_requests_created ON _litebroker_requests (created_ms);",
-    )
+        )
+    })
 }
 
 /// The stored answer of `id`, if that request already committed.
@@ -58,8 +64,10 @@ pub fn record(
 ) -> rusqlite::Result<()> {
     encode_frame(answer, buf, HARD_MAX_FRAME)
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-    conn.prepare_cached("INSERT INTO _litebroker_requests (id, created_ms, answer) VALUES (?1, ?2, ?3)")?
-        .execute(rusqlite::params![&id[..], now_ms as i64, &buf[FRAME_HEADER_LEN..]])?;
+    internal(|| {
+        conn.prepare_cached("INSERT INTO _litebroker_requests (id, created_ms, answer) VALUES (?1, ?2, ?3)")?
+            .execute(rusqlite::params![&id[..], now_ms as i64, &buf[FRAME_HEADER_LEN..]])
+    })?;
     Ok(())
 }
 
@@ -70,11 +78,13 @@ pub fn record(
 /// SQLite's error.
 pub fn prune(conn: &Connection, retention: Duration, now_ms: u64, limit: u32) -> rusqlite::Result<usize> {
     let cutoff = now_ms.saturating_sub(retention.as_millis() as u64) as i64;
-    conn.prepare_cached(
-        "DELETE FROM _litebroker_requests WHERE id IN
-             (SELECT id FROM _litebroker_requests WHERE created_ms < ?1 ORDER BY created_ms LIMIT ?2)",
-    )?
-    .execute(rusqlite::params![cutoff, limit])
+    internal(|| {
+        conn.prepare_cached(
+            "DELETE FROM _litebroker_requests WHERE id IN
+                 (SELECT id FROM _litebroker_requests WHERE created_ms < ?1 ORDER BY created_ms LIMIT ?2)",
+        )?
+        .execute(rusqlite::params![cutoff, limit])
+    })
 }
 
 /// Records held now.

@@ -29,7 +29,7 @@ pub enum TxControl {
 }
 
 /// Words of a statement's start, skipping whitespace and comments.
-fn words(sql: &str) -> impl Iterator<Item = &str> {
+pub(crate) fn words(sql: &str) -> impl Iterator<Item = &str> {
     let mut rest = sql;
     std::iter::from_fn(move || {
         loop {
@@ -238,8 +238,26 @@ pub fn sql_error(e: &rusqlite::Error) -> ErrorInfo {
                 rusqlite::ffi::SQLITE_AUTH => ErrorKind::NotAllowed,
                 _ => ErrorKind::Sql,
             };
-            let message = msg.clone().unwrap_or_else(|| err.to_string());
+            let mut message = msg.clone().unwrap_or_else(|| err.to_string());
+            if primary == rusqlite::ffi::SQLITE_AUTH {
+                // SQLite only says "not authorized"; the authorizer knows what and why.
+                message = crate::authorizer::take_denial().unwrap_or(message);
+            }
             ErrorInfo { kind, message, sqlite: Some(SqliteCode { primary, extended: err.extended_code }) }
+        }
+        // A denied function call is a plain SQLITE_ERROR pointing at the token.
+        rusqlite::Error::SqlInputError { error, msg, .. }
+            if error.extended_code & 0xff == rusqlite::ffi::SQLITE_AUTH
+                || msg.starts_with("not authorized") =>
+        {
+            ErrorInfo {
+                kind: ErrorKind::NotAllowed,
+                message: crate::authorizer::take_denial().unwrap_or_else(|| e.to_string()),
+                sqlite: Some(SqliteCode {
+                    primary: rusqlite::ffi::SQLITE_AUTH,
+                    extended: error.extended_code,
+                }),
+            }
         }
         other => ErrorInfo::new(ErrorKind::Sql, other.to_string()),
     }
@@ -267,7 +285,13 @@ pub fn run_sql(
     // depend on an earlier one (CREATE TABLE t …; CREATE INDEX … ON t) and cannot be
     // prepared before it ran.
     let ctl = classify(sql);
-    if ctl == TxControl::None && !sql.trim_end().trim_end_matches(';').contains(';') {
+    // SQL naming the broker's own tables is never served from the statement cache:
+    // a cached copy may have been prepared, and authorized, for the broker itself.
+    if ctl == TxControl::None
+        && !sql.trim_end().trim_end_matches(';').contains(';')
+        && !crate::authorizer::mentions_reserved(sql)
+    {
+        crate::authorizer::check_text(sql)?;
         let mut stmt = conn.prepare_cached(sql).map_err(|e| sql_error(&e))?;
         tracker.admit(&ctl)?;
         if stmt.parameter_count() != params.len() {
@@ -283,7 +307,9 @@ pub fn run_sql(
             Ok(None) => break,
             Err(e) => return Err(sql_error(&e)),
         };
-        let ctl = stmt.expanded_sql().map_or(TxControl::None, |s: String| classify(&s));
+        let text = stmt.expanded_sql().unwrap_or_default();
+        crate::authorizer::check_text(&text)?;
+        let ctl = classify(&text);
         if !tracker.admit(&ctl)? {
             continue;
         }

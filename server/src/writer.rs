@@ -33,7 +33,7 @@ use crate::sqlexec::{run_sql, sql_error, ExecLimits, Mode, SessionEnd, Tracker};
 /// When the file cannot be opened, or WAL mode cannot be enabled (e.g. on a network
 /// filesystem).
 pub fn open_writer(path: &std::path::Path, config: &Config) -> Result<Connection, String> {
-    let conn = Connection::open_with_flags(
+    let mut conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
@@ -58,6 +58,8 @@ pub fn open_writer(path: &std::path::Path, config: &Config) -> Result<Connection
     ))
     .map_err(|e| format!("cannot apply PRAGMAs to {}: {e}", path.display()))?;
     conn.set_prepared_statement_cache_capacity(256);
+    crate::authorizer::install(&mut conn)
+        .map_err(|e| format!("cannot install the SQL authorizer on {}: {e}", path.display()))?;
     Ok(conn)
 }
 
@@ -212,12 +214,12 @@ impl Writer {
             self.conn.busy_timeout(wait).ok();
             self.busy_timeout = wait;
         }
-        let (busy, log, done) = self
-            .conn
-            .query_row(&format!("PRAGMA wal_checkpoint({})", mode.as_str()), [], |r| {
+        let (busy, log, done) = crate::authorizer::internal(|| {
+            self.conn.query_row(&format!("PRAGMA wal_checkpoint({})", mode.as_str()), [], |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
             })
-            .map_err(|e| sql_error(&e))?;
+        })
+        .map_err(|e| sql_error(&e))?;
         let wal_bytes_after = ops::file_size(&ops::wal_path(Path::new(&self.shared.db_path)));
         let report = CheckpointReport {
             mode,
@@ -384,10 +386,10 @@ impl Writer {
             }
         };
         // A source in rollback-journal mode carries that mode in its header.
-        let mode: String = self
-            .conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(|e| internal("cannot re-enable WAL", &e))?;
+        let mode: String = crate::authorizer::internal(|| {
+            self.conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        })
+        .map_err(|e| internal("cannot re-enable WAL", &e))?;
         if !mode.eq_ignore_ascii_case("wal") {
             warn!("after the restore the database is in journal mode {mode}, not WAL");
         }
@@ -482,6 +484,26 @@ impl Writer {
                 break;
             }
             results.push(r);
+        }
+        if let Some(cause) = aborted.as_ref().filter(|c| c.kind == ErrorKind::Timeout && !single) {
+            // An interrupted write statement (--max-statement-secs) makes SQLite roll
+            // back the whole transaction, not only its savepoint. Nobody was answered
+            // and nothing committed, so the runaway request fails alone and the
+            // others run again without it, in their order.
+            let culprit = results.len();
+            results.clear();
+            self.results = results;
+            warn!(
+                requests = group.len(),
+                "a runaway statement was interrupted; re-running the rest of its group"
+            );
+            group[culprit].answer(Response::Error(cause.clone()));
+            for rest in [&group[..culprit], &group[culprit + 1..]] {
+                if !rest.is_empty() {
+                    self.execute_group(rest);
+                }
+            }
+            return;
         }
         let outcome = match aborted {
             Some(cause) => Err(cause),

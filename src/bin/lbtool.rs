@@ -10,6 +10,9 @@ use clap::{Parser, Subcommand};
 use litebroker_client::{Client, ConnectOptions, Reader, Statement, Value};
 use serde_json::json;
 
+#[path = "lbtool/hostile.rs"]
+mod hostile;
+
 #[derive(Debug, Parser)]
 #[command(name = "lbtool")]
 struct Args {
@@ -76,6 +79,22 @@ enum Cmd {
         #[arg(long, default_value_t = 600)]
         max_secs: u64,
     },
+    /// For SECS seconds, attack the broker the way a buggy or hostile client of the
+    /// same user could: random, truncated, oversized, forged and out-of-order
+    /// frames, stalls mid-frame, pipelining without reading, connection churn.
+    /// Deterministic for a seed. Fails only when the broker became unreachable.
+    Hostile {
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The broker's --max-frame-bytes, to send frames just over it.
+        #[arg(long, default_value_t = litebroker_protocol::DEFAULT_MAX_FRAME)]
+        max_frame: u32,
+        /// The broker's socket, when not derived from --db.
+        #[arg(long)]
+        socket: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -88,6 +107,9 @@ fn main() -> ExitCode {
         Cmd::Latency { until, max_secs } => latency(&args.db, &until, max_secs),
         Cmd::Increments { client, until, timeout, max_secs } => {
             increments(&args.db, client, &until, timeout, max_secs)
+        }
+        Cmd::Hostile { secs, seed, max_frame, socket } => {
+            hostile::run(&args.db, socket.as_deref(), secs, seed, max_frame)
         }
     };
     println!("{summary}");
