@@ -24,6 +24,10 @@ fn env_or(name: &str, default: f64) -> f64 {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "lbtool hostile's raw pipe reads cannot time out on Windows, so a hostile process can wait forever on a stalled pipe; hostile bytes on the pipe are covered by tests/hostile.rs and tests/platform.rs"
+)]
 fn hostile_processes_cannot_hurt_good_clients_or_the_data() {
     let secs = env_or("LITEBROKER_SOAK_SECS", 4.0);
     let hostile_n = env_or("LITEBROKER_SOAK_HOSTILE", 3.0) as u64;
