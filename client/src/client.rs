@@ -284,13 +284,23 @@ impl Client {
             if !self.opts.reconnect || (sent && !opts.idempotent && opts.request_id.is_none()) {
                 return Err(err);
             }
-            if let Err(e) = self.reconnect(deadline) {
-                tracing::warn!("could not reconnect to resend the request: {e}");
-                return Err(err);
-            }
-            // A resend is exactly-once only where the broker records request ids.
-            if sent && !opts.idempotent && !self.status().is_ok_and(|s| s.request_ids) {
-                return Err(err);
+            loop {
+                if let Err(e) = self.reconnect(deadline) {
+                    tracing::warn!("could not reconnect to resend the request: {e}");
+                    return Err(err);
+                }
+                if !sent || opts.idempotent {
+                    break;
+                }
+                // A resend is exactly-once only where the broker records request ids.
+                // Losing this connection too (the broker died again) is one more
+                // reconnect within the deadline.
+                match self.status() {
+                    Ok(s) if s.request_ids => break,
+                    Ok(_) => return Err(err),
+                    Err(_) if Instant::now() < deadline => continue,
+                    Err(_) => return Err(err),
+                }
             }
             tracing::info!(request = req.kind(), "resending after a lost connection");
         }

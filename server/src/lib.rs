@@ -113,11 +113,16 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), BrokerEr
     instance::clear_stale_socket(&location)?;
 
     let conn = writer::open_writer(&location.db_path, &config).map_err(BrokerError::Database)?;
+    let request_ids = config.request_id_retention.is_some()
+        && requests::ensure_table(&conn)
+            .map_err(|e| warn!("request ids disabled: cannot create {}: {e}", requests::TABLE))
+            .is_ok();
     let listener = instance::bind(&location)?;
 
     let (stop_tx, stop_rx) = mpsc::channel();
     let shared =
         Arc::new(shared::Shared::new(config, db_path.clone(), location.socket.clone(), stop_tx.clone()));
+    shared.request_ids.store(request_ids, Ordering::Relaxed);
     // One job in flight per connection, plus stop and disconnect notices.
     let (job_tx, job_rx) = mpsc::sync_channel(shared.config.max_clients * 2 + 16);
     let writer_thread = {

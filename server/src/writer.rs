@@ -141,16 +141,10 @@ impl Writer {
 
     /// Serves jobs until a `Stop` job (or every sender is gone), then checkpoints.
     pub fn run(mut self) {
-        if self.shared.config.request_id_retention.is_some() {
-            match requests::ensure_table(&self.conn) {
-                Ok(()) => {
-                    self.request_ids = true;
-                    self.prune_request_ids();
-                }
-                Err(e) => warn!("request ids disabled: cannot create {}: {e}", requests::TABLE),
-            }
-        }
-        self.shared.request_ids.store(self.request_ids, Ordering::Relaxed);
+        // Set up by `crate::run` before the broker listens, so the first client that
+        // asks (a reconnecting one deciding whether it may resend) gets the truth.
+        self.request_ids = self.shared.request_ids.load(Ordering::Relaxed);
+        self.prune_request_ids();
         self.refresh_schema_version();
         while let Some(job) = self.next_job() {
             if matches!(job.kind, JobKind::Stop) {
