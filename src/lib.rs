@@ -85,15 +85,58 @@ impl Default for TestDir {
     }
 }
 
+/// A child process that is killed and reaped when dropped, unless it already
+/// exited; shared by [`Broker`] and [`Proc`].
+struct Reaped {
+    child: Child,
+    status: Option<ExitStatus>,
+}
+
+impl Reaped {
+    fn new(child: Child) -> Reaped {
+        Reaped { child, status: None }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        self.status = self.child.wait().ok();
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            let child = &mut self.child;
+            let mut st = None;
+            wait_until(timeout, || {
+                st = child.try_wait().ok().flatten();
+                st.is_some()
+            });
+            self.status = st;
+        }
+        self.status
+    }
+
+    fn running(&mut self) -> bool {
+        self.status.is_none() && matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// A running `litebrokerd`, its stderr captured in a log file.
 pub struct Broker {
-    child: Child,
+    proc_: Reaped,
     log: PathBuf,
     /// The database it serves.
     pub db: PathBuf,
     /// The socket from its readiness line.
     pub socket: String,
-    status: Option<ExitStatus>,
 }
 
 impl Broker {
@@ -143,7 +186,7 @@ impl Broker {
             .stderr(file);
         configure(&mut cmd);
         let child = cmd.spawn().expect("spawn litebrokerd");
-        Broker { child, log, db: db.to_path_buf(), socket: String::new(), status: None }
+        Broker { proc_: Reaped::new(child), log, db: db.to_path_buf(), socket: String::new() }
     }
 
     /// Waits for the readiness line.
@@ -158,7 +201,7 @@ impl Broker {
                 socket = Some(rest.split_whitespace().next().unwrap_or("").to_owned());
                 return true;
             }
-            matches!(self.child.try_wait(), Ok(Some(_)))
+            !self.proc_.running()
         });
         match socket {
             Some(s) if ok => self.socket = s,
@@ -169,7 +212,7 @@ impl Broker {
 
     /// The broker's pid.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.proc_.child.id()
     }
 
     /// Everything it logged so far.
@@ -187,7 +230,7 @@ impl Broker {
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) with a pid we spawned.
         unsafe {
-            libc::kill(self.child.id() as libc::pid_t, sig);
+            libc::kill(self.proc_.child.id() as libc::pid_t, sig);
         }
     }
 
@@ -214,7 +257,7 @@ impl Broker {
     pub fn ctrl_break(&self) -> bool {
         use windows_sys::Win32::System::Console::{GenerateConsoleCtrlEvent, CTRL_BREAK_EVENT};
         // SAFETY: sends a console event to a process group we created.
-        unsafe { GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, self.child.id()) != 0 }
+        unsafe { GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, self.proc_.child.id()) != 0 }
     }
 
     /// Asks the broker to stop through the `shutdown` request (every platform).
@@ -224,36 +267,17 @@ impl Broker {
 
     /// SIGKILL (Windows: TerminateProcess) and reap.
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        self.status = self.child.wait().ok();
+        self.proc_.kill9();
     }
 
     /// Waits for exit up to `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            let child = &mut self.child;
-            let mut st = None;
-            wait_until(timeout, || {
-                st = child.try_wait().ok().flatten();
-                st.is_some()
-            });
-            self.status = st;
-        }
-        self.status
+        self.proc_.wait_exit(timeout)
     }
 
     /// Whether it is still running.
     pub fn running(&mut self) -> bool {
-        self.status.is_none() && matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if self.status.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.proc_.running()
     }
 }
 
@@ -350,9 +374,8 @@ pub fn query_i64(db: &Path, sql: &str) -> i64 {
 /// A child process with piped stdin/stdout whose output lines can be awaited
 /// with deadlines (an `lbtool` client, the `sqlite3` CLI holding a lock, …).
 pub struct Proc {
-    child: Child,
+    proc_: Reaped,
     lines: std::sync::mpsc::Receiver<String>,
-    status: Option<ExitStatus>,
 }
 
 impl Proc {
@@ -374,7 +397,7 @@ impl Proc {
                 }
             }
         });
-        Proc { child, lines, status: None }
+        Proc { proc_: Reaped::new(child), lines }
     }
 
     /// Spawns `lbtool --db <db> <args>`.
@@ -406,48 +429,29 @@ impl Proc {
 
     /// Writes a line to its stdin.
     pub fn send(&mut self, line: &str) {
-        let stdin = self.child.stdin.as_mut().expect("stdin");
+        let stdin = self.proc_.child.stdin.as_mut().expect("stdin");
         writeln!(stdin, "{line}").expect("write to child stdin");
         stdin.flush().expect("flush child stdin");
     }
 
     /// Closes its stdin.
     pub fn close_stdin(&mut self) {
-        drop(self.child.stdin.take());
+        drop(self.proc_.child.stdin.take());
     }
 
     /// Its pid.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.proc_.child.id()
     }
 
     /// SIGKILL (TerminateProcess on Windows) and reap.
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        self.status = self.child.wait().ok();
+        self.proc_.kill9();
     }
 
     /// Waits for exit up to `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            let child = &mut self.child;
-            let mut st = None;
-            wait_until(timeout, || {
-                st = child.try_wait().ok().flatten();
-                st.is_some()
-            });
-            self.status = st;
-        }
-        self.status
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.status.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.proc_.wait_exit(timeout)
     }
 }
 

@@ -189,9 +189,14 @@ pub fn clean_label(label: &str) -> String {
 
 /// `YYYYMMDD_HHMMSS` in UTC for Unix seconds (proleptic Gregorian calendar).
 pub fn utc_stamp(unix_secs: u64) -> String {
-    let days = (unix_secs / 86_400) as i64;
+    let (y, m, d) = civil_from_days((unix_secs / 86_400) as i64);
     let secs = unix_secs % 86_400;
-    // Days to civil date, after Howard Hinnant's `civil_from_days`.
+    format!("{y:04}{m:02}{d:02}_{:02}{:02}{:02}", secs / 3600, (secs / 60) % 60, secs % 60)
+}
+
+/// (year, month, day) of a count of days since 1970-01-01, after Howard Hinnant's
+/// `civil_from_days` (proleptic Gregorian calendar).
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -201,7 +206,7 @@ pub fn utc_stamp(unix_secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}{m:02}{d:02}_{:02}{:02}{:02}", secs / 3600, (secs / 60) % 60, secs % 60)
+    (y, m, d)
 }
 
 /// A fresh backup path `<db folder>/backups/<stem>_<YYYYMMDD_HHMMSS>_<label>.db`
