@@ -373,6 +373,7 @@ impl Conn {
 
     fn status(&self) -> BrokerStatus {
         let s = &self.shared;
+        let c = &s.counters;
         BrokerStatus {
             pid: std::process::id(),
             socket: s.socket.clone(),
@@ -390,6 +391,14 @@ impl Conn {
                 .holder()
                 .map(|h| format!("{} for {:.1} s", h.client.describe(), h.since.elapsed().as_secs_f64())),
             request_ids: s.request_ids.load(Ordering::Relaxed),
+            group_commits: c.group_commits.load(Ordering::Relaxed),
+            group_requests: c.committed_requests.load(Ordering::Relaxed),
+            max_group: c.max_group.load(Ordering::Relaxed),
+            queue_waits: c.queue_waits.load(Ordering::Relaxed),
+            queue_wait_us: c.queue_wait_us.load(Ordering::Relaxed),
+            max_queue_wait_us: c.max_queue_wait_us.load(Ordering::Relaxed),
+            commit_us: c.commit_us.load(Ordering::Relaxed),
+            max_commit_us: c.max_commit_us.load(Ordering::Relaxed),
         }
     }
 

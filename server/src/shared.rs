@@ -76,12 +76,24 @@ pub struct Holder {
 pub struct Counters {
     /// Requests served (all kinds).
     pub requests: AtomicU64,
-    /// Write transactions committed.
+    /// Write transactions committed (groups, sessions, migrations, restores).
     pub commits: AtomicU64,
-    /// Write requests committed (sum of group sizes).
+    /// Group-commit transactions committed (one-shot writes only).
+    pub group_commits: AtomicU64,
+    /// Write requests committed in them (sum of group sizes).
     pub committed_requests: AtomicU64,
     /// Largest group committed.
     pub max_group: AtomicU64,
+    /// One-shot writes taken by the writer (their queue wait is measured).
+    pub queue_waits: AtomicU64,
+    /// Sum of their queue waits, µs.
+    pub queue_wait_us: AtomicU64,
+    /// Longest queue wait, µs.
+    pub max_queue_wait_us: AtomicU64,
+    /// Sum of group `COMMIT` durations, µs.
+    pub commit_us: AtomicU64,
+    /// Longest group `COMMIT`, µs.
+    pub max_commit_us: AtomicU64,
     /// Jobs submitted to the writer and not yet taken.
     pub queued: AtomicUsize,
     /// Times the writer found the database locked by another process.

@@ -99,6 +99,8 @@ pub struct Writer {
     busy_timeout: Duration,
     group: Vec<Job>,
     results: Vec<Result<Response, ErrorInfo>>,
+    /// Requests of the running group answered from their request-id record.
+    group_dedup: u64,
 }
 
 impl Writer {
@@ -136,6 +138,7 @@ impl Writer {
             busy_timeout,
             group: Vec::new(),
             results: Vec::new(),
+            group_dedup: 0,
         }
     }
 
@@ -229,6 +232,14 @@ impl Writer {
         }
         self.shared.set_last_checkpoint(report.clone());
         Ok(report)
+    }
+
+    fn note_queue_wait(&self, job: &Job) {
+        let us = job.enqueued.elapsed().as_micros() as u64;
+        let c = &self.shared.counters;
+        c.queue_waits.fetch_add(1, Ordering::Relaxed);
+        c.queue_wait_us.fetch_add(us, Ordering::Relaxed);
+        c.max_queue_wait_us.fetch_max(us, Ordering::Relaxed);
     }
 
     fn finished(&self, n: usize) {
@@ -410,6 +421,7 @@ impl Writer {
         let mut next = Some(first);
         while let Some(job) = next.take() {
             if job.claim() {
+                self.note_queue_wait(&job);
                 if let JobKind::Write(body) = &job.kind {
                     bytes += body.weight();
                 }
@@ -452,7 +464,7 @@ impl Writer {
         let mut results = std::mem::take(&mut self.results);
         results.clear();
         let mut touches_schema = false;
-        let mut aborted: Option<ErrorInfo> = None;
+        let mut aborted: Option<(usize, ErrorInfo)> = None;
         for job in group {
             let JobKind::Write(body) = &job.kind else { unreachable!("groups hold writes") };
             touches_schema |= mentions_user_version(body);
@@ -466,89 +478,140 @@ impl Writer {
             let r = if single {
                 self.run_write(body, &job.opts, job.deadline)
             } else {
-                self.in_savepoint(|w| w.run_write(body, &job.opts, job.deadline))
+                self.in_savepoint(|w| {
+                    let r = w.run_write(body, &job.opts, job.deadline);
+                    // A deferred foreign key is checked at COMMIT, which this request
+                    // shares with the group: check it as the request's own COMMIT
+                    // would, so that only this request fails.
+                    if r.is_ok() && w.deferred_fk_pending() {
+                        return Err(deferred_fk_error());
+                    }
+                    r
+                })
             };
-            // Some errors (disk full, I/O) make SQLite roll back the whole
-            // transaction: then nothing of the group survives and all must fail.
+            // Some errors (disk full, I/O, an interrupted statement) make SQLite
+            // roll back the whole transaction, not only the savepoint.
             if self.conn.is_autocommit() {
                 let cause = r.as_ref().err().cloned().unwrap_or_else(|| {
                     ErrorInfo::new(ErrorKind::Internal, "the transaction ended unexpectedly")
                 });
-                aborted = Some(cause);
+                aborted = Some((results.len(), cause));
                 break;
             }
             results.push(r);
         }
-        if let Some(cause) = aborted.as_ref().filter(|c| c.kind == ErrorKind::Timeout && !single) {
-            // An interrupted write statement (--max-statement-secs) makes SQLite roll
-            // back the whole transaction, not only its savepoint. Nobody was answered
-            // and nothing committed, so the runaway request fails alone and the
-            // others run again without it, in their order.
-            let culprit = results.len();
-            results.clear();
-            self.results = results;
-            warn!(
-                requests = group.len(),
-                "a runaway statement was interrupted; re-running the rest of its group"
-            );
-            group[culprit].answer(Response::Error(cause.clone()));
-            for rest in [&group[..culprit], &group[culprit + 1..]] {
-                if !rest.is_empty() {
-                    self.execute_group(rest);
-                }
-            }
-            return;
-        }
+        let mut commit_time = Duration::ZERO;
         let outcome = match aborted {
-            Some(cause) => Err(cause),
+            Some((at, cause)) => Err((Some(at), cause)),
             None if single && results[0].is_err() => {
                 self.exec_cached("ROLLBACK").ok();
                 Ok(())
             }
-            None => self.exec_cached("COMMIT").map_err(|e| {
-                self.exec_cached("ROLLBACK").ok();
-                sql_error(&e)
-            }),
+            None => {
+                let t = Instant::now();
+                let r = self.exec_cached("COMMIT");
+                commit_time = t.elapsed();
+                r.map_err(|e| {
+                    self.exec_cached("ROLLBACK").ok();
+                    (None, sql_error(&e))
+                })
+            }
         };
         match outcome {
             Ok(()) => {
                 let committed = results.iter().any(Result::is_ok);
                 if committed {
                     self.failpoint_after_commit();
-                }
-                if committed {
                     self.dirty = true;
                     let c = &self.shared.counters;
                     c.commits.fetch_add(1, Ordering::Relaxed);
+                    c.group_commits.fetch_add(1, Ordering::Relaxed);
                     c.committed_requests.fetch_add(group.len() as u64, Ordering::Relaxed);
                     c.max_group.fetch_max(group.len() as u64, Ordering::Relaxed);
+                    let us = commit_time.as_micros() as u64;
+                    c.commit_us.fetch_add(us, Ordering::Relaxed);
+                    c.max_commit_us.fetch_max(us, Ordering::Relaxed);
+                    c.deduplicated.fetch_add(std::mem::take(&mut self.group_dedup), Ordering::Relaxed);
                     if touches_schema {
                         self.refresh_schema_version();
                     }
                 }
+                self.group_dedup = 0;
                 for (job, r) in group.iter().zip(results.drain(..)) {
                     job.answer(r.unwrap_or_else(Response::Error));
                 }
+                self.results = results;
             }
-            Err(cause) => {
-                warn!(
-                    requests = group.len(),
-                    "write transaction failed, nothing committed: {}", cause.message
-                );
-                for job in group {
-                    let mut e = cause.clone();
-                    if group.len() > 1 {
-                        e.message = format!(
-                            "{} (the transaction this request was committed with failed; nothing of it was applied)",
-                            cause.message
-                        );
-                    }
-                    job.answer(Response::Error(e));
-                }
+            Err((at, cause)) if !single => {
                 results.clear();
+                self.results = results;
+                self.group_dedup = 0;
+                self.rerun(group, at, cause);
+            }
+            Err((_, cause)) => {
+                self.group_dedup = 0;
+                warn!("write transaction failed, nothing committed: {}", cause.message);
+                group[0].answer(Response::Error(cause));
+                results.clear();
+                self.results = results;
             }
         }
-        self.results = results;
+    }
+
+    /// A group transaction failed before anyone was answered, and nothing of it
+    /// committed, so its requests can run again; request ids are safe to re-run
+    /// too, since their records rolled back with the transaction. An interrupted
+    /// runaway statement (`--max-statement-secs`) is known to be its request's
+    /// fault: that request fails alone and the others run again as a group, in
+    /// their order. Any other cause (a failed COMMIT, SQLite rolling back the
+    /// transaction part-way for disk full or I/O) cannot be pinned on one
+    /// request: each runs again in its own transaction, so only those that fail
+    /// on their own get an error; a COMMIT that keeps failing fails every request
+    /// and applies nothing.
+    fn rerun(&mut self, group: &[Job], at: Option<usize>, cause: ErrorInfo) {
+        match at {
+            Some(culprit) if cause.kind == ErrorKind::Timeout => {
+                warn!(
+                    requests = group.len(),
+                    "a runaway statement was interrupted; re-running the rest of its group"
+                );
+                group[culprit].answer(Response::Error(cause));
+                for rest in [&group[..culprit], &group[culprit + 1..]] {
+                    if !rest.is_empty() {
+                        self.execute_group(rest);
+                    }
+                }
+            }
+            _ => {
+                warn!(
+                    requests = group.len(),
+                    "group transaction failed, nothing committed ({}); re-running each request in its own transaction",
+                    cause.message
+                );
+                for job in group {
+                    self.execute_group(std::slice::from_ref(job));
+                }
+            }
+        }
+    }
+
+    /// True while the transaction holds a deferred foreign-key violation that its
+    /// COMMIT would reject.
+    fn deferred_fk_pending(&self) -> bool {
+        let (mut current, mut highwater) = (0, 0);
+        // SAFETY: the handle is valid while `self.conn` lives, and the caller holds
+        // the writer, so nobody else uses the connection; sqlite3_db_status only
+        // reads a counter.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_db_status(
+                self.conn.handle(),
+                rusqlite::ffi::SQLITE_DBSTATUS_DEFERRED_FKS,
+                &mut current,
+                &mut highwater,
+                0,
+            )
+        };
+        rc == rusqlite::ffi::SQLITE_OK && current != 0
     }
 
     /// Runs `f` inside the internal savepoint: released on success, rolled back to
@@ -578,7 +641,8 @@ impl Writer {
         let id = opts.request_id.filter(|_| self.request_ids);
         if let Some(id) = &id {
             if let Some(stored) = requests::lookup(&self.conn, id).map_err(|e| sql_error(&e))? {
-                self.shared.counters.deduplicated.fetch_add(1, Ordering::Relaxed);
+                // Counted once its group commits: a group that fails runs again.
+                self.group_dedup += 1;
                 return Ok(stored);
             }
         }
@@ -928,6 +992,18 @@ fn mentions_user_version(body: &WriteBody) -> bool {
     }
 }
 
+/// What SQLite's COMMIT says about a deferred foreign-key violation.
+fn deferred_fk_error() -> ErrorInfo {
+    ErrorInfo {
+        kind: ErrorKind::Constraint,
+        message: "FOREIGN KEY constraint failed".into(),
+        sqlite: Some(litebroker_protocol::SqliteCode {
+            primary: rusqlite::ffi::SQLITE_CONSTRAINT,
+            extended: rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY,
+        }),
+    }
+}
+
 fn lease_expired(cfg: &Config) -> ErrorInfo {
     ErrorInfo::new(
         ErrorKind::LeaseExpired,
@@ -958,5 +1034,156 @@ pub fn locked_error(shared: &Shared, attempts: u32, elapsed: Duration) -> ErrorI
             primary: rusqlite::ffi::SQLITE_BUSY,
             extended: rusqlite::ffi::SQLITE_BUSY,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::mpsc::{self, SyncSender};
+
+    use litebroker_protocol::Statement;
+
+    use super::*;
+    use crate::shared::job_state;
+
+    fn writer(dir: &Path) -> (Writer, SyncSender<Job>) {
+        let config = Config::new(dir.join("w.db"));
+        let conn = open_writer(&config.db, &config).expect("open");
+        requests::ensure_table(&conn).expect("request-id table");
+        let (stop_tx, _) = mpsc::channel();
+        let shared = Arc::new(Shared::new(config, "w.db".into(), "w.sock".into(), stop_tx));
+        let (tx, rx) = mpsc::sync_channel(16);
+        let mut w = Writer::new(conn, shared, rx);
+        w.request_ids = true;
+        (w, tx)
+    }
+
+    fn job(sql: &str, id: Option<u8>) -> (Job, Receiver<Response>) {
+        let (reply, rx) = mpsc::sync_channel(1);
+        let now = Instant::now();
+        let job = Job {
+            kind: JobKind::Write(WriteBody::Execute(Statement::new(sql, vec![]))),
+            opts: WriteOptions { request_id: id.map(|b| [b; 16]), ..Default::default() },
+            client: None,
+            deadline: now + Duration::from_secs(10),
+            enqueued: now,
+            state: Arc::new(AtomicU64::new(job_state::pack(1, job_state::RUNNING))),
+            seq: 1,
+            reply: Some(reply),
+        };
+        (job, rx)
+    }
+
+    /// Runs `sqls` as one group (the i-th with request id `[i; 16]`) and returns
+    /// each answer.
+    fn group(w: &mut Writer, sqls: &[&str]) -> Vec<Response> {
+        let (jobs, replies): (Vec<Job>, Vec<_>) =
+            sqls.iter().enumerate().map(|(i, s)| job(s, Some(i as u8 + 1))).unzip();
+        w.execute_group(&jobs);
+        replies.iter().map(|r| r.try_recv().expect("every request is answered")).collect()
+    }
+
+    fn count(w: &Writer, sql: &str) -> i64 {
+        w.conn.query_row(sql, [], |r| r.get(0)).expect("count")
+    }
+
+    /// Makes the next `n` COMMITs fail (a commit hook turns them into ROLLBACKs).
+    fn fail_commits(w: &mut Writer, n: usize) {
+        let left = AtomicUsize::new(n);
+        w.conn
+            .commit_hook(Some(move || {
+                left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(1)).is_ok()
+            }))
+            .expect("commit hook");
+    }
+
+    fn group_commits(w: &Writer) -> u64 {
+        w.shared.counters.group_commits.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_failed_commit_reruns_each_request_in_its_own_transaction() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, _tx) = writer(dir.path());
+        let (create, _r) = job("CREATE TABLE t (v UNIQUE)", None);
+        w.execute_group(std::slice::from_ref(&create));
+        fail_commits(&mut w, 1);
+        let answers = group(
+            &mut w,
+            &["INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)", "INSERT INTO t VALUES (3)"],
+        );
+        assert!(answers.iter().all(|a| matches!(a, Response::Executed(r) if r.changes == 1)), "{answers:?}");
+        assert_eq!(count(&w, "SELECT count(*) FROM t"), 3);
+        // The request ids recorded in the failed transaction rolled back with it:
+        // each is recorded once, by its re-run.
+        assert_eq!(count(&w, "SELECT count(*) FROM _litebroker_requests"), 3);
+        // The create, then one transaction per re-run request.
+        assert_eq!(group_commits(&w), 4);
+    }
+
+    #[test]
+    fn a_commit_that_keeps_failing_fails_every_request_and_applies_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, _tx) = writer(dir.path());
+        let (create, _r) = job("CREATE TABLE t (v UNIQUE)", None);
+        w.execute_group(std::slice::from_ref(&create));
+        fail_commits(&mut w, usize::MAX);
+        let answers = group(&mut w, &["INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)"]);
+        for a in &answers {
+            let Response::Error(e) = a else { panic!("answered before a successful COMMIT: {a:?}") };
+            assert_eq!(e.kind, ErrorKind::Constraint, "{e:?}");
+        }
+        w.conn.commit_hook(None::<fn() -> bool>).expect("remove hook");
+        assert_eq!(count(&w, "SELECT count(*) FROM t"), 0);
+        assert_eq!(count(&w, "SELECT count(*) FROM _litebroker_requests"), 0);
+        assert_eq!(group_commits(&w), 1);
+    }
+
+    #[test]
+    fn a_deferred_violation_fails_only_its_request() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, _tx) = writer(dir.path());
+        let (create, _r) = job(
+            "CREATE TABLE p (id INTEGER PRIMARY KEY);
+             CREATE TABLE t (p INTEGER REFERENCES p(id) DEFERRABLE INITIALLY DEFERRED);
+             INSERT INTO p VALUES (1)",
+            None,
+        );
+        w.execute_group(std::slice::from_ref(&create));
+        let answers = group(
+            &mut w,
+            &[
+                "INSERT INTO t VALUES (1)",
+                "INSERT INTO t VALUES (2)",
+                "INSERT INTO t VALUES (2); INSERT INTO p VALUES (2)",
+            ],
+        );
+        assert!(matches!(answers[0], Response::Executed(_)), "{answers:?}");
+        assert!(
+            matches!(&answers[1], Response::Error(e) if e.message == "FOREIGN KEY constraint failed"),
+            "{answers:?}"
+        );
+        assert!(matches!(answers[2], Response::Executed(_)), "{answers:?}");
+        assert_eq!(count(&w, "SELECT count(*) FROM t"), 2);
+        // The failed request's id was not recorded: a resend runs it again.
+        assert_eq!(count(&w, "SELECT count(*) FROM _litebroker_requests"), 2);
+        // One transaction: the violation never reached the COMMIT.
+        assert_eq!(group_commits(&w), 2);
+    }
+
+    #[test]
+    fn a_resend_answered_from_its_record_is_counted_once_even_when_its_group_reruns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, _tx) = writer(dir.path());
+        let (create, _r) = job("CREATE TABLE t (v)", None);
+        w.execute_group(std::slice::from_ref(&create));
+        group(&mut w, &["INSERT INTO t VALUES (1)"]);
+        fail_commits(&mut w, 1);
+        // Id [1; 16] again: answered from its record, in a group whose COMMIT fails.
+        let answers = group(&mut w, &["INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)"]);
+        assert!(answers.iter().all(|a| matches!(a, Response::Executed(_))), "{answers:?}");
+        assert_eq!(count(&w, "SELECT count(*) FROM t"), 2);
+        assert_eq!(w.shared.counters.deduplicated.load(Ordering::Relaxed), 1);
     }
 }
