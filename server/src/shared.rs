@@ -2,13 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::mpsc::{Sender, SyncSender};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use litebroker_protocol::{CheckpointMode, CheckpointReport, Response, Statement, WriteOptions};
 
 use crate::config::Config;
+use crate::reply::ReplyTx;
 
 /// Why the broker stops.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -333,7 +334,7 @@ pub struct Job {
     /// This job's sequence number on its connection.
     pub seq: u64,
     /// Where the answer goes.
-    pub reply: Option<SyncSender<Response>>,
+    pub reply: Option<ReplyTx>,
 }
 
 impl Job {
@@ -349,11 +350,10 @@ impl Job {
             .is_ok()
     }
 
-    /// Sends the answer. Never blocks: each connection has one job in flight and a
-    /// reply slot of one.
+    /// Sends the answer (see [`ReplyTx::send`]); never blocks.
     pub fn answer(&self, resp: Response) {
         if let Some(tx) = &self.reply {
-            let _ = tx.try_send(resp);
+            tx.send(self.seq, resp);
         }
     }
 

@@ -6,12 +6,23 @@
 //! request so a failing request rolls back only itself, `COMMIT`, then every caller
 //! is answered. A write session holds the writer exclusively; jobs of other clients
 //! wait in FIFO order meanwhile.
+//!
+//! The [`Writer`] sits behind a mutex in [`WriterHandle`]: a connection thread that
+//! queues a one-shot write while nothing is queued and finds the writer free runs
+//! the queued writes itself (in FIFO order, as the writer thread would) until its
+//! own is answered, which spares the hand-off to the writer thread and back.
+//! Everything else (sessions and the writes parked behind them, lease expiry,
+//! admin jobs, disconnects, the idle checkpoint and request-id pruning, shutdown,
+//! and writes queued while the writer is busy) is served by the writer thread,
+//! which sleeps while the queue is empty. Whichever thread runs a statement, it
+//! runs it under the mutex, so the connection is never used by two at once, and
+//! the thread-local state SQLite's callbacks rely on (the authorizer's
+//! `internal()` flag and denial reason) belongs to the thread that runs it.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use litebroker_client::ops;
@@ -23,9 +34,12 @@ use rusqlite::{Connection, OpenFlags};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::queue::JobQueue;
 use crate::requests;
-use crate::shared::{session_state, ClientEntry, Holder, Job, JobKind, Shared, WriteBody};
-use crate::sqlexec::{run_sql, sql_error, ExecLimits, Mode, SessionEnd, Tracker};
+use crate::shared::{
+    job_state, lock, session_state, ClientEntry, Holder, Job, JobKind, Shared, StopReason, WriteBody,
+};
+use crate::sqlexec::{run_batch, run_sql, sql_error, ExecLimits, Mode, SessionEnd, Tracker};
 
 /// Opens the writer connection with the notes' PRAGMAs.
 ///
@@ -81,12 +95,15 @@ struct ActiveSession {
 pub struct Writer {
     conn: Connection,
     shared: Arc<Shared>,
-    rx: Receiver<Job>,
+    queue: Arc<JobQueue>,
     pending: VecDeque<Job>,
     session: Option<ActiveSession>,
     stopping: bool,
     /// Something was committed since the last idle checkpoint.
     dirty: bool,
+    /// When the writer last took a job: the idle checkpoint waits for
+    /// `--idle-checkpoint-ms` without one.
+    last_job: Instant,
     /// Request ids are recorded (the table exists and retention is on).
     request_ids: bool,
     last_prune: Option<Instant>,
@@ -104,8 +121,8 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Wraps an open writer connection.
-    pub fn new(mut conn: Connection, shared: Arc<Shared>, rx: Receiver<Job>) -> Writer {
+    /// Wraps an open writer connection that serves the jobs of `queue`.
+    pub fn new(mut conn: Connection, shared: Arc<Shared>, queue: Arc<JobQueue>) -> Writer {
         let deadline_ns = Arc::new(AtomicU64::new(0));
         let epoch = Instant::now();
         let dl = deadline_ns.clone();
@@ -121,11 +138,12 @@ impl Writer {
         Writer {
             conn,
             shared,
-            rx,
+            queue,
             pending: VecDeque::new(),
             session: None,
             stopping: false,
             dirty: false,
+            last_job: Instant::now(),
             request_ids: false,
             last_prune: None,
             id_buf: Vec::new(),
@@ -142,64 +160,86 @@ impl Writer {
         }
     }
 
-    /// Serves jobs until a `Stop` job (or every sender is gone), then checkpoints.
-    pub fn run(mut self) {
-        // Set up by `crate::run` before the broker listens, so the first client that
-        // asks (a reconnecting one deciding whether it may resend) gets the truth.
+    /// Set-up the writer thread does before serving: request ids (set up by
+    /// `crate::run` before the broker listens, so the first client that asks — a
+    /// reconnecting one deciding whether it may resend — gets the truth), pruning,
+    /// the schema version.
+    fn start(&mut self) {
         self.request_ids = self.shared.request_ids.load(Ordering::Relaxed);
         self.prune_request_ids();
         self.refresh_schema_version();
-        while let Some(job) = self.next_job() {
-            if matches!(job.kind, JobKind::Stop) {
-                self.stop();
-                break;
-            }
-            self.dispatch(job);
-        }
-        self.shared.writer_alive.store(false, Ordering::SeqCst);
     }
 
-    fn next_job(&mut self) -> Option<Job> {
-        loop {
-            if let Some(s) = &self.session {
-                let now = Instant::now();
-                if now >= s.lease_deadline {
-                    self.expire_session();
-                    continue;
-                }
-                match self.rx.recv_timeout(s.lease_deadline - now) {
-                    Ok(j) => return Some(j),
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return None,
-                }
-            }
+    /// The next job the writer can take without waiting: parked jobs once no
+    /// session holds the writer, then the queue's. Ends an expired session first.
+    fn next_ready(&mut self) -> Option<Job> {
+        if self.session.as_ref().is_some_and(|s| Instant::now() >= s.lease_deadline) {
+            self.expire_session();
+        }
+        if self.session.is_none() {
             if let Some(j) = self.pending.pop_front() {
                 return Some(j);
             }
-            if !self.dirty {
-                return self.rx.recv().ok();
-            }
-            // Idle after commits: truncate the WAL while nobody writes.
-            match self.rx.recv_timeout(self.shared.config.idle_checkpoint_after) {
-                Ok(j) => return Some(j),
-                Err(RecvTimeoutError::Timeout) => {
-                    self.dirty = false;
-                    if self.last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
-                        self.busy_timeout = Duration::ZERO;
-                        self.conn.busy_timeout(Duration::ZERO).ok();
-                        self.prune_request_ids();
+        }
+        self.queue.try_recv()
+    }
+
+    /// How long the writer thread may sleep: until the session's lease ends, or
+    /// until the idle checkpoint is due after commits; without a deadline else.
+    fn idle_timeout(&self) -> Option<Duration> {
+        if let Some(s) = &self.session {
+            return Some(s.lease_deadline.saturating_duration_since(Instant::now()));
+        }
+        self.dirty.then(|| self.shared.config.idle_checkpoint_after.saturating_sub(self.last_job.elapsed()))
+    }
+
+    /// Idle after commits: truncate the WAL while nobody writes, and now and then
+    /// prune request ids past their retention.
+    fn idle_maintenance(&mut self) {
+        let idle = self.last_job.elapsed() >= self.shared.config.idle_checkpoint_after;
+        if !self.dirty || self.session.is_some() || !idle {
+            return;
+        }
+        self.dirty = false;
+        if self.last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            self.busy_timeout = Duration::ZERO;
+            self.conn.busy_timeout(Duration::ZERO).ok();
+            self.prune_request_ids();
+        }
+        match self.checkpoint(CheckpointMode::Truncate, Duration::ZERO) {
+            Ok(r) => debug!(
+                blocked = r.blocked,
+                wal_frames = r.wal_frames,
+                checkpointed = r.checkpointed_frames,
+                "idle checkpoint"
+            ),
+            Err(e) => debug!("idle checkpoint failed: {}", e.message),
+        }
+    }
+
+    /// Runs queued one-shot writes, in FIFO order, until the job `own` is no longer
+    /// queued (it was answered). Stops early when something else must run first (a
+    /// session holds the writer, jobs are parked behind one, or a job that is not
+    /// a one-shot write is next): the writer thread does that.
+    fn serve_writes(&mut self, own: &AtomicU64, own_queued: u64) {
+        while own.load(Ordering::Acquire) == own_queued {
+            if self.stopping {
+                // The writer thread ran what was queued before the stop and closed
+                // the database: what came later is refused.
+                while let Some(job) = self.queue.try_recv_write() {
+                    if job.claim() {
+                        job.answer(Response::error(ErrorKind::ShuttingDown, SHUTTING_DOWN));
                     }
-                    match self.checkpoint(CheckpointMode::Truncate, Duration::ZERO) {
-                        Ok(r) => debug!(
-                            blocked = r.blocked,
-                            wal_frames = r.wal_frames,
-                            checkpointed = r.checkpointed_frames,
-                            "idle checkpoint"
-                        ),
-                        Err(e) => debug!("idle checkpoint failed: {}", e.message),
-                    }
+                    self.finished(1);
                 }
-                Err(RecvTimeoutError::Disconnected) => return None,
+                return;
+            }
+            if self.session.is_some() || !self.pending.is_empty() {
+                return;
+            }
+            match self.queue.try_recv_write() {
+                Some(job) => self.run_group(job),
+                None => return,
             }
         }
     }
@@ -247,6 +287,7 @@ impl Writer {
     }
 
     fn dispatch(&mut self, job: Job) {
+        self.last_job = Instant::now();
         let holder = self.session.as_ref().map(|s| s.client.id);
         let mine = holder.is_some() && holder == Some(job.client_id());
         match job.kind {
@@ -414,6 +455,7 @@ impl Writer {
     // ----- group commit -------------------------------------------------------
 
     fn run_group(&mut self, first: Job) {
+        self.last_job = Instant::now();
         let cfg = &self.shared.config;
         let (max_n, max_bytes) = (cfg.max_group_requests.max(1), cfg.max_group_bytes);
         let mut group = std::mem::take(&mut self.group);
@@ -432,17 +474,13 @@ impl Writer {
             if group.len() >= max_n || bytes >= max_bytes {
                 break;
             }
-            // FIFO: older jobs parked in `pending` come before the channel's.
-            let candidate = match self.pending.front() {
+            // FIFO: older jobs parked in `pending` come before the queue's, and a
+            // job that is not a one-shot write ends the group.
+            next = match self.pending.front() {
                 Some(j) if matches!(j.kind, JobKind::Write(_)) => self.pending.pop_front(),
                 Some(_) => None,
-                None => self.rx.try_recv().ok(),
+                None => self.queue.try_recv_write(),
             };
-            match candidate {
-                Some(j) if matches!(j.kind, JobKind::Write(_)) => next = Some(j),
-                Some(other) => self.pending.push_back(other),
-                None => {}
-            }
         }
         if !group.is_empty() {
             self.execute_group(&group);
@@ -725,14 +763,7 @@ impl Writer {
             }
             WriteBody::Batch(stmts) => {
                 let mut all = Vec::with_capacity(stmts.len());
-                stmts
-                    .iter()
-                    .try_for_each(|s| {
-                        let mut out = ExecResult::default();
-                        run_sql(&self.conn, &s.sql, &s.params, &mut tracker, limits, &mut out)?;
-                        all.push(out);
-                        Ok(())
-                    })
+                run_batch(&self.conn, stmts, &mut tracker, limits, &mut all)
                     .and_then(|()| tracker.finish())
                     .map(|()| Response::Batch(all))
             }
@@ -954,7 +985,7 @@ impl Writer {
             self.drop_session(session_state::EXPIRED);
         }
         // Answer what was queued before the stop (writes run; sessions are refused).
-        while let Some(job) = self.pending.pop_front().or_else(|| self.rx.try_recv().ok()) {
+        while let Some(job) = self.pending.pop_front().or_else(|| self.queue.try_recv()) {
             match job.kind {
                 JobKind::Stop => {}
                 _ => self.dispatch(job),
@@ -970,6 +1001,109 @@ impl Writer {
             ),
             Err(e) => warn!("final checkpoint failed: {}", e.message),
         }
+        // Close the database now: connection threads keep the writer itself alive
+        // until they notice the shutdown, but the file must be left clean.
+        if let Ok(placeholder) = Connection::open_in_memory() {
+            if let Err((_, e)) = std::mem::replace(&mut self.conn, placeholder).close() {
+                warn!("closing the database failed: {e}");
+            }
+        }
+    }
+}
+
+/// The writer thread has exited: no more jobs are taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterGone;
+
+/// The writer, shared by the writer thread and the connection threads.
+pub struct WriterHandle {
+    core: Mutex<Writer>,
+    queue: Arc<JobQueue>,
+    shared: Arc<Shared>,
+}
+
+impl WriterHandle {
+    /// Shares `writer`.
+    pub fn new(writer: Writer) -> WriterHandle {
+        let (queue, shared) = (writer.queue.clone(), writer.shared.clone());
+        WriterHandle { core: Mutex::new(writer), queue, shared }
+    }
+
+    /// Queues a job for the writer thread.
+    ///
+    /// # Errors
+    /// [`WriterGone`] when the writer thread has exited (the job is dropped).
+    pub fn send(&self, job: Job) -> Result<(), WriterGone> {
+        if !self.shared.writer_alive.load(Ordering::SeqCst) {
+            return Err(WriterGone);
+        }
+        self.queue.push(job, true);
+        Ok(())
+    }
+
+    /// Queues a one-shot write and, when nothing was queued before it and the
+    /// writer is free, serves the queue on this thread until that write is
+    /// answered. Otherwise whoever holds the writer (or the writer thread, woken
+    /// here) serves it.
+    ///
+    /// # Errors
+    /// [`WriterGone`] when the writer thread has exited (the job is dropped).
+    pub fn send_and_serve(&self, job: Job) -> Result<(), WriterGone> {
+        if !self.shared.writer_alive.load(Ordering::SeqCst) {
+            return Err(WriterGone);
+        }
+        let own = job.state.clone();
+        let own_queued = job_state::pack(job.seq, job_state::QUEUED);
+        if self.queue.push(job, false) > 0 {
+            // Others wait already: the writer is busy, and the writer thread
+            // commits them all together (larger groups) without this thread.
+            self.queue.kick(false);
+            return Ok(());
+        }
+        let guard = match self.core.try_lock() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        };
+        let mut committed = false;
+        if let Some(mut w) = guard {
+            let served =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.serve_writes(&own, own_queued)));
+            committed = w.dirty;
+            drop(w);
+            if served.is_err() {
+                self.shared.writer_alive.store(false, Ordering::SeqCst);
+                self.shared.request_stop(StopReason::Fatal("the writer panicked".into()));
+            }
+        }
+        // Whatever this thread did not serve waits for the writer thread.
+        self.queue.kick(committed);
+        Ok(())
+    }
+
+    /// The writer thread: serves jobs until a `Stop` job, then checkpoints and
+    /// closes the database. Sleeps without holding the writer, so that connection
+    /// threads can serve their writes meanwhile.
+    pub fn run(&self) {
+        let mut w = lock(&self.core);
+        w.start();
+        loop {
+            match w.next_ready() {
+                Some(job) if matches!(job.kind, JobKind::Stop) => {
+                    w.stop();
+                    break;
+                }
+                Some(job) => w.dispatch(job),
+                None => {
+                    w.idle_maintenance();
+                    let timeout = w.idle_timeout();
+                    drop(w);
+                    self.queue.wait(timeout);
+                    w = lock(&self.core);
+                }
+            }
+        }
+        self.shared.writer_alive.store(false, Ordering::SeqCst);
     }
 }
 
@@ -985,10 +1119,18 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 pub const SHUTTING_DOWN: &str = "the broker is shutting down and accepts no new work; retry once it is back";
 
 fn mentions_user_version(body: &WriteBody) -> bool {
-    let has = |s: &str| s.to_ascii_lowercase().contains("user_version");
+    let has = |s: &str| s.as_bytes().windows(12).any(|w| w.eq_ignore_ascii_case(b"user_version"));
     match body {
         WriteBody::Execute(s) => has(&s.sql),
-        WriteBody::Batch(v) => v.iter().any(|s| has(&s.sql)),
+        // A bulk batch repeats one statement: look at each text once.
+        WriteBody::Batch(v) => {
+            let mut prev: Option<&str> = None;
+            v.iter().any(|s| {
+                let seen = prev == Some(s.sql.as_str());
+                prev = Some(&s.sql);
+                !seen && has(&s.sql)
+            })
+        }
     }
 }
 
@@ -1040,27 +1182,32 @@ pub fn locked_error(shared: &Shared, attempts: u32, elapsed: Duration) -> ErrorI
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
-    use std::sync::mpsc::{self, SyncSender};
+    use std::sync::mpsc::{self, Receiver};
 
     use litebroker_protocol::Statement;
 
     use super::*;
-    use crate::shared::job_state;
+    use crate::reply::{Reply, ReplyTx};
 
-    fn writer(dir: &Path) -> (Writer, SyncSender<Job>) {
+    fn writer(dir: &Path) -> Writer {
         let config = Config::new(dir.join("w.db"));
         let conn = open_writer(&config.db, &config).expect("open");
         requests::ensure_table(&conn).expect("request-id table");
         let (stop_tx, _) = mpsc::channel();
         let shared = Arc::new(Shared::new(config, "w.db".into(), "w.sock".into(), stop_tx));
-        let (tx, rx) = mpsc::sync_channel(16);
-        let mut w = Writer::new(conn, shared, rx);
+        let mut w = Writer::new(conn, shared, Arc::new(JobQueue::new(16)));
         w.request_ids = true;
-        (w, tx)
+        w
     }
 
-    fn job(sql: &str, id: Option<u8>) -> (Job, Receiver<Response>) {
-        let (reply, rx) = mpsc::sync_channel(1);
+    fn shared_for_replies() -> Arc<Shared> {
+        let (stop_tx, _) = mpsc::channel();
+        Arc::new(Shared::new(Config::new("unused.db"), String::new(), String::new(), stop_tx))
+    }
+
+    fn job(sql: &str, id: Option<u8>) -> (Job, Receiver<Reply>) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let reply = ReplyTx::new(tx, None, &shared_for_replies());
         let now = Instant::now();
         let job = Job {
             kind: JobKind::Write(WriteBody::Execute(Statement::new(sql, vec![]))),
@@ -1081,7 +1228,13 @@ mod tests {
         let (jobs, replies): (Vec<Job>, Vec<_>) =
             sqls.iter().enumerate().map(|(i, s)| job(s, Some(i as u8 + 1))).unzip();
         w.execute_group(&jobs);
-        replies.iter().map(|r| r.try_recv().expect("every request is answered")).collect()
+        replies
+            .iter()
+            .map(|r| match r.try_recv().expect("every request is answered") {
+                Reply::Response(resp) => resp,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
     }
 
     fn count(w: &Writer, sql: &str) -> i64 {
@@ -1105,7 +1258,7 @@ mod tests {
     #[test]
     fn a_failed_commit_reruns_each_request_in_its_own_transaction() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut w, _tx) = writer(dir.path());
+        let mut w = writer(dir.path());
         let (create, _r) = job("CREATE TABLE t (v UNIQUE)", None);
         w.execute_group(std::slice::from_ref(&create));
         fail_commits(&mut w, 1);
@@ -1125,7 +1278,7 @@ mod tests {
     #[test]
     fn a_commit_that_keeps_failing_fails_every_request_and_applies_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut w, _tx) = writer(dir.path());
+        let mut w = writer(dir.path());
         let (create, _r) = job("CREATE TABLE t (v UNIQUE)", None);
         w.execute_group(std::slice::from_ref(&create));
         fail_commits(&mut w, usize::MAX);
@@ -1143,7 +1296,7 @@ mod tests {
     #[test]
     fn a_deferred_violation_fails_only_its_request() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut w, _tx) = writer(dir.path());
+        let mut w = writer(dir.path());
         let (create, _r) = job(
             "CREATE TABLE p (id INTEGER PRIMARY KEY);
              CREATE TABLE t (p INTEGER REFERENCES p(id) DEFERRABLE INITIALLY DEFERRED);
@@ -1175,7 +1328,7 @@ mod tests {
     #[test]
     fn a_resend_answered_from_its_record_is_counted_once_even_when_its_group_reruns() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut w, _tx) = writer(dir.path());
+        let mut w = writer(dir.path());
         let (create, _r) = job("CREATE TABLE t (v)", None);
         w.execute_group(std::slice::from_ref(&create));
         group(&mut w, &["INSERT INTO t VALUES (1)"]);
