@@ -12,7 +12,11 @@
 //!   busy_timeout 5000.
 //! - `direct-deferred`: N processes, `BEGIN; SELECT max(id); INSERT; COMMIT`, retrying
 //!   at once on `SQLITE_BUSY` / `SQLITE_BUSY_SNAPSHOT` (counted) for up to 5 s.
-//! - `broker`: N client processes, one-row writes through litebroker, closed loop.
+//! - `broker`: N client processes, one-row writes through litebroker, closed loop,
+//!   with the broker's defaults: each write carries a request id, which the broker
+//!   records in `_litebroker_requests` in the same transaction (exactly-once).
+//! - `broker-noids` (NORMAL only): the same with request ids off
+//!   (`--request-id-retention-hours 0`), to show what recording them costs.
 //! - `broker-bulk`: one client sending 100,000 one-row INSERTs as one batch.
 //!
 //! Latency figures are those of the worst client: for p50, p99 and max, the largest
@@ -141,6 +145,10 @@ mod bench {
         DirectImmediate,
         DirectDeferred,
         Broker,
+        /// `broker` with request ids off (`--request-id-retention-hours 0`): what
+        /// recording them costs.
+        #[value(name = "broker-noids")]
+        BrokerNoIds,
         BrokerBulk,
     }
 
@@ -152,6 +160,7 @@ mod bench {
                 Mode::DirectImmediate => "direct-immediate",
                 Mode::DirectDeferred => "direct-deferred",
                 Mode::Broker => "broker",
+                Mode::BrokerNoIds => "broker-noids",
                 Mode::BrokerBulk => "broker-bulk",
             }
         }
@@ -163,6 +172,7 @@ mod bench {
                 Mode::DirectImmediate => "direct-immediate",
                 Mode::DirectDeferred => "direct-deferred",
                 Mode::Broker => "broker",
+                Mode::BrokerNoIds => "broker-noids",
                 Mode::BrokerBulk => "broker-bulk",
             }
         }
@@ -180,7 +190,7 @@ mod bench {
         }
 
         fn uses_broker(self) -> bool {
-            matches!(self, Mode::Broker | Mode::BrokerBulk)
+            matches!(self, Mode::Broker | Mode::BrokerNoIds | Mode::BrokerBulk)
         }
     }
 
@@ -441,7 +451,7 @@ mod bench {
                     }
                 }
             }
-            Mode::Broker => {
+            Mode::Broker | Mode::BrokerNoIds => {
                 let mut c = connect(db, client)?;
                 let params = [Value::Text(text.clone())];
                 for _ in 0..WARMUP {
@@ -602,7 +612,7 @@ mod bench {
     fn broker_ping(work: &Path, dur: Duration) -> Result<f64> {
         let dir = tempfile::Builder::new().prefix("lbbench").tempdir_in(work)?;
         let db = dir.path().join("app.db");
-        let mut b = start_broker(&db, SyncMode::Normal)?;
+        let mut b = start_broker(&db, SyncMode::Normal, &[])?;
         let mut c = b.wait_ready(&db)?;
         let mut lat = Vec::new();
         let start = Instant::now();
@@ -754,7 +764,7 @@ mod bench {
         log: mpsc::Receiver<String>,
     }
 
-    fn start_broker(db: &Path, sync: SyncMode) -> Result<BrokerProc> {
+    fn start_broker(db: &Path, sync: SyncMode, extra: &[&str]) -> Result<BrokerProc> {
         let exe = std::env::current_exe()?;
         let bin = exe.with_file_name(format!("litebrokerd{}", std::env::consts::EXE_SUFFIX));
         if !bin.exists() {
@@ -764,6 +774,7 @@ mod bench {
             .arg("--db")
             .arg(db)
             .args(["--synchronous", sync.as_str(), "--log-level", "warn"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -873,7 +884,9 @@ mod bench {
         let mut broker = None;
         let mut status_client = None;
         if mode.uses_broker() {
-            let mut b = start_broker(&db, sync)?;
+            let extra: &[&str] =
+                if mode == Mode::BrokerNoIds { &["--request-id-retention-hours", "0"] } else { &[] };
+            let mut b = start_broker(&db, sync, extra)?;
             status_client = Some(b.wait_ready(&db)?);
             broker = Some(b);
         }
@@ -1088,6 +1101,13 @@ mod bench {
                     for &n in &a.clients {
                         v.push((mode, sync, n));
                     }
+                }
+            }
+            // An extra row, NORMAL only (with FULL the fsync hides it): the
+            // headline `broker` rows run with the broker's defaults.
+            if sync == SyncMode::Normal && wanted(Mode::BrokerNoIds) {
+                for &n in &a.clients {
+                    v.push((Mode::BrokerNoIds, sync, n));
                 }
             }
         }
