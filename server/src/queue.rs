@@ -24,6 +24,8 @@ struct State {
     served: bool,
     /// Senders blocked because the queue is full.
     senders_waiting: usize,
+    /// The writer is shutting down: no job is taken any more.
+    closed: bool,
 }
 
 /// Jobs waiting for the writer, oldest first.
@@ -50,19 +52,33 @@ impl JobQueue {
 
     /// Appends a job; `wake` also wakes the writer thread if it sleeps. Returns
     /// how many jobs were queued before it.
-    pub fn push(&self, job: Job, wake: bool) -> usize {
+    ///
+    /// # Errors
+    /// Gives the job back once the queue is closed (shutdown): nobody would run it.
+    pub fn push(&self, job: Job, wake: bool) -> Result<usize, Box<Job>> {
         let mut st = lock(&self.state);
-        while st.jobs.len() >= self.capacity {
+        while st.jobs.len() >= self.capacity && !st.closed {
             st.senders_waiting += 1;
             st = self.room.wait(st).unwrap_or_else(std::sync::PoisonError::into_inner);
             st.senders_waiting -= 1;
+        }
+        if st.closed {
+            return Err(Box::new(job));
         }
         let ahead = st.jobs.len();
         st.jobs.push_back(job);
         if wake {
             self.wake_writer(&mut st);
         }
-        ahead
+        Ok(ahead)
+    }
+
+    /// Refuses every later job (shutdown); the jobs already queued stay, for the
+    /// writer to finish or refuse. Senders blocked on a full queue are released.
+    pub fn close(&self) {
+        let mut st = lock(&self.state);
+        st.closed = true;
+        self.room.notify_all();
     }
 
     fn wake_writer(&self, st: &mut State) {

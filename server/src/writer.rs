@@ -984,7 +984,10 @@ impl Writer {
             info!("shutting down: rolling back the write session of {}", s.client.describe());
             self.drop_session(session_state::EXPIRED);
         }
-        // Answer what was queued before the stop (writes run; sessions are refused).
+        // Answer what was queued before the stop (writes run; sessions are refused);
+        // what comes later is refused when it is sent (connection threads answer
+        // "shutting down" at once instead of waiting for a writer that is gone).
+        self.queue.close();
         while let Some(job) = self.pending.pop_front().or_else(|| self.queue.try_recv()) {
             match job.kind {
                 JobKind::Stop => {}
@@ -1037,8 +1040,7 @@ impl WriterHandle {
         if !self.shared.writer_alive.load(Ordering::SeqCst) {
             return Err(WriterGone);
         }
-        self.queue.push(job, true);
-        Ok(())
+        self.queue.push(job, true).map(drop).map_err(|_| WriterGone)
     }
 
     /// Queues a one-shot write and, when nothing was queued before it and the
@@ -1054,7 +1056,7 @@ impl WriterHandle {
         }
         let own = job.state.clone();
         let own_queued = job_state::pack(job.seq, job_state::QUEUED);
-        if self.queue.push(job, false) > 0 {
+        if self.queue.push(job, false).map_err(|_| WriterGone)? > 0 {
             // Others wait already: the writer is busy, and the writer thread
             // commits them all together (larger groups) without this thread.
             self.queue.kick(false);
