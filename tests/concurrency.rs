@@ -97,6 +97,18 @@ fn eight_writer_processes_and_two_readers_store_every_row_once() {
     assert!(!log.contains("ERROR") && !log.contains("panicked"), "{log}");
 
     let status = json_summary(&cli(&t.db(), &["--json", "status"]));
+    // The group-commit figures: every row was one committed request.
+    let group_requests = status["group_requests"].as_u64().unwrap();
+    let group_commits = status["group_commits"].as_u64().unwrap();
+    assert!(group_requests >= (WRITERS * ROWS_PER_WRITER) as u64, "{status}");
+    assert!(group_commits >= 1 && group_commits <= group_requests, "{status}");
+    let per_commit = status["requests_per_commit"].as_f64().unwrap();
+    assert!((per_commit - group_requests as f64 / group_commits as f64).abs() < 1e-9, "{status}");
+    assert!(status["max_group"].as_u64().unwrap() >= 1, "{status}");
+    assert!(status["commit_mean_us"].as_f64().unwrap() > 0.0, "{status}");
+    assert!(status["queue_wait_max_us"].as_u64().is_some(), "{status}");
+    let text = stdout(&cli(&t.db(), &["status"]));
+    assert!(text.contains("group commit:") && text.contains("requests each"), "{text}");
     eprintln!(
         "8 writers x {ROWS_PER_WRITER} rows done after {writers_done:?}, whole test {:?}; {total_reads} reads; \
          broker: {} requests in {} commits",

@@ -129,6 +129,8 @@ pub struct Client {
     timeout: Duration,
     /// Set after an I/O failure: the stream's state is unknown, so it is not reused.
     broken: bool,
+    /// The stream's receive timeout in force.
+    recv_timeout: Option<Duration>,
     opts: ConnectOptions,
     reconnects: u64,
     _tracked: Tracked,
@@ -204,6 +206,7 @@ impl Client {
             location,
             timeout: opts.request_timeout,
             broken: false,
+            recv_timeout: None,
             opts: opts.clone(),
             reconnects: 0,
             _tracked: Tracked::new(),
@@ -349,9 +352,14 @@ impl Client {
         let stream = self.reader.get_ref();
         // The Windows pipe does not support timeouts: the pipe watchdog cancels
         // the write or read instead when `wait` runs out.
-        let _ = stream.set_recv_timeout(Some(wait.max(Duration::from_millis(1))));
+        let wait = wait.max(Duration::from_millis(1));
+        // Set only when it changes: one system call less per request.
+        if self.recv_timeout != Some(wait) {
+            let _ = stream.set_recv_timeout(Some(wait));
+            self.recv_timeout = Some(wait);
+        }
         #[cfg(windows)]
-        self.deadline.arm(wait.max(Duration::from_millis(1)));
+        self.deadline.arm(wait);
         let resp = self.send_and_read(req, limit);
         #[cfg(windows)]
         if self.deadline.disarm() {

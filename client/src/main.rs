@@ -272,6 +272,15 @@ fn connect(cli: &Cli) -> Result<Client, Failure> {
     Client::connect_with(&opts).map_err(|e| client_failure(&e, Some(cli)))
 }
 
+/// `total / count`, 0 when nothing was counted yet.
+fn ratio(total: u64, count: u64) -> f64 {
+    if count == 0 {
+        0.0
+    } else {
+        total as f64 / count as f64
+    }
+}
+
 fn ms_to_text(ms: u64) -> String {
     let s = ms / 1000;
     match s {
@@ -331,6 +340,13 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                         "clients": s.clients, "requests": s.requests, "commits": s.commits,
                         "queue_depth": s.queue_depth, "synchronous": s.synchronous,
                         "writer_holder": s.writer_holder,
+                        "group_commits": s.group_commits, "group_requests": s.group_requests,
+                        "requests_per_commit": ratio(s.group_requests, s.group_commits),
+                        "max_group": s.max_group,
+                        "queue_wait_mean_us": ratio(s.queue_wait_us, s.queue_waits),
+                        "queue_wait_max_us": s.max_queue_wait_us,
+                        "commit_mean_us": ratio(s.commit_us, s.group_commits),
+                        "commit_max_us": s.max_commit_us,
                     })
                 );
             } else {
@@ -348,6 +364,22 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 println!("  queue depth:  {}", s.queue_depth);
                 println!("  synchronous:  {}", s.synchronous);
                 println!("  writer:       {}", s.writer_holder.as_deref().unwrap_or("free"));
+                println!(
+                    "  group commit: {} transactions, {:.2} requests each (max {})",
+                    s.group_commits,
+                    ratio(s.group_requests, s.group_commits),
+                    s.max_group
+                );
+                println!(
+                    "  queue wait:   mean {:.1} µs, max {} µs",
+                    ratio(s.queue_wait_us, s.queue_waits),
+                    s.max_queue_wait_us
+                );
+                println!(
+                    "  commit time:  mean {:.1} µs, max {} µs",
+                    ratio(s.commit_us, s.group_commits),
+                    s.max_commit_us
+                );
             }
         }
         Command::Connections => {

@@ -275,6 +275,25 @@ pub struct BrokerStatus {
     /// Whether the broker records request ids, making writes that carry one
     /// exactly-once (a client resends a write after a lost answer only then).
     pub request_ids: bool,
+    /// Group-commit transactions committed since start (one-shot writes only:
+    /// write sessions, migrations and restores are not counted).
+    pub group_commits: u64,
+    /// Requests in those transactions: `group_requests / group_commits` is the mean
+    /// number of requests per commit.
+    pub group_requests: u64,
+    /// The most requests committed in one transaction.
+    pub max_group: u64,
+    /// Requests whose queue wait was measured (every one-shot write the writer took).
+    pub queue_waits: u64,
+    /// Total time those requests waited in the queue for the writer, microseconds.
+    pub queue_wait_us: u64,
+    /// The longest such wait, microseconds.
+    pub max_queue_wait_us: u64,
+    /// Total time spent in the `COMMIT` of group transactions (the fsync with
+    /// `synchronous=full`), microseconds.
+    pub commit_us: u64,
+    /// The longest such `COMMIT`, microseconds.
+    pub max_commit_us: u64,
 }
 
 /// One connected client, as listed by [`Request::Connections`].

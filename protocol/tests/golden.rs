@@ -9,7 +9,8 @@
 //! never edit the bytes of an existing sample.
 //!
 //! One exception was made before protocol 1 was first released: fields were
-//! appended to `BrokerStatus` and `WriterFigures` (request ids). After a release a
+//! appended to `BrokerStatus` (request ids, then the group-commit figures) and
+//! `WriterFigures` (request ids). After a release a
 //! struct gains fields only through a new variant carrying a new struct.
 
 use litebroker_protocol::*;
@@ -229,9 +230,17 @@ fn golden_responses() -> Vec<(Response, &'static str)> {
                 synchronous: "normal".into(),
                 writer_holder: None,
                 request_ids: true,
+                group_commits: 200,
+                group_requests: 290,
+                max_group: 7,
+                queue_waits: 290,
+                queue_wait_us: 5_800,
+                max_queue_wait_us: 410,
+                commit_us: 2_000,
+                max_commit_us: 95,
             }),
-            "2e00000005 4d 072f732e736f636b 092f642f6170702e6462 01 00 05302e312e30\
-             fbe803 02 fb2c01 fa 00 066e6f726d616c 00 01",
+            "4000000005 4d 072f732e736f636b 092f642f6170702e6462 01 00 05302e312e30\
+             fbe803 02 fb2c01 fa 00 066e6f726d616c 00 01 c8 fb2201 07 fb2201 fba816 fb9a01 fbd007 5f",
         ),
         (Response::ShuttingDown, "0100000006"),
         (Response::SessionStarted { waited_ms: 12 }, "02000000070c"),

@@ -41,7 +41,9 @@ pub const RESERVED_PREFIX: &str = "_litebroker";
 thread_local! {
     // Thread-local rather than per connection: the authorizer runs synchronously on
     // the thread that prepares or steps a statement, and the writer connection is
-    // only ever used from the writer thread.
+    // used by one thread at a time (the writer thread, or a connection thread
+    // serving the queue, always under the writer's mutex), so the flag and the
+    // denial belong to the thread running the statement.
     static INTERNAL: Cell<u32> = const { Cell::new(0) };
     static DENIAL: RefCell<Option<String>> = const { RefCell::new(None) };
 }

@@ -1,9 +1,9 @@
 //! One thread per client connection: handshake, frame reading with stall
 //! detection, request routing, hand-off to the writer thread, answers.
 
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,8 +17,9 @@ use litebroker_protocol::{
 use tracing::{debug, info, warn};
 
 use crate::admin;
+use crate::reply::{too_large, Reply, ReplyTx, SharedStream};
 use crate::shared::{job_state, session_state, ClientEntry, Job, JobKind, Shared, StopReason, WriteBody};
-use crate::writer::SHUTTING_DOWN;
+use crate::writer::{WriterHandle, SHUTTING_DOWN};
 
 /// What happened to a frame read.
 enum Incoming {
@@ -35,22 +36,34 @@ struct Conn {
     /// handle is closed.
     #[cfg(windows)]
     deadline: litebroker_client::windows::PipeDeadline,
-    reader: BufReader<Stream>,
+    reader: BufReader<SharedStream>,
     wbuf: Vec<u8>,
     rbuf: Vec<u8>,
     shared: Arc<Shared>,
-    writer: SyncSender<Job>,
+    writer: Arc<WriterHandle>,
     client: Option<Arc<ClientEntry>>,
     peer_pid: Option<u32>,
     accepted: Instant,
     state: Arc<AtomicU64>,
     seq: u64,
-    reply_tx: SyncSender<Response>,
-    reply_rx: Receiver<Response>,
+    reply_tx: ReplyTx,
+    reply_rx: Receiver<Reply>,
+    /// A write whose answer is sent on the socket by whoever runs it.
+    direct: Option<DirectWrite>,
+    /// The socket's receive timeout in force.
+    recv_timeout: Duration,
+}
+
+/// A write in flight whose answer goes straight to the socket (see `crate::reply`).
+#[derive(Debug, Clone, Copy)]
+struct DirectWrite {
+    seq: u64,
+    deadline: Instant,
+    timeout: Duration,
 }
 
 /// Serves one client until it leaves, misbehaves or the broker stops.
-pub fn serve(stream: Stream, shared: Arc<Shared>, writer: SyncSender<Job>, peer_pid: Option<u32>) {
+pub fn serve(stream: Stream, shared: Arc<Shared>, writer: Arc<WriterHandle>, peer_pid: Option<u32>) {
     let io_timeout = shared.config.io_timeout;
     // Unix sockets honour these; on Windows the pipe does not support them and the
     // pipe watchdog disconnects a client that misses the same deadlines.
@@ -60,11 +73,14 @@ pub fn serve(stream: Stream, shared: Arc<Shared>, writer: SyncSender<Job>, peer_
     let deadline = litebroker_client::windows::PipeDeadline::new(&stream, true);
     #[cfg(windows)]
     deadline.arm(shared.config.handshake_timeout);
-    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+    // Shared with the threads that answer small writes on the socket directly.
+    let stream = Arc::new(stream);
+    let (tx, reply_rx) = mpsc::sync_channel(1);
+    let reply_tx = ReplyTx::new(tx, Some(stream.clone()), &shared);
     let mut conn = Conn {
         #[cfg(windows)]
         deadline,
-        reader: BufReader::with_capacity(64 * 1024, stream),
+        reader: BufReader::with_capacity(64 * 1024, SharedStream(stream)),
         wbuf: Vec::with_capacity(4096),
         rbuf: Vec::with_capacity(4096),
         shared,
@@ -76,6 +92,8 @@ pub fn serve(stream: Stream, shared: Arc<Shared>, writer: SyncSender<Job>, peer_
         seq: 0,
         reply_tx,
         reply_rx,
+        direct: None,
+        recv_timeout: io_timeout,
     };
     if let Err(e) = conn.run() {
         let who = conn.client.as_ref().map_or_else(|| "unidentified client".into(), |c| c.describe());
@@ -152,8 +170,15 @@ impl Conn {
                     continue;
                 }
             };
+            // Answers go out in request order: a client that sent this before
+            // reading the previous answer waits for it to be sent first.
+            self.settle_direct(true)?;
             self.shared.counters.requests.fetch_add(1, Ordering::Relaxed);
             self.shared.counters.in_flight.fetch_add(1, Ordering::SeqCst);
+            let req = match self.try_direct(req) {
+                Ok(()) => continue,
+                Err(req) => req,
+            };
             let (resp, keep_open) = self.handle(req);
             let sent = self.send(&resp);
             self.shared.counters.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -173,6 +198,7 @@ impl Conn {
                 Ok([]) => return Ok(Incoming::Closed),
                 Ok(_) => break,
                 Err(e) if is_timeout(&e) => {
+                    self.settle_direct(false)?;
                     if self.shared.is_shutting_down() {
                         return Ok(Incoming::Closed);
                     }
@@ -198,7 +224,8 @@ impl Conn {
         };
         let read = read_frame_after::<_, Request>(&mut frame, [0; FRAME_HEADER_LEN], 0, max, &mut self.rbuf);
         if frame.shortened {
-            let _ = self.reader.get_ref().set_recv_timeout(Some(io_timeout));
+            let _ = self.reader.get_ref().0.set_recv_timeout(Some(io_timeout));
+            self.recv_timeout = io_timeout;
         }
         #[cfg(windows)]
         self.deadline.disarm();
@@ -230,22 +257,165 @@ impl Conn {
     }
 
     fn write_answer(&mut self, resp: &Response, max: u32) -> Result<(), FrameError> {
-        let stream = self.reader.get_ref();
+        let stream: &Stream = &self.reader.get_ref().0;
         match write_frame(&mut &*stream, resp, &mut self.wbuf, max) {
             Err(FrameError::TooLarge { len, max }) => {
-                let msg = format!(
-                    "the answer ({len} bytes) exceeds the maximum frame size of {max} bytes \
-                     (--max-frame-bytes); if this was a write, it was applied; ask for fewer rows"
-                );
-                write_frame(
-                    &mut &*stream,
-                    &Response::error(ErrorKind::LimitExceeded, msg),
-                    &mut self.wbuf,
-                    max,
-                )
+                write_frame(&mut &*stream, &too_large(len, max), &mut self.wbuf, max)
             }
             other => other,
         }
+    }
+
+    /// Runs a one-shot write whose answer is small (see [`small_answer`]) without
+    /// waiting for it: the thread that commits it sends the answer on the socket,
+    /// and this thread goes back to reading. Gives other requests back.
+    fn try_direct(&mut self, req: Request) -> Result<(), Request> {
+        let Some(client) = self.client.clone() else { return Err(req) };
+        let Request::Execute { stmt, opts } = req else { return Err(req) };
+        let schema = self.shared.schema_version.load(Ordering::Relaxed);
+        // Anything that is answered with an error before it reaches the writer, or
+        // that runs in a session, takes the normal path.
+        if !self.reply_tx.can_send_directly()
+            || !small_answer(&stmt.sql)
+            || self.check_statement(&stmt).is_err()
+            || self.shared.is_shutting_down()
+            || client.session.load(Ordering::SeqCst) != session_state::NONE
+            || client.expected_schema.is_some_and(|e| e > schema)
+        {
+            return Err(Request::Execute { stmt, opts });
+        }
+        client.requests.fetch_add(1, Ordering::Relaxed);
+        let timeout = self.timeout_of(opts.timeout_ms);
+        let now = Instant::now();
+        self.seq += 1;
+        let seq = self.seq;
+        self.state.store(job_state::pack(seq, job_state::QUEUED), Ordering::SeqCst);
+        self.reply_tx.arm(seq);
+        let job = Job {
+            kind: JobKind::Write(WriteBody::Execute(stmt)),
+            opts,
+            client: Some(client),
+            deadline: now + timeout,
+            enqueued: now,
+            state: self.state.clone(),
+            seq,
+            reply: Some(self.reply_tx.clone()),
+        };
+        self.direct = Some(DirectWrite { seq, deadline: now + timeout, timeout });
+        self.shared.counters.queued.fetch_add(1, Ordering::Relaxed);
+        if self.writer.send_and_serve(job).is_err() {
+            self.shared.counters.queued.fetch_sub(1, Ordering::Relaxed);
+            self.reply_tx.disarm();
+            self.direct = None;
+            let resp = Response::error(ErrorKind::ShuttingDown, SHUTTING_DOWN);
+            let sent = self.send(&resp);
+            self.shared.counters.in_flight.fetch_sub(1, Ordering::SeqCst);
+            // A failed send shows on the next read.
+            drop(sent);
+        } else if self.direct.is_some() {
+            // Wake up in time to cancel the write if it is still queued then.
+            self.set_recv_timeout(self.shared.config.io_timeout.min(timeout));
+        }
+        Ok(())
+    }
+
+    fn set_recv_timeout(&mut self, t: Duration) {
+        let t = t.max(Duration::from_millis(1));
+        if t != self.recv_timeout {
+            let _ = self.reader.get_ref().0.set_recv_timeout(Some(t));
+            self.recv_timeout = t;
+        }
+    }
+
+    /// Completes the direct write in flight, if any: takes note that its answer
+    /// was sent, sends what remains of it, or, once its deadline passed while it
+    /// still waits in the queue, cancels it and answers "timed out". With `block`,
+    /// waits for the answer (the client sent its next request without reading).
+    fn settle_direct(&mut self, block: bool) -> Result<(), FrameError> {
+        while let Some(d) = self.direct {
+            let got = if block {
+                let left = d.deadline.saturating_duration_since(Instant::now());
+                match self.reply_rx.recv_timeout(left.clamp(Duration::from_millis(1), Duration::from_secs(1)))
+                {
+                    Ok(r) => Some(r),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => unreachable!("this connection holds a sender"),
+                }
+            } else {
+                match self.reply_rx.try_recv() {
+                    Ok(r) => Some(r),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => unreachable!("this connection holds a sender"),
+                }
+            };
+            match got {
+                Some(reply) => {
+                    self.direct = None;
+                    // Only an answer sent in full was counted out by its sender.
+                    let sent = match reply {
+                        Reply::Sent => Ok(()),
+                        Reply::Rest(bytes) => {
+                            let stream: &Stream = &self.reader.get_ref().0;
+                            let r = (&mut &*stream).write_all(&bytes).map_err(FrameError::from);
+                            self.shared.counters.in_flight.fetch_sub(1, Ordering::SeqCst);
+                            r
+                        }
+                        Reply::Response(resp) => {
+                            let r = self.send(&resp);
+                            self.shared.counters.in_flight.fetch_sub(1, Ordering::SeqCst);
+                            r
+                        }
+                    };
+                    sent?;
+                }
+                None if (Instant::now() >= d.deadline
+                    || !self.shared.writer_alive.load(Ordering::SeqCst))
+                    && self.cancel(d.seq) =>
+                {
+                    self.reply_tx.disarm();
+                    self.direct = None;
+                    let resp = if Instant::now() >= d.deadline {
+                        self.timed_out(d.timeout)
+                    } else {
+                        Response::error(ErrorKind::ShuttingDown, SHUTTING_DOWN)
+                    };
+                    let sent = self.send(&resp);
+                    self.shared.counters.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    sent?;
+                }
+                None if block => {}
+                None => {
+                    let left = d.deadline.saturating_duration_since(Instant::now());
+                    self.set_recv_timeout(self.shared.config.io_timeout.min(left));
+                    return Ok(());
+                }
+            }
+        }
+        self.set_recv_timeout(self.shared.config.io_timeout);
+        Ok(())
+    }
+
+    /// Cancels job `seq` if the writer has not taken it yet.
+    fn cancel(&self, seq: u64) -> bool {
+        self.state
+            .compare_exchange(
+                job_state::pack(seq, job_state::QUEUED),
+                job_state::pack(seq, job_state::CANCELLED),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    fn timed_out(&self, timeout: Duration) -> Response {
+        Response::error(
+            ErrorKind::Timeout,
+            format!(
+                "timed out after {:.1} s waiting for the writer: {}",
+                timeout.as_secs_f64(),
+                self.shared.describe_contention()
+            ),
+        )
     }
 
     /// Answers one request; the flag says whether to keep the connection open.
@@ -373,6 +543,7 @@ impl Conn {
 
     fn status(&self) -> BrokerStatus {
         let s = &self.shared;
+        let c = &s.counters;
         BrokerStatus {
             pid: std::process::id(),
             socket: s.socket.clone(),
@@ -390,6 +561,14 @@ impl Conn {
                 .holder()
                 .map(|h| format!("{} for {:.1} s", h.client.describe(), h.since.elapsed().as_secs_f64())),
             request_ids: s.request_ids.load(Ordering::Relaxed),
+            group_commits: c.group_commits.load(Ordering::Relaxed),
+            group_requests: c.committed_requests.load(Ordering::Relaxed),
+            max_group: c.max_group.load(Ordering::Relaxed),
+            queue_waits: c.queue_waits.load(Ordering::Relaxed),
+            queue_wait_us: c.queue_wait_us.load(Ordering::Relaxed),
+            max_queue_wait_us: c.max_queue_wait_us.load(Ordering::Relaxed),
+            commit_us: c.commit_us.load(Ordering::Relaxed),
+            max_commit_us: c.max_commit_us.load(Ordering::Relaxed),
         }
     }
 
@@ -529,34 +708,25 @@ impl Conn {
             reply: Some(self.reply_tx.clone()),
         };
         self.shared.counters.queued.fetch_add(1, Ordering::Relaxed);
-        if self.writer.send(job).is_err() {
+        let queued = if matches!(job.kind, JobKind::Write(_)) {
+            self.writer.send_and_serve(job)
+        } else {
+            self.writer.send(job)
+        };
+        if queued.is_err() {
             self.shared.counters.queued.fetch_sub(1, Ordering::Relaxed);
             return Response::error(ErrorKind::ShuttingDown, SHUTTING_DOWN);
         }
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.reply_rx.recv_timeout(left.clamp(Duration::from_millis(1), Duration::from_secs(1))) {
-                Ok(resp) => return resp,
+                Ok(Reply::Response(resp)) => return resp,
+                Ok(other) => {
+                    return Response::error(ErrorKind::Internal, format!("unexpected reply {other:?}"));
+                }
                 Err(RecvTimeoutError::Timeout) => {
-                    if Instant::now() >= deadline
-                        && self
-                            .state
-                            .compare_exchange(
-                                job_state::pack(seq, job_state::QUEUED),
-                                job_state::pack(seq, job_state::CANCELLED),
-                                Ordering::AcqRel,
-                                Ordering::Acquire,
-                            )
-                            .is_ok()
-                    {
-                        return Response::error(
-                            ErrorKind::Timeout,
-                            format!(
-                                "timed out after {:.1} s waiting for the writer: {}",
-                                timeout.as_secs_f64(),
-                                self.shared.describe_contention()
-                            ),
-                        );
+                    if Instant::now() >= deadline && self.cancel(seq) {
+                        return self.timed_out(timeout);
                     }
                     if !self.shared.writer_alive.load(Ordering::SeqCst) {
                         return Response::error(ErrorKind::ShuttingDown, SHUTTING_DOWN);
@@ -597,7 +767,7 @@ impl Conn {
 /// The socket's receive timeout alone restarts at every read, so a peer sending a
 /// byte now and then would hold its connection, and its thread, forever.
 struct FrameDeadline<'a> {
-    reader: &'a mut BufReader<Stream>,
+    reader: &'a mut BufReader<SharedStream>,
     deadline: Instant,
     /// Whether the socket's receive timeout was changed and must be restored.
     shortened: bool,
@@ -615,7 +785,7 @@ impl Read for FrameDeadline<'_> {
                 ));
             }
             // Unsupported on Windows pipes: there, the per-request deadlines bound the work.
-            let _ = self.reader.get_ref().set_recv_timeout(Some(left.max(Duration::from_millis(1))));
+            let _ = self.reader.get_ref().0.set_recv_timeout(Some(left.max(Duration::from_millis(1))));
             self.shortened = true;
         }
         self.reader.read(buf)
@@ -643,6 +813,19 @@ fn check_migrations(migrations: &[Migration]) -> Result<(), ErrorInfo> {
 
 fn version_mismatch(client_protocol: u32) -> String {
     format!("it speaks protocol {client_protocol}, this broker speaks protocol {PROTOCOL_VERSION}")
+}
+
+/// True when the answer to `sql` is certainly small: a single INSERT, UPDATE,
+/// DELETE or REPLACE without RETURNING answers with a fixed-size result (or an
+/// error message), which a socket always takes without blocking when the client
+/// reads its answers.
+fn small_answer(sql: &str) -> bool {
+    let s = sql.trim();
+    let s = s.strip_suffix(';').unwrap_or(s);
+    let starts = |kw: &str| s.get(..kw.len()).is_some_and(|p| p.eq_ignore_ascii_case(kw));
+    (starts("INSERT") || starts("UPDATE") || starts("DELETE") || starts("REPLACE"))
+        && !s.contains(';')
+        && !s.as_bytes().windows(9).any(|w| w.eq_ignore_ascii_case(b"returning"))
 }
 
 fn incompatible(client_protocol: u32) -> Response {

@@ -11,6 +11,8 @@ pub mod authorizer;
 pub mod config;
 mod conn;
 mod instance;
+mod queue;
+mod reply;
 pub mod requests;
 pub mod shared;
 pub mod sqlexec;
@@ -124,16 +126,16 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), BrokerEr
         Arc::new(shared::Shared::new(config, db_path.clone(), location.socket.clone(), stop_tx.clone()));
     shared.request_ids.store(request_ids, Ordering::Relaxed);
     // One job in flight per connection, plus stop and disconnect notices.
-    let (job_tx, job_rx) = mpsc::sync_channel(shared.config.max_clients * 2 + 16);
+    let queue = Arc::new(queue::JobQueue::new(shared.config.max_clients * 2 + 16));
+    let writer = Arc::new(writer::WriterHandle::new(writer::Writer::new(conn, shared.clone(), queue)));
     let writer_thread = {
         let shared = shared.clone();
+        let writer = writer.clone();
         thread::Builder::new()
             .name("lb-writer".into())
             .spawn(move || {
                 let stop = shared.clone();
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-                    writer::Writer::new(conn, shared, job_rx).run()
-                }));
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || writer.run()));
                 if r.is_err() {
                     stop.writer_alive.store(false, Ordering::SeqCst);
                     stop.request_stop(StopReason::Fatal("the writer thread panicked".into()));
@@ -143,10 +145,10 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), BrokerEr
     };
     let acceptor = {
         let shared = shared.clone();
-        let job_tx = job_tx.clone();
+        let writer = writer.clone();
         thread::Builder::new()
             .name("lb-accept".into())
-            .spawn(move || accept_loop(listener, shared, job_tx))
+            .spawn(move || accept_loop(listener, shared, writer))
             .map_err(io_err("cannot start the accept thread"))?
     };
     lock.record(&location);
@@ -176,7 +178,7 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), BrokerEr
     if acceptor.join().is_err() {
         warn!("the accept thread panicked");
     }
-    let _ = job_tx.send(shared::Job {
+    let _ = writer.send(shared::Job {
         kind: shared::JobKind::Stop,
         opts: Default::default(),
         client: None,
@@ -215,7 +217,7 @@ fn describe(reason: &StopReason) -> String {
     }
 }
 
-fn accept_loop(listener: Listener, shared: Arc<shared::Shared>, job_tx: mpsc::SyncSender<shared::Job>) {
+fn accept_loop(listener: Listener, shared: Arc<shared::Shared>, writer: Arc<writer::WriterHandle>) {
     let mut failures = 0u32;
     for incoming in listener.incoming() {
         if shared.is_shutting_down() {
@@ -254,11 +256,15 @@ fn accept_loop(listener: Listener, shared: Arc<shared::Shared>, job_tx: mpsc::Sy
             continue;
         }
         shared.connections.fetch_add(1, Ordering::SeqCst);
-        let (s2, tx2) = (shared.clone(), job_tx.clone());
-        let spawned = thread::Builder::new().name("lb-conn".into()).stack_size(256 * 1024).spawn(move || {
-            conn::serve(stream, s2.clone(), tx2, peer_pid);
-            s2.connections.fetch_sub(1, Ordering::SeqCst);
-        });
+        let (s2, w2) = (shared.clone(), writer.clone());
+        // Connection threads run SQLite when they serve the writer's queue, so
+        // they get the stack a SQLite thread needs (virtual memory: only what is
+        // touched is resident).
+        let spawned =
+            thread::Builder::new().name("lb-conn".into()).stack_size(2 * 1024 * 1024).spawn(move || {
+                conn::serve(stream, s2.clone(), w2, peer_pid);
+                s2.connections.fetch_sub(1, Ordering::SeqCst);
+            });
         if let Err(e) = spawned {
             shared.connections.fetch_sub(1, Ordering::SeqCst);
             warn!("cannot start a connection thread: {e}");

@@ -2,13 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::mpsc::{Sender, SyncSender};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use litebroker_protocol::{CheckpointMode, CheckpointReport, Response, Statement, WriteOptions};
 
 use crate::config::Config;
+use crate::reply::ReplyTx;
 
 /// Why the broker stops.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,12 +77,24 @@ pub struct Holder {
 pub struct Counters {
     /// Requests served (all kinds).
     pub requests: AtomicU64,
-    /// Write transactions committed.
+    /// Write transactions committed (groups, sessions, migrations, restores).
     pub commits: AtomicU64,
-    /// Write requests committed (sum of group sizes).
+    /// Group-commit transactions committed (one-shot writes only).
+    pub group_commits: AtomicU64,
+    /// Write requests committed in them (sum of group sizes).
     pub committed_requests: AtomicU64,
     /// Largest group committed.
     pub max_group: AtomicU64,
+    /// One-shot writes taken by the writer (their queue wait is measured).
+    pub queue_waits: AtomicU64,
+    /// Sum of their queue waits, µs.
+    pub queue_wait_us: AtomicU64,
+    /// Longest queue wait, µs.
+    pub max_queue_wait_us: AtomicU64,
+    /// Sum of group `COMMIT` durations, µs.
+    pub commit_us: AtomicU64,
+    /// Longest group `COMMIT`, µs.
+    pub max_commit_us: AtomicU64,
     /// Jobs submitted to the writer and not yet taken.
     pub queued: AtomicUsize,
     /// Times the writer found the database locked by another process.
@@ -321,7 +334,7 @@ pub struct Job {
     /// This job's sequence number on its connection.
     pub seq: u64,
     /// Where the answer goes.
-    pub reply: Option<SyncSender<Response>>,
+    pub reply: Option<ReplyTx>,
 }
 
 impl Job {
@@ -337,11 +350,10 @@ impl Job {
             .is_ok()
     }
 
-    /// Sends the answer. Never blocks: each connection has one job in flight and a
-    /// reply slot of one.
+    /// Sends the answer (see [`ReplyTx::send`]); never blocks.
     pub fn answer(&self, resp: Response) {
         if let Some(tx) = &self.reply {
-            let _ = tx.try_send(resp);
+            tx.send(self.seq, resp);
         }
     }
 

@@ -2,7 +2,7 @@
 //! distribution, transaction-control statements, result collection, error mapping.
 
 use litebroker_client::sqlvalue::{bind_params, collect_rows};
-use litebroker_protocol::{ErrorInfo, ErrorKind, ExecResult, SqliteCode, Value};
+use litebroker_protocol::{ErrorInfo, ErrorKind, ExecResult, SqliteCode, Statement, Value};
 use rusqlite::fallible_iterator::FallibleIterator;
 use rusqlite::{Batch, Connection};
 
@@ -284,16 +284,8 @@ pub fn run_sql(
     // an inner `;` takes the statement-by-statement path: a later statement may
     // depend on an earlier one (CREATE TABLE t …; CREATE INDEX … ON t) and cannot be
     // prepared before it ran.
-    let ctl = classify(sql);
-    // SQL naming the broker's own tables is never served from the statement cache:
-    // a cached copy may have been prepared, and authorized, for the broker itself.
-    if ctl == TxControl::None
-        && !sql.trim_end().trim_end_matches(';').contains(';')
-        && !crate::authorizer::mentions_reserved(sql)
-    {
-        crate::authorizer::check_text(sql)?;
-        let mut stmt = conn.prepare_cached(sql).map_err(|e| sql_error(&e))?;
-        tracker.admit(&ctl)?;
+    if let Some(mut stmt) = prepare_single(conn, sql)? {
+        tracker.admit(&TxControl::None)?;
         if stmt.parameter_count() != params.len() {
             return Err(param_count_error(stmt.parameter_count(), params.len()));
         }
@@ -322,6 +314,71 @@ pub fn run_sql(
     }
     if used != params.len() {
         return Err(param_count_error(used, params.len()));
+    }
+    Ok(())
+}
+
+/// The fast path: a single statement that is not transaction control, prepared
+/// once and cached across requests; `None` for text that must run statement by
+/// statement.
+fn prepare_single<'c>(
+    conn: &'c Connection,
+    sql: &str,
+) -> Result<Option<rusqlite::CachedStatement<'c>>, ErrorInfo> {
+    // SQL naming the broker's own tables is never served from the statement cache:
+    // a cached copy may have been prepared, and authorized, for the broker itself.
+    if classify(sql) != TxControl::None
+        || sql.trim_end().trim_end_matches(';').contains(';')
+        || crate::authorizer::mentions_reserved(sql)
+    {
+        return Ok(None);
+    }
+    crate::authorizer::check_text(sql)?;
+    conn.prepare_cached(sql).map(Some).map_err(|e| sql_error(&e))
+}
+
+/// Runs the statements of a batch request in order, one result each in `out`.
+/// Consecutive statements with the same SQL text share one prepared statement
+/// (checked and authorized once), as a bulk load sends the same INSERT thousands
+/// of times.
+///
+/// # Errors
+/// The first failing statement's error; the caller rolls the request back.
+pub fn run_batch(
+    conn: &Connection,
+    stmts: &[Statement],
+    tracker: &mut Tracker,
+    limits: ExecLimits,
+    out: &mut Vec<ExecResult>,
+) -> Result<(), ErrorInfo> {
+    let mut last: Option<(&str, rusqlite::CachedStatement<'_>)> = None;
+    for s in stmts {
+        let mut r = ExecResult::default();
+        match &mut last {
+            Some((sql, stmt)) if *sql == s.sql => {
+                tracker.admit(&TxControl::None)?;
+                if stmt.parameter_count() != s.params.len() {
+                    return Err(param_count_error(stmt.parameter_count(), s.params.len()));
+                }
+                run_one(conn, stmt, &s.params, limits, &mut r)?;
+            }
+            _ => {
+                // Back to the cache before anything else is prepared.
+                last = None;
+                match prepare_single(conn, &s.sql)? {
+                    Some(mut stmt) => {
+                        tracker.admit(&TxControl::None)?;
+                        if stmt.parameter_count() != s.params.len() {
+                            return Err(param_count_error(stmt.parameter_count(), s.params.len()));
+                        }
+                        run_one(conn, &mut stmt, &s.params, limits, &mut r)?;
+                        last = Some((&s.sql, stmt));
+                    }
+                    None => run_sql(conn, &s.sql, &s.params, tracker, limits, &mut r)?,
+                }
+            }
+        }
+        out.push(r);
     }
     Ok(())
 }
@@ -444,6 +501,49 @@ mod tests {
         assert_eq!(r.changes, 1);
         let (r, _) = run(&c, "SELECT ';' AS semi;", &[], Mode::OneShot).unwrap();
         assert_eq!(r.rows, vec![vec![Value::Text(";".into())]]);
+    }
+
+    #[test]
+    fn batches_reuse_statements_and_keep_per_statement_results() {
+        let c = Connection::open_in_memory().unwrap();
+        let ins = |v: i64| Statement::new("INSERT INTO t(v) VALUES (?)", vec![v.into()]);
+        let stmts = vec![
+            Statement::new("CREATE TABLE t(id INTEGER PRIMARY KEY, v UNIQUE)", vec![]),
+            ins(1),
+            ins(2),
+            Statement::new("UPDATE t SET v = v * 10 RETURNING v", vec![]),
+            ins(3),
+            Statement::new(
+                "INSERT INTO t(v) VALUES (?); INSERT INTO t(v) VALUES (?)",
+                vec![4.into(), 5.into()],
+            ),
+            ins(6),
+        ];
+        let mut t = Tracker::new(Mode::OneShot);
+        let mut out = Vec::new();
+        run_batch(&c, &stmts, &mut t, ExecLimits { max_rows: 10 }, &mut out).unwrap();
+        let ids: Vec<i64> = out.iter().map(|r| r.last_insert_rowid).collect();
+        assert_eq!(ids, [0, 1, 2, 2, 3, 5, 6]);
+        assert_eq!(out[3].rows, [[Value::Integer(10)], [Value::Integer(20)]]);
+        assert_eq!(out[5].changes, 2);
+        let e = run_batch(
+            &c,
+            &[ins(7), Statement::new("INSERT INTO t(v) VALUES (?)", vec![])],
+            &mut t,
+            ExecLimits { max_rows: 10 },
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("1 parameter placeholder(s) but 0"), "{e}");
+        let e = run_batch(&c, &[ins(8), ins(8)], &mut t, ExecLimits { max_rows: 10 }, &mut Vec::new())
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Constraint);
+        // Repeats of a refused statement are refused too (checked on the first).
+        let vacuum = Statement::new("VACUUM", vec![]);
+        let e =
+            run_batch(&c, &[vacuum.clone(), vacuum], &mut t, ExecLimits { max_rows: 10 }, &mut Vec::new())
+                .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotAllowed);
     }
 
     #[test]

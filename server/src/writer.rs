@@ -6,12 +6,23 @@
 //! request so a failing request rolls back only itself, `COMMIT`, then every caller
 //! is answered. A write session holds the writer exclusively; jobs of other clients
 //! wait in FIFO order meanwhile.
+//!
+//! The [`Writer`] sits behind a mutex in [`WriterHandle`]: a connection thread that
+//! queues a one-shot write while nothing is queued and finds the writer free runs
+//! the queued writes itself (in FIFO order, as the writer thread would) until its
+//! own is answered, which spares the hand-off to the writer thread and back.
+//! Everything else (sessions and the writes parked behind them, lease expiry,
+//! admin jobs, disconnects, the idle checkpoint and request-id pruning, shutdown,
+//! and writes queued while the writer is busy) is served by the writer thread,
+//! which sleeps while the queue is empty. Whichever thread runs a statement, it
+//! runs it under the mutex, so the connection is never used by two at once, and
+//! the thread-local state SQLite's callbacks rely on (the authorizer's
+//! `internal()` flag and denial reason) belongs to the thread that runs it.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use litebroker_client::ops;
@@ -23,9 +34,12 @@ use rusqlite::{Connection, OpenFlags};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::queue::JobQueue;
 use crate::requests;
-use crate::shared::{session_state, ClientEntry, Holder, Job, JobKind, Shared, WriteBody};
-use crate::sqlexec::{run_sql, sql_error, ExecLimits, Mode, SessionEnd, Tracker};
+use crate::shared::{
+    job_state, lock, session_state, ClientEntry, Holder, Job, JobKind, Shared, StopReason, WriteBody,
+};
+use crate::sqlexec::{run_batch, run_sql, sql_error, ExecLimits, Mode, SessionEnd, Tracker};
 
 /// Opens the writer connection with the notes' PRAGMAs.
 ///
@@ -81,12 +95,15 @@ struct ActiveSession {
 pub struct Writer {
     conn: Connection,
     shared: Arc<Shared>,
-    rx: Receiver<Job>,
+    queue: Arc<JobQueue>,
     pending: VecDeque<Job>,
     session: Option<ActiveSession>,
     stopping: bool,
     /// Something was committed since the last idle checkpoint.
     dirty: bool,
+    /// When the writer last took a job: the idle checkpoint waits for
+    /// `--idle-checkpoint-ms` without one.
+    last_job: Instant,
     /// Request ids are recorded (the table exists and retention is on).
     request_ids: bool,
     last_prune: Option<Instant>,
@@ -99,11 +116,13 @@ pub struct Writer {
     busy_timeout: Duration,
     group: Vec<Job>,
     results: Vec<Result<Response, ErrorInfo>>,
+    /// Requests of the running group answered from their request-id record.
+    group_dedup: u64,
 }
 
 impl Writer {
-    /// Wraps an open writer connection.
-    pub fn new(mut conn: Connection, shared: Arc<Shared>, rx: Receiver<Job>) -> Writer {
+    /// Wraps an open writer connection that serves the jobs of `queue`.
+    pub fn new(mut conn: Connection, shared: Arc<Shared>, queue: Arc<JobQueue>) -> Writer {
         let deadline_ns = Arc::new(AtomicU64::new(0));
         let epoch = Instant::now();
         let dl = deadline_ns.clone();
@@ -119,11 +138,12 @@ impl Writer {
         Writer {
             conn,
             shared,
-            rx,
+            queue,
             pending: VecDeque::new(),
             session: None,
             stopping: false,
             dirty: false,
+            last_job: Instant::now(),
             request_ids: false,
             last_prune: None,
             id_buf: Vec::new(),
@@ -136,67 +156,90 @@ impl Writer {
             busy_timeout,
             group: Vec::new(),
             results: Vec::new(),
+            group_dedup: 0,
         }
     }
 
-    /// Serves jobs until a `Stop` job (or every sender is gone), then checkpoints.
-    pub fn run(mut self) {
-        // Set up by `crate::run` before the broker listens, so the first client that
-        // asks (a reconnecting one deciding whether it may resend) gets the truth.
+    /// Set-up the writer thread does before serving: request ids (set up by
+    /// `crate::run` before the broker listens, so the first client that asks — a
+    /// reconnecting one deciding whether it may resend — gets the truth), pruning,
+    /// the schema version.
+    fn start(&mut self) {
         self.request_ids = self.shared.request_ids.load(Ordering::Relaxed);
         self.prune_request_ids();
         self.refresh_schema_version();
-        while let Some(job) = self.next_job() {
-            if matches!(job.kind, JobKind::Stop) {
-                self.stop();
-                break;
-            }
-            self.dispatch(job);
-        }
-        self.shared.writer_alive.store(false, Ordering::SeqCst);
     }
 
-    fn next_job(&mut self) -> Option<Job> {
-        loop {
-            if let Some(s) = &self.session {
-                let now = Instant::now();
-                if now >= s.lease_deadline {
-                    self.expire_session();
-                    continue;
-                }
-                match self.rx.recv_timeout(s.lease_deadline - now) {
-                    Ok(j) => return Some(j),
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return None,
-                }
-            }
+    /// The next job the writer can take without waiting: parked jobs once no
+    /// session holds the writer, then the queue's. Ends an expired session first.
+    fn next_ready(&mut self) -> Option<Job> {
+        if self.session.as_ref().is_some_and(|s| Instant::now() >= s.lease_deadline) {
+            self.expire_session();
+        }
+        if self.session.is_none() {
             if let Some(j) = self.pending.pop_front() {
                 return Some(j);
             }
-            if !self.dirty {
-                return self.rx.recv().ok();
-            }
-            // Idle after commits: truncate the WAL while nobody writes.
-            match self.rx.recv_timeout(self.shared.config.idle_checkpoint_after) {
-                Ok(j) => return Some(j),
-                Err(RecvTimeoutError::Timeout) => {
-                    self.dirty = false;
-                    if self.last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
-                        self.busy_timeout = Duration::ZERO;
-                        self.conn.busy_timeout(Duration::ZERO).ok();
-                        self.prune_request_ids();
+        }
+        self.queue.try_recv()
+    }
+
+    /// How long the writer thread may sleep: until the session's lease ends, or
+    /// until the idle checkpoint is due after commits; without a deadline else.
+    fn idle_timeout(&self) -> Option<Duration> {
+        if let Some(s) = &self.session {
+            return Some(s.lease_deadline.saturating_duration_since(Instant::now()));
+        }
+        self.dirty.then(|| self.shared.config.idle_checkpoint_after.saturating_sub(self.last_job.elapsed()))
+    }
+
+    /// Idle after commits: truncate the WAL while nobody writes, and now and then
+    /// prune request ids past their retention.
+    fn idle_maintenance(&mut self) {
+        let idle = self.last_job.elapsed() >= self.shared.config.idle_checkpoint_after;
+        if !self.dirty || self.session.is_some() || !idle {
+            return;
+        }
+        self.dirty = false;
+        if self.last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            self.busy_timeout = Duration::ZERO;
+            self.conn.busy_timeout(Duration::ZERO).ok();
+            self.prune_request_ids();
+        }
+        match self.checkpoint(CheckpointMode::Truncate, Duration::ZERO) {
+            Ok(r) => debug!(
+                blocked = r.blocked,
+                wal_frames = r.wal_frames,
+                checkpointed = r.checkpointed_frames,
+                "idle checkpoint"
+            ),
+            Err(e) => debug!("idle checkpoint failed: {}", e.message),
+        }
+    }
+
+    /// Runs queued one-shot writes, in FIFO order, until the job `own` is no longer
+    /// queued (it was answered). Stops early when something else must run first (a
+    /// session holds the writer, jobs are parked behind one, or a job that is not
+    /// a one-shot write is next): the writer thread does that.
+    fn serve_writes(&mut self, own: &AtomicU64, own_queued: u64) {
+        while own.load(Ordering::Acquire) == own_queued {
+            if self.stopping {
+                // The writer thread ran what was queued before the stop and closed
+                // the database: what came later is refused.
+                while let Some(job) = self.queue.try_recv_write() {
+                    if job.claim() {
+                        job.answer(Response::error(ErrorKind::ShuttingDown, SHUTTING_DOWN));
                     }
-                    match self.checkpoint(CheckpointMode::Truncate, Duration::ZERO) {
-                        Ok(r) => debug!(
-                            blocked = r.blocked,
-                            wal_frames = r.wal_frames,
-                            checkpointed = r.checkpointed_frames,
-                            "idle checkpoint"
-                        ),
-                        Err(e) => debug!("idle checkpoint failed: {}", e.message),
-                    }
+                    self.finished(1);
                 }
-                Err(RecvTimeoutError::Disconnected) => return None,
+                return;
+            }
+            if self.session.is_some() || !self.pending.is_empty() {
+                return;
+            }
+            match self.queue.try_recv_write() {
+                Some(job) => self.run_group(job),
+                None => return,
             }
         }
     }
@@ -231,11 +274,20 @@ impl Writer {
         Ok(report)
     }
 
+    fn note_queue_wait(&self, job: &Job) {
+        let us = job.enqueued.elapsed().as_micros() as u64;
+        let c = &self.shared.counters;
+        c.queue_waits.fetch_add(1, Ordering::Relaxed);
+        c.queue_wait_us.fetch_add(us, Ordering::Relaxed);
+        c.max_queue_wait_us.fetch_max(us, Ordering::Relaxed);
+    }
+
     fn finished(&self, n: usize) {
         self.shared.counters.queued.fetch_sub(n, Ordering::Relaxed);
     }
 
     fn dispatch(&mut self, job: Job) {
+        self.last_job = Instant::now();
         let holder = self.session.as_ref().map(|s| s.client.id);
         let mine = holder.is_some() && holder == Some(job.client_id());
         match job.kind {
@@ -403,6 +455,7 @@ impl Writer {
     // ----- group commit -------------------------------------------------------
 
     fn run_group(&mut self, first: Job) {
+        self.last_job = Instant::now();
         let cfg = &self.shared.config;
         let (max_n, max_bytes) = (cfg.max_group_requests.max(1), cfg.max_group_bytes);
         let mut group = std::mem::take(&mut self.group);
@@ -410,6 +463,7 @@ impl Writer {
         let mut next = Some(first);
         while let Some(job) = next.take() {
             if job.claim() {
+                self.note_queue_wait(&job);
                 if let JobKind::Write(body) = &job.kind {
                     bytes += body.weight();
                 }
@@ -420,17 +474,13 @@ impl Writer {
             if group.len() >= max_n || bytes >= max_bytes {
                 break;
             }
-            // FIFO: older jobs parked in `pending` come before the channel's.
-            let candidate = match self.pending.front() {
+            // FIFO: older jobs parked in `pending` come before the queue's, and a
+            // job that is not a one-shot write ends the group.
+            next = match self.pending.front() {
                 Some(j) if matches!(j.kind, JobKind::Write(_)) => self.pending.pop_front(),
                 Some(_) => None,
-                None => self.rx.try_recv().ok(),
+                None => self.queue.try_recv_write(),
             };
-            match candidate {
-                Some(j) if matches!(j.kind, JobKind::Write(_)) => next = Some(j),
-                Some(other) => self.pending.push_back(other),
-                None => {}
-            }
         }
         if !group.is_empty() {
             self.execute_group(&group);
@@ -452,7 +502,7 @@ impl Writer {
         let mut results = std::mem::take(&mut self.results);
         results.clear();
         let mut touches_schema = false;
-        let mut aborted: Option<ErrorInfo> = None;
+        let mut aborted: Option<(usize, ErrorInfo)> = None;
         for job in group {
             let JobKind::Write(body) = &job.kind else { unreachable!("groups hold writes") };
             touches_schema |= mentions_user_version(body);
@@ -466,89 +516,140 @@ impl Writer {
             let r = if single {
                 self.run_write(body, &job.opts, job.deadline)
             } else {
-                self.in_savepoint(|w| w.run_write(body, &job.opts, job.deadline))
+                self.in_savepoint(|w| {
+                    let r = w.run_write(body, &job.opts, job.deadline);
+                    // A deferred foreign key is checked at COMMIT, which this request
+                    // shares with the group: check it as the request's own COMMIT
+                    // would, so that only this request fails.
+                    if r.is_ok() && w.deferred_fk_pending() {
+                        return Err(deferred_fk_error());
+                    }
+                    r
+                })
             };
-            // Some errors (disk full, I/O) make SQLite roll back the whole
-            // transaction: then nothing of the group survives and all must fail.
+            // Some errors (disk full, I/O, an interrupted statement) make SQLite
+            // roll back the whole transaction, not only the savepoint.
             if self.conn.is_autocommit() {
                 let cause = r.as_ref().err().cloned().unwrap_or_else(|| {
                     ErrorInfo::new(ErrorKind::Internal, "the transaction ended unexpectedly")
                 });
-                aborted = Some(cause);
+                aborted = Some((results.len(), cause));
                 break;
             }
             results.push(r);
         }
-        if let Some(cause) = aborted.as_ref().filter(|c| c.kind == ErrorKind::Timeout && !single) {
-            // An interrupted write statement (--max-statement-secs) makes SQLite roll
-            // back the whole transaction, not only its savepoint. Nobody was answered
-            // and nothing committed, so the runaway request fails alone and the
-            // others run again without it, in their order.
-            let culprit = results.len();
-            results.clear();
-            self.results = results;
-            warn!(
-                requests = group.len(),
-                "a runaway statement was interrupted; re-running the rest of its group"
-            );
-            group[culprit].answer(Response::Error(cause.clone()));
-            for rest in [&group[..culprit], &group[culprit + 1..]] {
-                if !rest.is_empty() {
-                    self.execute_group(rest);
-                }
-            }
-            return;
-        }
+        let mut commit_time = Duration::ZERO;
         let outcome = match aborted {
-            Some(cause) => Err(cause),
+            Some((at, cause)) => Err((Some(at), cause)),
             None if single && results[0].is_err() => {
                 self.exec_cached("ROLLBACK").ok();
                 Ok(())
             }
-            None => self.exec_cached("COMMIT").map_err(|e| {
-                self.exec_cached("ROLLBACK").ok();
-                sql_error(&e)
-            }),
+            None => {
+                let t = Instant::now();
+                let r = self.exec_cached("COMMIT");
+                commit_time = t.elapsed();
+                r.map_err(|e| {
+                    self.exec_cached("ROLLBACK").ok();
+                    (None, sql_error(&e))
+                })
+            }
         };
         match outcome {
             Ok(()) => {
                 let committed = results.iter().any(Result::is_ok);
                 if committed {
                     self.failpoint_after_commit();
-                }
-                if committed {
                     self.dirty = true;
                     let c = &self.shared.counters;
                     c.commits.fetch_add(1, Ordering::Relaxed);
+                    c.group_commits.fetch_add(1, Ordering::Relaxed);
                     c.committed_requests.fetch_add(group.len() as u64, Ordering::Relaxed);
                     c.max_group.fetch_max(group.len() as u64, Ordering::Relaxed);
+                    let us = commit_time.as_micros() as u64;
+                    c.commit_us.fetch_add(us, Ordering::Relaxed);
+                    c.max_commit_us.fetch_max(us, Ordering::Relaxed);
+                    c.deduplicated.fetch_add(std::mem::take(&mut self.group_dedup), Ordering::Relaxed);
                     if touches_schema {
                         self.refresh_schema_version();
                     }
                 }
+                self.group_dedup = 0;
                 for (job, r) in group.iter().zip(results.drain(..)) {
                     job.answer(r.unwrap_or_else(Response::Error));
                 }
+                self.results = results;
             }
-            Err(cause) => {
-                warn!(
-                    requests = group.len(),
-                    "write transaction failed, nothing committed: {}", cause.message
-                );
-                for job in group {
-                    let mut e = cause.clone();
-                    if group.len() > 1 {
-                        e.message = format!(
-                            "{} (the transaction this request was committed with failed; nothing of it was applied)",
-                            cause.message
-                        );
-                    }
-                    job.answer(Response::Error(e));
-                }
+            Err((at, cause)) if !single => {
                 results.clear();
+                self.results = results;
+                self.group_dedup = 0;
+                self.rerun(group, at, cause);
+            }
+            Err((_, cause)) => {
+                self.group_dedup = 0;
+                warn!("write transaction failed, nothing committed: {}", cause.message);
+                group[0].answer(Response::Error(cause));
+                results.clear();
+                self.results = results;
             }
         }
-        self.results = results;
+    }
+
+    /// A group transaction failed before anyone was answered, and nothing of it
+    /// committed, so its requests can run again; request ids are safe to re-run
+    /// too, since their records rolled back with the transaction. An interrupted
+    /// runaway statement (`--max-statement-secs`) is known to be its request's
+    /// fault: that request fails alone and the others run again as a group, in
+    /// their order. Any other cause (a failed COMMIT, SQLite rolling back the
+    /// transaction part-way for disk full or I/O) cannot be pinned on one
+    /// request: each runs again in its own transaction, so only those that fail
+    /// on their own get an error; a COMMIT that keeps failing fails every request
+    /// and applies nothing.
+    fn rerun(&mut self, group: &[Job], at: Option<usize>, cause: ErrorInfo) {
+        match at {
+            Some(culprit) if cause.kind == ErrorKind::Timeout => {
+                warn!(
+                    requests = group.len(),
+                    "a runaway statement was interrupted; re-running the rest of its group"
+                );
+                group[culprit].answer(Response::Error(cause));
+                for rest in [&group[..culprit], &group[culprit + 1..]] {
+                    if !rest.is_empty() {
+                        self.execute_group(rest);
+                    }
+                }
+            }
+            _ => {
+                warn!(
+                    requests = group.len(),
+                    "group transaction failed, nothing committed ({}); re-running each request in its own transaction",
+                    cause.message
+                );
+                for job in group {
+                    self.execute_group(std::slice::from_ref(job));
+                }
+            }
+        }
+    }
+
+    /// True while the transaction holds a deferred foreign-key violation that its
+    /// COMMIT would reject.
+    fn deferred_fk_pending(&self) -> bool {
+        let (mut current, mut highwater) = (0, 0);
+        // SAFETY: the handle is valid while `self.conn` lives, and the caller holds
+        // the writer, so nobody else uses the connection; sqlite3_db_status only
+        // reads a counter.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_db_status(
+                self.conn.handle(),
+                rusqlite::ffi::SQLITE_DBSTATUS_DEFERRED_FKS,
+                &mut current,
+                &mut highwater,
+                0,
+            )
+        };
+        rc == rusqlite::ffi::SQLITE_OK && current != 0
     }
 
     /// Runs `f` inside the internal savepoint: released on success, rolled back to
@@ -578,7 +679,8 @@ impl Writer {
         let id = opts.request_id.filter(|_| self.request_ids);
         if let Some(id) = &id {
             if let Some(stored) = requests::lookup(&self.conn, id).map_err(|e| sql_error(&e))? {
-                self.shared.counters.deduplicated.fetch_add(1, Ordering::Relaxed);
+                // Counted once its group commits: a group that fails runs again.
+                self.group_dedup += 1;
                 return Ok(stored);
             }
         }
@@ -661,14 +763,7 @@ impl Writer {
             }
             WriteBody::Batch(stmts) => {
                 let mut all = Vec::with_capacity(stmts.len());
-                stmts
-                    .iter()
-                    .try_for_each(|s| {
-                        let mut out = ExecResult::default();
-                        run_sql(&self.conn, &s.sql, &s.params, &mut tracker, limits, &mut out)?;
-                        all.push(out);
-                        Ok(())
-                    })
+                run_batch(&self.conn, stmts, &mut tracker, limits, &mut all)
                     .and_then(|()| tracker.finish())
                     .map(|()| Response::Batch(all))
             }
@@ -889,8 +984,11 @@ impl Writer {
             info!("shutting down: rolling back the write session of {}", s.client.describe());
             self.drop_session(session_state::EXPIRED);
         }
-        // Answer what was queued before the stop (writes run; sessions are refused).
-        while let Some(job) = self.pending.pop_front().or_else(|| self.rx.try_recv().ok()) {
+        // Answer what was queued before the stop (writes run; sessions are refused);
+        // what comes later is refused when it is sent (connection threads answer
+        // "shutting down" at once instead of waiting for a writer that is gone).
+        self.queue.close();
+        while let Some(job) = self.pending.pop_front().or_else(|| self.queue.try_recv()) {
             match job.kind {
                 JobKind::Stop => {}
                 _ => self.dispatch(job),
@@ -906,6 +1004,108 @@ impl Writer {
             ),
             Err(e) => warn!("final checkpoint failed: {}", e.message),
         }
+        // Close the database now: connection threads keep the writer itself alive
+        // until they notice the shutdown, but the file must be left clean.
+        if let Ok(placeholder) = Connection::open_in_memory() {
+            if let Err((_, e)) = std::mem::replace(&mut self.conn, placeholder).close() {
+                warn!("closing the database failed: {e}");
+            }
+        }
+    }
+}
+
+/// The writer thread has exited: no more jobs are taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterGone;
+
+/// The writer, shared by the writer thread and the connection threads.
+pub struct WriterHandle {
+    core: Mutex<Writer>,
+    queue: Arc<JobQueue>,
+    shared: Arc<Shared>,
+}
+
+impl WriterHandle {
+    /// Shares `writer`.
+    pub fn new(writer: Writer) -> WriterHandle {
+        let (queue, shared) = (writer.queue.clone(), writer.shared.clone());
+        WriterHandle { core: Mutex::new(writer), queue, shared }
+    }
+
+    /// Queues a job for the writer thread.
+    ///
+    /// # Errors
+    /// [`WriterGone`] when the writer thread has exited (the job is dropped).
+    pub fn send(&self, job: Job) -> Result<(), WriterGone> {
+        if !self.shared.writer_alive.load(Ordering::SeqCst) {
+            return Err(WriterGone);
+        }
+        self.queue.push(job, true).map(drop).map_err(|_| WriterGone)
+    }
+
+    /// Queues a one-shot write and, when nothing was queued before it and the
+    /// writer is free, serves the queue on this thread until that write is
+    /// answered. Otherwise whoever holds the writer (or the writer thread, woken
+    /// here) serves it.
+    ///
+    /// # Errors
+    /// [`WriterGone`] when the writer thread has exited (the job is dropped).
+    pub fn send_and_serve(&self, job: Job) -> Result<(), WriterGone> {
+        if !self.shared.writer_alive.load(Ordering::SeqCst) {
+            return Err(WriterGone);
+        }
+        let own = job.state.clone();
+        let own_queued = job_state::pack(job.seq, job_state::QUEUED);
+        if self.queue.push(job, false).map_err(|_| WriterGone)? > 0 {
+            // Others wait already: the writer is busy, and the writer thread
+            // commits them all together (larger groups) without this thread.
+            self.queue.kick(false);
+            return Ok(());
+        }
+        let guard = match self.core.try_lock() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        };
+        let mut committed = false;
+        if let Some(mut w) = guard {
+            let served =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.serve_writes(&own, own_queued)));
+            committed = w.dirty;
+            drop(w);
+            if served.is_err() {
+                self.shared.writer_alive.store(false, Ordering::SeqCst);
+                self.shared.request_stop(StopReason::Fatal("the writer panicked".into()));
+            }
+        }
+        // Whatever this thread did not serve waits for the writer thread.
+        self.queue.kick(committed);
+        Ok(())
+    }
+
+    /// The writer thread: serves jobs until a `Stop` job, then checkpoints and
+    /// closes the database. Sleeps without holding the writer, so that connection
+    /// threads can serve their writes meanwhile.
+    pub fn run(&self) {
+        let mut w = lock(&self.core);
+        w.start();
+        loop {
+            match w.next_ready() {
+                Some(job) if matches!(job.kind, JobKind::Stop) => {
+                    w.stop();
+                    break;
+                }
+                Some(job) => w.dispatch(job),
+                None => {
+                    w.idle_maintenance();
+                    let timeout = w.idle_timeout();
+                    drop(w);
+                    self.queue.wait(timeout);
+                    w = lock(&self.core);
+                }
+            }
+        }
+        self.shared.writer_alive.store(false, Ordering::SeqCst);
     }
 }
 
@@ -921,10 +1121,30 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 pub const SHUTTING_DOWN: &str = "the broker is shutting down and accepts no new work; retry once it is back";
 
 fn mentions_user_version(body: &WriteBody) -> bool {
-    let has = |s: &str| s.to_ascii_lowercase().contains("user_version");
+    let has = |s: &str| s.as_bytes().windows(12).any(|w| w.eq_ignore_ascii_case(b"user_version"));
     match body {
         WriteBody::Execute(s) => has(&s.sql),
-        WriteBody::Batch(v) => v.iter().any(|s| has(&s.sql)),
+        // A bulk batch repeats one statement: look at each text once.
+        WriteBody::Batch(v) => {
+            let mut prev: Option<&str> = None;
+            v.iter().any(|s| {
+                let seen = prev == Some(s.sql.as_str());
+                prev = Some(&s.sql);
+                !seen && has(&s.sql)
+            })
+        }
+    }
+}
+
+/// What SQLite's COMMIT says about a deferred foreign-key violation.
+fn deferred_fk_error() -> ErrorInfo {
+    ErrorInfo {
+        kind: ErrorKind::Constraint,
+        message: "FOREIGN KEY constraint failed".into(),
+        sqlite: Some(litebroker_protocol::SqliteCode {
+            primary: rusqlite::ffi::SQLITE_CONSTRAINT,
+            extended: rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY,
+        }),
     }
 }
 
@@ -958,5 +1178,167 @@ pub fn locked_error(shared: &Shared, attempts: u32, elapsed: Duration) -> ErrorI
             primary: rusqlite::ffi::SQLITE_BUSY,
             extended: rusqlite::ffi::SQLITE_BUSY,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::mpsc::{self, Receiver};
+
+    use litebroker_protocol::Statement;
+
+    use super::*;
+    use crate::reply::{Reply, ReplyTx};
+
+    fn writer(dir: &Path) -> Writer {
+        let config = Config::new(dir.join("w.db"));
+        let conn = open_writer(&config.db, &config).expect("open");
+        requests::ensure_table(&conn).expect("request-id table");
+        let (stop_tx, _) = mpsc::channel();
+        let shared = Arc::new(Shared::new(config, "w.db".into(), "w.sock".into(), stop_tx));
+        let mut w = Writer::new(conn, shared, Arc::new(JobQueue::new(16)));
+        w.request_ids = true;
+        w
+    }
+
+    fn shared_for_replies() -> Arc<Shared> {
+        let (stop_tx, _) = mpsc::channel();
+        Arc::new(Shared::new(Config::new("unused.db"), String::new(), String::new(), stop_tx))
+    }
+
+    fn job(sql: &str, id: Option<u8>) -> (Job, Receiver<Reply>) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let reply = ReplyTx::new(tx, None, &shared_for_replies());
+        let now = Instant::now();
+        let job = Job {
+            kind: JobKind::Write(WriteBody::Execute(Statement::new(sql, vec![]))),
+            opts: WriteOptions { request_id: id.map(|b| [b; 16]), ..Default::default() },
+            client: None,
+            deadline: now + Duration::from_secs(10),
+            enqueued: now,
+            state: Arc::new(AtomicU64::new(job_state::pack(1, job_state::RUNNING))),
+            seq: 1,
+            reply: Some(reply),
+        };
+        (job, rx)
+    }
+
+    /// Runs `sqls` as one group (the i-th with request id `[i; 16]`) and returns
+    /// each answer.
+    fn group(w: &mut Writer, sqls: &[&str]) -> Vec<Response> {
+        let (jobs, replies): (Vec<Job>, Vec<_>) =
+            sqls.iter().enumerate().map(|(i, s)| job(s, Some(i as u8 + 1))).unzip();
+        w.execute_group(&jobs);
+        replies
+            .iter()
+            .map(|r| match r.try_recv().expect("every request is answered") {
+                Reply::Response(resp) => resp,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    fn count(w: &Writer, sql: &str) -> i64 {
+        w.conn.query_row(sql, [], |r| r.get(0)).expect("count")
+    }
+
+    /// Makes the next `n` COMMITs fail (a commit hook turns them into ROLLBACKs).
+    fn fail_commits(w: &mut Writer, n: usize) {
+        let left = AtomicUsize::new(n);
+        w.conn
+            .commit_hook(Some(move || {
+                left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(1)).is_ok()
+            }))
+            .expect("commit hook");
+    }
+
+    fn group_commits(w: &Writer) -> u64 {
+        w.shared.counters.group_commits.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_failed_commit_reruns_each_request_in_its_own_transaction() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = writer(dir.path());
+        let (create, _r) = job("CREATE TABLE t (v UNIQUE)", None);
+        w.execute_group(std::slice::from_ref(&create));
+        fail_commits(&mut w, 1);
+        let answers = group(
+            &mut w,
+            &["INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)", "INSERT INTO t VALUES (3)"],
+        );
+        assert!(answers.iter().all(|a| matches!(a, Response::Executed(r) if r.changes == 1)), "{answers:?}");
+        assert_eq!(count(&w, "SELECT count(*) FROM t"), 3);
+        // The request ids recorded in the failed transaction rolled back with it:
+        // each is recorded once, by its re-run.
+        assert_eq!(count(&w, "SELECT count(*) FROM _litebroker_requests"), 3);
+        // The create, then one transaction per re-run request.
+        assert_eq!(group_commits(&w), 4);
+    }
+
+    #[test]
+    fn a_commit_that_keeps_failing_fails_every_request_and_applies_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = writer(dir.path());
+        let (create, _r) = job("CREATE TABLE t (v UNIQUE)", None);
+        w.execute_group(std::slice::from_ref(&create));
+        fail_commits(&mut w, usize::MAX);
+        let answers = group(&mut w, &["INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)"]);
+        for a in &answers {
+            let Response::Error(e) = a else { panic!("answered before a successful COMMIT: {a:?}") };
+            assert_eq!(e.kind, ErrorKind::Constraint, "{e:?}");
+        }
+        w.conn.commit_hook(None::<fn() -> bool>).expect("remove hook");
+        assert_eq!(count(&w, "SELECT count(*) FROM t"), 0);
+        assert_eq!(count(&w, "SELECT count(*) FROM _litebroker_requests"), 0);
+        assert_eq!(group_commits(&w), 1);
+    }
+
+    #[test]
+    fn a_deferred_violation_fails_only_its_request() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = writer(dir.path());
+        let (create, _r) = job(
+            "CREATE TABLE p (id INTEGER PRIMARY KEY);
+             CREATE TABLE t (p INTEGER REFERENCES p(id) DEFERRABLE INITIALLY DEFERRED);
+             INSERT INTO p VALUES (1)",
+            None,
+        );
+        w.execute_group(std::slice::from_ref(&create));
+        let answers = group(
+            &mut w,
+            &[
+                "INSERT INTO t VALUES (1)",
+                "INSERT INTO t VALUES (2)",
+                "INSERT INTO t VALUES (2); INSERT INTO p VALUES (2)",
+            ],
+        );
+        assert!(matches!(answers[0], Response::Executed(_)), "{answers:?}");
+        assert!(
+            matches!(&answers[1], Response::Error(e) if e.message == "FOREIGN KEY constraint failed"),
+            "{answers:?}"
+        );
+        assert!(matches!(answers[2], Response::Executed(_)), "{answers:?}");
+        assert_eq!(count(&w, "SELECT count(*) FROM t"), 2);
+        // The failed request's id was not recorded: a resend runs it again.
+        assert_eq!(count(&w, "SELECT count(*) FROM _litebroker_requests"), 2);
+        // One transaction: the violation never reached the COMMIT.
+        assert_eq!(group_commits(&w), 2);
+    }
+
+    #[test]
+    fn a_resend_answered_from_its_record_is_counted_once_even_when_its_group_reruns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = writer(dir.path());
+        let (create, _r) = job("CREATE TABLE t (v)", None);
+        w.execute_group(std::slice::from_ref(&create));
+        group(&mut w, &["INSERT INTO t VALUES (1)"]);
+        fail_commits(&mut w, 1);
+        // Id [1; 16] again: answered from its record, in a group whose COMMIT fails.
+        let answers = group(&mut w, &["INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)"]);
+        assert!(answers.iter().all(|a| matches!(a, Response::Executed(_))), "{answers:?}");
+        assert_eq!(count(&w, "SELECT count(*) FROM t"), 2);
+        assert_eq!(w.shared.counters.deduplicated.load(Ordering::Relaxed), 1);
     }
 }

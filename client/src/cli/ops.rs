@@ -60,11 +60,17 @@ fn stats_json(s: &DbStats) -> serde_json::Value {
         "warnings": s.warnings, "broker": null,
     });
     if let (Some(b), Some(w)) = (&s.broker, &s.writer) {
-        let per_commit = if b.commits == 0 { 0.0 } else { w.committed_requests as f64 / b.commits as f64 };
+        // Requests per group transaction: sessions, migrations and restores commit
+        // too (`commits`) but are not groups.
+        let per_commit = crate::ratio(b.group_requests, b.group_commits);
         doc["broker"] = json!({
             "pid": b.pid, "socket": b.socket, "uptime_ms": b.uptime_ms, "clients": b.clients,
             "requests": b.requests, "commits": b.commits, "committed_requests": w.committed_requests,
             "mean_requests_per_commit": per_commit, "max_requests_per_commit": w.max_requests_per_commit,
+            "group_commits": b.group_commits,
+            "queue_wait_mean_us": crate::ratio(b.queue_wait_us, b.queue_waits),
+            "queue_wait_max_us": b.max_queue_wait_us,
+            "commit_mean_us": crate::ratio(b.commit_us, b.group_commits), "commit_max_us": b.max_commit_us,
             "queue_depth": b.queue_depth, "lock_waits": w.lock_waits, "lock_retries": w.lock_retries,
             "last_checkpoint": w.last_checkpoint.as_ref().map(|c| json!({
                 "mode": c.mode.as_str(), "blocked": c.blocked, "wal_frames": c.wal_frames,
@@ -100,8 +106,7 @@ fn print_stats(s: &DbStats) {
     }
     match (&s.broker, &s.writer) {
         (Some(b), Some(w)) => {
-            let per_commit =
-                if b.commits == 0 { 0.0 } else { w.committed_requests as f64 / b.commits as f64 };
+            let per_commit = crate::ratio(b.group_requests, b.group_commits);
             println!();
             println!("Broker:");
             println!("  pid: {} (up {}), socket {}", b.pid, ms_to_text(b.uptime_ms), b.socket);
@@ -109,6 +114,13 @@ fn print_stats(s: &DbStats) {
             println!("  Requests served: {}", thousands(b.requests));
             println!("  Commits: {}", thousands(b.commits));
             println!("  Requests per commit: mean {per_commit:.2}, max {}", w.max_requests_per_commit);
+            println!(
+                "  Queue wait: mean {:.1} µs, max {} µs; COMMIT: mean {:.1} µs, max {} µs",
+                crate::ratio(b.queue_wait_us, b.queue_waits),
+                b.max_queue_wait_us,
+                crate::ratio(b.commit_us, b.group_commits),
+                b.max_commit_us
+            );
             println!("  Queue depth: {}", b.queue_depth);
             println!("  Lock waits: {} ({} retries)", w.lock_waits, w.lock_retries);
             if b.request_ids {

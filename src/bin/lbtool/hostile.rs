@@ -58,6 +58,10 @@ struct Attack {
     stalled: VecDeque<Stream>,
 }
 
+fn is_shutdown(payload: &[u8]) -> bool {
+    matches!(litebroker_protocol::decode_payload::<Request>(payload), Ok(Request::Shutdown))
+}
+
 fn frame(req: &Request) -> Vec<u8> {
     let mut buf = Vec::new();
     encode_frame(req, &mut buf, HARD_MAX_FRAME).expect("encode");
@@ -268,6 +272,12 @@ impl Attack {
                         // Mostly the payload; sometimes the length prefix too.
                         let i = self.rng.below(f.len() as u64) as usize;
                         f[i] ^= 1 << self.rng.below(8);
+                    }
+                    // A flipped bit can turn `Status` (index 4) into `Shutdown` (5),
+                    // which any client of the broker's user may send: that stops the
+                    // broker by design, it is no attack the soak could survive.
+                    if f.len() >= 4 && is_shutdown(&f[4..]) {
+                        continue;
                     }
                     if !send(&s, &f) {
                         return action;

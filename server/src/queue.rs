@@ -1,0 +1,157 @@
+//! The bounded FIFO of jobs for the writer.
+//!
+//! Unlike a channel, any thread holding the writer can take jobs from it: a
+//! connection thread that finds the writer free serves the queue itself instead
+//! of handing its request to the writer thread and back (two thread wake-ups per
+//! request). The writer thread is woken only when a job needs it, or once after
+//! connection threads committed while it slept without a deadline (it then
+//! schedules the idle checkpoint).
+
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::shared::{lock, Job, JobKind};
+
+#[derive(Debug, Default)]
+struct State {
+    jobs: VecDeque<Job>,
+    /// The writer thread sleeps in [`JobQueue::wait`].
+    writer_waiting: bool,
+    /// ... and without a deadline.
+    writer_untimed: bool,
+    /// A connection thread committed since the writer thread last looked.
+    served: bool,
+    /// Senders blocked because the queue is full.
+    senders_waiting: usize,
+    /// The writer is shutting down: no job is taken any more.
+    closed: bool,
+}
+
+/// Jobs waiting for the writer, oldest first.
+#[derive(Debug)]
+pub struct JobQueue {
+    state: Mutex<State>,
+    /// The writer thread waits here for work.
+    work: Condvar,
+    /// Senders wait here for room.
+    room: Condvar,
+    capacity: usize,
+}
+
+impl JobQueue {
+    /// A queue holding at most `capacity` jobs; senders block when it is full.
+    pub fn new(capacity: usize) -> JobQueue {
+        JobQueue {
+            state: Mutex::new(State::default()),
+            work: Condvar::new(),
+            room: Condvar::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Appends a job; `wake` also wakes the writer thread if it sleeps. Returns
+    /// how many jobs were queued before it.
+    ///
+    /// # Errors
+    /// Gives the job back once the queue is closed (shutdown): nobody would run it.
+    pub fn push(&self, job: Job, wake: bool) -> Result<usize, Box<Job>> {
+        let mut st = lock(&self.state);
+        while st.jobs.len() >= self.capacity && !st.closed {
+            st.senders_waiting += 1;
+            st = self.room.wait(st).unwrap_or_else(std::sync::PoisonError::into_inner);
+            st.senders_waiting -= 1;
+        }
+        if st.closed {
+            return Err(Box::new(job));
+        }
+        let ahead = st.jobs.len();
+        st.jobs.push_back(job);
+        if wake {
+            self.wake_writer(&mut st);
+        }
+        Ok(ahead)
+    }
+
+    /// Refuses every later job (shutdown); the jobs already queued stay, for the
+    /// writer to finish or refuse. Senders blocked on a full queue are released.
+    pub fn close(&self) {
+        let mut st = lock(&self.state);
+        st.closed = true;
+        self.room.notify_all();
+    }
+
+    fn wake_writer(&self, st: &mut State) {
+        if st.writer_waiting {
+            st.writer_waiting = false;
+            self.work.notify_one();
+        }
+    }
+
+    fn taken(&self, st: &State) {
+        if st.senders_waiting > 0 {
+            self.room.notify_one();
+        }
+    }
+
+    /// Takes the oldest job.
+    pub fn try_recv(&self) -> Option<Job> {
+        let mut st = lock(&self.state);
+        let job = st.jobs.pop_front();
+        self.taken(&st);
+        job
+    }
+
+    /// Takes the oldest job if it is a one-shot write (what a group may hold).
+    pub fn try_recv_write(&self) -> Option<Job> {
+        let mut st = lock(&self.state);
+        if !matches!(st.jobs.front(), Some(Job { kind: JobKind::Write(_), .. })) {
+            return None;
+        }
+        let job = st.jobs.pop_front();
+        self.taken(&st);
+        job
+    }
+
+    /// Called by a connection thread after it served the queue: wakes the writer
+    /// thread if jobs still wait, or if `committed` and the writer thread sleeps
+    /// without a deadline (so that it schedules the idle checkpoint).
+    pub fn kick(&self, committed: bool) {
+        let mut st = lock(&self.state);
+        if committed {
+            st.served = true;
+        }
+        if !st.jobs.is_empty() || (committed && st.writer_untimed) {
+            self.wake_writer(&mut st);
+        }
+    }
+
+    /// The writer thread sleeps until jobs wait for it or `timeout` passes. It
+    /// does not sleep without a deadline after connection threads committed: it
+    /// returns at once to compute the idle checkpoint's deadline.
+    pub fn wait(&self, timeout: Option<Duration>) {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st = lock(&self.state);
+        let served = std::mem::take(&mut st.served);
+        if !st.jobs.is_empty() || (served && timeout.is_none()) {
+            return;
+        }
+        st.writer_waiting = true;
+        st.writer_untimed = timeout.is_none();
+        while st.writer_waiting {
+            match deadline {
+                None => st = self.work.wait(st).unwrap_or_else(std::sync::PoisonError::into_inner),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    st =
+                        self.work.wait_timeout(st, left).unwrap_or_else(std::sync::PoisonError::into_inner).0;
+                }
+            }
+        }
+        st.writer_waiting = false;
+        st.writer_untimed = false;
+    }
+}
