@@ -86,7 +86,7 @@ pub use autostart::{connect_or_start, AutoStart, StartOutcome};
 pub use client::{Client, ConnectOptions, WriteSession, DEFAULT_TIMEOUT, DEFAULT_WRITER_TIMEOUT};
 pub use error::{ClientError, Result, LOCKED_USER_TEXT};
 pub use factory::ConnectionFactory;
-pub use ids::new_request_id;
+pub use ids::{new_request_id, request_id_millis};
 pub use litebroker_protocol as protocol;
 pub use litebroker_protocol::{ErrorKind, ExecResult, Statement, Value, WriteOptions};
 pub use locate::{Location, DEFAULT_DB};

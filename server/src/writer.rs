@@ -101,6 +101,10 @@ pub struct Writer {
     stopping: bool,
     /// Something was committed since the last idle checkpoint.
     dirty: bool,
+    /// Frames in the WAL after the last commit (from the WAL hook).
+    wal_pages: Arc<AtomicU64>,
+    /// WAL size at which the next PASSIVE checkpoint runs.
+    checkpoint_at: u64,
     /// When the writer last took a job: the idle checkpoint waits for
     /// `--idle-checkpoint-ms` without one.
     last_job: Instant,
@@ -123,6 +127,17 @@ pub struct Writer {
 impl Writer {
     /// Wraps an open writer connection that serves the jobs of `queue`.
     pub fn new(mut conn: Connection, shared: Arc<Shared>, queue: Arc<JobQueue>) -> Writer {
+        // SQLite's automatic checkpoint runs inside the COMMIT that crosses its
+        // threshold, so the requests of that group wait for it (with an fsync, even
+        // under synchronous=NORMAL). The hook replaces it: it only records the WAL's
+        // size, and the writer checkpoints after answering (`checkpoint_if_large`).
+        let wal_pages = Arc::new(AtomicU64::new(0));
+        let pages = wal_pages.clone();
+        conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, n: std::ffi::c_int| {
+            pages.store(n.max(0) as u64, Ordering::Relaxed);
+            Ok(())
+        }))
+        .ok();
         let deadline_ns = Arc::new(AtomicU64::new(0));
         let epoch = Instant::now();
         let dl = deadline_ns.clone();
@@ -143,6 +158,8 @@ impl Writer {
             session: None,
             stopping: false,
             dirty: false,
+            wal_pages,
+            checkpoint_at: CHECKPOINT_PAGES,
             last_job: Instant::now(),
             request_ids: false,
             last_prune: None,
@@ -241,6 +258,25 @@ impl Writer {
                 Some(job) => self.run_group(job),
                 None => return,
             }
+        }
+    }
+
+    /// A PASSIVE checkpoint once the WAL holds `CHECKPOINT_PAGES` frames (SQLite's
+    /// own default threshold), run after the group that crossed it was answered.
+    /// When readers keep it from completing, the next try waits for as many new
+    /// frames again instead of running after every commit.
+    fn checkpoint_if_large(&mut self) {
+        let pages = self.wal_pages.load(Ordering::Relaxed);
+        if pages < self.checkpoint_at {
+            if pages < CHECKPOINT_PAGES {
+                // The WAL was reset (restarted from its beginning).
+                self.checkpoint_at = CHECKPOINT_PAGES;
+            }
+            return;
+        }
+        match self.checkpoint(CheckpointMode::Passive, Duration::ZERO) {
+            Ok(r) if !r.blocked => self.checkpoint_at = CHECKPOINT_PAGES,
+            _ => self.checkpoint_at = pages + CHECKPOINT_PAGES,
         }
     }
 
@@ -579,6 +615,7 @@ impl Writer {
                     job.answer(r.unwrap_or_else(Response::Error));
                 }
                 self.results = results;
+                self.checkpoint_if_large();
             }
             Err((at, cause)) if !single => {
                 results.clear();
@@ -1095,7 +1132,11 @@ impl WriterHandle {
                     w.stop();
                     break;
                 }
-                Some(job) => w.dispatch(job),
+                Some(job) => {
+                    w.dispatch(job);
+                    // Sessions, migrations and restores commit too.
+                    w.checkpoint_if_large();
+                }
                 None => {
                     w.idle_maintenance();
                     let timeout = w.idle_timeout();
@@ -1113,6 +1154,9 @@ impl WriterHandle {
 const SAVEPOINT_SQL: &str = "SAVEPOINT litebroker_req";
 const RELEASE_SQL: &str = "RELEASE litebroker_req";
 const ROLLBACK_TO_SQL: &str = "ROLLBACK TO litebroker_req";
+
+/// WAL frames that trigger a checkpoint after answering (SQLite's default).
+const CHECKPOINT_PAGES: u64 = 1000;
 
 /// How often the idle writer prunes old request ids.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
