@@ -14,7 +14,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use litebroker_client::protocol::BrokerStatus;
-use litebroker_client::{Client, ClientError, ConnectOptions, ErrorKind, ExecResult, Statement, Value};
+use litebroker_client::{
+    Client, ClientError, ConnectOptions, ErrorKind, ExecResult, Statement, Value, WriteSession,
+};
 use litebroker_tests::*;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -26,6 +28,17 @@ fn connect(b: &Broker, name: &str) -> Client {
 
 fn status(c: &mut Client) -> BrokerStatus {
     c.status().expect("status")
+}
+
+/// Opens a write session on `holder`, then waits until nothing else is counted in
+/// the queue: the session's own request is counted until the writer is done with
+/// it, which may be just after its answer, and `wait_queued` counts from zero.
+#[track_caller]
+fn hold_writer<'a>(holder: &'a mut Client, admin: &mut Client) -> WriteSession<&'a mut Client> {
+    let session = holder.session(WAIT).expect("session");
+    let ok = wait_until(WAIT, || status(admin).queue_depth == 0);
+    assert!(ok, "the queue never emptied: {:?}", status(admin));
+    session
 }
 
 /// Waits until `n` requests wait for the writer.
@@ -76,7 +89,7 @@ fn a_failing_request_fails_alone_and_the_rest_of_its_group_commits() {
     let before = status(&mut admin);
 
     let mut holder = connect(&b, "holder");
-    let session = holder.session(WAIT).expect("session");
+    let session = hold_writer(&mut holder, &mut admin);
     let mut handles = Vec::new();
     for (i, c) in clients.into_iter().enumerate() {
         // Client 3 violates the UNIQUE constraint; the others are good.
@@ -118,7 +131,7 @@ fn a_constraint_only_commit_detects_fails_only_its_request() {
     let clients: Vec<Client> = (0..5).map(|i| connect(&b, &format!("c{i}"))).collect();
 
     let mut holder = connect(&b, "holder");
-    let session = holder.session(WAIT).expect("session");
+    let session = hold_writer(&mut holder, &mut admin);
     let mut handles = Vec::new();
     for (i, c) in clients.into_iter().enumerate() {
         // A DEFERRABLE INITIALLY DEFERRED foreign key is only checked at COMMIT:
@@ -168,7 +181,7 @@ fn groups_are_bounded_by_max_group_requests() {
     let clients: Vec<Client> = (0..7).map(|i| connect(&b, &format!("c{i}"))).collect();
     let before = status(&mut admin);
     let mut holder = connect(&b, "holder");
-    let session = holder.session(WAIT).expect("session");
+    let session = hold_writer(&mut holder, &mut admin);
     let handles: Vec<_> = clients
         .into_iter()
         .enumerate()
@@ -191,7 +204,7 @@ fn queued_requests_are_applied_in_arrival_order() {
     let (t, b, mut admin) = setup(&[]);
     let clients: Vec<Client> = (0..8).map(|i| connect(&b, &format!("c{i}"))).collect();
     let mut holder = connect(&b, "holder");
-    let session = holder.session(WAIT).expect("session");
+    let session = hold_writer(&mut holder, &mut admin);
     let mut handles = Vec::new();
     // Client 7 arrives first, client 0 last: the order of arrival, not of
     // connection or id, decides.

@@ -302,9 +302,7 @@ impl Conn {
             reply: Some(self.reply_tx.clone()),
         };
         self.direct = Some(DirectWrite { seq, deadline: now + timeout, timeout });
-        self.shared.counters.queued.fetch_add(1, Ordering::Relaxed);
         if self.writer.send_and_serve(job).is_err() {
-            self.shared.counters.queued.fetch_sub(1, Ordering::Relaxed);
             self.reply_tx.disarm();
             self.direct = None;
             let resp = Response::error(ErrorKind::ShuttingDown, SHUTTING_DOWN);
@@ -707,14 +705,12 @@ impl Conn {
             seq,
             reply: Some(self.reply_tx.clone()),
         };
-        self.shared.counters.queued.fetch_add(1, Ordering::Relaxed);
         let queued = if matches!(job.kind, JobKind::Write(_)) {
             self.writer.send_and_serve(job)
         } else {
             self.writer.send(job)
         };
         if queued.is_err() {
-            self.shared.counters.queued.fetch_sub(1, Ordering::Relaxed);
             return Response::error(ErrorKind::ShuttingDown, SHUTTING_DOWN);
         }
         loop {
@@ -753,10 +749,8 @@ impl Conn {
                 seq: 0,
                 reply: None,
             };
-            self.shared.counters.queued.fetch_add(1, Ordering::Relaxed);
-            if self.writer.send(job).is_err() {
-                self.shared.counters.queued.fetch_sub(1, Ordering::Relaxed);
-            }
+            // Refused only when the writer is gone, and the session with it.
+            let _ = self.writer.send(job);
         }
         debug!("client {} disconnected", client.describe());
         self.shared.unregister(client.id);

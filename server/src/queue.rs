@@ -8,6 +8,7 @@
 //! schedules the idle checkpoint).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,11 +52,14 @@ impl JobQueue {
     }
 
     /// Appends a job; `wake` also wakes the writer thread if it sleeps. Returns
-    /// how many jobs were queued before it.
+    /// how many jobs were queued before it. `depth`, when given, is incremented
+    /// under the queue's lock, so whoever sees it grow knows the job holds its
+    /// place in the queue (and the writer, which decrements it once the job is
+    /// done, can only do so afterwards).
     ///
     /// # Errors
     /// Gives the job back once the queue is closed (shutdown): nobody would run it.
-    pub fn push(&self, job: Job, wake: bool) -> Result<usize, Box<Job>> {
+    pub fn push(&self, job: Job, wake: bool, depth: Option<&AtomicUsize>) -> Result<usize, Box<Job>> {
         let mut st = lock(&self.state);
         while st.jobs.len() >= self.capacity && !st.closed {
             st.senders_waiting += 1;
@@ -67,6 +71,9 @@ impl JobQueue {
         }
         let ahead = st.jobs.len();
         st.jobs.push_back(job);
+        if let Some(d) = depth {
+            d.fetch_add(1, Ordering::Relaxed);
+        }
         if wake {
             self.wake_writer(&mut st);
         }

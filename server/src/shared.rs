@@ -95,7 +95,8 @@ pub struct Counters {
     pub commit_us: AtomicU64,
     /// Longest group `COMMIT`, µs.
     pub max_commit_us: AtomicU64,
-    /// Jobs submitted to the writer and not yet taken.
+    /// Jobs in the writer's queue or being run: counted under the queue's lock as
+    /// they are queued, uncounted once done.
     pub queued: AtomicUsize,
     /// Times the writer found the database locked by another process.
     pub lock_waits: AtomicU64,

@@ -1077,7 +1077,9 @@ impl WriterHandle {
         if !self.shared.writer_alive.load(Ordering::SeqCst) {
             return Err(WriterGone);
         }
-        self.queue.push(job, true).map(drop).map_err(|_| WriterGone)
+        // The stop job is not a request: it is never counted as queued.
+        let depth = (!matches!(job.kind, JobKind::Stop)).then_some(&self.shared.counters.queued);
+        self.queue.push(job, true, depth).map(drop).map_err(|_| WriterGone)
     }
 
     /// Queues a one-shot write and, when nothing was queued before it and the
@@ -1093,7 +1095,7 @@ impl WriterHandle {
         }
         let own = job.state.clone();
         let own_queued = job_state::pack(job.seq, job_state::QUEUED);
-        if self.queue.push(job, false).map_err(|_| WriterGone)? > 0 {
+        if self.queue.push(job, false, Some(&self.shared.counters.queued)).map_err(|_| WriterGone)? > 0 {
             // Others wait already: the writer is busy, and the writer thread
             // commits them all together (larger groups) without this thread.
             self.queue.kick(false);
