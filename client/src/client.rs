@@ -10,8 +10,9 @@ use interprocess::local_socket::Stream;
 use litebroker_protocol::frame::read_frame_after;
 use litebroker_protocol::{
     write_frame, BackupReport, BrokerStatus, CheckpointMode, CheckpointReport, ClientInfo, DbStats,
-    ErrorInfo, ErrorKind, ExecResult, Hello, HelloAck, Request, Response, RestoreReport, Statement, Value,
-    VerifyReport, WriteOptions, FRAME_HEADER_LEN, HARD_MAX_FRAME, PROTOCOL_MINOR, PROTOCOL_VERSION,
+    ErrorInfo, ErrorKind, ExecResult, HealthReport, Hello, HelloAck, Request, Response, RestoreReport,
+    Statement, Value, VerifyReport, WriteOptions, FRAME_HEADER_LEN, HARD_MAX_FRAME, PROTOCOL_MINOR,
+    PROTOCOL_VERSION,
 };
 
 use crate::autostart::AutoStart;
@@ -534,6 +535,24 @@ impl Client {
         match self.call(&Request::Status, self.timeout)? {
             Response::Status(s) => Ok(s),
             other => Err(unexpected("status", &other)),
+        }
+    }
+
+    /// Whether the broker's guarantees hold now: exactly-once writes, and whether
+    /// it accepts writes at all (each with its reason when not).
+    ///
+    /// # Errors
+    /// When the broker does not answer, or is too old to tell (protocol minor 0).
+    pub fn health(&mut self) -> Result<HealthReport> {
+        if self.hello.minor < 1 {
+            return Err(ClientError::Unexpected(format!(
+                "the broker (litebrokerd {}) is too old to report its health; upgrade it",
+                self.hello.broker_version
+            )));
+        }
+        match self.call(&Request::Health, self.timeout)? {
+            Response::Health(h) => Ok(h),
+            other => Err(unexpected("health", &other)),
         }
     }
 

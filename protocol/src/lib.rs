@@ -32,4 +32,4 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Minor protocol version: raised when variants are appended. Clients and brokers of
 /// the same major but different minors talk; a request the broker does not know is
 /// answered with a typed protocol error that names both versions.
-pub const PROTOCOL_MINOR: u32 = 0;
+pub const PROTOCOL_MINOR: u32 = 1;

@@ -204,6 +204,10 @@ pub enum Request {
         /// How long to wait for the writer, in milliseconds (0 = broker default).
         timeout_ms: u32,
     },
+    /// Whether the broker's guarantees hold right now: exactly-once writes, and
+    /// whether it still accepts writes at all. Protocol minor 1. Answered by
+    /// [`Response::Health`].
+    Health,
 }
 
 impl Request {
@@ -226,6 +230,7 @@ impl Request {
             Request::Backup { .. } => "backup",
             Request::Restore { .. } => "restore",
             Request::Migrate { .. } => "migrate",
+            Request::Health => "health",
         }
     }
 }
@@ -361,6 +366,10 @@ pub enum ErrorKind {
     /// The client was built for a newer schema than the database has: its writes
     /// are refused until the migrations are applied.
     SchemaMismatch,
+    /// The broker stopped accepting writes to protect the data (for example its
+    /// `-wal`/`-shm` files were deleted or replaced under it); reads still work.
+    /// The message says why and what to do. Protocol minor 1.
+    WritesStopped,
 }
 
 impl ErrorKind {
@@ -382,6 +391,7 @@ impl ErrorKind {
             ErrorKind::Internal => "internal",
             ErrorKind::VerificationFailed => "verification_failed",
             ErrorKind::SchemaMismatch => "schema_mismatch",
+            ErrorKind::WritesStopped => "writes_stopped",
         }
     }
 }
@@ -467,6 +477,8 @@ pub enum Response {
     Restored(RestoreReport),
     /// Answer to [`Request::Migrate`].
     Migrated(MigrationReport),
+    /// Answer to [`Request::Health`].
+    Health(HealthReport),
 }
 
 impl Response {
@@ -653,4 +665,18 @@ pub struct MigrationReport {
     pub to_version: u32,
     /// Versions applied by this request (empty when already up to date).
     pub applied: Vec<u32>,
+}
+
+/// Whether the broker's guarantees hold now, answered to [`Request::Health`]. A
+/// guarantee the broker cannot keep is reported here, with its reason, rather
+/// than lost silently.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthReport {
+    /// Writes carrying a request id are exactly-once (the broker records ids).
+    pub exactly_once: bool,
+    /// Why exactly-once is off, when it is (disabled by the operator, or the
+    /// broker could not set up its table; the broker keeps retrying the latter).
+    pub exactly_once_off: Option<String>,
+    /// Why the broker refuses writes, when it does (see [`ErrorKind::WritesStopped`]).
+    pub writes_stopped: Option<String>,
 }

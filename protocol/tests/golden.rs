@@ -65,6 +65,7 @@ fn request_index(r: &Request) -> u8 {
         Request::Backup { .. } => 13,
         Request::Restore { .. } => 14,
         Request::Migrate { .. } => 15,
+        Request::Health => 16,
     }
 }
 
@@ -87,6 +88,7 @@ fn response_index(r: &Response) -> u8 {
         Response::Backup(_) => 14,
         Response::Restored(_) => 15,
         Response::Migrated(_) => 16,
+        Response::Health(_) => 17,
     }
 }
 
@@ -168,6 +170,8 @@ fn golden_requests() -> Vec<(Request, &'static str)> {
             },
             "1e0000000f 01 02 0573616c6573 11435245415445205441424c452073287829 fb1027",
         ),
+        // Protocol minor 1.
+        (Request::Health, "0100000010"),
     ]
 }
 
@@ -323,6 +327,15 @@ fn golden_responses() -> Vec<(Response, &'static str)> {
             "1d0000000f 072f622f782e6462 112f642f6261636b7570732f7072652e6462 02 03",
         ),
         (Response::Migrated(MigrationReport { from_version: 1, to_version: 3, applied: vec![2, 3] }), "0600000010 01 03 02 02 03"),
+        // Protocol minor 1.
+        (
+            Response::Health(HealthReport {
+                exactly_once: false,
+                exactly_once_off: Some("off".into()),
+                writes_stopped: None,
+            }),
+            "0800000011 00 01 036f6666 00",
+        ),
     ]
 }
 
@@ -407,6 +420,7 @@ fn error_kind_indexes_are_unchanged() {
         (ErrorKind::Internal, 12),
         (ErrorKind::VerificationFailed, 13),
         (ErrorKind::SchemaMismatch, 14),
+        (ErrorKind::WritesStopped, 15),
     ];
     for (kind, index) in kinds {
         // 01 Error, kind, message "x", sqlite None.

@@ -435,6 +435,7 @@ impl Conn {
                 Response::error(ErrorKind::Protocol, "handshake already done on this connection")
             }
             Request::Ping => Response::Pong,
+            Request::Health => Response::Health(self.shared.health()),
             Request::Status => Response::Status(self.status()),
             Request::Connections => Response::Connections(self.connections()),
             Request::Shutdown => {

@@ -115,16 +115,19 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), BrokerEr
     instance::clear_stale_socket(&location)?;
 
     let conn = writer::open_writer(&location.db_path, &config).map_err(BrokerError::Database)?;
-    let request_ids = config.request_id_retention.is_some()
-        && requests::ensure_table(&conn)
-            .map_err(|e| warn!("request ids disabled: cannot create {}: {e}", requests::TABLE))
-            .is_ok();
+    let exactly_once_off = match config.request_id_retention {
+        None => Some("disabled by --request-id-retention-hours 0".to_owned()),
+        Some(_) => requests::ensure_table(&conn).err().map(|e| {
+            warn!("request ids disabled: cannot create {}: {e}", requests::TABLE);
+            format!("the broker could not set up its table {}: {e}", requests::TABLE)
+        }),
+    };
     let listener = instance::bind(&location)?;
 
     let (stop_tx, stop_rx) = mpsc::channel();
     let shared =
         Arc::new(shared::Shared::new(config, db_path.clone(), location.socket.clone(), stop_tx.clone()));
-    shared.request_ids.store(request_ids, Ordering::Relaxed);
+    shared.set_exactly_once_off(exactly_once_off);
     // One job in flight per connection, plus stop and disconnect notices.
     let queue = Arc::new(queue::JobQueue::new(shared.config.max_clients * 2 + 16));
     let writer = Arc::new(writer::WriterHandle::new(writer::Writer::new(conn, shared.clone(), queue)));

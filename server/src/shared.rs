@@ -6,7 +6,9 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use litebroker_protocol::{CheckpointMode, CheckpointReport, Response, Statement, WriteOptions};
+use litebroker_protocol::{
+    CheckpointMode, CheckpointReport, HealthReport, Response, Statement, WriteOptions,
+};
 
 use crate::config::Config;
 use crate::reply::ReplyTx;
@@ -61,6 +63,14 @@ impl ClientEntry {
     pub fn describe(&self) -> String {
         format!("'{}' (pid {}, client #{})", self.name, self.pid, self.id)
     }
+}
+
+/// Guarantees the broker could not keep, each with its reason, so that they are
+/// reported (`Request::Health`, `status`, `doctor`) instead of lost silently.
+#[derive(Debug, Clone, Default)]
+struct Degraded {
+    exactly_once_off: Option<String>,
+    writes_stopped: Option<String>,
 }
 
 /// Who holds the writer in a write session.
@@ -136,6 +146,8 @@ pub struct Shared {
     clients: Mutex<BTreeMap<u64, Arc<ClientEntry>>>,
     next_client_id: AtomicU64,
     holder: Mutex<Option<Holder>>,
+    /// Guarantees the broker cannot keep now, with their reasons.
+    degraded: Mutex<Degraded>,
     last_checkpoint: Mutex<Option<CheckpointReport>>,
     stop_tx: Mutex<Option<Sender<StopReason>>>,
 }
@@ -169,6 +181,7 @@ impl Shared {
             clients: Mutex::new(BTreeMap::new()),
             next_client_id: AtomicU64::new(1),
             holder: Mutex::new(None),
+            degraded: Mutex::new(Degraded::default()),
             last_checkpoint: Mutex::new(None),
             stop_tx: Mutex::new(Some(stop_tx)),
         }
@@ -225,6 +238,33 @@ impl Shared {
     /// The current write-session holder.
     pub fn holder(&self) -> Option<Holder> {
         lock(&self.holder).clone()
+    }
+
+    /// Records why exactly-once writes are off (None: they are on). Request ids
+    /// are then not recorded, and clients do not resend after a lost answer.
+    pub fn set_exactly_once_off(&self, reason: Option<String>) {
+        self.request_ids.store(reason.is_none(), Ordering::SeqCst);
+        lock(&self.degraded).exactly_once_off = reason;
+    }
+
+    /// Stops accepting writes for good (until a restart), for `reason`.
+    pub fn stop_writes(&self, reason: String) {
+        lock(&self.degraded).writes_stopped.get_or_insert(reason);
+    }
+
+    /// Why writes are refused, if they are.
+    pub fn writes_stopped(&self) -> Option<String> {
+        lock(&self.degraded).writes_stopped.clone()
+    }
+
+    /// The answer to `Request::Health`.
+    pub fn health(&self) -> HealthReport {
+        let d = lock(&self.degraded).clone();
+        HealthReport {
+            exactly_once: self.request_ids.load(Ordering::SeqCst),
+            exactly_once_off: d.exactly_once_off,
+            writes_stopped: d.writes_stopped,
+        }
     }
 
     /// Records the last checkpoint the writer ran.
