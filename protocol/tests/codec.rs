@@ -135,6 +135,7 @@ fn all_requests() -> Vec<Request> {
             timeout_ms: 0,
         },
         Request::Migrate { migrations: Vec::new(), timeout_ms: 0 },
+        Request::Health,
         Request::Migrate {
             migrations: vec![
                 Migration { version: 1, name: "init".into(), sql: "CREATE TABLE skus (sku TEXT);".into() },
@@ -275,6 +276,12 @@ fn all_responses() -> Vec<Response> {
         }),
         Response::Migrated(MigrationReport { from_version: 0, to_version: 0, applied: Vec::new() }),
         Response::Migrated(MigrationReport { from_version: 3, to_version: 7, applied: vec![4, 5, 7] }),
+        Response::Health(HealthReport { exactly_once: true, exactly_once_off: None, writes_stopped: None }),
+        Response::Health(HealthReport {
+            exactly_once: false,
+            exactly_once_off: Some("disabled".into()),
+            writes_stopped: Some("the -wal file was deleted".into()),
+        }),
     ];
     v.extend(all_error_kinds().into_iter().map(|k| Response::error(k, format!("a {k} failure"))));
     v
@@ -299,6 +306,7 @@ fn all_error_kinds() -> Vec<ErrorKind> {
         ErrorKind::Internal,
         ErrorKind::VerificationFailed,
         ErrorKind::SchemaMismatch,
+        ErrorKind::WritesStopped,
     ]
 }
 
