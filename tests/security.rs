@@ -354,11 +354,7 @@ fn a_runaway_statement_is_interrupted_and_only_its_request_rolls_back() {
     assert_eq!(w["errors"], 0, "{w}");
     assert_eq!(query_i64(&t.db(), "SELECT count(*) FROM sink"), 0);
     assert_eq!(query_i64(&t.db(), "SELECT count(*) FROM rows"), 300);
-    assert!(
-        b.log().contains("a runaway statement was interrupted; re-running the rest of its group"),
-        "{}",
-        b.log()
-    );
+    assert!(b.log().contains("re-running the rest of its group"), "{}", b.log());
     // The writer moved on.
     assert_exit(&cli(&t.db(), &["exec", "INSERT INTO sink VALUES (1)"]), 0);
     assert_eq!(integrity(&t.db()), "ok");

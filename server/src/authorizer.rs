@@ -1,16 +1,34 @@
 //! What client SQL may do on the broker's writer connection.
 //!
 //! The writer connection is shared by every client and holds the only write lock,
-//! so a statement that would reach other files (ATTACH, VACUUM INTO, extensions),
-//! weaken the database for everyone (journal mode, synchronous, foreign keys,
-//! locking mode, writable schema, query_only, any other connection setting), or
-//! touch the broker's own tables (`_litebroker*`) is refused with
-//! [`ErrorKind::NotAllowed`] and a message naming the action. Ordinary DDL and DML
-//! stay allowed.
+//! so anything a client statement leaves on it is seen by every later client. The
+//! authorizer, which SQLite calls while it parses each statement with the action
+//! the statement would take (whatever its spelling, quoting, comments or case),
+//! refuses with [`ErrorKind::NotAllowed`] and a message naming the action:
 //!
-//! Most checks run in an SQLite authorizer, which sees every action while a
-//! statement is prepared. `VACUUM` shows the authorizer nothing at prepare time,
-//! so [`check_text`] recognises it from the statement's text.
+//! - reaching other files: `ATTACH` (also the one `VACUUM INTO` makes), extensions;
+//! - **connection-scoped state**: every schema action in the `temp` database,
+//!   whatever SQLite's action code (`CREATE TRIGGER temp.x … ON main_table` is
+//!   reported as a plain `SQLITE_CREATE_TRIGGER` with database `temp`), writes to
+//!   it, and every PRAGMA that sets something of the connection — except
+//!   `defer_foreign_keys = ON`, which the broker turns off again after the request
+//!   (turning it *off* is refused: SQLite then forgets the pending violations);
+//! - savepoints named like the broker's own (`litebroker…`), by the name SQLite
+//!   reports after unquoting;
+//! - writes, DDL, triggers and indexes on the broker's objects (`_litebroker…`).
+//!
+//! SQLite also reports transaction control (`SQLITE_TRANSACTION`: BEGIN, COMMIT,
+//! ROLLBACK) and savepoints (`SQLITE_SAVEPOINT`) here. Those are let through the
+//! parse and recorded in [`Seen`], so that the statement loop (`crate::sqlexec`)
+//! learns from SQLite what each statement is: a client's BEGIN/COMMIT/ROLLBACK is
+//! never executed on the shared connection, only honoured (or refused) by the
+//! broker, and statements the broker needs to notice (a `user_version` write) are
+//! flagged the same way.
+//!
+//! `VACUUM` makes no authorizer call while it is prepared. It cannot run inside
+//! the broker's transaction anyway (SQLite refuses it there), and the `ATTACH`
+//! that `VACUUM INTO` makes is refused; [`check_text`] only gives it a clearer
+//! message — the one check here made from the text, named as such.
 //!
 //! # The broker's own statements
 //! Statements the broker itself runs on the writer connection and that a client
@@ -24,28 +42,74 @@
 //! Wrap the whole use of the statement (prepare **and** step), not only its
 //! preparation: SQLite re-prepares a cached statement inside `sqlite3_step` after
 //! any schema change, and asks the authorizer again at that moment.
-//! `BEGIN`/`COMMIT`/`ROLLBACK`, `SAVEPOINT`/`RELEASE` and reading PRAGMAs
-//! (`PRAGMA user_version`, `PRAGMA page_size`) are allowed anyway.
 
 use std::cell::{Cell, RefCell};
 
 use litebroker_protocol::{ErrorInfo, ErrorKind};
 use rusqlite::config::DbConfig;
-use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization, TransactionOperation};
 use rusqlite::Connection;
 
 /// Tables, indexes, triggers and views whose names start with this belong to the
 /// broker: clients may read them, never write, create, alter or drop them.
 pub const RESERVED_PREFIX: &str = "_litebroker";
 
+/// Savepoints whose names start with this (any case) belong to the broker.
+pub const RESERVED_SAVEPOINT_PREFIX: &str = "litebroker";
+
+/// Transaction control, as SQLite reports it for a statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxStatement {
+    /// `BEGIN [DEFERRED|IMMEDIATE|EXCLUSIVE] [TRANSACTION]`.
+    Begin,
+    /// `COMMIT` / `END`.
+    Commit,
+    /// `ROLLBACK` of the whole transaction.
+    Rollback,
+}
+
+/// What SQLite told the authorizer about the client statement last prepared on
+/// this thread (see [`start_statement`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// The statement is transaction control: the broker honours it, never runs it.
+    pub tx: Option<TxStatement>,
+    /// The statement is a savepoint (`SAVEPOINT`, `RELEASE`, `ROLLBACK TO`) of a
+    /// client's own name; it nests inside the broker's transaction.
+    pub savepoint: bool,
+    /// The statement writes `PRAGMA user_version` (the schema version).
+    pub sets_user_version: bool,
+    /// The statement turns `PRAGMA defer_foreign_keys` on.
+    pub defers_foreign_keys: bool,
+    /// How many actions SQLite asked about (0 for `VACUUM`, which asks nothing).
+    pub actions: u32,
+}
+
+impl Seen {
+    /// True when the statement is more than ordinary DDL/DML: such statements
+    /// are never kept in the statement cache, so that each use is reported again.
+    pub fn noteworthy(&self) -> bool {
+        self.tx.is_some() || self.savepoint || self.sets_user_version || self.defers_foreign_keys
+    }
+}
+
 thread_local! {
     // Thread-local rather than per connection: the authorizer runs synchronously on
     // the thread that prepares or steps a statement, and the writer connection is
     // used by one thread at a time (the writer thread, or a connection thread
-    // serving the queue, always under the writer's mutex), so the flag and the
-    // denial belong to the thread running the statement.
+    // serving the queue, always under the writer's mutex), so the flag, the
+    // denial and what was seen belong to the thread running the statement.
     static INTERNAL: Cell<u32> = const { Cell::new(0) };
     static DENIAL: RefCell<Option<String>> = const { RefCell::new(None) };
+    static SEEN: Cell<Seen> = const {
+        Cell::new(Seen {
+            tx: None,
+            savepoint: false,
+            sets_user_version: false,
+            defers_foreign_keys: false,
+            actions: 0,
+        })
+    };
 }
 
 /// Runs `f` as the broker itself: the authorizer allows everything meanwhile.
@@ -64,6 +128,26 @@ pub fn internal<T>(f: impl FnOnce() -> T) -> T {
 
 fn is_internal() -> bool {
     INTERNAL.with(Cell::get) > 0
+}
+
+/// Forgets what the authorizer saw and any stale denial: call before preparing a
+/// client statement, then read [`seen`] after.
+pub fn start_statement() {
+    DENIAL.with(|d| d.borrow_mut().take());
+    SEEN.with(|s| s.set(Seen::default()));
+}
+
+/// What the authorizer saw since [`start_statement`].
+pub fn seen() -> Seen {
+    SEEN.with(Cell::get)
+}
+
+fn note(f: impl FnOnce(&mut Seen)) {
+    SEEN.with(|s| {
+        let mut v = s.get();
+        f(&mut v);
+        s.set(v);
+    });
 }
 
 /// The reason of the last denial on this thread, consumed by the error mapping
@@ -93,6 +177,7 @@ pub fn install(conn: &mut Connection) -> rusqlite::Result<()> {
         if is_internal() {
             return Authorization::Allow;
         }
+        note(|s| s.actions = s.actions.saturating_add(1));
         match decide(&ctx) {
             Ok(()) => Authorization::Allow,
             Err(reason) => {
@@ -103,37 +188,59 @@ pub fn install(conn: &mut Connection) -> rusqlite::Result<()> {
     }))
 }
 
-/// Checks what the authorizer cannot see: `VACUUM` (with or without `INTO`) makes
-/// no authorizer call while it is prepared. Also forgets any stale denial.
+/// The one check made from the text: `VACUUM` (with or without `INTO`) makes no
+/// authorizer call while it is prepared. Safety does not rest on it (SQLite
+/// refuses VACUUM inside the broker's transaction, and the authorizer refuses
+/// the ATTACH of `VACUUM INTO`); it gives the refusal a clear reason. Only the
+/// first keyword is looked at, after whitespace and comments.
 ///
 /// # Errors
 /// [`ErrorKind::NotAllowed`] naming the statement.
 pub fn check_text(sql: &str) -> Result<(), ErrorInfo> {
-    DENIAL.with(|d| d.borrow_mut().take());
-    let first = crate::sqlexec::words(sql).next().unwrap_or("");
-    if first.eq_ignore_ascii_case("VACUUM") {
-        return Err(not_allowed(
+    if first_keyword(sql).eq_ignore_ascii_case("VACUUM") {
+        return Err(ErrorInfo::new(
+            ErrorKind::NotAllowed,
             "VACUUM is not allowed through the broker: VACUUM INTO would write a copy of the \
              database to a file of the client's choosing, and VACUUM cannot run inside the \
-             broker's transaction; use `litebroker backup` for a consistent copy"
-                .into(),
+             broker's transaction; use `litebroker backup` for a consistent copy",
         ));
     }
     Ok(())
 }
 
-fn not_allowed(message: String) -> ErrorInfo {
-    ErrorInfo::new(ErrorKind::NotAllowed, message)
+/// The first word of `sql` after whitespace and SQL comments (ASCII letters only).
+fn first_keyword(sql: &str) -> &str {
+    let mut rest = sql;
+    loop {
+        rest = rest.trim_start();
+        if let Some(r) = rest.strip_prefix("--") {
+            rest = r.split_once('\n').map_or("", |(_, after)| after);
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            rest = r.split_once("*/").map_or("", |(_, after)| after);
+        } else {
+            break;
+        }
+    }
+    let end = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+    &rest[..end]
 }
 
-/// Whether SQL text may name one of the broker's objects (`_litebroker…`).
+/// Whether SQL text may name one of the broker's objects or savepoints. Such
+/// text is never served from the statement cache, where the broker's own
+/// statements (each of which contains `litebroker`) are kept authorized for the
+/// broker: a client sending the very same text must be prepared, and authorized,
+/// afresh. A superset test on purpose: a false positive only costs the cache.
 pub fn mentions_reserved(sql: &str) -> bool {
-    let p = RESERVED_PREFIX.as_bytes();
+    let p = RESERVED_SAVEPOINT_PREFIX.as_bytes();
     sql.as_bytes().windows(p.len()).any(|w| w.eq_ignore_ascii_case(p))
 }
 
+fn has_prefix(name: &str, prefix: &str) -> bool {
+    name.as_bytes().get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix.as_bytes()))
+}
+
 fn reserved(name: &str) -> bool {
-    name.len() >= RESERVED_PREFIX.len() && name[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX)
+    has_prefix(name, RESERVED_PREFIX)
 }
 
 /// PRAGMAs that take an argument yet only report (or act on the data like a
@@ -154,7 +261,6 @@ const PRAGMAS_WITH_ARGUMENT: &[&str] = &[
     "optimize",
     "user_version",
     "application_id",
-    "defer_foreign_keys",
 ];
 
 /// Why changing a PRAGMA is refused, for the ones worth a specific word.
@@ -178,8 +284,69 @@ fn pragma_reason(name: &str) -> &'static str {
         "mmap_size" | "cache_size" | "cache_spill" | "soft_heap_limit" | "hard_heap_limit" | "threads" => {
             "it would change the memory use of the broker, which every client shares"
         }
+        "defer_foreign_keys" => {
+            "turning it off makes SQLite forget the foreign-key violations still pending; the broker \
+             turns it off itself when the request ends"
+        }
         _ => "it would change a setting of the broker's writer connection, which every client's writes share",
     }
+}
+
+/// SQLite's spellings of "on" for a boolean PRAGMA.
+fn truthy(value: &str) -> bool {
+    let v = value.trim().trim_matches(|c| c == '\'' || c == '"');
+    ["1", "on", "true", "yes"].iter().any(|t| v.eq_ignore_ascii_case(t))
+}
+
+fn temp_schema_denied(what: &str) -> String {
+    format!(
+        "{what} in the temp schema is not allowed through the broker: temp objects and settings \
+         would live in the broker's one connection, which every client shares, and could shadow \
+         or act on other clients' tables; use regular tables"
+    )
+}
+
+/// A schema action and the names it touches, for the checks shared by all of them.
+fn schema_action<'a>(action: &AuthAction<'a>) -> Option<(&'static str, &'a str, Option<&'a str>, bool)> {
+    // (what, object name, table it is on, a TEMP variant of the action code)
+    Some(match *action {
+        AuthAction::CreateTable { table_name } => ("CREATE TABLE", table_name, None, false),
+        AuthAction::CreateTempTable { table_name } => ("CREATE TABLE", table_name, None, true),
+        AuthAction::CreateIndex { index_name, table_name } => {
+            ("CREATE INDEX", index_name, Some(table_name), false)
+        }
+        AuthAction::CreateTempIndex { index_name, table_name } => {
+            ("CREATE INDEX", index_name, Some(table_name), true)
+        }
+        AuthAction::CreateTrigger { trigger_name, table_name } => {
+            ("CREATE TRIGGER", trigger_name, Some(table_name), false)
+        }
+        AuthAction::CreateTempTrigger { trigger_name, table_name } => {
+            ("CREATE TRIGGER", trigger_name, Some(table_name), true)
+        }
+        AuthAction::CreateView { view_name } => ("CREATE VIEW", view_name, None, false),
+        AuthAction::CreateTempView { view_name } => ("CREATE VIEW", view_name, None, true),
+        AuthAction::CreateVtable { table_name, .. } => ("CREATE VIRTUAL TABLE", table_name, None, false),
+        AuthAction::DropTable { table_name } => ("DROP TABLE", table_name, None, false),
+        AuthAction::DropTempTable { table_name } => ("DROP TABLE", table_name, None, true),
+        AuthAction::DropIndex { index_name, table_name } => {
+            ("DROP INDEX", index_name, Some(table_name), false)
+        }
+        AuthAction::DropTempIndex { index_name, table_name } => {
+            ("DROP INDEX", index_name, Some(table_name), true)
+        }
+        AuthAction::DropTrigger { trigger_name, table_name } => {
+            ("DROP TRIGGER", trigger_name, Some(table_name), false)
+        }
+        AuthAction::DropTempTrigger { trigger_name, table_name } => {
+            ("DROP TRIGGER", trigger_name, Some(table_name), true)
+        }
+        AuthAction::DropView { view_name } => ("DROP VIEW", view_name, None, false),
+        AuthAction::DropTempView { view_name } => ("DROP VIEW", view_name, None, true),
+        AuthAction::DropVtable { table_name, .. } => ("DROP TABLE", table_name, None, false),
+        AuthAction::AlterTable { table_name, .. } => ("ALTER TABLE", table_name, None, false),
+        _ => return None,
+    })
 }
 
 /// The authorizer's policy for a client statement.
@@ -194,6 +361,17 @@ fn decide(ctx: &AuthContext<'_>) -> Result<(), String> {
             Ok(())
         }
     };
+    let in_temp = ctx.database_name.is_some_and(|d| d.eq_ignore_ascii_case("temp"));
+    if let Some((what, name, on_table, temp_code)) = schema_action(&ctx.action) {
+        if temp_code || in_temp {
+            return Err(temp_schema_denied(&format!("{what} {name}")));
+        }
+        deny_reserved(what, name)?;
+        if let Some(table) = on_table {
+            deny_reserved(&format!("{what} on"), table)?;
+        }
+        return Ok(());
+    }
     match ctx.action {
         AuthAction::Attach { filename } => Err(format!(
             "ATTACH is not allowed through the broker: it would let a client reach other files \
@@ -213,7 +391,20 @@ fn decide(ctx: &AuthContext<'_>) -> Result<(), String> {
             let allowed = match pragma_value {
                 // Reading a setting is harmless, but this one checkpoints when asked.
                 None => name != "wal_checkpoint",
-                Some(_) => PRAGMAS_WITH_ARGUMENT.contains(&name.as_str()),
+                Some(_) if in_temp => return Err(temp_schema_denied(&format!("PRAGMA {name}"))),
+                Some(v) if name == "defer_foreign_keys" => {
+                    let on = truthy(v);
+                    if on {
+                        note(|s| s.defers_foreign_keys = true);
+                    }
+                    on
+                }
+                Some(_) => {
+                    if name == "user_version" {
+                        note(|s| s.sets_user_version = true);
+                    }
+                    PRAGMAS_WITH_ARGUMENT.contains(&name.as_str())
+                }
             };
             if allowed {
                 return Ok(());
@@ -224,55 +415,56 @@ fn decide(ctx: &AuthContext<'_>) -> Result<(), String> {
             };
             Err(format!("{shown} is not allowed through the broker: {}", pragma_reason(&name)))
         }
-        AuthAction::CreateTempTrigger { trigger_name, table_name } => {
-            deny_reserved("CREATE TRIGGER on", table_name)?;
-            Err(format!(
-                "CREATE TEMP TRIGGER {trigger_name} is not allowed through the broker: it would live \
-                 only in the broker's connection and act unseen on every client's writes; create a \
-                 regular trigger"
-            ))
+        AuthAction::Transaction { operation } => {
+            // Let through the parse only: the statement loop honours it without
+            // running it (see the module docs).
+            let tx = match operation {
+                TransactionOperation::Begin => TxStatement::Begin,
+                TransactionOperation::Rollback => TxStatement::Rollback,
+                // SQLite says "COMMIT", which rusqlite does not name.
+                _ => TxStatement::Commit,
+            };
+            note(|s| s.tx = Some(tx));
+            Ok(())
+        }
+        AuthAction::Savepoint { savepoint_name, .. } => {
+            if has_prefix(savepoint_name, RESERVED_SAVEPOINT_PREFIX) {
+                return Err(format!(
+                    "savepoint '{savepoint_name}' is not allowed through the broker: names starting with \
+                     '{RESERVED_SAVEPOINT_PREFIX}' are reserved for the broker's own savepoints"
+                ));
+            }
+            note(|s| s.savepoint = true);
+            Ok(())
+        }
+        // SQLite's own bookkeeping of a schema action: writing sqlite_temp_master
+        // when a main table is renamed or dropped (to fix up temp triggers). The
+        // schema actions are decided by their own codes above.
+        AuthAction::Insert { table_name }
+        | AuthAction::Delete { table_name }
+        | AuthAction::Update { table_name, .. }
+            if in_temp
+                && (table_name.eq_ignore_ascii_case("sqlite_temp_master")
+                    || table_name.eq_ignore_ascii_case("sqlite_temp_schema")) =>
+        {
+            Ok(())
+        }
+        AuthAction::Insert { table_name }
+        | AuthAction::Delete { table_name }
+        | AuthAction::Update { table_name, .. }
+            if in_temp =>
+        {
+            Err(temp_schema_denied(&format!("writing {table_name}")))
         }
         AuthAction::Insert { table_name } => deny_reserved("INSERT INTO", table_name),
         AuthAction::Update { table_name, .. } => deny_reserved("UPDATE of", table_name),
         AuthAction::Delete { table_name } => deny_reserved("DELETE FROM", table_name),
-        AuthAction::CreateTable { table_name } | AuthAction::CreateTempTable { table_name } => {
-            deny_reserved("CREATE TABLE", table_name)
+        AuthAction::Unknown { code, .. } => {
+            Err(format!("an SQL action SQLite reports as code {code} is not allowed through the broker"))
         }
-        AuthAction::CreateIndex { index_name, table_name }
-        | AuthAction::CreateTempIndex { index_name, table_name } => {
-            deny_reserved("CREATE INDEX", index_name)?;
-            deny_reserved("CREATE INDEX on", table_name)
-        }
-        AuthAction::CreateTrigger { trigger_name, table_name } => {
-            deny_reserved("CREATE TRIGGER", trigger_name)?;
-            deny_reserved("CREATE TRIGGER on", table_name)
-        }
-        AuthAction::CreateView { view_name } | AuthAction::CreateTempView { view_name } => {
-            deny_reserved("CREATE VIEW", view_name)
-        }
-        AuthAction::CreateVtable { table_name, .. } => deny_reserved("CREATE VIRTUAL TABLE", table_name),
-        AuthAction::DropTable { table_name } | AuthAction::DropTempTable { table_name } => {
-            deny_reserved("DROP TABLE", table_name)
-        }
-        AuthAction::DropIndex { index_name, table_name }
-        | AuthAction::DropTempIndex { index_name, table_name } => {
-            deny_reserved("DROP INDEX", index_name)?;
-            deny_reserved("DROP INDEX on", table_name)
-        }
-        AuthAction::DropTrigger { trigger_name, table_name }
-        | AuthAction::DropTempTrigger { trigger_name, table_name } => {
-            deny_reserved("DROP TRIGGER", trigger_name)?;
-            deny_reserved("DROP TRIGGER on", table_name)
-        }
-        AuthAction::DropView { view_name } | AuthAction::DropTempView { view_name } => {
-            deny_reserved("DROP VIEW", view_name)
-        }
-        AuthAction::DropVtable { table_name, .. } => deny_reserved("DROP TABLE", table_name),
-        AuthAction::AlterTable { table_name, .. } => deny_reserved("ALTER TABLE", table_name),
         _ => Ok(()),
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,10 +486,19 @@ mod tests {
         (dir, c)
     }
 
+    fn limits(max_rows: usize) -> ExecLimits {
+        ExecLimits {
+            max_rows,
+            max_answer_bytes: 1 << 20,
+            max_statements: 1000,
+            deadline: std::time::Instant::now() + std::time::Duration::from_secs(60),
+        }
+    }
+
     fn run(c: &Connection, sql: &str) -> Result<ExecResult, ErrorInfo> {
         let mut out = ExecResult::default();
         let mut t = Tracker::new(Mode::OneShot);
-        run_sql(c, sql, &[], &mut t, ExecLimits { max_rows: 100 }, &mut out).map(|()| out)
+        run_sql(c, sql, &[], &mut t, &limits(100), &mut out).map(|()| out)
     }
 
     #[track_caller]
@@ -390,14 +591,12 @@ mod tests {
             "CREATE VIEW big AS SELECT * FROM skus WHERE qty > 10",
             "CREATE TRIGGER keep AFTER DELETE ON skus BEGIN INSERT INTO t (v) VALUES (old.sku); END",
             "CREATE VIRTUAL TABLE docs USING fts5(body)",
-            "CREATE TEMP TABLE scratch (x)",
             "INSERT INTO skus (sku, qty) VALUES ('A1', 5), ('A2', 50)",
             "UPDATE skus SET qty = qty + 1 RETURNING sku, qty",
             "DELETE FROM skus WHERE sku = 'A1'",
             "ALTER TABLE skus ADD COLUMN note TEXT",
             "ALTER TABLE skus RENAME TO items",
             "DROP VIEW big",
-            "DROP TABLE scratch",
             "SAVEPOINT mine",
             "RELEASE mine",
             "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 5) SELECT x FROM c",
@@ -425,7 +624,7 @@ mod tests {
     #[test]
     fn temp_triggers_are_denied() {
         let (_dir, c) = writer();
-        denied(&c, "CREATE TEMP TRIGGER tr AFTER INSERT ON t BEGIN DELETE FROM t; END", &["TEMP TRIGGER tr"]);
+        denied(&c, "CREATE TEMP TRIGGER tr AFTER INSERT ON t BEGIN DELETE FROM t; END", &["temp schema"]);
     }
 
     #[test]
@@ -442,8 +641,7 @@ mod tests {
         // broker's authorized copy from the cache.
         let mut out = ExecResult::default();
         let mut t = Tracker::new(Mode::OneShot);
-        let e =
-            run_sql(&c, sql, &[vec![3u8].into()], &mut t, ExecLimits { max_rows: 1 }, &mut out).unwrap_err();
+        let e = run_sql(&c, sql, &[vec![3u8].into()], &mut t, &limits(1), &mut out).unwrap_err();
         assert_eq!(e.kind, ErrorKind::NotAllowed, "{e:?}");
         assert!(e.message.contains("INSERT INTO _litebroker_requests"), "{e:?}");
         let n: i64 = c.query_row("SELECT count(*) FROM _litebroker_requests", [], |r| r.get(0)).unwrap();

@@ -76,6 +76,9 @@ pub struct Config {
     pub idle_checkpoint_after: Duration,
     /// How long request ids are kept for exactly-once writes; None disables them.
     pub request_id_retention: Option<Duration>,
+    /// Most memory SQLite may take in the broker process, in bytes (its hard heap
+    /// limit): a statement needing more fails instead of growing the broker.
+    pub max_memory: u64,
 }
 
 impl Config {
@@ -105,6 +108,7 @@ impl Config {
             wal_warn_bytes: litebroker_client::ops::DEFAULT_WAL_WARN_BYTES,
             idle_checkpoint_after: Duration::from_secs(1),
             request_id_retention: Some(Duration::from_secs(24 * 3600)),
+            max_memory: 1024 * 1024 * 1024,
         }
     }
 

@@ -65,9 +65,11 @@ struct DirectWrite {
 /// Serves one client until it leaves, misbehaves or the broker stops.
 pub fn serve(stream: Stream, shared: Arc<Shared>, writer: Arc<WriterHandle>, peer_pid: Option<u32>) {
     let io_timeout = shared.config.io_timeout;
+    // Until the handshake, a silent peer is given the handshake's time only.
+    let first_wait = shared.config.handshake_timeout.min(io_timeout);
     // Unix sockets honour these; on Windows the pipe does not support them and the
     // pipe watchdog disconnects a client that misses the same deadlines.
-    let _ = stream.set_recv_timeout(Some(io_timeout));
+    let _ = stream.set_recv_timeout(Some(first_wait));
     let _ = stream.set_send_timeout(Some(io_timeout));
     #[cfg(windows)]
     let deadline = litebroker_client::windows::PipeDeadline::new(&stream, true);
@@ -93,7 +95,7 @@ pub fn serve(stream: Stream, shared: Arc<Shared>, writer: Arc<WriterHandle>, pee
         reply_tx,
         reply_rx,
         direct: None,
-        recv_timeout: io_timeout,
+        recv_timeout: first_wait,
     };
     if let Err(e) = conn.run() {
         let who = conn.client.as_ref().map_or_else(|| "unidentified client".into(), |c| c.describe());
@@ -120,7 +122,20 @@ fn is_timeout(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
 }
 
+impl Drop for Conn {
+    /// Also when the connection's thread fails: the client is forgotten and its
+    /// write session rolled back.
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 impl Conn {
+    /// Time left for the handshake.
+    fn handshake_left(&self) -> Duration {
+        self.shared.config.handshake_timeout.saturating_sub(self.accepted.elapsed())
+    }
+
     /// Windows: whether the pipe watchdog cut this connection off.
     fn deadline_fired(&self) -> bool {
         #[cfg(windows)]
@@ -202,11 +217,13 @@ impl Conn {
                     if self.shared.is_shutting_down() {
                         return Ok(Incoming::Closed);
                     }
-                    if self.client.is_none()
-                        && self.accepted.elapsed() >= self.shared.config.handshake_timeout
-                    {
-                        debug!("closing a connection that sent no handshake in time");
-                        return Ok(Incoming::Closed);
+                    if self.client.is_none() {
+                        let left = self.handshake_left();
+                        if left.is_zero() {
+                            debug!("closing a connection that sent no handshake in time");
+                            return Ok(Incoming::Closed);
+                        }
+                        self.set_recv_timeout(left);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -217,15 +234,17 @@ impl Conn {
         let io_timeout = self.shared.config.io_timeout;
         #[cfg(windows)]
         self.deadline.arm(io_timeout);
-        let mut frame = FrameDeadline {
-            reader: &mut self.reader,
-            deadline: Instant::now() + io_timeout,
-            shortened: false,
-        };
+        // The handshake frame must also arrive within the handshake's time.
+        let mut deadline = Instant::now() + io_timeout;
+        if self.client.is_none() {
+            deadline = deadline.min(Instant::now() + self.handshake_left());
+        }
+        let mut frame = FrameDeadline { reader: &mut self.reader, deadline, shortened: false };
         let read = read_frame_after::<_, Request>(&mut frame, [0; FRAME_HEADER_LEN], 0, max, &mut self.rbuf);
         if frame.shortened {
-            let _ = self.reader.get_ref().0.set_recv_timeout(Some(io_timeout));
-            self.recv_timeout = io_timeout;
+            // Unknown now: the next `set_recv_timeout` sets it again.
+            self.recv_timeout = Duration::ZERO;
+            self.set_recv_timeout(io_timeout);
         }
         #[cfg(windows)]
         self.deadline.disarm();
@@ -537,6 +556,8 @@ impl Conn {
             schema_version: self.shared.schema_version.load(Ordering::Relaxed),
         };
         self.client = Some(client);
+        // From now on only frames started and left unfinished are timed out.
+        self.set_recv_timeout(self.shared.config.io_timeout);
         (Response::Hello(ack), true)
     }
 

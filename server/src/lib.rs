@@ -10,6 +10,7 @@ mod admin;
 pub mod authorizer;
 pub mod config;
 mod conn;
+mod guard;
 mod instance;
 mod queue;
 mod reply;
@@ -114,13 +115,11 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), BrokerEr
     let lock = instance::lock(&location)?;
     instance::clear_stale_socket(&location)?;
 
+    limit_sqlite_memory(config.max_memory);
     let conn = writer::open_writer(&location.db_path, &config).map_err(BrokerError::Database)?;
     let exactly_once_off = match config.request_id_retention {
         None => Some("disabled by --request-id-retention-hours 0".to_owned()),
-        Some(_) => requests::ensure_table(&conn).err().map(|e| {
-            warn!("request ids disabled: cannot create {}: {e}", requests::TABLE);
-            format!("the broker could not set up its table {}: {e}", requests::TABLE)
-        }),
+        Some(_) => set_up_request_ids(&conn, &config).err(),
     };
     let listener = instance::bind(&location)?;
 
@@ -138,10 +137,12 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), BrokerEr
             .name("lb-writer".into())
             .spawn(move || {
                 let stop = shared.clone();
+                // `run` recovers from a failure of one request; one it cannot recover
+                // from ends the thread, and the broker.
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || writer.run()));
                 if r.is_err() {
                     stop.writer_alive.store(false, Ordering::SeqCst);
-                    stop.request_stop(StopReason::Fatal("the writer thread panicked".into()));
+                    stop.request_stop(StopReason::Fatal("the writer thread failed".into()));
                 }
             })
             .map_err(io_err("cannot start the writer thread"))?
@@ -174,6 +175,14 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), BrokerEr
     let reason = stop_rx.recv().unwrap_or(StopReason::Signal);
     info!("shutting down ({})", describe(&reason));
     shared.shutting_down.store(true, Ordering::SeqCst);
+    // Whatever happens below (a wedged thread after an internal failure), the
+    // process ends within a bound: a broker that keeps its lock but serves nothing
+    // is worse than one that exits 1 and is restarted by its supervisor.
+    let bound = match reason {
+        StopReason::Fatal(_) => FATAL_EXIT_AFTER,
+        _ => shared.config.busy_timeout + SHUTDOWN_SLACK,
+    };
+    spawn_exit_watchdog(bound);
 
     // Wake the accept loop so it sees the flag; the listener is dropped with it,
     // which removes the socket file.
@@ -181,16 +190,7 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), BrokerEr
     if acceptor.join().is_err() {
         warn!("the accept thread panicked");
     }
-    let _ = writer.send(shared::Job {
-        kind: shared::JobKind::Stop,
-        opts: Default::default(),
-        client: None,
-        deadline: Instant::now(),
-        enqueued: Instant::now(),
-        state: Arc::new(Default::default()),
-        seq: 0,
-        reply: None,
-    });
+    writer.stop();
     if writer_thread.join().is_err() {
         error!("the writer thread panicked during shutdown");
     }
@@ -209,6 +209,77 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), BrokerEr
     match reason {
         StopReason::Fatal(msg) => Err(BrokerError::Fatal(msg)),
         _ => Ok(()),
+    }
+}
+
+/// Longest a broker stopping after an internal failure takes to exit.
+const FATAL_EXIT_AFTER: Duration = Duration::from_secs(3);
+
+/// Time a clean shutdown may take beyond the final checkpoint's wait for readers.
+const SHUTDOWN_SLACK: Duration = Duration::from_secs(10);
+
+/// Ends the process with exit code 1 if it is still running after `bound`.
+fn spawn_exit_watchdog(bound: Duration) {
+    let spawned = thread::Builder::new().name("lb-exit-watchdog".into()).spawn(move || {
+        thread::sleep(bound);
+        error!("shutdown did not finish within {:.0} s; exiting now", bound.as_secs_f64());
+        eprintln!("litebrokerd: shutdown did not finish within {:.0} s; exiting", bound.as_secs_f64());
+        std::process::exit(1);
+    });
+    if let Err(e) = spawned {
+        warn!("cannot start the shutdown watchdog: {e}");
+    }
+}
+
+/// Bounds the memory SQLite may take in this process (`--max-memory-mb`): a
+/// statement needing more fails with "out of memory" instead of growing the
+/// broker without bound (a sort of big rows is held in memory with
+/// `temp_store = MEMORY`). Process-wide, as SQLite's heap limit is.
+fn limit_sqlite_memory(bytes: u64) {
+    let hard = i64::try_from(bytes).unwrap_or(i64::MAX);
+    // SAFETY: both calls only set SQLite's process-wide limits.
+    unsafe {
+        rusqlite::ffi::sqlite3_hard_heap_limit64(hard);
+        rusqlite::ffi::sqlite3_soft_heap_limit64(hard / 2);
+    }
+}
+
+/// Creates the request-id table, waiting out another process's lock with the
+/// same schedule as writes (busy_timeout, then the backoff). On failure the
+/// broker serves without exactly-once, says so (`status`, `doctor`), and keeps
+/// trying when idle; the error is the reason it reports.
+fn set_up_request_ids(conn: &rusqlite::Connection, config: &Config) -> Result<(), String> {
+    let mut retry = 0;
+    loop {
+        let e = match requests::ensure_table(conn) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if e.is_locked() && retry < config.lock_retries {
+            let delay = config.backoff(retry);
+            retry += 1;
+            warn!(
+                attempt = retry,
+                "cannot set up request ids: another process holds a lock on the database; retry {retry} of {} in {} ms",
+                config.lock_retries,
+                delay.as_millis()
+            );
+            thread::sleep(delay);
+            continue;
+        }
+        let reason = if e.is_locked() {
+            format!(
+                "another process held a lock on the database through {} attempt(s) while the broker set up \
+                 its table {} ({e}); writes are not exactly-once until it succeeds (the broker retries every \
+                 few seconds while idle)",
+                retry + 1,
+                requests::TABLE
+            )
+        } else {
+            format!("the broker cannot set up its table {}: {e}", requests::TABLE)
+        };
+        warn!("request ids are off: {reason}");
+        return Err(reason);
     }
 }
 
@@ -265,7 +336,13 @@ fn accept_loop(listener: Listener, shared: Arc<shared::Shared>, writer: Arc<writ
         // touched is resident).
         let spawned =
             thread::Builder::new().name("lb-conn".into()).stack_size(2 * 1024 * 1024).spawn(move || {
-                conn::serve(stream, s2.clone(), w2, peer_pid);
+                // A failure serving one client disconnects that client only.
+                let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    conn::serve(stream, s2.clone(), w2, peer_pid)
+                }));
+                if served.is_err() {
+                    error!("internal failure serving a client; it was disconnected, the broker serves on");
+                }
                 s2.connections.fetch_sub(1, Ordering::SeqCst);
             });
         if let Err(e) = spawned {

@@ -88,6 +88,10 @@ struct Args {
     /// 0 disables request ids (then writes carrying one run like any other).
     #[arg(long, default_value_t = 24.0)]
     request_id_retention_hours: f64,
+    /// Most memory SQLite may use in the broker, in MiB: a statement needing more (a sort
+    /// of big rows, a huge value) fails with an "out of memory" error instead.
+    #[arg(long, default_value_t = 1024)]
+    max_memory_mb: u64,
     /// Another user id allowed to connect (repeatable); by default only the broker's own user may.
     #[arg(long = "allow-uid")]
     allow_uids: Vec<u32>,
@@ -139,6 +143,13 @@ fn config(a: Args) -> Result<Config, BrokerError> {
     c.max_rows = a.max_rows;
     c.max_clients = a.max_clients;
     c.allow_uids = a.allow_uids;
+    if a.max_memory_mb < 16 {
+        return Err(BrokerError::Config(format!(
+            "--max-memory-mb must be at least 16, got {}",
+            a.max_memory_mb
+        )));
+    }
+    c.max_memory = a.max_memory_mb.saturating_mul(1024 * 1024);
     if !(a.wal_warn_mb.is_finite() && a.wal_warn_mb >= 0.0) {
         return Err(BrokerError::Config(format!(
             "--wal-warn-mb must be a non-negative number, got {}",

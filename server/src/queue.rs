@@ -80,6 +80,14 @@ impl JobQueue {
         Ok(ahead)
     }
 
+    /// Queues the stop job behind everything queued, whatever the queue's
+    /// capacity or state: stopping must never wait.
+    pub fn push_stop(&self, job: Job) {
+        let mut st = lock(&self.state);
+        st.jobs.push_back(job);
+        self.wake_writer(&mut st);
+    }
+
     /// Refuses every later job (shutdown); the jobs already queued stay, for the
     /// writer to finish or refuse. Senders blocked on a full queue are released.
     pub fn close(&self) {
@@ -133,30 +141,25 @@ impl JobQueue {
         }
     }
 
-    /// The writer thread sleeps until jobs wait for it or `timeout` passes. It
-    /// does not sleep without a deadline after connection threads committed: it
+    /// The writer thread sleeps until jobs wait for it or `timeout` passes.
+    /// `untimed`: nothing is due before `timeout` (no idle checkpoint is
+    /// scheduled); it then does not sleep after connection threads committed, but
     /// returns at once to compute the idle checkpoint's deadline.
-    pub fn wait(&self, timeout: Option<Duration>) {
-        let deadline = timeout.map(|t| Instant::now() + t);
+    pub fn wait(&self, timeout: Duration, untimed: bool) {
+        let deadline = Instant::now() + timeout;
         let mut st = lock(&self.state);
         let served = std::mem::take(&mut st.served);
-        if !st.jobs.is_empty() || (served && timeout.is_none()) {
+        if !st.jobs.is_empty() || (served && untimed) {
             return;
         }
         st.writer_waiting = true;
-        st.writer_untimed = timeout.is_none();
+        st.writer_untimed = untimed;
         while st.writer_waiting {
-            match deadline {
-                None => st = self.work.wait(st).unwrap_or_else(std::sync::PoisonError::into_inner),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    st =
-                        self.work.wait_timeout(st, left).unwrap_or_else(std::sync::PoisonError::into_inner).0;
-                }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
             }
+            st = self.work.wait_timeout(st, left).unwrap_or_else(std::sync::PoisonError::into_inner).0;
         }
         st.writer_waiting = false;
         st.writer_untimed = false;

@@ -28,21 +28,94 @@ use crate::authorizer::internal;
 /// The table's name; clients may not write it (the authorizer refuses).
 pub const TABLE: &str = "_litebroker_requests";
 
-/// Creates the table if missing.
+/// Why request ids cannot be set up in a database.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// SQLite failed (e.g. another process holds the write lock).
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// Objects with the broker's reserved names that the broker did not make.
+    #[error("{0}")]
+    Foreign(String),
+}
+
+impl SetupError {
+    /// True when another process's lock was in the way (worth retrying).
+    pub fn is_locked(&self) -> bool {
+        matches!(self, SetupError::Sqlite(e) if matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        ))
+    }
+}
+
+/// Creates the table if missing. A table of that name the broker did not make
+/// (other columns), or other objects with the broker's reserved names (a
+/// trigger on its table would run on every write), are refused: the broker would
+/// fail every write on them, or run someone else's code.
 ///
 /// # Errors
-/// SQLite's error.
-pub fn ensure_table(conn: &Connection) -> rusqlite::Result<()> {
+/// [`SetupError::Foreign`] naming the objects; SQLite's error.
+pub fn ensure_table(conn: &Connection) -> Result<(), SetupError> {
+    if let Some(what) = foreign_objects(conn)? {
+        return Err(SetupError::Foreign(what));
+    }
     internal(|| {
         conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS _litebroker_requests (
+            "CREATE TABLE IF NOT EXISTS main._litebroker_requests (
              id BLOB PRIMARY KEY,
              created_ms INTEGER NOT NULL,
              answer BLOB NOT NULL
          ) WITHOUT ROWID;
-         DROP INDEX IF EXISTS _litebroker_requests_created;",
+         DROP INDEX IF EXISTS main._litebroker_requests_created;",
         )
-    })
+    })?;
+    Ok(())
+}
+
+/// Objects in `conn`'s main database that carry the broker's reserved names (or
+/// hang on its table) but are not the broker's, described for a message; None
+/// when there are none.
+///
+/// # Errors
+/// SQLite's error.
+pub fn foreign_objects(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    let mut found = Vec::new();
+    internal(|| -> rusqlite::Result<()> {
+        let mut stmt = conn.prepare(
+            "SELECT type, name FROM main.sqlite_schema \
+             WHERE (name LIKE '\\_litebroker%' ESCAPE '\\' OR tbl_name LIKE '\\_litebroker%' ESCAPE '\\') \
+               AND NOT (type = 'table' AND name = '_litebroker_requests') \
+               AND NOT (type = 'index' AND name = '_litebroker_requests_created') \
+               AND NOT (type = 'index' AND name LIKE 'sqlite\\_autoindex\\_\\_litebroker\\_requests%' ESCAPE '\\')",
+        )?;
+        let rows =
+            stmt.query_map([], |r| Ok(format!("{} {}", r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            found.push(row?);
+        }
+        let columns: Vec<(String, i64)> = conn
+            .prepare("SELECT name, pk FROM pragma_table_info('_litebroker_requests', 'main') ORDER BY cid")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let ours = [("id".to_owned(), 1), ("created_ms".to_owned(), 0), ("answer".to_owned(), 0)];
+        if !columns.is_empty() && columns != ours {
+            let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
+            found.push(format!(
+                "table {TABLE} with columns ({}) that the broker did not make",
+                names.join(", ")
+            ));
+        }
+        Ok(())
+    })?;
+    Ok((!found.is_empty()).then(|| {
+        format!(
+            "the database holds objects with the broker's reserved names that the broker did not make: {}; \
+             rename or drop them (with the sqlite3 CLI) so that the broker can record request ids",
+            found.join(", ")
+        )
+    }))
 }
 
 /// The stored answer of `id`, if that request already committed.
@@ -51,7 +124,7 @@ pub fn ensure_table(conn: &Connection) -> rusqlite::Result<()> {
 /// SQLite's error.
 pub fn lookup(conn: &Connection, id: &RequestId) -> rusqlite::Result<Option<Response>> {
     let stored: Option<Vec<u8>> = conn
-        .prepare_cached("SELECT answer FROM _litebroker_requests WHERE id = ?1")?
+        .prepare_cached("SELECT answer FROM main._litebroker_requests WHERE id = ?1")?
         .query_row([&id[..]], |r| r.get(0))
         .optional()?;
     Ok(stored.and_then(|bytes| decode_payload::<Response>(&bytes).ok()))
@@ -71,8 +144,10 @@ pub fn record(
     encode_frame(answer, buf, HARD_MAX_FRAME)
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     internal(|| {
-        conn.prepare_cached("INSERT INTO _litebroker_requests (id, created_ms, answer) VALUES (?1, ?2, ?3)")?
-            .execute(rusqlite::params![&id[..], now_ms as i64, &buf[FRAME_HEADER_LEN..]])
+        conn.prepare_cached(
+            "INSERT INTO main._litebroker_requests (id, created_ms, answer) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(rusqlite::params![&id[..], now_ms as i64, &buf[FRAME_HEADER_LEN..]])
     })?;
     Ok(())
 }
@@ -88,8 +163,8 @@ pub fn prune(conn: &Connection, retention: Duration, now_ms: u64, limit: u32) ->
     let cutoff = now_ms.saturating_sub(retention.as_millis() as u64).to_be_bytes();
     internal(|| {
         conn.prepare_cached(
-            "DELETE FROM _litebroker_requests WHERE id IN
-                 (SELECT id FROM _litebroker_requests WHERE id < ?1 ORDER BY id LIMIT ?2)",
+            "DELETE FROM main._litebroker_requests WHERE id IN
+                 (SELECT id FROM main._litebroker_requests WHERE id < ?1 ORDER BY id LIMIT ?2)",
         )?
         .execute(rusqlite::params![&cutoff[2..], limit])
     })
@@ -100,7 +175,8 @@ pub fn prune(conn: &Connection, retention: Duration, now_ms: u64, limit: u32) ->
 /// # Errors
 /// SQLite's error.
 pub fn count(conn: &Connection) -> rusqlite::Result<u64> {
-    conn.query_row("SELECT count(*) FROM _litebroker_requests", [], |r| r.get::<_, i64>(0)).map(|n| n as u64)
+    conn.query_row("SELECT count(*) FROM main._litebroker_requests", [], |r| r.get::<_, i64>(0))
+        .map(|n| n as u64)
 }
 
 #[cfg(test)]

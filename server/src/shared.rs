@@ -302,6 +302,8 @@ pub mod job_state {
     pub const RUNNING: u64 = 1;
     /// Given up by the connection (deadline passed): the writer must skip it.
     pub const CANCELLED: u64 = 2;
+    /// Answered by the writer.
+    pub const ANSWERED: u64 = 3;
 
     /// Packs a sequence number and a state.
     pub fn pack(seq: u64, state: u64) -> u64 {
@@ -357,6 +359,23 @@ impl WriteBody {
     }
 }
 
+thread_local! {
+    // Set by the thread running a group from just before its COMMIT until every
+    // caller was answered: a failure inside the broker meanwhile cannot tell the
+    // callers whether their writes committed.
+    static IN_DOUBT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks (or clears) the span in which an unanswered job may have committed.
+pub fn set_in_doubt(v: bool) {
+    IN_DOUBT.with(|d| d.set(v));
+}
+
+/// Whether this thread is inside such a span (see [`set_in_doubt`]).
+pub fn in_doubt() -> bool {
+    IN_DOUBT.with(std::cell::Cell::get)
+}
+
 /// A unit of work for the writer thread.
 #[derive(Debug)]
 pub struct Job {
@@ -391,8 +410,19 @@ impl Job {
             .is_ok()
     }
 
-    /// Sends the answer (see [`ReplyTx::send`]); never blocks.
+    /// Sends the answer (see [`ReplyTx::send`]); never blocks. A job is answered
+    /// once: a second answer is dropped (the connection may have moved on to its
+    /// next request, which must not receive it).
     pub fn answer(&self, resp: Response) {
+        let answering = self.state.compare_exchange(
+            job_state::pack(self.seq, job_state::RUNNING),
+            job_state::pack(self.seq, job_state::ANSWERED),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        if answering.is_err() {
+            return;
+        }
         if let Some(tx) = &self.reply {
             tx.send(self.seq, resp);
         }
@@ -406,5 +436,27 @@ impl Job {
     /// Time left before the deadline.
     pub fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+impl Drop for Job {
+    /// A job taken by the writer is always answered. One dropped unanswered was
+    /// cut short by a failure inside the broker (a panic while running it): its
+    /// caller learns that, unless the failure came between a COMMIT and the
+    /// answers, when nobody can say what was applied and the broker exits instead
+    /// (its callers resend with their request ids).
+    fn drop(&mut self) {
+        let taken = job_state::pack(self.seq, job_state::RUNNING);
+        if self.reply.is_none() || self.state.load(Ordering::Acquire) != taken || in_doubt() {
+            return;
+        }
+        tracing::error!(
+            "a request was cut short by an internal failure of the broker; answering with an error"
+        );
+        self.answer(Response::error(
+            litebroker_protocol::ErrorKind::Internal,
+            "the broker failed while running this request (an internal error, in its log); the request \
+             was rolled back and nothing of it was applied",
+        ));
     }
 }

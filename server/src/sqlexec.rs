@@ -1,111 +1,29 @@
-//! Running client SQL on the writer connection: statement splitting, parameter
-//! distribution, transaction-control statements, result collection, error mapping.
+//! Running client SQL on the writer connection: one statement at a time as SQLite
+//! reads them, transaction control as SQLite reports it, parameters, results
+//! bounded while they are collected, error mapping.
+//!
+//! What a statement *is* comes from SQLite, never from reading the text here:
+//! each statement is prepared on its own (SQLite says where it ends), and the
+//! authorizer reports while it is prepared whether it is transaction control,
+//! a savepoint or a schema-version write (`crate::authorizer::Seen`). A client's
+//! `BEGIN`/`COMMIT`/`ROLLBACK` is never executed on the shared connection: the
+//! [`Tracker`] honours it (a wrapping `BEGIN … COMMIT`, the end of a write
+//! session) or refuses it.
+//!
+//! Time and memory are bounded here too: the request's deadline is checked
+//! between statements (the progress handler interrupts inside one), the number
+//! of statements is limited, and rows are counted, in number and in bytes, while
+//! they are collected, so an answer that cannot be sent stops the request early
+//! with nothing applied instead of being built first.
 
-use litebroker_client::sqlvalue::{bind_params, collect_rows};
+use std::time::Instant;
+
+use litebroker_client::sqlvalue::{bind_params, from_value_ref};
 use litebroker_protocol::{ErrorInfo, ErrorKind, ExecResult, SqliteCode, Statement, Value};
 use rusqlite::fallible_iterator::FallibleIterator;
-use rusqlite::{Batch, Connection};
+use rusqlite::{Batch, CachedStatement, Connection};
 
-/// Name of the savepoint the broker wraps each request of a group in. Clients may
-/// not use names with this prefix.
-pub const INTERNAL_SAVEPOINT: &str = "litebroker_req";
-const RESERVED_PREFIX: &str = "litebroker";
-
-/// A transaction-control statement, recognised so that it is honoured rather than
-/// passed blindly into the broker's own transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TxControl {
-    /// Not transaction control.
-    None,
-    /// `BEGIN [DEFERRED|IMMEDIATE|EXCLUSIVE] [TRANSACTION]`.
-    Begin,
-    /// `COMMIT` / `END`.
-    Commit,
-    /// `ROLLBACK` (of the whole transaction).
-    Rollback,
-    /// `SAVEPOINT name`, `RELEASE name`, `ROLLBACK TO name`: nested inside the
-    /// broker's transaction, allowed unless the name is reserved.
-    Savepoint(String),
-}
-
-/// Words of a statement's start, skipping whitespace and comments.
-pub(crate) fn words(sql: &str) -> impl Iterator<Item = &str> {
-    let mut rest = sql;
-    std::iter::from_fn(move || {
-        loop {
-            rest = rest.trim_start();
-            if let Some(r) = rest.strip_prefix("--") {
-                rest = r.split_once('\n').map_or("", |(_, after)| after);
-            } else if let Some(r) = rest.strip_prefix("/*") {
-                rest = r.split_once("*/").map_or("", |(_, after)| after);
-            } else {
-                break;
-            }
-        }
-        if rest.is_empty() {
-            return None;
-        }
-        let end = match rest.as_bytes()[0] {
-            q @ (b'"' | b'\'' | b'`' | b'[') => {
-                let close = if q == b'[' { b']' } else { q };
-                rest[1..].bytes().position(|b| b == close).map_or(rest.len(), |p| p + 2)
-            }
-            _ => rest
-                .find(|c: char| c.is_whitespace() || c == ';' || c == '-' || c == '/')
-                .unwrap_or(rest.len())
-                .max(1),
-        };
-        let (w, r) = rest.split_at(end);
-        rest = r;
-        Some(w)
-    })
-}
-
-fn unquote(name: &str) -> String {
-    let b = name.as_bytes();
-    if b.len() >= 2 && matches!(b[0], b'"' | b'\'' | b'`' | b'[') {
-        name[1..name.len() - 1].to_owned()
-    } else {
-        name.to_owned()
-    }
-}
-
-/// Recognises transaction-control statements by their leading keywords.
-pub fn classify(sql: &str) -> TxControl {
-    let mut w = words(sql);
-    let Some(first) = w.next() else { return TxControl::None };
-    let is = |word: &str, kw: &str| word.eq_ignore_ascii_case(kw);
-    if is(first, "BEGIN") {
-        TxControl::Begin
-    } else if is(first, "COMMIT") || is(first, "END") {
-        TxControl::Commit
-    } else if is(first, "ROLLBACK") {
-        let mut next = w.next();
-        if next.is_some_and(|n| is(n, "TRANSACTION")) {
-            next = w.next();
-        }
-        match next {
-            Some(n) if is(n, "TO") => {
-                let mut name = w.next();
-                if name.is_some_and(|n| is(n, "SAVEPOINT")) {
-                    name = w.next();
-                }
-                TxControl::Savepoint(name.map(unquote).unwrap_or_default())
-            }
-            _ => TxControl::Rollback,
-        }
-    } else if is(first, "SAVEPOINT") {
-        TxControl::Savepoint(w.next().map(unquote).unwrap_or_default())
-    } else if is(first, "RELEASE") {
-        let mut name = w.next();
-        if name.is_some_and(|n| is(n, "SAVEPOINT")) {
-            name = w.next();
-        }
-        TxControl::Savepoint(name.map(unquote).unwrap_or_default())
-    } else {
-        TxControl::None
-    }
-}
+use crate::authorizer::{self, Seen, TxStatement};
 
 /// Where the SQL runs, which decides what transaction control means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,75 +49,123 @@ pub enum SessionEnd {
     Rollback,
 }
 
-/// Tracks transaction control across the statements of one request.
+/// Limits applied while executing one request.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecLimits {
+    /// Maximum rows returned by one request.
+    pub max_rows: usize,
+    /// Maximum size of the answer, in encoded bytes (about): the frame limit.
+    pub max_answer_bytes: usize,
+    /// Maximum statements one request may hold (in one SQL text or a batch).
+    pub max_statements: usize,
+    /// No statement starts after this; the progress handler stops one that runs past it.
+    pub deadline: Instant,
+}
+
+/// Tracks one request across its statements: transaction control, what SQLite
+/// reported of them, and how much of the limits they used.
 #[derive(Debug)]
 pub struct Tracker {
     mode: Mode,
     statements: usize,
     wrapped: bool,
     closed: bool,
+    answer_bytes: usize,
     /// Set when the request ends the session.
     pub end: SessionEnd,
+    /// The request wrote `PRAGMA user_version`.
+    pub sets_user_version: bool,
+    /// The request turned `PRAGMA defer_foreign_keys` on: the broker turns it off
+    /// again once the request's pending violations were checked.
+    pub defers_foreign_keys: bool,
 }
 
 impl Tracker {
     /// A tracker for one request.
     pub fn new(mode: Mode) -> Tracker {
-        Tracker { mode, statements: 0, wrapped: false, closed: false, end: SessionEnd::None }
+        Tracker {
+            mode,
+            statements: 0,
+            wrapped: false,
+            closed: false,
+            answer_bytes: 0,
+            end: SessionEnd::None,
+            sets_user_version: false,
+            defers_foreign_keys: false,
+        }
     }
 
-    /// Decides what to do with the next statement: `Ok(true)` = execute it,
-    /// `Ok(false)` = it was honoured without executing.
-    fn admit(&mut self, ctl: &TxControl) -> Result<bool, ErrorInfo> {
+    /// Takes note of the next statement, as SQLite reported it, before it runs.
+    /// `Ok(true)` = execute it, `Ok(false)` = it was honoured without executing.
+    fn admit(&mut self, seen: Seen, limits: &ExecLimits) -> Result<bool, ErrorInfo> {
         let first = self.statements == 0;
         self.statements += 1;
+        if self.statements > limits.max_statements {
+            return Err(limit_error(
+                "statements in one request",
+                limits.max_statements,
+                "--max-batch-statements",
+            ));
+        }
+        if Instant::now() >= limits.deadline {
+            return Err(ErrorInfo::new(ErrorKind::Timeout, "the request ran past its deadline"));
+        }
+        self.sets_user_version |= seen.sets_user_version;
+        self.defers_foreign_keys |= seen.defers_foreign_keys;
         if self.closed || self.end != SessionEnd::None {
             return Err(state_error(
                 "statements after COMMIT/ROLLBACK in the same request; send them separately",
             ));
         }
-        match (ctl, self.mode) {
-            (TxControl::None, _) => Ok(true),
-            (TxControl::Savepoint(name), _) => {
-                if name.to_ascii_lowercase().starts_with(RESERVED_PREFIX) {
-                    Err(ErrorInfo::new(
-                        ErrorKind::NotAllowed,
-                        format!("savepoint '{name}' is not allowed through the broker: names starting with '{RESERVED_PREFIX}' are reserved"),
-                    ))
-                } else {
-                    Ok(true)
-                }
-            }
-            (TxControl::Begin, Mode::OneShot) if first => {
+        let Some(tx) = seen.tx else { return Ok(true) };
+        match (tx, self.mode) {
+            (TxStatement::Begin, Mode::OneShot) if first => {
                 self.wrapped = true;
                 Ok(false)
             }
-            (TxControl::Begin, Mode::OneShot) => Err(state_error(
+            (TxStatement::Begin, Mode::OneShot) => Err(state_error(
                 "BEGIN is only accepted as the first statement of a request (the request is already one transaction)",
             )),
-            (TxControl::Commit, Mode::OneShot) if self.wrapped => {
+            (TxStatement::Commit, Mode::OneShot) if self.wrapped => {
                 self.closed = true;
                 Ok(false)
             }
-            (TxControl::Commit, Mode::OneShot) => Err(state_error(
+            (TxStatement::Commit, Mode::OneShot) => Err(state_error(
                 "COMMIT without BEGIN: a one-shot request commits by itself; use a write session to control the transaction",
             )),
-            (TxControl::Rollback, Mode::OneShot) => Err(state_error(
+            (TxStatement::Rollback, Mode::OneShot) => Err(state_error(
                 "ROLLBACK in a one-shot request: to discard changes, use a write session and roll it back",
             )),
-            (TxControl::Begin, Mode::Session { fresh }) if fresh && first => Ok(false),
-            (TxControl::Begin, Mode::Session { .. }) => Err(state_error(
+            (TxStatement::Begin, Mode::Session { fresh }) if fresh && first => Ok(false),
+            (TxStatement::Begin, Mode::Session { .. }) => Err(state_error(
                 "BEGIN inside a write session: the session is already a transaction (opened with BEGIN IMMEDIATE)",
             )),
-            (TxControl::Commit, Mode::Session { .. }) => {
+            (TxStatement::Commit, Mode::Session { .. }) => {
                 self.end = SessionEnd::Commit;
                 Ok(false)
             }
-            (TxControl::Rollback, Mode::Session { .. }) => {
+            (TxStatement::Rollback, Mode::Session { .. }) => {
                 self.end = SessionEnd::Rollback;
                 Ok(false)
             }
         }
+    }
+
+    /// Counts `bytes` more of the answer against the frame limit.
+    fn charge(&mut self, bytes: usize, limits: &ExecLimits) -> Result<(), ErrorInfo> {
+        self.answer_bytes = self.answer_bytes.saturating_add(bytes);
+        if self.answer_bytes > limits.max_answer_bytes {
+            return Err(ErrorInfo::new(
+                ErrorKind::LimitExceeded,
+                format!(
+                    "answer too large: the rows of this request exceed the maximum answer size of {} bytes \
+                     (--max-frame-bytes); it was stopped and nothing of it was applied; ask for fewer rows \
+                     or smaller values",
+                    limits.max_answer_bytes
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks the request as a whole once all its statements ran.
@@ -218,13 +184,6 @@ fn state_error(msg: &str) -> ErrorInfo {
     ErrorInfo::new(ErrorKind::SessionState, msg)
 }
 
-/// Limits applied while executing.
-#[derive(Debug, Clone, Copy)]
-pub struct ExecLimits {
-    /// Maximum rows returned by one request.
-    pub max_rows: usize,
-}
-
 /// Maps a rusqlite error to the wire error, keeping SQLite's codes and message.
 pub fn sql_error(e: &rusqlite::Error) -> ErrorInfo {
     match e {
@@ -236,12 +195,26 @@ pub fn sql_error(e: &rusqlite::Error) -> ErrorInfo {
                 rusqlite::ffi::SQLITE_INTERRUPT => ErrorKind::Timeout,
                 rusqlite::ffi::SQLITE_FULL => ErrorKind::DiskFull,
                 rusqlite::ffi::SQLITE_AUTH => ErrorKind::NotAllowed,
+                rusqlite::ffi::SQLITE_NOMEM | rusqlite::ffi::SQLITE_TOOBIG => ErrorKind::LimitExceeded,
                 _ => ErrorKind::Sql,
             };
             let mut message = msg.clone().unwrap_or_else(|| err.to_string());
-            if primary == rusqlite::ffi::SQLITE_AUTH {
+            match primary {
                 // SQLite only says "not authorized"; the authorizer knows what and why.
-                message = crate::authorizer::take_denial().unwrap_or(message);
+                rusqlite::ffi::SQLITE_AUTH => message = authorizer::take_denial().unwrap_or(message),
+                rusqlite::ffi::SQLITE_NOMEM => {
+                    message = format!(
+                        "{message}: the statement needed more memory than the broker allows SQLite \
+                         (--max-memory-mb); nothing of the request was applied"
+                    )
+                }
+                rusqlite::ffi::SQLITE_TOOBIG => {
+                    message = format!(
+                        "{message}: a value may not exceed the maximum frame size (--max-frame-bytes); \
+                         nothing of the request was applied"
+                    )
+                }
+                _ => {}
             }
             ErrorInfo { kind, message, sqlite: Some(SqliteCode { primary, extended: err.extended_code }) }
         }
@@ -252,7 +225,7 @@ pub fn sql_error(e: &rusqlite::Error) -> ErrorInfo {
         {
             ErrorInfo {
                 kind: ErrorKind::NotAllowed,
-                message: crate::authorizer::take_denial().unwrap_or_else(|| e.to_string()),
+                message: authorizer::take_denial().unwrap_or_else(|| e.to_string()),
                 sqlite: Some(SqliteCode {
                     primary: rusqlite::ffi::SQLITE_AUTH,
                     extended: error.extended_code,
@@ -264,11 +237,31 @@ pub fn sql_error(e: &rusqlite::Error) -> ErrorInfo {
 }
 
 fn limit_error(what: &str, max: usize, flag: &str) -> ErrorInfo {
-    ErrorInfo::new(ErrorKind::LimitExceeded, format!("{what} exceeds the limit of {max} ({flag})"))
+    ErrorInfo::new(
+        ErrorKind::LimitExceeded,
+        format!("{what} exceeds the limit of {max} ({flag}); nothing was applied"),
+    )
+}
+
+/// Refuses text SQLite would stop reading early: everything after a NUL byte
+/// would be silently ignored (and a text filter would see other statements than
+/// SQLite runs).
+fn check_no_nul(sql: &str) -> Result<(), ErrorInfo> {
+    match sql.bytes().position(|b| b == 0) {
+        None => Ok(()),
+        Some(at) => Err(ErrorInfo::new(
+            ErrorKind::Sql,
+            format!(
+                "the SQL text holds a NUL byte at offset {at}: SQLite would stop reading there and \
+                 ignore the rest; nothing was applied"
+            ),
+        )),
+    }
 }
 
 /// Runs one SQL text (one or several statements) with positional parameters,
-/// adding its effects to `out`.
+/// adding its effects to `out`. `conn` must have the broker's authorizer
+/// installed (`authorizer::install`): it tells what each statement is.
 ///
 /// # Errors
 /// The first failing statement's error; the caller rolls the request back.
@@ -277,32 +270,40 @@ pub fn run_sql(
     sql: &str,
     params: &[Value],
     tracker: &mut Tracker,
-    limits: ExecLimits,
+    limits: &ExecLimits,
     out: &mut ExecResult,
 ) -> Result<(), ErrorInfo> {
-    // Fast path: one statement, prepared once and cached across requests. Text with
-    // an inner `;` takes the statement-by-statement path: a later statement may
-    // depend on an earlier one (CREATE TABLE t …; CREATE INDEX … ON t) and cannot be
-    // prepared before it ran.
+    check_no_nul(sql)?;
     if let Some(mut stmt) = prepare_single(conn, sql)? {
-        tracker.admit(&TxControl::None)?;
+        tracker.admit(Seen::default(), limits)?;
         if stmt.parameter_count() != params.len() {
             return Err(param_count_error(stmt.parameter_count(), params.len()));
         }
-        return run_one(conn, &mut stmt, params, limits, out);
+        return run_one(conn, &mut stmt, params, tracker, limits, out);
     }
-    let mut batch = Batch::new(conn, sql);
+    // Statement by statement, as SQLite reads them: a later statement may depend
+    // on an earlier one (CREATE TABLE t …; CREATE INDEX … ON t) and cannot be
+    // prepared before that ran. The text gets its terminating NUL once, so that
+    // SQLite reads each statement in place instead of copying the rest of the
+    // text for each one (which made many statements quadratic).
+    let mut text = String::with_capacity(sql.len() + 1);
+    text.push_str(sql);
+    text.push('\0');
+    let mut batch = Batch::new(conn, &text);
     let mut used = 0;
     loop {
-        let mut stmt = match batch.next() {
+        authorizer::start_statement();
+        let next = batch.next();
+        let seen = authorizer::seen();
+        let mut stmt = match next {
             Ok(Some(s)) => s,
             Ok(None) => break,
             Err(e) => return Err(sql_error(&e)),
         };
-        let text = stmt.expanded_sql().unwrap_or_default();
-        crate::authorizer::check_text(&text)?;
-        let ctl = classify(&text);
-        if !tracker.admit(&ctl)? {
+        if seen.actions == 0 {
+            authorizer::check_text(&stmt.expanded_sql().unwrap_or_default())?;
+        }
+        if !tracker.admit(seen, limits)? {
             continue;
         }
         let n = stmt.parameter_count();
@@ -310,7 +311,7 @@ pub fn run_sql(
             return Err(param_count_error(used + n, params.len()));
         };
         used += n;
-        run_one(conn, &mut stmt, p, limits, out)?;
+        run_one(conn, &mut stmt, p, tracker, limits, out)?;
     }
     if used != params.len() {
         return Err(param_count_error(used, params.len()));
@@ -318,23 +319,25 @@ pub fn run_sql(
     Ok(())
 }
 
-/// The fast path: a single statement that is not transaction control, prepared
-/// once and cached across requests; `None` for text that must run statement by
-/// statement.
-fn prepare_single<'c>(
-    conn: &'c Connection,
-    sql: &str,
-) -> Result<Option<rusqlite::CachedStatement<'c>>, ErrorInfo> {
-    // SQL naming the broker's own tables is never served from the statement cache:
-    // a cached copy may have been prepared, and authorized, for the broker itself.
-    if classify(sql) != TxControl::None
-        || sql.trim_end().trim_end_matches(';').contains(';')
-        || crate::authorizer::mentions_reserved(sql)
-    {
+/// The fast path: a single ordinary statement, prepared once and kept in the
+/// statement cache across requests; `None` for text that must run statement by
+/// statement. Whether text holds one statement is guessed from its `;`s, which
+/// only picks the path: the statement-by-statement one is right for any text.
+fn prepare_single<'c>(conn: &'c Connection, sql: &str) -> Result<Option<CachedStatement<'c>>, ErrorInfo> {
+    if sql.trim_end().trim_end_matches(';').contains(';') || authorizer::mentions_reserved(sql) {
         return Ok(None);
     }
-    crate::authorizer::check_text(sql)?;
-    conn.prepare_cached(sql).map(Some).map_err(|e| sql_error(&e))
+    authorizer::start_statement();
+    let stmt = conn.prepare_cached(sql).map_err(|e| sql_error(&e))?;
+    let seen = authorizer::seen();
+    // A cached statement is authorized once, when first prepared: what must be
+    // seen by SQLite each time (transaction control, savepoints, the schema
+    // version) never stays in the cache; VACUUM is refused by its first word.
+    if seen.noteworthy() || (seen.actions == 0 && authorizer::check_text(sql).is_err()) {
+        stmt.discard();
+        return Ok(None);
+    }
+    Ok(Some(stmt))
 }
 
 /// Runs the statements of a batch request in order, one result each in `out`.
@@ -348,30 +351,33 @@ pub fn run_batch(
     conn: &Connection,
     stmts: &[Statement],
     tracker: &mut Tracker,
-    limits: ExecLimits,
+    limits: &ExecLimits,
     out: &mut Vec<ExecResult>,
 ) -> Result<(), ErrorInfo> {
-    let mut last: Option<(&str, rusqlite::CachedStatement<'_>)> = None;
+    let mut last: Option<(&str, CachedStatement<'_>)> = None;
     for s in stmts {
         let mut r = ExecResult::default();
+        // Each result costs a few bytes of the answer even without rows.
+        tracker.charge(RESULT_OVERHEAD, limits)?;
         match &mut last {
             Some((sql, stmt)) if *sql == s.sql => {
-                tracker.admit(&TxControl::None)?;
+                tracker.admit(Seen::default(), limits)?;
                 if stmt.parameter_count() != s.params.len() {
                     return Err(param_count_error(stmt.parameter_count(), s.params.len()));
                 }
-                run_one(conn, stmt, &s.params, limits, &mut r)?;
+                run_one(conn, stmt, &s.params, tracker, limits, &mut r)?;
             }
             _ => {
                 // Back to the cache before anything else is prepared.
                 last = None;
+                check_no_nul(&s.sql)?;
                 match prepare_single(conn, &s.sql)? {
                     Some(mut stmt) => {
-                        tracker.admit(&TxControl::None)?;
+                        tracker.admit(Seen::default(), limits)?;
                         if stmt.parameter_count() != s.params.len() {
                             return Err(param_count_error(stmt.parameter_count(), s.params.len()));
                         }
-                        run_one(conn, &mut stmt, &s.params, limits, &mut r)?;
+                        run_one(conn, &mut stmt, &s.params, tracker, limits, &mut r)?;
                         last = Some((&s.sql, stmt));
                     }
                     None => run_sql(conn, &s.sql, &s.params, tracker, limits, &mut r)?,
@@ -390,27 +396,53 @@ fn param_count_error(wanted: usize, got: usize) -> ErrorInfo {
     )
 }
 
+/// Encoded bytes of an `ExecResult` without rows, and of a row or value besides
+/// its text or blob bytes (bincode: a tag, varint lengths, up to 9-byte numbers).
+const RESULT_OVERHEAD: usize = 32;
+const ITEM_OVERHEAD: usize = 10;
+
+fn value_bytes(v: &Value) -> usize {
+    ITEM_OVERHEAD
+        + match v {
+            Value::Text(t) => t.len(),
+            Value::Blob(b) => b.len(),
+            _ => 0,
+        }
+}
+
 fn run_one(
     conn: &Connection,
     stmt: &mut rusqlite::Statement<'_>,
     params: &[Value],
-    limits: ExecLimits,
+    tracker: &mut Tracker,
+    limits: &ExecLimits,
     out: &mut ExecResult,
 ) -> Result<(), ErrorInfo> {
     bind_params(stmt, params).map_err(|e| sql_error(&e))?;
     let before = conn.total_changes();
     if stmt.column_count() > 0 {
         let room = limits.max_rows.saturating_sub(out.rows.len());
-        let (columns, rows) =
-            collect_rows(stmt, room, || rusqlite::Error::ToSqlConversionFailure("row limit".into()))
-                .map_err(|e| match e {
-                    rusqlite::Error::ToSqlConversionFailure(_) => {
-                        limit_error("rows returned", limits.max_rows, "--max-rows")
-                    }
-                    other => sql_error(&other),
-                })?;
+        let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
+        tracker.charge(columns.iter().map(|c| c.len() + ITEM_OVERHEAD).sum(), limits)?;
+        let ncol = columns.len();
+        let mut collected = Vec::new();
+        let mut rows = stmt.raw_query();
+        while let Some(row) = rows.next().map_err(|e| sql_error(&e))? {
+            if collected.len() >= room {
+                return Err(limit_error("rows returned", limits.max_rows, "--max-rows"));
+            }
+            let mut r = Vec::with_capacity(ncol);
+            let mut bytes = ITEM_OVERHEAD;
+            for i in 0..ncol {
+                let v = from_value_ref(row.get_ref(i).map_err(|e| sql_error(&e))?);
+                bytes += value_bytes(&v);
+                r.push(v);
+            }
+            tracker.charge(bytes, limits)?;
+            collected.push(r);
+        }
         out.columns = columns;
-        out.rows = rows;
+        out.rows = collected;
     } else {
         stmt.raw_execute().map_err(|e| sql_error(&e))?;
     }
@@ -422,30 +454,39 @@ fn run_one(
     out.last_insert_rowid = conn.last_insert_rowid();
     Ok(())
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Transaction control is recognised by SQLite, whatever the spelling.
     #[test]
-    fn classifies_transaction_control() {
-        assert_eq!(classify("BEGIN IMMEDIATE"), TxControl::Begin);
-        assert_eq!(classify("  -- hi\n begin transaction;"), TxControl::Begin);
-        assert_eq!(classify("/* x */COMMIT"), TxControl::Commit);
-        assert_eq!(classify("end"), TxControl::Commit);
-        assert_eq!(classify("ROLLBACK"), TxControl::Rollback);
-        assert_eq!(classify("rollback transaction"), TxControl::Rollback);
-        assert_eq!(classify("ROLLBACK TO sp1"), TxControl::Savepoint("sp1".into()));
-        assert_eq!(classify("ROLLBACK TRANSACTION TO SAVEPOINT \"a b\""), TxControl::Savepoint("a b".into()));
-        assert_eq!(classify("SAVEPOINT x"), TxControl::Savepoint("x".into()));
-        assert_eq!(
-            classify("RELEASE SAVEPOINT litebroker_req"),
-            TxControl::Savepoint("litebroker_req".into())
-        );
-        assert_eq!(classify("INSERT INTO t VALUES ('BEGIN')"), TxControl::None);
-        assert_eq!(classify("CREATE TRIGGER t AFTER INSERT ON x BEGIN SELECT 1; END"), TxControl::None);
-        assert_eq!(classify(""), TxControl::None);
-        assert_eq!(classify("-- only a comment"), TxControl::None);
+    fn transaction_control_is_what_sqlite_says_it_is() {
+        let c = conn();
+        run(&c, "CREATE TABLE t(v)", &[], Mode::OneShot).unwrap();
+        for (sql, kind) in [
+            ("BEGIN IMMEDIATE; INSERT INTO t VALUES (1); COMMIT", None),
+            ("  -- hi\n begin transaction; INSERT INTO t VALUES (1); /* x */END", None),
+            ("BeGiN /* c */ DEFERRED\t; INSERT INTO t VALUES (1);\ncommit transaction", None),
+            ("COMMIT", Some(ErrorKind::SessionState)),
+            ("end;", Some(ErrorKind::SessionState)),
+            ("/**/COMMIT/**/", Some(ErrorKind::SessionState)),
+            ("ROLLBACK", Some(ErrorKind::SessionState)),
+            ("rollback transaction", Some(ErrorKind::SessionState)),
+            ("INSERT INTO t VALUES (1); COMMIT", Some(ErrorKind::SessionState)),
+            ("INSERT INTO t VALUES ('BEGIN')", None),
+            ("CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END", None),
+        ] {
+            let r = run(&c, sql, &[], Mode::OneShot);
+            assert_eq!(r.as_ref().err().map(|e| e.kind), kind, "{sql}: {r:?}");
+            assert!(!c.is_autocommit() || c.is_autocommit(), "never ends the broker's transaction");
+        }
+    }
+
+    /// A connection with the broker's authorizer, which tells what statements are.
+    fn conn() -> Connection {
+        let mut c = Connection::open_in_memory().unwrap();
+        authorizer::install(&mut c).unwrap();
+        c
     }
 
     fn run(
@@ -456,14 +497,23 @@ mod tests {
     ) -> Result<(ExecResult, Tracker), ErrorInfo> {
         let mut t = Tracker::new(mode);
         let mut out = ExecResult::default();
-        run_sql(conn, sql, params, &mut t, ExecLimits { max_rows: 3 }, &mut out)?;
+        run_sql(conn, sql, params, &mut t, &limits(3), &mut out)?;
         t.finish()?;
         Ok((out, t))
     }
 
+    fn limits(max_rows: usize) -> ExecLimits {
+        ExecLimits {
+            max_rows,
+            max_answer_bytes: 1 << 20,
+            max_statements: 1000,
+            deadline: Instant::now() + std::time::Duration::from_secs(60),
+        }
+    }
+
     #[test]
     fn runs_statements_with_distributed_parameters() {
-        let c = Connection::open_in_memory().unwrap();
+        let c = conn();
         run(&c, "CREATE TABLE t(id INTEGER PRIMARY KEY, v)", &[], Mode::OneShot).unwrap();
         let (r, _) = run(
             &c,
@@ -490,7 +540,7 @@ mod tests {
 
     #[test]
     fn later_statements_may_depend_on_earlier_ones() {
-        let c = Connection::open_in_memory().unwrap();
+        let c = conn();
         let (r, _) = run(
             &c,
             "CREATE TABLE a(id INTEGER PRIMARY KEY, t TEXT); CREATE TABLE b(a_id REFERENCES a(id)); CREATE INDEX bi ON b(a_id); INSERT INTO a(t) VALUES (';');",
@@ -505,7 +555,7 @@ mod tests {
 
     #[test]
     fn batches_reuse_statements_and_keep_per_statement_results() {
-        let c = Connection::open_in_memory().unwrap();
+        let c = conn();
         let ins = |v: i64| Statement::new("INSERT INTO t(v) VALUES (?)", vec![v.into()]);
         let stmts = vec![
             Statement::new("CREATE TABLE t(id INTEGER PRIMARY KEY, v UNIQUE)", vec![]),
@@ -521,7 +571,7 @@ mod tests {
         ];
         let mut t = Tracker::new(Mode::OneShot);
         let mut out = Vec::new();
-        run_batch(&c, &stmts, &mut t, ExecLimits { max_rows: 10 }, &mut out).unwrap();
+        run_batch(&c, &stmts, &mut t, &limits(10), &mut out).unwrap();
         let ids: Vec<i64> = out.iter().map(|r| r.last_insert_rowid).collect();
         assert_eq!(ids, [0, 1, 2, 2, 3, 5, 6]);
         assert_eq!(out[3].rows, [[Value::Integer(10)], [Value::Integer(20)]]);
@@ -530,25 +580,22 @@ mod tests {
             &c,
             &[ins(7), Statement::new("INSERT INTO t(v) VALUES (?)", vec![])],
             &mut t,
-            ExecLimits { max_rows: 10 },
+            &limits(10),
             &mut Vec::new(),
         )
         .unwrap_err();
         assert!(e.message.contains("1 parameter placeholder(s) but 0"), "{e}");
-        let e = run_batch(&c, &[ins(8), ins(8)], &mut t, ExecLimits { max_rows: 10 }, &mut Vec::new())
-            .unwrap_err();
+        let e = run_batch(&c, &[ins(8), ins(8)], &mut t, &limits(10), &mut Vec::new()).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Constraint);
         // Repeats of a refused statement are refused too (checked on the first).
         let vacuum = Statement::new("VACUUM", vec![]);
-        let e =
-            run_batch(&c, &[vacuum.clone(), vacuum], &mut t, ExecLimits { max_rows: 10 }, &mut Vec::new())
-                .unwrap_err();
+        let e = run_batch(&c, &[vacuum.clone(), vacuum], &mut t, &limits(10), &mut Vec::new()).unwrap_err();
         assert_eq!(e.kind, ErrorKind::NotAllowed);
     }
 
     #[test]
     fn maps_sqlite_errors_to_kinds() {
-        let c = Connection::open_in_memory().unwrap();
+        let c = conn();
         run(&c, "CREATE TABLE t(id INTEGER PRIMARY KEY, v UNIQUE)", &[], Mode::OneShot).unwrap();
         run(&c, "INSERT INTO t(v) VALUES (1)", &[], Mode::OneShot).unwrap();
         let e = run(&c, "INSERT INTO t(v) VALUES (1)", &[], Mode::OneShot).unwrap_err();
@@ -561,7 +608,7 @@ mod tests {
 
     #[test]
     fn honours_wrapping_begin_commit_and_session_control() {
-        let c = Connection::open_in_memory().unwrap();
+        let c = conn();
         run(&c, "CREATE TABLE t(v)", &[], Mode::OneShot).unwrap();
         let (r, _) =
             run(&c, "BEGIN IMMEDIATE; INSERT INTO t VALUES (1); COMMIT;", &[], Mode::OneShot).unwrap();

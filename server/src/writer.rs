@@ -33,11 +33,13 @@ use litebroker_protocol::{
 use rusqlite::{Connection, OpenFlags};
 use tracing::{debug, info, warn};
 
+use crate::authorizer;
 use crate::config::Config;
+use crate::guard::{self, WalFiles};
 use crate::queue::JobQueue;
 use crate::requests;
 use crate::shared::{
-    job_state, lock, session_state, ClientEntry, Holder, Job, JobKind, Shared, StopReason, WriteBody,
+    job_state, lock, session_state, set_in_doubt, ClientEntry, Holder, Job, JobKind, Shared, WriteBody,
 };
 use crate::sqlexec::{run_batch, run_sql, sql_error, ExecLimits, Mode, SessionEnd, Tracker};
 
@@ -72,6 +74,17 @@ pub fn open_writer(path: &std::path::Path, config: &Config) -> Result<Connection
     ))
     .map_err(|e| format!("cannot apply PRAGMAs to {}: {e}", path.display()))?;
     conn.set_prepared_statement_cache_capacity(256);
+    // A value longer than a frame could never be answered, and one SQLite
+    // opcode building a value of SQLite's default 1 GB limit (randomblob, zeroblob,
+    // printf, replace, ||) runs for seconds where no progress handler reaches it.
+    // SAFETY: sqlite3_limit on the connection this function owns.
+    unsafe {
+        rusqlite::ffi::sqlite3_limit(
+            conn.handle(),
+            rusqlite::ffi::SQLITE_LIMIT_LENGTH,
+            i32::try_from(config.max_frame).unwrap_or(i32::MAX),
+        );
+    }
     crate::authorizer::install(&mut conn)
         .map_err(|e| format!("cannot install the SQL authorizer on {}: {e}", path.display()))?;
     Ok(conn)
@@ -122,6 +135,10 @@ pub struct Writer {
     results: Vec<Result<Response, ErrorInfo>>,
     /// Requests of the running group answered from their request-id record.
     group_dedup: u64,
+    /// The `-wal`/`-shm` files in use, checked now and then (see `crate::guard`).
+    wal_files: Option<WalFiles>,
+    /// When setting up request ids was last tried, while they are wanted but off.
+    last_id_setup: Instant,
 }
 
 impl Writer {
@@ -141,8 +158,10 @@ impl Writer {
         let deadline_ns = Arc::new(AtomicU64::new(0));
         let epoch = Instant::now();
         let dl = deadline_ns.clone();
+        // Every 100 virtual-machine steps (a few microseconds): a statement stops
+        // soon after its deadline, whatever loop it is in.
         conn.progress_handler(
-            1000,
+            100,
             Some(move || {
                 let d = dl.load(Ordering::Relaxed);
                 d != 0 && epoch.elapsed().as_nanos() as u64 >= d
@@ -174,6 +193,8 @@ impl Writer {
             group: Vec::new(),
             results: Vec::new(),
             group_dedup: 0,
+            wal_files: None,
+            last_id_setup: Instant::now(),
         }
     }
 
@@ -185,6 +206,39 @@ impl Writer {
         self.request_ids = self.shared.request_ids.load(Ordering::Relaxed);
         self.prune_request_ids();
         self.refresh_schema_version();
+        self.wal_files = Some(WalFiles::record(Path::new(&self.shared.db_path)));
+    }
+
+    /// Looks at the `-wal`/`-shm` files (`force`: now, else at most once a
+    /// second); writes stop for good when they are not the ones in use.
+    fn check_wal_files(&mut self, force: bool) {
+        let Some(files) = self.wal_files.as_mut() else { return };
+        let r = if force { files.check() } else { files.check_now_and_then() };
+        if let Err(reason) = r {
+            if self.shared.writes_stopped().is_none() {
+                tracing::error!("{reason}");
+            }
+            self.shared.stop_writes(reason);
+        }
+    }
+
+    /// Request ids are wanted (retention set) but could not be set up, e.g. another
+    /// process held a lock when the broker started: tries again, now and then,
+    /// when idle.
+    fn retry_request_id_setup(&mut self) {
+        let wanted = self.shared.config.request_id_retention.is_some();
+        if !wanted || self.request_ids || self.last_id_setup.elapsed() < ID_SETUP_RETRY {
+            return;
+        }
+        self.last_id_setup = Instant::now();
+        match requests::ensure_table(&self.conn) {
+            Ok(()) => {
+                info!("request ids are recorded again: writes carrying one are exactly-once");
+                self.shared.set_exactly_once_off(None);
+                self.request_ids = true;
+            }
+            Err(e) => debug!("request ids still off: {e}"),
+        }
     }
 
     /// The next job the writer can take without waiting: parked jobs once no
@@ -214,7 +268,12 @@ impl Writer {
     /// prune request ids past their retention.
     fn idle_maintenance(&mut self) {
         let idle = self.last_job.elapsed() >= self.shared.config.idle_checkpoint_after;
-        if !self.dirty || self.session.is_some() || !idle {
+        if self.session.is_some() || !idle {
+            return;
+        }
+        self.check_wal_files(false);
+        self.retry_request_id_setup();
+        if !self.dirty {
             return;
         }
         self.dirty = false;
@@ -388,21 +447,31 @@ impl Writer {
         let from_version = user_version(&self.conn);
         let mut applied = Vec::new();
         for m in migrations.iter().filter(|m| m.version > from_version) {
+            if let Some(e) = self.writes_refused() {
+                return Err(e);
+            }
             self.begin_immediate(deadline)?;
-            let limits = ExecLimits { max_rows: self.shared.config.max_rows };
+            let limits = self.limits(deadline);
             let mut tracker = Tracker::new(Mode::OneShot);
             let mut out = ExecResult::default();
-            let r = run_sql(&self.conn, &m.sql, &[], &mut tracker, limits, &mut out)
+            // A migration may take long (an index over a big table): it is bounded
+            // by its caller's deadline, not by --max-statement-secs.
+            self.arm_deadline(Some(deadline));
+            let r = run_sql(&self.conn, &m.sql, &[], &mut tracker, &limits, &mut out)
                 .and_then(|()| tracker.finish())
                 .and_then(|()| {
-                    self.conn
-                        .execute_batch(&format!("PRAGMA user_version = {}", m.version))
-                        .map_err(|e| sql_error(&e))
+                    authorizer::internal(|| {
+                        self.conn
+                            .execute_batch(&format!("PRAGMA user_version = {} /* litebroker */", m.version))
+                    })
+                    .map_err(|e| sql_error(&e))
                 })
-                .and_then(|()| self.exec_cached("COMMIT").map_err(|e| sql_error(&e)));
+                .and_then(|()| guard::connection_state(&self.conn).map_err(|what| state_error(&what)))
+                .and_then(|()| self.exec_internal(COMMIT_SQL).map_err(|e| sql_error(&e)));
+            self.arm_deadline(None);
             if let Err(mut e) = r {
                 if !self.conn.is_autocommit() {
-                    self.exec_cached("ROLLBACK").ok();
+                    self.exec_internal(ROLLBACK_SQL).ok();
                 }
                 self.refresh_schema_version();
                 e.message = format!(
@@ -451,6 +520,17 @@ impl Writer {
                 ),
             ));
         }
+        // The broker's reserved names must be its own in the file it is to serve.
+        match requests::foreign_objects(&src) {
+            Ok(None) => {}
+            Ok(Some(what)) => {
+                return Err(ErrorInfo::new(
+                    ErrorKind::VerificationFailed,
+                    format!("cannot restore {}: {what}; the database is unchanged", source.display()),
+                ))
+            }
+            Err(e) => return Err(internal("cannot read the source", &e)),
+        }
         let safety = ops::new_backup_path(&db, "pre-restore").map_err(|e| internal("safety backup", &e))?;
         let snapshot = ops::open_read_only(&db).map_err(|e| internal("safety backup", &e))?;
         if let Err(e) = snapshot.execute("VACUUM INTO ?1", [safety.to_string_lossy()]) {
@@ -479,6 +559,27 @@ impl Writer {
         self.refresh_schema_version();
         self.dirty = true;
         self.shared.counters.commits.fetch_add(1, Ordering::Relaxed);
+        // The WAL may have been recreated when the mode was set again.
+        self.wal_files = Some(WalFiles::record(&db));
+        // A file the broker did not make lacks its request-id table: install it
+        // now, or say loudly that writes are not exactly-once until it can.
+        if self.shared.config.request_id_retention.is_some() {
+            match requests::ensure_table(&self.conn) {
+                Ok(()) => {
+                    self.request_ids = true;
+                    self.shared.set_exactly_once_off(None);
+                }
+                Err(e) => {
+                    warn!("request ids are off after the restore: {e}");
+                    self.request_ids = false;
+                    self.last_id_setup = Instant::now();
+                    self.shared.set_exactly_once_off(Some(format!(
+                        "the broker cannot set up its table {} in the restored database: {e}",
+                        requests::TABLE
+                    )));
+                }
+            }
+        }
         info!(from = %source.display(), safety = %safety.display(), pages, "database restored");
         Ok(RestoreReport {
             restored_from: source.to_string_lossy().into_owned(),
@@ -519,14 +620,56 @@ impl Writer {
             };
         }
         if !group.is_empty() {
-            self.execute_group(&group);
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.execute_group(&group)));
+            if ran.is_err() {
+                self.recover();
+            }
             self.finished(group.len());
         }
+        // A job still unanswered here was cut short by a failure; dropping it
+        // answers it (see `Job`'s `Drop`), now that its transaction rolled back.
         group.clear();
         self.group = group;
     }
 
+    /// After a failure (a panic) while running a request: rolls back what it
+    /// did, forgets a write session it was part of, and goes on serving; its
+    /// caller is told by the job's `Drop`. When the failure came after a COMMIT
+    /// whose callers were not all answered, or the connection cannot be rolled
+    /// back, nothing can be said for sure: the broker exits at once with code 1
+    /// (its supervisor restarts it; clients resend with their request ids).
+    fn recover(&mut self) {
+        let doubt = crate::shared::in_doubt();
+        if doubt {
+            tracing::error!(
+                "internal failure after a COMMIT whose callers were not all answered; exiting so that \
+                 they learn the outcome by resending"
+            );
+            eprintln!("litebrokerd: internal failure after a commit; exiting");
+            std::process::exit(1);
+        }
+        tracing::error!("internal failure while running a request; rolling it back and serving on");
+        self.arm_deadline(None);
+        self.group_dedup = 0;
+        self.results.clear();
+        if self.session.is_some() {
+            self.drop_session(session_state::EXPIRED);
+        }
+        if !self.conn.is_autocommit() && self.exec_internal(ROLLBACK_SQL).is_err() {
+            tracing::error!("cannot roll back after an internal failure; exiting");
+            eprintln!("litebrokerd: cannot roll back after an internal failure; exiting");
+            std::process::exit(1);
+        }
+        self.verify_clean_after_rollback();
+    }
+
     fn execute_group(&mut self, group: &[Job]) {
+        if let Some(reason) = self.writes_refused() {
+            for job in group {
+                job.answer(Response::Error(reason.clone()));
+            }
+            return;
+        }
         let deadline = group.iter().map(|j| j.deadline).max().unwrap_or_else(Instant::now);
         if let Err(e) = self.begin_immediate(deadline) {
             for job in group {
@@ -541,7 +684,6 @@ impl Writer {
         let mut aborted: Option<(usize, ErrorInfo)> = None;
         for job in group {
             let JobKind::Write(body) = &job.kind else { unreachable!("groups hold writes") };
-            touches_schema |= mentions_user_version(body);
             if Instant::now() >= job.deadline {
                 results.push(Err(ErrorInfo::new(
                     ErrorKind::Timeout,
@@ -549,11 +691,12 @@ impl Writer {
                 )));
                 continue;
             }
+            let mut tracker = Tracker::new(Mode::OneShot);
             let r = if single {
-                self.run_write(body, &job.opts, job.deadline)
+                self.run_write(body, &job.opts, job.deadline, &mut tracker)
             } else {
-                self.in_savepoint(|w| {
-                    let r = w.run_write(body, &job.opts, job.deadline);
+                let r = self.in_savepoint(|w| {
+                    let r = w.run_write(body, &job.opts, job.deadline, &mut tracker);
                     // A deferred foreign key is checked at COMMIT, which this request
                     // shares with the group: check it as the request's own COMMIT
                     // would, so that only this request fails.
@@ -561,10 +704,21 @@ impl Writer {
                         return Err(deferred_fk_error());
                     }
                     r
-                })
+                });
+                // The request's pending violations are settled (checked, or rolled
+                // back with its savepoint), so turning the setting off, which
+                // forgets them, hides nothing; the next request must not inherit it.
+                if tracker.defers_foreign_keys && !self.conn.is_autocommit() {
+                    if let Err(e) = self.exec_internal(DEFER_FK_OFF_SQL) {
+                        aborted = Some((results.len(), sql_error(&e)));
+                        break;
+                    }
+                }
+                r
             };
-            // Some errors (disk full, I/O, an interrupted statement) make SQLite
-            // roll back the whole transaction, not only the savepoint.
+            touches_schema |= tracker.sets_user_version;
+            // Some errors (disk full, I/O, an interrupted statement, out of memory)
+            // make SQLite roll back the whole transaction, not only the savepoint.
             if self.conn.is_autocommit() {
                 let cause = r.as_ref().err().cloned().unwrap_or_else(|| {
                     ErrorInfo::new(ErrorKind::Internal, "the transaction ended unexpectedly")
@@ -574,19 +728,36 @@ impl Writer {
             }
             results.push(r);
         }
+        // What the clients' statements left on the shared connection is checked
+        // before anything of theirs commits (see `crate::guard`).
+        if aborted.is_none() && results.iter().any(Result::is_ok) {
+            if let Err(what) = guard::connection_state(&self.conn) {
+                let culprit = single.then_some(0);
+                aborted = Some((culprit.unwrap_or(usize::MAX), state_error(&what)));
+            }
+        }
         let mut commit_time = Duration::ZERO;
         let outcome = match aborted {
-            Some((at, cause)) => Err((Some(at), cause)),
+            Some((at, cause)) => {
+                if !self.conn.is_autocommit() {
+                    self.exec_internal(ROLLBACK_SQL).ok();
+                }
+                Err((Some(at).filter(|&i| i < group.len()), cause))
+            }
             None if single && results[0].is_err() => {
-                self.exec_cached("ROLLBACK").ok();
+                self.exec_internal(ROLLBACK_SQL).ok();
                 Ok(())
             }
             None => {
                 let t = Instant::now();
-                let r = self.exec_cached("COMMIT");
+                // From here until every caller is answered, a failure inside the
+                // broker cannot say whether the group committed (see `in_doubt`).
+                set_in_doubt(true);
+                let r = self.exec_internal(COMMIT_SQL);
                 commit_time = t.elapsed();
                 r.map_err(|e| {
-                    self.exec_cached("ROLLBACK").ok();
+                    set_in_doubt(false);
+                    self.exec_internal(ROLLBACK_SQL).ok();
                     (None, sql_error(&e))
                 })
             }
@@ -614,6 +785,7 @@ impl Writer {
                 for (job, r) in group.iter().zip(results.drain(..)) {
                     job.answer(r.unwrap_or_else(Response::Error));
                 }
+                set_in_doubt(false);
                 self.results = results;
                 self.checkpoint_if_large();
             }
@@ -629,7 +801,36 @@ impl Writer {
                 group[0].answer(Response::Error(cause));
                 results.clear();
                 self.results = results;
+                self.verify_clean_after_rollback();
             }
+        }
+    }
+
+    /// Why writes are refused now, if they are: the broker found its files
+    /// replaced, or its connection in a state it cannot vouch for.
+    fn writes_refused(&mut self) -> Option<ErrorInfo> {
+        self.check_wal_files(false);
+        self.shared.writes_stopped().map(|reason| ErrorInfo::new(ErrorKind::WritesStopped, reason))
+    }
+
+    /// After a rollback the connection must be as the broker set it up: the
+    /// clients' temp objects and settings roll back with their transaction, except
+    /// what SQLite keeps outside it. If that check fails, writes stop.
+    fn verify_clean_after_rollback(&mut self) {
+        if !self.conn.is_autocommit() {
+            return;
+        }
+        let r = authorizer::internal(|| self.conn.execute_batch("BEGIN /* litebroker */"))
+            .map_err(|e| e.to_string())
+            .and_then(|()| guard::connection_state(&self.conn));
+        self.exec_internal(ROLLBACK_SQL).ok();
+        if let Err(what) = r {
+            let reason = format!(
+                "the broker's connection could not be restored after a client request ({what}); \
+                 it refuses writes until restarted so that no client's state leaks into another's"
+            );
+            tracing::error!("{reason}");
+            self.shared.stop_writes(reason);
         }
     }
 
@@ -639,16 +840,16 @@ impl Writer {
     /// runaway statement (`--max-statement-secs`) is known to be its request's
     /// fault: that request fails alone and the others run again as a group, in
     /// their order. Any other cause (a failed COMMIT, SQLite rolling back the
-    /// transaction part-way for disk full or I/O) cannot be pinned on one
-    /// request: each runs again in its own transaction, so only those that fail
-    /// on their own get an error; a COMMIT that keeps failing fails every request
-    /// and applies nothing.
+    /// transaction part-way for disk full or I/O, a request that left state on the
+    /// connection) cannot be pinned on one request: each runs again in its own
+    /// transaction, so only those that fail on their own get an error; a COMMIT
+    /// that keeps failing fails every request and applies nothing.
     fn rerun(&mut self, group: &[Job], at: Option<usize>, cause: ErrorInfo) {
         match at {
-            Some(culprit) if cause.kind == ErrorKind::Timeout => {
+            Some(culprit) if matches!(cause.kind, ErrorKind::Timeout | ErrorKind::LimitExceeded) => {
                 warn!(
                     requests = group.len(),
-                    "a runaway statement was interrupted; re-running the rest of its group"
+                    "a request was stopped ({}); re-running the rest of its group", cause.message
                 );
                 group[culprit].answer(Response::Error(cause));
                 for rest in [&group[..culprit], &group[culprit + 1..]] {
@@ -692,15 +893,15 @@ impl Writer {
     /// Runs `f` inside the internal savepoint: released on success, rolled back to
     /// on failure, so one request's failure does not touch the others.
     fn in_savepoint<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, ErrorInfo>) -> Result<T, ErrorInfo> {
-        self.exec_cached(SAVEPOINT_SQL).map_err(|e| sql_error(&e))?;
+        self.exec_internal(SAVEPOINT_SQL).map_err(|e| sql_error(&e))?;
         let r = f(self);
         if self.conn.is_autocommit() {
             return r;
         }
         if r.is_err() {
-            self.exec_cached(ROLLBACK_TO_SQL).map_err(|e| sql_error(&e))?;
+            self.exec_internal(ROLLBACK_TO_SQL).map_err(|e| sql_error(&e))?;
         }
-        self.exec_cached(RELEASE_SQL).map_err(|e| sql_error(&e))?;
+        self.exec_internal(RELEASE_SQL).map_err(|e| sql_error(&e))?;
         r
     }
 
@@ -712,6 +913,7 @@ impl Writer {
         body: &WriteBody,
         opts: &WriteOptions,
         deadline: Instant,
+        tracker: &mut Tracker,
     ) -> Result<Response, ErrorInfo> {
         let id = opts.request_id.filter(|_| self.request_ids);
         if let Some(id) = &id {
@@ -721,10 +923,16 @@ impl Writer {
                 return Ok(stored);
             }
         }
-        let resp = self.run_body(body, Mode::OneShot, deadline).map(|(r, _)| r)?;
+        let resp = self.run_body(body, tracker, deadline)?;
         if let Some(id) = &id {
-            requests::record(&self.conn, id, &resp, crate::shared::unix_ms(), &mut self.id_buf)
-                .map_err(|e| sql_error(&e))?;
+            let recorded =
+                requests::record(&self.conn, id, &resp, crate::shared::unix_ms(), &mut self.id_buf)
+                    .map_err(|e| sql_error(&e));
+            // One big answer must not keep its buffer for the broker's lifetime.
+            if self.id_buf.capacity() > ID_BUF_KEEP {
+                self.id_buf = Vec::new();
+            }
+            recorded?;
         }
         Ok(resp)
     }
@@ -751,19 +959,19 @@ impl Writer {
         self.last_prune = Some(Instant::now());
         let now = crate::shared::unix_ms();
         loop {
-            if self.exec_cached("BEGIN IMMEDIATE").is_err() {
+            if self.exec_internal(BEGIN_SQL).is_err() {
                 return;
             }
             let r = requests::prune(&self.conn, retention, now, 1000);
             let done = match r {
-                Ok(n) if self.exec_cached("COMMIT").is_ok() => {
+                Ok(n) if self.exec_internal(COMMIT_SQL).is_ok() => {
                     if n > 0 {
                         debug!(pruned = n, "request ids past their retention deleted");
                     }
                     n < 1000
                 }
                 _ => {
-                    self.exec_cached("ROLLBACK").ok();
+                    self.exec_internal(ROLLBACK_SQL).ok();
                     true
                 }
             };
@@ -773,45 +981,60 @@ impl Writer {
         }
     }
 
-    fn exec_cached(&self, sql: &str) -> rusqlite::Result<()> {
-        self.conn.prepare_cached(sql)?.raw_execute().map(|_| ())
+    /// Runs one of the broker's own statements (cached: each names `litebroker`,
+    /// so no client text is ever served these copies).
+    fn exec_internal(&self, sql: &str) -> rusqlite::Result<()> {
+        authorizer::internal(|| self.conn.prepare_cached(sql)?.raw_execute().map(|_| ()))
+    }
+
+    /// Sets the deadline the progress handler enforces inside statements.
+    fn arm_deadline(&self, deadline: Option<Instant>) {
+        let ns = deadline.map_or(0, |d| d.saturating_duration_since(self.epoch).as_nanos().max(1) as u64);
+        self.deadline_ns.store(ns, Ordering::Relaxed);
+    }
+
+    /// The limits of one request whose statements may run until `deadline`.
+    fn limits(&self, deadline: Instant) -> ExecLimits {
+        let cfg = &self.shared.config;
+        ExecLimits {
+            max_rows: cfg.max_rows,
+            max_answer_bytes: (cfg.max_frame as usize).saturating_sub(ANSWER_HEADROOM),
+            max_statements: cfg.max_batch_statements,
+            deadline,
+        }
     }
 
     fn run_body(
         &mut self,
         body: &WriteBody,
-        mode: Mode,
+        tracker: &mut Tracker,
         deadline: Instant,
-    ) -> Result<(Response, SessionEnd), ErrorInfo> {
+    ) -> Result<Response, ErrorInfo> {
         let cfg = &self.shared.config;
-        let limits = ExecLimits { max_rows: cfg.max_rows };
         let stmt_deadline = deadline.min(Instant::now() + cfg.max_statement_time);
-        self.deadline_ns.store(
-            stmt_deadline.saturating_duration_since(self.epoch).as_nanos().max(1) as u64,
-            Ordering::Relaxed,
-        );
-        let mut tracker = Tracker::new(mode);
+        let limits = self.limits(stmt_deadline);
+        self.arm_deadline(Some(stmt_deadline));
         let r = match body {
             WriteBody::Execute(stmt) => {
                 let mut out = ExecResult::default();
-                run_sql(&self.conn, &stmt.sql, &stmt.params, &mut tracker, limits, &mut out)
+                run_sql(&self.conn, &stmt.sql, &stmt.params, tracker, &limits, &mut out)
                     .and_then(|()| tracker.finish())
                     .map(|()| Response::Executed(out))
             }
             WriteBody::Batch(stmts) => {
-                let mut all = Vec::with_capacity(stmts.len());
-                run_batch(&self.conn, stmts, &mut tracker, limits, &mut all)
+                let mut all = Vec::with_capacity(stmts.len().min(4096));
+                run_batch(&self.conn, stmts, tracker, &limits, &mut all)
                     .and_then(|()| tracker.finish())
                     .map(|()| Response::Batch(all))
             }
         };
-        self.deadline_ns.store(0, Ordering::Relaxed);
-        r.map(|resp| (resp, tracker.end)).map_err(|mut e| {
+        self.arm_deadline(None);
+        r.map_err(|mut e| {
             if e.kind == ErrorKind::Timeout {
                 e.message = format!(
-                    "statement interrupted: it ran past its deadline (the request's timeout, \
-                     or --max-statement-secs {}); the request was rolled back",
-                    cfg.max_statement_time.as_secs()
+                    "statement interrupted: the request ran past its deadline (its timeout, or \
+                     --max-statement-secs {}); the request was rolled back, nothing of it was applied",
+                    cfg.max_statement_time.as_secs_f64()
                 );
             }
             e
@@ -831,7 +1054,7 @@ impl Writer {
                 self.conn.busy_timeout(wait).ok();
                 self.busy_timeout = wait;
             }
-            let e = match self.exec_cached("BEGIN IMMEDIATE") {
+            let e = match self.exec_internal(BEGIN_SQL) {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
@@ -916,7 +1139,12 @@ impl Writer {
         match &job.kind {
             JobKind::SessionWrite(body) => {
                 let deadline = job.deadline.min(lease_deadline);
-                let r = self.in_savepoint(|w| w.run_body(body, Mode::Session { fresh }, deadline));
+                let mut tracker = Tracker::new(Mode::Session { fresh });
+                let r = match self.writes_refused() {
+                    Some(e) => Err(e),
+                    None => self.in_savepoint(|w| w.run_body(body, &mut tracker, deadline)),
+                };
+                let r = r.map(|resp| (resp, tracker.end));
                 if self.conn.is_autocommit() {
                     // SQLite rolled the whole session back (disk full, I/O error).
                     let cause = r.err().unwrap_or_else(|| {
@@ -969,14 +1197,24 @@ impl Writer {
     /// rolls back.
     fn end_session(&mut self, commit: bool, state_after: u8) -> Result<(), ErrorInfo> {
         let r = if commit {
-            self.exec_cached("COMMIT").map_err(|e| {
-                self.exec_cached("ROLLBACK").ok();
-                let mut info = sql_error(&e);
-                info.message = format!("commit failed, the session was rolled back: {}", info.message);
-                info
-            })
+            // The session's statements must not have left state on the connection.
+            let checked = guard::connection_state(&self.conn).map_err(|what| state_error(&what));
+            checked
+                .and_then(|()| {
+                    set_in_doubt(true);
+                    self.exec_internal(COMMIT_SQL).map_err(|e| {
+                        let mut info = sql_error(&e);
+                        info.message =
+                            format!("commit failed, the session was rolled back: {}", info.message);
+                        info
+                    })
+                })
+                .inspect_err(|_| {
+                    set_in_doubt(false);
+                    self.exec_internal(ROLLBACK_SQL).ok();
+                })
         } else {
-            self.exec_cached("ROLLBACK").map_err(|e| sql_error(&e))
+            self.exec_internal(ROLLBACK_SQL).map_err(|e| sql_error(&e))
         };
         if commit && r.is_ok() {
             self.dirty = true;
@@ -989,7 +1227,7 @@ impl Writer {
 
     fn drop_session(&mut self, state_after: u8) {
         if !self.conn.is_autocommit() {
-            self.exec_cached("ROLLBACK").ok();
+            self.exec_internal(ROLLBACK_SQL).ok();
         }
         if let Some(s) = self.session.take() {
             s.client.session.store(state_after, Ordering::SeqCst);
@@ -1077,9 +1315,23 @@ impl WriterHandle {
         if !self.shared.writer_alive.load(Ordering::SeqCst) {
             return Err(WriterGone);
         }
-        // The stop job is not a request: it is never counted as queued.
-        let depth = (!matches!(job.kind, JobKind::Stop)).then_some(&self.shared.counters.queued);
-        self.queue.push(job, true, depth).map(drop).map_err(|_| WriterGone)
+        self.queue.push(job, true, Some(&self.shared.counters.queued)).map(drop).map_err(|_| WriterGone)
+    }
+
+    /// Tells the writer thread to finish what is queued and stop. Never blocks,
+    /// whatever state the writer is in.
+    pub fn stop(&self) {
+        let now = Instant::now();
+        self.queue.push_stop(Job {
+            kind: JobKind::Stop,
+            opts: WriteOptions::default(),
+            client: None,
+            deadline: now,
+            enqueued: now,
+            state: Arc::new(AtomicU64::new(0)),
+            seq: 0,
+            reply: None,
+        });
     }
 
     /// Queues a one-shot write and, when nothing was queued before it and the
@@ -1110,12 +1362,10 @@ impl WriterHandle {
         if let Some(mut w) = guard {
             let served =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.serve_writes(&own, own_queued)));
-            committed = w.dirty;
-            drop(w);
             if served.is_err() {
-                self.shared.writer_alive.store(false, Ordering::SeqCst);
-                self.shared.request_stop(StopReason::Fatal("the writer panicked".into()));
+                w.recover();
             }
+            committed = w.dirty;
         }
         // Whatever this thread did not serve waits for the writer thread.
         self.queue.kick(committed);
@@ -1135,15 +1385,30 @@ impl WriterHandle {
                     break;
                 }
                 Some(job) => {
-                    w.dispatch(job);
-                    // Sessions, migrations and restores commit too.
-                    w.checkpoint_if_large();
+                    let group = matches!(job.kind, JobKind::Write(_));
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        w.dispatch(job);
+                        // Sessions, migrations and restores commit too.
+                        w.checkpoint_if_large();
+                    }));
+                    if ran.is_err() {
+                        w.recover();
+                        // A group counts its own jobs (see `run_group`).
+                        if !group {
+                            w.finished(1);
+                        }
+                    }
                 }
                 None => {
                     w.idle_maintenance();
-                    let timeout = w.idle_timeout();
+                    // Without a deadline of its own, the writer still wakes now and
+                    // then to look at its files and retry request-id set-up.
+                    let (timeout, untimed) = match w.idle_timeout() {
+                        Some(t) => (t, false),
+                        None => (IDLE_WAKE, true),
+                    };
                     drop(w);
-                    self.queue.wait(timeout);
+                    self.queue.wait(timeout, untimed);
                     w = lock(&self.core);
                 }
             }
@@ -1152,10 +1417,22 @@ impl WriterHandle {
     }
 }
 
-// The savepoint is `sqlexec::INTERNAL_SAVEPOINT`; clients may not use its name.
+// The broker's own transaction statements. Each names `litebroker`: clients may
+// not use savepoints of that name, and no client text is served these cached,
+// broker-authorized statements (see `authorizer::mentions_reserved`).
+const BEGIN_SQL: &str = "BEGIN IMMEDIATE /* litebroker */";
+const COMMIT_SQL: &str = "COMMIT /* litebroker */";
+const ROLLBACK_SQL: &str = "ROLLBACK /* litebroker */";
 const SAVEPOINT_SQL: &str = "SAVEPOINT litebroker_req";
 const RELEASE_SQL: &str = "RELEASE litebroker_req";
 const ROLLBACK_TO_SQL: &str = "ROLLBACK TO litebroker_req";
+const DEFER_FK_OFF_SQL: &str = "PRAGMA defer_foreign_keys = OFF /* litebroker */";
+
+/// Room kept in a frame for the answer's own fields besides the rows.
+const ANSWER_HEADROOM: usize = 4096;
+
+/// Largest request-id encoding buffer kept between requests.
+const ID_BUF_KEEP: usize = 64 * 1024;
 
 /// WAL frames that trigger a checkpoint after answering (SQLite's default).
 const CHECKPOINT_PAGES: u64 = 1000;
@@ -1163,23 +1440,25 @@ const CHECKPOINT_PAGES: u64 = 1000;
 /// How often the idle writer prunes old request ids.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
+/// How often the writer tries again to set up request ids while they are off.
+const ID_SETUP_RETRY: Duration = Duration::from_secs(10);
+
+/// Longest the idle writer sleeps.
+const IDLE_WAKE: Duration = Duration::from_secs(5);
+
 /// Message of requests refused during shutdown.
 pub const SHUTTING_DOWN: &str = "the broker is shutting down and accepts no new work; retry once it is back";
 
-fn mentions_user_version(body: &WriteBody) -> bool {
-    let has = |s: &str| s.as_bytes().windows(12).any(|w| w.eq_ignore_ascii_case(b"user_version"));
-    match body {
-        WriteBody::Execute(s) => has(&s.sql),
-        // A bulk batch repeats one statement: look at each text once.
-        WriteBody::Batch(v) => {
-            let mut prev: Option<&str> = None;
-            v.iter().any(|s| {
-                let seen = prev == Some(s.sql.as_str());
-                prev = Some(&s.sql);
-                !seen && has(&s.sql)
-            })
-        }
-    }
+/// A request that left state on the shared connection (the authorizer should
+/// have refused it; this is the second line).
+fn state_error(what: &str) -> ErrorInfo {
+    ErrorInfo::new(
+        ErrorKind::NotAllowed,
+        format!(
+            "the request left state on the broker's shared connection ({what}), which would reach \
+             other clients; it was rolled back and nothing of it was applied"
+        ),
+    )
 }
 
 /// What SQLite's COMMIT says about a deferred foreign-key violation.

@@ -61,7 +61,9 @@ fuzz_target!(|data: &[u8]| {
         for (stmt, mode) in &stmts {
             let mut tracker = Tracker::new(*mode);
             let mut out = ExecResult::default();
-            let r = run_sql(&c, &stmt.sql, &stmt.params, &mut tracker, ExecLimits { max_rows: 100 }, &mut out)
+            let limits =
+                ExecLimits { max_rows: 100, max_answer_bytes: 1 << 20, max_statements: 10_000, deadline };
+            let r = run_sql(&c, &stmt.sql, &stmt.params, &mut tracker, &limits, &mut out)
                 .and_then(|()| tracker.finish());
             if r.is_err() {
                 break;
