@@ -298,6 +298,13 @@ fn truthy(value: &str) -> bool {
     ["1", "on", "true", "yes"].iter().any(|t| v.eq_ignore_ascii_case(t))
 }
 
+/// The schema table's names (`sqlite_master` and its aliases, in `temp` too).
+fn is_schema_table(name: &str) -> bool {
+    ["sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema"]
+        .iter()
+        .any(|t| name.eq_ignore_ascii_case(t))
+}
+
 fn temp_schema_denied(what: &str) -> String {
     format!(
         "{what} in the temp schema is not allowed through the broker: temp objects and settings \
@@ -437,15 +444,17 @@ fn decide(ctx: &AuthContext<'_>) -> Result<(), String> {
             note(|s| s.savepoint = true);
             Ok(())
         }
-        // SQLite's own bookkeeping of a schema action: writing sqlite_temp_master
-        // when a main table is renamed or dropped (to fix up temp triggers). The
-        // schema actions are decided by their own codes above.
-        AuthAction::Insert { table_name }
-        | AuthAction::Delete { table_name }
-        | AuthAction::Update { table_name, .. }
-            if in_temp
-                && (table_name.eq_ignore_ascii_case("sqlite_temp_master")
-                    || table_name.eq_ignore_ascii_case("sqlite_temp_schema")) =>
+        // SQLite's own bookkeeping of schema actions in the temp schema table.
+        // An INSERT there creates a temp object — also one whose action SQLite
+        // reports under the main schema (`CREATE TRIGGER temp.x … ON main_table`
+        // is asked as a main trigger): refused. UPDATE and DELETE there are the
+        // fix-ups SQLite makes when a main table is renamed or dropped (the temp
+        // schema is empty, so they change nothing).
+        AuthAction::Insert { table_name } if in_temp && is_schema_table(table_name) => {
+            Err(temp_schema_denied("creating an object"))
+        }
+        AuthAction::Delete { table_name } | AuthAction::Update { table_name, .. }
+            if in_temp && is_schema_table(table_name) =>
         {
             Ok(())
         }

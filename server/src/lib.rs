@@ -17,6 +17,8 @@ mod reply;
 pub mod requests;
 pub mod shared;
 pub mod sqlexec;
+#[doc(hidden)]
+pub mod testing;
 #[cfg(windows)]
 mod windows;
 mod writer;

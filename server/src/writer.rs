@@ -202,11 +202,16 @@ impl Writer {
     /// `crate::run` before the broker listens, so the first client that asks — a
     /// reconnecting one deciding whether it may resend — gets the truth), pruning,
     /// the schema version.
-    fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         self.request_ids = self.shared.request_ids.load(Ordering::Relaxed);
         self.prune_request_ids();
         self.refresh_schema_version();
         self.wal_files = Some(WalFiles::record(Path::new(&self.shared.db_path)));
+    }
+
+    /// The writer connection (tests and the harness read the file through it).
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
     }
 
     /// Looks at the `-wal`/`-shm` files (`force`: now, else at most once a
@@ -381,7 +386,7 @@ impl Writer {
         self.shared.counters.queued.fetch_sub(n, Ordering::Relaxed);
     }
 
-    fn dispatch(&mut self, job: Job) {
+    pub(crate) fn dispatch(&mut self, job: Job) {
         self.last_job = Instant::now();
         let holder = self.session.as_ref().map(|s| s.client.id);
         let mine = holder.is_some() && holder == Some(job.client_id());
@@ -663,7 +668,7 @@ impl Writer {
         self.verify_clean_after_rollback();
     }
 
-    fn execute_group(&mut self, group: &[Job]) {
+    pub(crate) fn execute_group(&mut self, group: &[Job]) {
         if let Some(reason) = self.writes_refused() {
             for job in group {
                 job.answer(Response::Error(reason.clone()));
@@ -693,9 +698,16 @@ impl Writer {
             }
             let mut tracker = Tracker::new(Mode::OneShot);
             let r = if single {
-                self.run_write(body, &job.opts, job.deadline, &mut tracker)
+                let r = self.run_write(body, &job.opts, job.deadline, &mut tracker);
+                // Settled now, before the setting is turned off below (which would
+                // make SQLite forget the violations its COMMIT should refuse).
+                if r.is_ok() && tracker.defers_foreign_keys && self.deferred_fk_pending() {
+                    Err(deferred_fk_error())
+                } else {
+                    r
+                }
             } else {
-                let r = self.in_savepoint(|w| {
+                self.in_savepoint(|w| {
                     let r = w.run_write(body, &job.opts, job.deadline, &mut tracker);
                     // A deferred foreign key is checked at COMMIT, which this request
                     // shares with the group: check it as the request's own COMMIT
@@ -704,18 +716,17 @@ impl Writer {
                         return Err(deferred_fk_error());
                     }
                     r
-                });
-                // The request's pending violations are settled (checked, or rolled
-                // back with its savepoint), so turning the setting off, which
-                // forgets them, hides nothing; the next request must not inherit it.
-                if tracker.defers_foreign_keys && !self.conn.is_autocommit() {
-                    if let Err(e) = self.exec_internal(DEFER_FK_OFF_SQL) {
-                        aborted = Some((results.len(), sql_error(&e)));
-                        break;
-                    }
-                }
-                r
+                })
             };
+            // The request's pending violations are settled (checked, or rolled back
+            // with its savepoint), so turning the setting off, which forgets them,
+            // hides nothing; the next request must not inherit it.
+            if tracker.defers_foreign_keys && !self.conn.is_autocommit() {
+                if let Err(e) = self.exec_internal(DEFER_FK_OFF_SQL) {
+                    aborted = Some((results.len(), sql_error(&e)));
+                    break;
+                }
+            }
             touches_schema |= tracker.sets_user_version;
             // Some errors (disk full, I/O, an interrupted statement, out of memory)
             // make SQLite roll back the whole transaction, not only the savepoint.
@@ -1197,8 +1208,16 @@ impl Writer {
     /// rolls back.
     fn end_session(&mut self, commit: bool, state_after: u8) -> Result<(), ErrorInfo> {
         let r = if commit {
-            // The session's statements must not have left state on the connection.
-            let checked = guard::connection_state(&self.conn).map_err(|what| state_error(&what));
+            // Pending deferred violations fail the COMMIT, as SQLite's own would;
+            // then the setting a session may have turned on can go, and the
+            // session's statements must not have left state on the connection.
+            let checked = if self.deferred_fk_pending() {
+                Err(deferred_fk_error())
+            } else {
+                self.exec_internal(DEFER_FK_OFF_SQL)
+                    .map_err(|e| sql_error(&e))
+                    .and_then(|()| guard::connection_state(&self.conn).map_err(|what| state_error(&what)))
+            };
             checked
                 .and_then(|()| {
                     set_in_doubt(true);
