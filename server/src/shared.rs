@@ -347,6 +347,14 @@ pub enum WriteBody {
 }
 
 impl WriteBody {
+    /// The statements, in order.
+    pub fn statements(&self) -> impl Iterator<Item = &Statement> {
+        match self {
+            WriteBody::Execute(s) => std::slice::from_ref(s).iter(),
+            WriteBody::Batch(v) => v.iter(),
+        }
+    }
+
     /// Bytes of SQL and parameters, for group limits.
     pub fn weight(&self) -> usize {
         fn one(s: &Statement) -> usize {
@@ -428,6 +436,11 @@ impl Job {
         }
     }
 
+    /// Taken by the writer and not answered yet.
+    pub fn unanswered(&self) -> bool {
+        self.state.load(Ordering::Acquire) == job_state::pack(self.seq, job_state::RUNNING)
+    }
+
     /// The client id, or 0 for internal jobs.
     pub fn client_id(&self) -> u64 {
         self.client.as_ref().map_or(0, |c| c.id)
@@ -446,8 +459,7 @@ impl Drop for Job {
     /// answers, when nobody can say what was applied and the broker exits instead
     /// (its callers resend with their request ids).
     fn drop(&mut self) {
-        let taken = job_state::pack(self.seq, job_state::RUNNING);
-        if self.reply.is_none() || self.state.load(Ordering::Acquire) != taken || in_doubt() {
+        if self.reply.is_none() || !self.unanswered() || in_doubt() {
             return;
         }
         tracing::error!(

@@ -125,7 +125,7 @@ pub struct Writer {
     request_ids: bool,
     last_prune: Option<Instant>,
     id_buf: Vec<u8>,
-    crash_after_commits: Option<u64>,
+    failpoints: Failpoints,
     /// Deadline of the running statement in ns since `epoch` (0 = none), read by the
     /// progress handler to interrupt runaway statements.
     deadline_ns: Arc<AtomicU64>,
@@ -183,10 +183,7 @@ impl Writer {
             request_ids: false,
             last_prune: None,
             id_buf: Vec::new(),
-            crash_after_commits: std::env::var("LITEBROKER_FAILPOINT")
-                .ok()
-                .and_then(|v| v.strip_prefix("crash-after-commit:").and_then(|n| n.parse().ok()))
-                .filter(|n: &u64| *n > 0),
+            failpoints: Failpoints::from_env(),
             deadline_ns,
             epoch,
             busy_timeout,
@@ -628,6 +625,17 @@ impl Writer {
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.execute_group(&group)));
             if ran.is_err() {
                 self.recover();
+                // Nothing of the group was applied: the others run again, each in
+                // its own transaction, so that only the request that failed fails.
+                if group.len() > 1 {
+                    for job in group.iter().filter(|j| j.unanswered()) {
+                        let one = std::slice::from_ref(job);
+                        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.execute_group(one)));
+                        if ran.is_err() {
+                            self.recover();
+                        }
+                    }
+                }
             }
             self.finished(group.len());
         }
@@ -948,17 +956,20 @@ impl Writer {
         Ok(resp)
     }
 
-    /// Fault injection for the exactly-once tests: with `LITEBROKER_FAILPOINT=
-    /// crash-after-commit:N` in its environment, the broker aborts right after its
-    /// Nth committed group, before answering — the "answer lost after commit" case a
-    /// `kill -9` only hits by chance. Inert unless the variable is set.
+    /// Fault injection after a COMMIT, before answering (see [`Failpoints`]).
     fn failpoint_after_commit(&mut self) {
-        if let Some(n) = self.crash_after_commits.as_mut() {
-            *n -= 1;
-            if *n == 0 {
-                eprintln!("litebrokerd: failpoint crash-after-commit reached; aborting before answering");
-                std::process::abort();
-            }
+        let due = |n: &mut Option<u64>| {
+            n.as_mut().is_some_and(|n| {
+                *n = n.saturating_sub(1);
+                *n == 0
+            })
+        };
+        if due(&mut self.failpoints.crash_after_commit) {
+            eprintln!("litebrokerd: failpoint crash-after-commit reached; aborting before answering");
+            std::process::abort();
+        }
+        if due(&mut self.failpoints.panic_after_commit) {
+            panic!("failpoint panic-after-commit reached");
         }
     }
 
@@ -1021,6 +1032,11 @@ impl Writer {
         tracker: &mut Tracker,
         deadline: Instant,
     ) -> Result<Response, ErrorInfo> {
+        if let Some(text) = &self.failpoints.panic_on_sql {
+            if body.statements().any(|s| s.sql.contains(text.as_str())) {
+                panic!("failpoint panic-on-sql reached");
+            }
+        }
         let cfg = &self.shared.config;
         let stmt_deadline = deadline.min(Instant::now() + cfg.max_statement_time);
         let limits = self.limits(stmt_deadline);
@@ -1229,9 +1245,11 @@ impl Writer {
                     })
                 })
                 .inspect_err(|_| {
-                    set_in_doubt(false);
                     self.exec_internal(ROLLBACK_SQL).ok();
                 })
+                // Its one caller is answered right after this returns.
+                .inspect(|()| set_in_doubt(false))
+                .inspect_err(|_| set_in_doubt(false))
         } else {
             self.exec_internal(ROLLBACK_SQL).map_err(|e| sql_error(&e))
         };
@@ -1467,6 +1485,35 @@ const IDLE_WAKE: Duration = Duration::from_secs(5);
 
 /// Message of requests refused during shutdown.
 pub const SHUTTING_DOWN: &str = "the broker is shutting down and accepts no new work; retry once it is back";
+
+/// Fault injection for the tests of what the broker promises when it fails, from
+/// `LITEBROKER_FAILPOINT` (inert unless set): `crash-after-commit:N` aborts the
+/// process right after the Nth committed group, before answering (the "answer
+/// lost after commit" case a `kill -9` only hits by chance);
+/// `panic-after-commit:N` fails there instead, as a bug would;
+/// `panic-on-sql:TEXT` fails while running a request whose SQL contains TEXT.
+#[derive(Debug, Default)]
+struct Failpoints {
+    crash_after_commit: Option<u64>,
+    panic_after_commit: Option<u64>,
+    panic_on_sql: Option<String>,
+}
+
+impl Failpoints {
+    fn from_env() -> Failpoints {
+        let mut f = Failpoints::default();
+        let Ok(v) = std::env::var("LITEBROKER_FAILPOINT") else { return f };
+        let count = |n: &str| n.parse::<u64>().ok().filter(|n| *n > 0);
+        if let Some(n) = v.strip_prefix("crash-after-commit:") {
+            f.crash_after_commit = count(n);
+        } else if let Some(n) = v.strip_prefix("panic-after-commit:") {
+            f.panic_after_commit = count(n);
+        } else if let Some(text) = v.strip_prefix("panic-on-sql:") {
+            f.panic_on_sql = Some(text.to_owned());
+        }
+        f
+    }
+}
 
 /// A request that left state on the shared connection (the authorizer should
 /// have refused it; this is the second line).
