@@ -18,7 +18,7 @@ use serde_json::{json, Value as Json};
 /// connection, and operates the broker.
 ///
 /// Parameters of exec and query: everything after the SQL is a parameter, never a
-/// flag (also `-5`, `-`, `--x`), so give flags such as --json before the SQL. A
+/// flag (also `-5`, `-`, `--`, `--x`), so give flags such as --json before the SQL. A
 /// parameter is a JSON literal (42, 4.5, -1.5e3, null, true, "text") or, when not
 /// valid JSON, text; an integer outside the 64-bit range stays text exactly as
 /// typed (never a rounded REAL). Pass text that looks like a number or a flag as a
