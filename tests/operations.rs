@@ -315,3 +315,91 @@ fn doctor_is_healthy_with_a_broker_and_reports_a_stopped_one() {
         "{text}"
     );
 }
+
+/// The files in the backups folder, sorted.
+fn backup_folder(db: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(db.parent().unwrap().join("backups"))
+        .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_backup_cut_by_kill_9_is_never_listed_and_its_debris_is_swept() {
+    let t = TestDir::new();
+    let db = t.db();
+    // Big enough that its copy takes over a second here: written before the broker
+    // starts, with indexes that `VACUUM INTO` rebuilds row by row.
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE big (id INTEGER PRIMARY KEY, a BLOB, b TEXT);
+         CREATE INDEX big_a ON big(a); CREATE INDEX big_b ON big(b);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 150000)
+         INSERT INTO big (a, b) SELECT randomblob(100), hex(randomblob(40)) FROM n;",
+    )
+    .unwrap();
+    drop(c);
+    let mut b = Broker::start(&db, &[]);
+    let started = std::time::Instant::now();
+    let backup = Command::new(bin("litebroker"))
+        .arg("--db")
+        .arg(&db)
+        .args(["--json", "backup", "cut"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Killed once the copy is under way: its temporary file has grown.
+    let backups = db.parent().unwrap().join("backups");
+    let copying = wait_until(Duration::from_secs(60), || {
+        backup_folder(&db).iter().any(|n| n.contains(".db.tmp-") && file_len(&backups.join(n)) > 0)
+    });
+    assert!(copying, "no temporary file grew; backups folder: {:?}", backup_folder(&db));
+    b.kill9();
+    let o = wait_output(backup, Duration::from_secs(60), "the cut backup");
+    // Exit 0 here means the backup finished before the kill: make the database bigger.
+    assert_exit(&o, 3);
+    let debris = backup_folder(&db);
+    assert!(!debris.is_empty(), "the kill after {:?} left nothing", started.elapsed());
+    assert!(
+        debris.iter().all(|n| n.contains(".db.tmp-")),
+        "an unfinished copy under a backup's name: {debris:?}"
+    );
+
+    // Listed: nothing. Deleted: all of it (its writer is gone).
+    let o = cli(&db, &["--json", "backups"]);
+    assert_exit(&o, 0);
+    let j = json_of(&o);
+    assert_eq!(j["backups"], serde_json::json!([]), "{j}");
+    let mut removed: Vec<String> = j["removed_debris"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| Path::new(p.as_str().unwrap()).file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    removed.sort();
+    assert_eq!(removed, debris);
+    assert!(backup_folder(&db).is_empty(), "{:?}", backup_folder(&db));
+
+    // A new broker backs up and restores as ever.
+    let _b = Broker::start(&db, &[]);
+    assert_exit(&cli(&db, &["exec", "DELETE FROM big WHERE id > 100"]), 0);
+    let o = cli(&db, &["--json", "backup", "after"]);
+    assert_exit(&o, 0);
+    let path = json_of(&o)["path"].as_str().unwrap().to_owned();
+    let listed = json_of(&cli(&db, &["--json", "backups"]))["backups"].clone();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["path"], path.as_str());
+    assert_exit(&cli(&db, &["exec", "DELETE FROM big"]), 0);
+    assert_exit(&cli(&db, &["restore", &path]), 0);
+    assert_eq!(query_i64(&db, "SELECT count(*) FROM big"), 100);
+    assert_eq!(integrity(&db), "ok");
+    assert!(backup_folder(&db).iter().all(|n| !n.contains(".tmp-") && !n.ends_with("-journal")));
+}
+
+fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).map_or(0, |m| m.len())
+}

@@ -810,7 +810,7 @@ fn connect_stream(socket: &str) -> io::Result<Stream> {
     Stream::connect(name)
 }
 
-fn pid_alive(pid: u32) -> bool {
+pub(crate) fn pid_alive(pid: u32) -> bool {
     #[cfg(unix)]
     {
         let Ok(pid) = libc::pid_t::try_from(pid) else { return false };

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use litebroker_client::protocol::FrameError;
 use litebroker_client::{
     Client, ClientError, ConnectOptions, ErrorKind, ExecResult, Reader, Value, LOCKED_USER_TEXT,
 };
@@ -16,8 +17,17 @@ use serde_json::{json, Value as Json};
 /// Writes through the database's broker, reads through a local read-only
 /// connection, and operates the broker.
 ///
-/// Exit codes: 0 ok, 1 SQL error, 2 usage, 3 broker not running or unreachable
-/// (reads still work), 4 database locked or timed out, 5 verification failed.
+/// Parameters of exec and query: everything after the SQL is a parameter, never a
+/// flag (also `-5`, `-`, `--`, `--x`), so give flags such as --json before the SQL. A
+/// parameter is a JSON literal (42, 4.5, -1.5e3, null, true, "text") or, when not
+/// valid JSON, text; an integer outside the 64-bit range stays text exactly as
+/// typed (never a rounded REAL). Pass text that looks like a number or a flag as a
+/// JSON string: '"007"', '"--x"'.
+///
+/// Exit codes: 0 ok, 1 SQL error, 2 usage, 3 broker not running or unreachable, or
+/// refusing writes (reads still work), 4 database locked or timed out, 5
+/// verification failed, 6 limit exceeded (too many clients, frame or answer too
+/// large, too many parameters, statements or rows).
 #[derive(Debug, Parser)]
 #[command(name = "litebroker", version)]
 struct Cli {
@@ -43,17 +53,23 @@ enum Command {
     /// a statement that returns rows (`… RETURNING …`). Several `;`-separated
     /// statements run atomically.
     Exec {
-        /// The SQL.
-        sql: String,
-        /// Positional parameters: a JSON literal (42, 4.5, null, "42", true) or, when not valid JSON, text.
-        params: Vec<String>,
+        /// The SQL, then its positional parameters: everything after the SQL is a
+        /// parameter, also `-5`, `-`, `--` or `--x` (give flags before the SQL). A
+        /// parameter is a JSON literal (42, 4.5, null, "42", true) or, when not valid
+        /// JSON, text; an integer beyond 64 bits stays text as typed.
+        // One argument, so that clap takes everything after its first value (the SQL)
+        // as values: with the SQL apart, a known flag right after it (`--json`) would
+        // still be parsed as a flag.
+        #[arg(required = true, num_args = 1.., value_names = ["SQL", "PARAMS"],
+              allow_hyphen_values = true, trailing_var_arg = true)]
+        sql_and_params: Vec<String>,
     },
     /// Read through a local read-only connection (works with no broker running).
     Query {
-        /// The SQL.
-        sql: String,
-        /// Positional parameters, as for exec.
-        params: Vec<String>,
+        /// The SQL, then its positional parameters, as for exec.
+        #[arg(required = true, num_args = 1.., value_names = ["SQL", "PARAMS"],
+              allow_hyphen_values = true, trailing_var_arg = true)]
+        sql_and_params: Vec<String>,
     },
     /// Run the statements of FILE (or stdin with `-` or nothing) as one atomic transaction.
     Batch {
@@ -164,8 +180,18 @@ fn client_failure(e: &ClientError, cli: Option<&Cli>) -> Failure {
             )
         }
         ClientError::ConnectionLost { .. } => fail(3, "connection_lost", e.to_string()),
+        ClientError::Frame(FrameError::TooLarge { .. }) => fail(6, "limit_exceeded", e.to_string()),
         ClientError::Broker(info) => match info.kind {
             ErrorKind::VerificationFailed => fail(5, "verification_failed", info.message.clone()),
+            ErrorKind::LimitExceeded => fail(6, "limit_exceeded", info.message.clone()),
+            ErrorKind::WritesStopped => {
+                let db = cli.map_or_else(|| "data/app.db".into(), |c| c.db.display().to_string());
+                fail(
+                    3,
+                    "writes_stopped",
+                    format!("{}\nReads still work: litebroker --db {db} query \"SELECT …\"", info.message),
+                )
+            }
             ErrorKind::SchemaMismatch => fail(1, "schema_mismatch", info.message.clone()),
             ErrorKind::Locked => {
                 fail(4, "locked", format!("{LOCKED_USER_TEXT}\n\nDetails: {}", info.message))
@@ -181,18 +207,53 @@ fn client_failure(e: &ClientError, cli: Option<&Cli>) -> Failure {
     }
 }
 
-/// A CLI parameter: a JSON literal, or text when it is not valid JSON.
+/// A CLI parameter: a JSON literal, or text when it is not valid JSON. A JSON
+/// integer that does not fit in 64 bits stays text exactly as typed: as a REAL it
+/// would be rounded (two 20-digit barcodes would become the same number); numbers
+/// with a fraction or an exponent are REAL.
 fn parse_param(s: &str) -> Value {
     match serde_json::from_str::<Json>(s) {
         Ok(Json::Null) => Value::Null,
         Ok(Json::Bool(b)) => Value::Integer(i64::from(b)),
-        Ok(Json::Number(n)) => n
-            .as_i64()
-            .map(Value::Integer)
-            .or_else(|| n.as_f64().map(Value::Real))
-            .unwrap_or_else(|| Value::Text(s.to_owned())),
+        Ok(Json::Number(n)) => match n.as_i64() {
+            Some(i) => Value::Integer(i),
+            None if is_integer_literal(s) => Value::Text(s.to_owned()),
+            None => n.as_f64().map_or_else(|| Value::Text(s.to_owned()), Value::Real),
+        },
         Ok(Json::String(t)) => Value::Text(t),
         _ => Value::Text(s.to_owned()),
+    }
+}
+
+/// `-?digits` (JSON allows whitespace around it): no fraction, no exponent.
+fn is_integer_literal(s: &str) -> bool {
+    let digits = s.trim().strip_prefix('-').unwrap_or(s.trim());
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The SQL and the parameters of `exec`/`query`; a SQL without any statement
+/// (empty, or only comments) is a usage error.
+fn split_sql(sql_and_params: &[String]) -> Result<(&str, &[String]), Failure> {
+    match sql_and_params.split_first() {
+        Some((sql, params)) if has_statements(sql) => Ok((sql, params)),
+        _ => Err(fail(2, "usage", "no SQL statement given (only whitespace or comments)")),
+    }
+}
+
+/// Whether `sql` holds more than whitespace, comments and `;`: such SQL is a
+/// usage error here, before it reaches the broker as an SQL error.
+fn has_statements(sql: &str) -> bool {
+    let mut rest = sql;
+    loop {
+        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == ';');
+        if let Some(r) = rest.strip_prefix("--") {
+            rest = r.split_once('\n').map_or("", |(_, after)| after);
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            // SQLite ends an unterminated comment at the end of the input.
+            rest = r.split_once("*/").map_or("", |(_, after)| after);
+        } else {
+            return !rest.is_empty();
+        }
     }
 }
 
@@ -260,7 +321,12 @@ fn print_exec(json: bool, r: &ExecResult) {
         if !r.columns.is_empty() {
             print_table(&r.columns, &r.rows);
         }
-        println!("changes: {}, last insert rowid: {}", r.changes, r.last_insert_rowid);
+        // After rows the counters are noise (the rowid is the connection's last
+        // insert, from any earlier statement) unless the statement changed rows too
+        // (`INSERT … RETURNING`).
+        if r.columns.is_empty() || r.changes > 0 {
+            println!("changes: {}, last insert rowid: {}", r.changes, r.last_insert_rowid);
+        }
     }
 }
 
@@ -300,12 +366,14 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     }
     let on_client = |e: ClientError| client_failure(&e, Some(cli));
     match &cli.command {
-        Command::Exec { sql, params } => {
+        Command::Exec { sql_and_params } => {
+            let (sql, params) = split_sql(sql_and_params)?;
             let params: Vec<Value> = params.iter().map(|p| parse_param(p)).collect();
             let r = connect(cli)?.execute(sql, &params).map_err(on_client)?;
             print_exec(cli.json, &r);
         }
-        Command::Query { sql, params } => {
+        Command::Query { sql_and_params } => {
+            let (sql, params) = split_sql(sql_and_params)?;
             let params: Vec<Value> = params.iter().map(|p| parse_param(p)).collect();
             let reader = Reader::open(&cli.db).map_err(on_client)?;
             let rows = reader.query(sql, &params).map_err(on_client)?;
@@ -316,21 +384,30 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             }
         }
         Command::Batch { file } => {
-            let sql = match file.as_deref() {
-                None => read_stdin()?,
-                Some(p) if p.as_os_str() == "-" => read_stdin()?,
-                Some(p) => {
-                    std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?
-                }
+            let (sql, source) = match file.as_deref() {
+                None => (read_stdin()?, "stdin".to_owned()),
+                Some(p) if p.as_os_str() == "-" => (read_stdin()?, "stdin".to_owned()),
+                // A file that cannot be read is a wrong argument, like an empty one.
+                Some(p) => (
+                    std::fs::read_to_string(p)
+                        .map_err(|e| fail(2, "usage", format!("batch: cannot read {}: {e}", p.display())))?,
+                    p.display().to_string(),
+                ),
             };
-            if sql.trim().is_empty() {
-                return Err(fail(2, "usage", "batch: no statements given"));
+            if !has_statements(&sql) {
+                return Err(fail(
+                    2,
+                    "usage",
+                    format!("batch: no statements in {source} (only whitespace or comments)"),
+                ));
             }
             let r = connect(cli)?.execute(&sql, &[]).map_err(on_client)?;
             print_exec(cli.json, &r);
         }
         Command::Status => {
-            let s = connect(cli)?.status().map_err(on_client)?;
+            let mut client = connect(cli)?;
+            let s = client.status().map_err(on_client)?;
+            let health = cli::ops::health(&mut client).map_err(on_client)?;
             if cli.json {
                 println!(
                     "{}",
@@ -347,6 +424,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                         "queue_wait_max_us": s.max_queue_wait_us,
                         "commit_mean_us": ratio(s.commit_us, s.group_commits),
                         "commit_max_us": s.max_commit_us,
+                        "health": cli::ops::health_json(health.as_ref()),
                     })
                 );
             } else {
@@ -380,6 +458,11 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                     ratio(s.commit_us, s.group_commits),
                     s.max_commit_us
                 );
+                if let Some(h) = &health {
+                    let (exactly_once, writes) = cli::ops::health_text(h);
+                    println!("  exactly-once: {exactly_once}");
+                    println!("  writes:       {writes}");
+                }
             }
         }
         Command::Connections => {
@@ -483,10 +566,21 @@ fn read_stdin() -> Result<String, Failure> {
     Ok(s)
 }
 
+/// Whether `--json` was given, for a command line clap refused: scanned up to
+/// the first `--`, after which nothing is a flag.
+fn json_requested() -> bool {
+    std::env::args_os().skip(1).take_while(|a| a != "--").any(|a| a == "--json")
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
+            if e.use_stderr() && json_requested() {
+                let text = e.render().to_string();
+                let message = text.trim().strip_prefix("error: ").unwrap_or(text.trim());
+                println!("{}", json!({ "error": { "kind": "usage", "message": message, "exit_code": 2 } }));
+            }
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
@@ -503,5 +597,53 @@ fn main() -> ExitCode {
             eprintln!("litebroker: {}", f.message);
             ExitCode::from(f.code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use litebroker_client::protocol::ErrorInfo;
+
+    #[test]
+    fn each_broker_refusal_gets_its_exit_code() {
+        let code = |kind, msg: &str| {
+            let f = client_failure(&ClientError::Broker(ErrorInfo::new(kind, msg)), None);
+            (f.code, f.kind, f.message)
+        };
+        let (c, k, m) = code(ErrorKind::WritesStopped, "the -wal file was deleted; restart the broker");
+        assert_eq!((c, k), (3, "writes_stopped"));
+        assert!(
+            m.starts_with("the -wal file was deleted; restart the broker") && m.contains("Reads still work"),
+            "{m}"
+        );
+        assert_eq!(code(ErrorKind::LimitExceeded, "too many clients").0, 6);
+        assert_eq!(code(ErrorKind::Sql, "no such table").0, 1);
+        let too_big = ClientError::Frame(FrameError::TooLarge { len: 1 << 30, max: 1 << 24 });
+        assert_eq!(client_failure(&too_big, None).code, 6);
+    }
+
+    #[test]
+    fn parameters_are_typed_by_their_json_form() {
+        assert_eq!(parse_param("42"), Value::Integer(42));
+        assert_eq!(parse_param("-5"), Value::Integer(-5));
+        assert_eq!(parse_param("4.5"), Value::Real(4.5));
+        assert_eq!(parse_param("-1.5e3"), Value::Real(-1500.0));
+        assert_eq!(parse_param("12345678901234567890"), Value::Text("12345678901234567890".into()));
+        assert_eq!(parse_param("-9223372036854775809"), Value::Text("-9223372036854775809".into()));
+        assert_eq!(parse_param("\"42\""), Value::Text("42".into()));
+        assert_eq!(parse_param("007"), Value::Text("007".into()));
+        assert_eq!(parse_param("true"), Value::Integer(1));
+        assert_eq!(parse_param("null"), Value::Null);
+        assert_eq!(parse_param("--x"), Value::Text("--x".into()));
+    }
+
+    #[test]
+    fn comments_and_semicolons_are_no_statements() {
+        assert!(!has_statements(""));
+        assert!(!has_statements(" ;\n-- a\n/* b */ ; -- c"));
+        assert!(!has_statements("/* unterminated"));
+        assert!(has_statements("-- a\nSELECT 1"));
+        assert!(has_statements("/* a */ SELECT 1 -- b"));
     }
 }

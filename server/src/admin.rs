@@ -4,13 +4,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use litebroker_client::ops;
 use litebroker_protocol::{
     BackupReport, BrokerStatus, DbStats, ErrorInfo, ErrorKind, VerifyReport, WriterFigures,
 };
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::shared::Shared;
 
@@ -53,14 +53,15 @@ pub fn verify(shared: &Shared) -> Result<VerifyReport, ErrorInfo> {
     ops::verify(&conn, db).map_err(|e| internal("verify", e))
 }
 
-/// An online, consistent backup with `VACUUM INTO` from a read-only connection:
-/// its read transaction is a snapshot, and the writer goes on committing meanwhile.
-/// The copy is checked with `integrity_check`, then the retention rule applied.
-/// `progress(done_bytes, total_bytes)` is called about every 200 ms; it returns
-/// false when the client is gone.
+/// An online, consistent backup (see [`ops::write_backup`]): `VACUUM INTO` a
+/// temporary name from a read-only connection, whose read transaction is a
+/// snapshot while the writer goes on committing; `integrity_check`ed, synced and
+/// renamed to its final name. Debris of interrupted backups is swept first, the
+/// retention rule applied last. `progress(done_bytes, total_bytes)` is called
+/// about every 200 ms; it returns false when the client is gone.
 ///
 /// # Errors
-/// When the copy or its check fails (the partial file is removed).
+/// When the copy or its check fails (nothing is left under a backup's name).
 pub fn backup(
     shared: &Shared,
     label: &str,
@@ -69,75 +70,50 @@ pub fn backup(
 ) -> Result<BackupReport, ErrorInfo> {
     let started = Instant::now();
     let db = Path::new(&shared.db_path);
+    match ops::sweep_backup_debris(db) {
+        Ok(debris) if !debris.is_empty() => {
+            info!(files = ?debris, "removed the debris of interrupted backups");
+        }
+        Ok(_) => {}
+        Err(e) => warn!("cannot sweep the backups folder: {e}"),
+    }
     let dest = ops::new_backup_path(db, label).map_err(|e| internal("backup folder", e))?;
-    let src = ops::open_read_only(db).map_err(|e| internal("backup", e))?;
-    let total = src
-        .query_row("SELECT page_count * page_size FROM pragma_page_count, pragma_page_size", [], |r| {
-            r.get::<_, i64>(0)
-        })
-        .map_err(|e| internal("backup", e))? as u64;
-    let dest_text = dest.to_string_lossy().into_owned();
-    let copied = std::thread::scope(|s| {
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        s.spawn(move || {
-            let _ = done_tx.send(src.execute("VACUUM INTO ?1", [dest_text]));
-        });
-        let mut client_gone = false;
-        loop {
-            // The copy has no progress callback; the growing output file is the
-            // measure, sampled while the copy thread works.
-            match done_rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(r) => break Some(r),
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break None,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !client_gone => {
-                    client_gone = !progress(ops::file_size(&dest).min(total), total);
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            }
+    let mut client_gone = false;
+    let written = ops::write_backup(db, &dest, &mut |done, total| {
+        if !client_gone {
+            client_gone = !progress(done, total);
         }
-    });
-    let fail = |msg: String| {
-        let _ = std::fs::remove_file(&dest);
-        ErrorInfo::new(ErrorKind::Internal, msg)
-    };
-    match copied {
-        Some(Ok(_)) => {}
-        Some(Err(e)) => {
-            let mut info = crate::sqlexec::sql_error(&e);
-            info.message = format!("backup to {} failed: {}", dest.display(), info.message);
-            let _ = std::fs::remove_file(&dest);
-            return Err(info);
-        }
-        None => return Err(fail(format!("backup to {} failed: the copy thread panicked", dest.display()))),
-    }
-    let check = ops::open_read_only(&dest).and_then(|c| ops::verify(&c, &dest));
-    match check {
-        Ok(r) if r.integrity_problems.is_empty() => {}
-        Ok(r) => {
-            return Err(ErrorInfo::new(
-                ErrorKind::VerificationFailed,
-                format!(
-                    "the backup {} failed its integrity check: {}",
-                    dest.display(),
-                    r.integrity_problems.join("; ")
-                ),
-            ))
-        }
-        Err(e) => return Err(fail(format!("cannot check the backup {}: {e}", dest.display()))),
-    }
+    })
+    .map_err(|e| backup_error(&e))?;
     let removed = if keep > 0 {
         ops::apply_retention(db, keep as usize).map_err(|e| internal("backup retention", e))?
     } else {
         Vec::new()
     };
-    let bytes = ops::file_size(&dest);
-    info!(path = %dest.display(), bytes, removed = removed.len(), "backup written");
+    info!(path = %written.path.display(), bytes = written.bytes, removed = removed.len(), "backup written");
     Ok(BackupReport {
-        path: dest.to_string_lossy().into_owned(),
-        bytes,
+        path: written.path.to_string_lossy().into_owned(),
+        bytes: written.bytes,
         duration_ms: started.elapsed().as_millis() as u64,
         removed: removed.into_iter().map(|p| p.to_string_lossy().into_owned()).collect(),
     })
+}
+
+/// The typed answer for a failed backup: SQLite's class when SQLite failed (a
+/// full disk stays `DiskFull`), `VerificationFailed` for a copy that failed its check.
+pub fn backup_error(e: &ops::BackupError) -> ErrorInfo {
+    let kind = match e {
+        ops::BackupError::Integrity { .. } => ErrorKind::VerificationFailed,
+        e => match e.sqlite() {
+            Some(sqlite) => crate::sqlexec::sql_error(sqlite).kind,
+            None => ErrorKind::Internal,
+        },
+    };
+    ErrorInfo {
+        kind,
+        message: e.to_string(),
+        sqlite: e.sqlite().and_then(|s| crate::sqlexec::sql_error(s).sqlite),
+    }
 }
 
 /// Checks a file before it is restored: it must exist, not be the database itself,

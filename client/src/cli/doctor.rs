@@ -50,8 +50,10 @@ pub fn doctor(cli: &Cli) -> Result<(), Failure> {
     let mut opts = ConnectOptions::new(&cli.db).client_name("litebroker-doctor");
     opts.socket = cli.socket.clone();
     opts.connect_timeout = opts.connect_timeout.min(std::time::Duration::from_secs_f64(cli.timeout));
-    match Client::connect_with(&opts).and_then(|mut c| Ok((c.status()?, c.connections()?))) {
-        Ok((status, clients)) => {
+    let checked = Client::connect_with(&opts)
+        .and_then(|mut c| Ok((c.status()?, c.connections()?, crate::cli::ops::health(&mut c)?)));
+    match checked {
+        Ok((status, clients, health)) => {
             broker_running = true;
             findings.push(finding(
                 "broker",
@@ -96,6 +98,8 @@ pub fn doctor(cli: &Cli) -> Result<(), Failure> {
                     Some("close connections when done (drop clients/readers; use the factory's scoped helpers)".into()),
                 ));
             }
+            findings.extend(guarantees(health.as_ref(), &status.broker_version, &db_arg));
+            findings.push(wal_files(&db, status.pid));
         }
         Err(ClientError::NotRunning { socket, .. }) => {
             let recorded = loc.read_info().filter(|i| pid_alive(i.pid));
@@ -351,5 +355,133 @@ fn fs_type(p: &Path) -> Option<(String, bool)> {
     {
         let _ = p;
         None
+    }
+}
+
+/// Exactly-once writes and whether the broker accepts writes, from its health.
+fn guarantees(
+    health: Option<&litebroker_client::protocol::HealthReport>,
+    version: &str,
+    db_arg: &str,
+) -> Vec<Finding> {
+    let Some(h) = health else {
+        let detail = format!("not reported by litebrokerd {version} (it predates the health request)");
+        return vec![finding("guarantees", Level::Ok, detail, None)];
+    };
+    let mut out = Vec::new();
+    if h.exactly_once && h.exactly_once_off.is_none() {
+        out.push(finding("exactly_once", Level::Ok, "on: writes with request ids are applied once", None));
+    } else {
+        let why = h.exactly_once_off.as_deref().unwrap_or("no reason given");
+        out.push(finding(
+            "exactly_once",
+            Level::Problem,
+            format!(
+                "off ({why}): a write whose answer is lost is reported as \"may or may not have been applied\", not resent"
+            ),
+            Some(format!(
+                "restart the broker without --request-id-retention-hours 0 (litebroker shutdown; litebrokerd --db {db_arg}); \
+                 if its table could not be created, resolve what blocks it (a lock held by another process, a read-only file) and restart"
+            )),
+        ));
+    }
+    match &h.writes_stopped {
+        None => out.push(finding("writes", Level::Ok, "accepted", None)),
+        Some(why) => out.push(finding(
+            "writes",
+            Level::Problem,
+            format!("the broker refuses writes to protect the data: {why}; reads still work"),
+            Some(format!(
+                "do what the reason above says; usually stop the broker cleanly (litebroker shutdown) and start it again (litebrokerd --db {db_arg})"
+            )),
+        )),
+    }
+    out
+}
+
+/// Whether the `-wal` and `-shm` files the broker (pid `pid`) has open are the
+/// ones on disk. When they were deleted or replaced, other processes' readers
+/// open fresh ones: readers and broker no longer share a WAL, readers miss its
+/// writes, and the broker's acknowledged writes live in a file no one can find
+/// after a crash.
+fn wal_files(db: &Path, pid: u32) -> Finding {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let fd_dir = std::path::PathBuf::from(format!("/proc/{pid}/fd"));
+        let fds = match std::fs::read_dir(&fd_dir) {
+            Ok(fds) => fds,
+            Err(e) => {
+                return finding(
+                    "wal_files",
+                    Level::Warning,
+                    format!("skipped: cannot read {} ({e})", fd_dir.display()),
+                    Some("run litebroker doctor as the broker's user, on the broker's host".into()),
+                )
+            }
+        };
+        let sidecars: Vec<(String, std::path::PathBuf)> = ["-wal", "-shm"]
+            .iter()
+            .map(|suffix| {
+                let mut name = db.file_name().unwrap_or_default().to_os_string();
+                name.push(suffix);
+                (name.to_string_lossy().into_owned(), db.with_file_name(name))
+            })
+            .collect();
+        let (mut good, mut bad) = (Vec::new(), Vec::new());
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+            let target = target.to_string_lossy().into_owned();
+            for (name, on_disk) in &sidecars {
+                let on_disk_text = on_disk.to_string_lossy();
+                if target == format!("{on_disk_text} (deleted)") {
+                    bad.push(format!("{name} (deleted)"));
+                } else if target == on_disk_text {
+                    // Following the fd's link reaches the open file even when the
+                    // path now names another one.
+                    let open = std::fs::metadata(fd.path()).ok().map(|m| (m.dev(), m.ino()));
+                    let disk = std::fs::metadata(on_disk).ok().map(|m| (m.dev(), m.ino()));
+                    if open.is_some() && open == disk {
+                        good.push(name.clone());
+                    } else {
+                        bad.push(format!("{name} (replaced)"));
+                    }
+                }
+            }
+        }
+        good.sort();
+        good.dedup();
+        bad.sort();
+        bad.dedup();
+        if !bad.is_empty() {
+            return finding(
+                "wal_files",
+                Level::Problem,
+                format!(
+                    "the broker (pid {pid}) uses {} no longer on disk: readers and the broker no longer share a WAL \
+                     (readers miss its writes), and acknowledged writes can be lost on a crash",
+                    bad.join(", ")
+                ),
+                Some(
+                    "stop the broker cleanly so it checkpoints its WAL into the database (litebroker shutdown), then start it again; \
+                     never delete -wal/-shm files while the database is open"
+                        .into(),
+                ),
+            );
+        }
+        if good.is_empty() {
+            return finding(
+                "wal_files",
+                Level::Ok,
+                format!("the broker (pid {pid}) has no -wal/-shm open"),
+                None,
+            );
+        }
+        finding("wal_files", Level::Ok, format!("the broker uses {} on disk", good.join(" and ")), None)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (db, pid);
+        finding("wal_files", Level::Ok, "skipped: needs /proc (Linux) to see the broker's open files", None)
     }
 }

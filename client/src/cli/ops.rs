@@ -4,15 +4,15 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 use litebroker_client::ops::{self, thousands};
-use litebroker_client::protocol::{CheckpointMode, DbStats, VerifyReport};
-use litebroker_client::{ClientError, Location};
+use litebroker_client::protocol::{CheckpointMode, DbStats, HealthReport, VerifyReport};
+use litebroker_client::{Client, ClientError, Location};
 use serde_json::json;
 
 use crate::{client_failure, connect, fail, ms_to_text, reported, Cli, Failure};
 
 /// Connects, or reports that no broker runs (so the caller can fall back to a
 /// local read-only operation).
-fn broker_or_local(cli: &Cli) -> Result<Option<litebroker_client::Client>, Failure> {
+fn broker_or_local(cli: &Cli) -> Result<Option<Client>, Failure> {
     match connect(cli) {
         Ok(c) => Ok(Some(c)),
         Err(f) if f.code == 3 && f.kind == "not_running" => Ok(None),
@@ -33,20 +33,62 @@ fn local_path(cli: &Cli) -> Result<std::path::PathBuf, Failure> {
     Ok(loc.db_path)
 }
 
+/// The broker's health; None from a broker too old to report it (protocol minor 0).
+pub(crate) fn health(client: &mut Client) -> Result<Option<HealthReport>, ClientError> {
+    match client.health() {
+        Ok(h) => Ok(Some(h)),
+        Err(ClientError::Unexpected(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `{"exactly_once", "exactly_once_off", "writes_stopped"}`, null when unknown.
+pub(crate) fn health_json(h: Option<&HealthReport>) -> serde_json::Value {
+    h.map_or(serde_json::Value::Null, |h| {
+        json!({
+            "exactly_once": h.exactly_once, "exactly_once_off": h.exactly_once_off,
+            "writes_stopped": h.writes_stopped,
+        })
+    })
+}
+
+/// The exactly-once and writes lines of `status` and `stats`.
+pub(crate) fn health_text(h: &HealthReport) -> (String, String) {
+    let exactly_once = match (&h.exactly_once_off, h.exactly_once) {
+        (Some(why), _) => format!("OFF: {why}"),
+        (None, true) => "on".to_owned(),
+        (None, false) => "OFF".to_owned(),
+    };
+    let writes = match &h.writes_stopped {
+        Some(why) => format!("REFUSED: {why}"),
+        None => "accepted".to_owned(),
+    };
+    (exactly_once, writes)
+}
+
 pub fn stats(cli: &Cli) -> Result<(), Failure> {
     let on_client = |e: ClientError| client_failure(&e, Some(cli));
-    let stats = match broker_or_local(cli)? {
-        Some(mut c) => c.stats().map_err(on_client)?,
+    let (stats, health) = match broker_or_local(cli)? {
+        Some(mut c) => {
+            let stats = c.stats().map_err(on_client)?;
+            (stats, health(&mut c).map_err(on_client)?)
+        }
         None => {
             let path = local_path(cli)?;
             let conn = ops::open_read_only(&path).map_err(|e| on_client(e.into()))?;
-            ops::db_stats(&conn, &path, ops::DEFAULT_WAL_WARN_BYTES).map_err(|e| on_client(e.into()))?
+            let stats =
+                ops::db_stats(&conn, &path, ops::DEFAULT_WAL_WARN_BYTES).map_err(|e| on_client(e.into()))?;
+            (stats, None)
         }
     };
     if cli.json {
-        println!("{}", stats_json(&stats));
+        let mut doc = stats_json(&stats);
+        if doc["broker"].is_object() {
+            doc["broker"]["health"] = health_json(health.as_ref());
+        }
+        println!("{doc}");
     } else {
-        print_stats(&stats);
+        print_stats(&stats, health.as_ref());
     }
     Ok(())
 }
@@ -84,7 +126,7 @@ fn stats_json(s: &DbStats) -> serde_json::Value {
     doc
 }
 
-fn print_stats(s: &DbStats) {
+fn print_stats(s: &DbStats, health: Option<&HealthReport>) {
     println!("Database Statistics:");
     println!("  Database: {}", s.db_path);
     println!("  Schema version: {}", s.schema_version);
@@ -123,6 +165,11 @@ fn print_stats(s: &DbStats) {
             );
             println!("  Queue depth: {}", b.queue_depth);
             println!("  Lock waits: {} ({} retries)", w.lock_waits, w.lock_retries);
+            if let Some(h) = health {
+                let (exactly_once, writes) = health_text(h);
+                println!("  Exactly-once writes: {exactly_once}");
+                println!("  Writes: {writes}");
+            }
             if b.request_ids {
                 println!(
                     "  Request ids: {} recorded, {} resends answered from them",
@@ -251,6 +298,8 @@ pub fn backup(cli: &Cli, label: Option<&str>, keep: Option<u32>) -> Result<(), F
 pub fn backups(cli: &Cli) -> Result<(), Failure> {
     let loc = Location::resolve(&cli.db, cli.socket.as_deref())
         .map_err(|e| fail(1, "error", format!("{}: {e}", cli.db.display())))?;
+    let debris = ops::sweep_backup_debris(&loc.db_path)
+        .map_err(|e| fail(1, "error", format!("cannot read the backups folder: {e}")))?;
     let list =
         ops::list_backups(&loc.db_path).map_err(|e| fail(1, "error", format!("cannot list backups: {e}")))?;
     if cli.json {
@@ -258,8 +307,14 @@ pub fn backups(cli: &Cli) -> Result<(), Failure> {
             .iter()
             .map(|b| json!({ "path": b.path.to_string_lossy(), "bytes": b.bytes, "modified_unix": b.modified_unix }))
             .collect();
-        println!("{}", json!({ "backups": items }));
-    } else if list.is_empty() {
+        let debris: Vec<_> = debris.iter().map(|p| p.to_string_lossy()).collect();
+        println!("{}", json!({ "backups": items, "removed_debris": debris }));
+        return Ok(());
+    }
+    for p in &debris {
+        println!("removed {} (left by an interrupted backup)", p.display());
+    }
+    if list.is_empty() {
         println!(
             "No backups in {} yet (litebroker backup [LABEL]).",
             ops::backup_dir(&loc.db_path).display()
