@@ -172,7 +172,10 @@ fn temp_triggers_tables_and_views_cannot_shadow_or_act_on_other_clients_writes()
     let _b = Broker::start(&t.db(), &[]);
     assert_exit(&exec(&t.db(), "CREATE TABLE p (v TEXT)"), 0);
     assert_exit(&exec(&t.db(), "CREATE TABLE skus (id INTEGER PRIMARY KEY, sku TEXT UNIQUE, qty INT)"), 0);
-    assert_exit(&exec(&t.db(), "INSERT INTO p VALUES ('keep me'); INSERT INTO skus (sku, qty) VALUES ('A1', 5)"), 0);
+    assert_exit(
+        &exec(&t.db(), "INSERT INTO p VALUES ('keep me'); INSERT INTO skus (sku, qty) VALUES ('A1', 5)"),
+        0,
+    );
     for sql in [
         "CREATE TRIGGER temp.wipe AFTER INSERT ON p BEGIN DELETE FROM p; END",
         "CREATE TEMP TRIGGER t1 AFTER INSERT ON p BEGIN DELETE FROM p; END",
@@ -247,7 +250,11 @@ fn the_brokers_savepoint_cannot_be_released_in_any_spelling() {
         assert_exit(&o, 1);
         assert!(error_of(&o).1.contains("reserved"), "{spelling}: {}", stdout(&o));
         assert_exit(&b.join().unwrap(), 0);
-        assert_eq!(query_i64(&t.db(), "SELECT count(*) FROM g WHERE v IN ('A-part1', 'dup')"), 0, "{spelling}");
+        assert_eq!(
+            query_i64(&t.db(), "SELECT count(*) FROM g WHERE v IN ('A-part1', 'dup')"),
+            0,
+            "{spelling}"
+        );
         assert_eq!(query_i64(&t.db(), "SELECT count(*) FROM g WHERE v = 'B'"), 1);
     }
 }
@@ -310,7 +317,9 @@ fn a_request_past_its_timeout_is_reported_as_what_happened_and_frees_the_writer(
     let endless = "INSERT INTO t (v, batch) WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) \
                    SELECT 'loop', 2 FROM c";
     let big = insert_file(&t, "big.sql", 150_000);
-    for args in [vec!["--json", "--timeout", "2", "exec", endless], vec!["--json", "--timeout", "2", "batch", &big]] {
+    for args in
+        [vec!["--json", "--timeout", "2", "exec", endless], vec!["--json", "--timeout", "2", "batch", &big]]
+    {
         let started = Instant::now();
         let slow = spawn_cli(&t.db(), &args);
         let mut status = Client::connect(t.db()).unwrap();
@@ -446,9 +455,12 @@ fn restore_installs_the_brokers_table_or_refuses_foreign_reserved_objects() {
 fn a_foreign_request_table_turns_exactly_once_off_loudly_and_writes_go_on() {
     let t = TestDir::new();
     std::fs::create_dir_all(t.db().parent().unwrap()).unwrap();
-    assert!(sqlite3(&t.db(), "PRAGMA journal_mode=WAL; CREATE TABLE t (v); CREATE TABLE _litebroker_requests (x)")
-        .status
-        .success());
+    assert!(sqlite3(
+        &t.db(),
+        "PRAGMA journal_mode=WAL; CREATE TABLE t (v); CREATE TABLE _litebroker_requests (x)"
+    )
+    .status
+    .success());
     let b = Broker::start(&t.db(), &[]);
     assert_exit(&exec(&t.db(), "INSERT INTO t VALUES (1)"), 0);
     let h = health(&t.db());

@@ -533,13 +533,12 @@ impl Writer {
             }
             Err(e) => return Err(internal("cannot read the source", &e)),
         }
+        // Written under a temporary name and renamed once checked, so that an
+        // interrupted restore never leaves a broken file listed as a backup.
         let safety = ops::new_backup_path(&db, "pre-restore").map_err(|e| internal("safety backup", &e))?;
-        let snapshot = ops::open_read_only(&db).map_err(|e| internal("safety backup", &e))?;
-        if let Err(e) = snapshot.execute("VACUUM INTO ?1", [safety.to_string_lossy()]) {
-            let _ = std::fs::remove_file(&safety);
-            return Err(internal("safety backup failed", &e));
-        }
-        drop(snapshot);
+        let safety = ops::write_backup(&db, &safety, &mut |_, _| {})
+            .map_err(|e| internal("safety backup failed", &e))?
+            .path;
         let pages = {
             let backup = rusqlite::backup::Backup::new(&src, &mut self.conn)
                 .map_err(|e| internal("cannot start the copy", &e))?;
@@ -630,7 +629,9 @@ impl Writer {
                 if group.len() > 1 {
                     for job in group.iter().filter(|j| j.unanswered()) {
                         let one = std::slice::from_ref(job);
-                        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.execute_group(one)));
+                        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            self.execute_group(one)
+                        }));
                         if ran.is_err() {
                             self.recover();
                         }

@@ -11,7 +11,6 @@
 //! its row is there exactly once, read through another connection; answered
 //! with an error = absent).
 
-
 use litebroker_protocol::{Response, Statement};
 use litebroker_server::shared::WriteBody;
 use litebroker_server::testing::WriterHarness;
