@@ -562,3 +562,49 @@ fn status_and_health_report_exactly_once_when_disabled() {
     assert!(!h.exactly_once);
     assert!(h.exactly_once_off.unwrap().contains("--request-id-retention-hours 0"));
 }
+
+/// The report that once said "timed out" for a write that then committed: the
+/// first attempt commits and its answer is lost (the broker crashes right after
+/// the COMMIT), and the resend cannot reach the writer before the deadline (a
+/// session holds it). The caller learns that the outcome is unknown — never a
+/// timeout, which would mean "not applied".
+#[cfg(unix)]
+#[test]
+fn a_resend_that_times_out_after_a_lost_answer_reports_the_outcome_unknown() {
+    let t = TestDir::new();
+    {
+        let mut b = Broker::start(&t.db(), &[]);
+        assert_exit(&exec(&t.db(), "CREATE TABLE t (v TEXT)"), 0);
+        assert_exit(&b.request_shutdown(), 0);
+        b.wait_exit(Duration::from_secs(15));
+    }
+    let mut crashing = Broker::spawn_with(&t.db(), &[], |c| {
+        c.env("LITEBROKER_FAILPOINT", "crash-after-commit:1");
+    })
+    .ready();
+    let writer = Command::new(bin("litebroker"))
+        .arg("--db")
+        .arg(t.db())
+        .args(["--json", "--timeout", "8", "exec", "INSERT INTO t VALUES ('first attempt')"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(crashing.wait_exit(Duration::from_secs(10)).is_some(), "the failpoint did not fire");
+    // Paused while a new broker starts and a session takes its writer, so that
+    // its resend queues behind the session until the deadline passes.
+    // SAFETY: kill(2) on a child of this process.
+    unsafe { libc::kill(writer.id() as libc::pid_t, libc::SIGSTOP) };
+    let _b = Broker::start(&t.db(), &[]);
+    let (mut session, _status) = hold_writer(&t.db());
+    // SAFETY: as above.
+    unsafe { libc::kill(writer.id() as libc::pid_t, libc::SIGCONT) };
+    let o = wait_output(writer, Duration::from_secs(30), "the writer");
+    session.send("rollback");
+    assert_exit(&o, 3);
+    let (kind, msg) = error_of(&o);
+    assert_eq!(kind, "connection_lost", "{msg}");
+    assert!(msg.contains("may or may not have been applied"), "{msg}");
+    assert!(msg.contains("could not reach the writer"), "{msg}");
+    assert_eq!(query_i64(&t.db(), "SELECT count(*) FROM t WHERE v = 'first attempt'"), 1);
+}

@@ -273,9 +273,26 @@ impl Client {
     /// it if that cannot apply it twice (see [`ConnectOptions::reconnect`]).
     fn call_resending(&mut self, req: &Request, opts: &WriteOptions, wait: Duration) -> Result<Response> {
         let deadline = Instant::now() + wait;
+        // An earlier attempt reached the broker and its answer was lost.
+        let mut in_doubt = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let err = match self.call(req, left) {
+                Err(ClientError::Broker(i))
+                    if in_doubt && matches!(i.kind, ErrorKind::Timeout | ErrorKind::Locked) =>
+                {
+                    // The resend did not get to run, so it cannot say what became
+                    // of the first attempt: never report that as a plain timeout
+                    // or lock, which would mean "not applied".
+                    return Err(ClientError::ConnectionLost {
+                        sent: true,
+                        reason: format!(
+                            "the answer to the first attempt was lost, and the resend with the same request id \
+                             could not reach the writer in time ({})",
+                            i.message
+                        ),
+                    });
+                }
                 Err(e) => e,
                 ok => return ok,
             };
@@ -306,6 +323,7 @@ impl Client {
                     Err(_) => return Err(err),
                 }
             }
+            in_doubt |= sent;
             tracing::info!(request = req.kind(), "resending after a lost connection");
         }
     }
