@@ -81,6 +81,11 @@ pub struct Seen {
     pub sets_user_version: bool,
     /// The statement turns `PRAGMA defer_foreign_keys` on.
     pub defers_foreign_keys: bool,
+    /// The statement is a PRAGMA (or reads a `pragma_…` table).
+    pub pragma: bool,
+    /// The statement creates, alters or drops a schema object (the only way to
+    /// put anything into the temp schema).
+    pub schema: bool,
     /// How many actions SQLite asked about (0 for `VACUUM`, which asks nothing).
     pub actions: u32,
 }
@@ -89,7 +94,12 @@ impl Seen {
     /// True when the statement is more than ordinary DDL/DML: such statements
     /// are never kept in the statement cache, so that each use is reported again.
     pub fn noteworthy(&self) -> bool {
-        self.tx.is_some() || self.savepoint || self.sets_user_version || self.defers_foreign_keys
+        self.tx.is_some()
+            || self.savepoint
+            || self.sets_user_version
+            || self.defers_foreign_keys
+            || self.pragma
+            || self.schema
     }
 }
 
@@ -107,6 +117,8 @@ thread_local! {
             savepoint: false,
             sets_user_version: false,
             defers_foreign_keys: false,
+            pragma: false,
+            schema: false,
             actions: 0,
         })
     };
@@ -369,7 +381,16 @@ fn decide(ctx: &AuthContext<'_>) -> Result<(), String> {
         }
     };
     let in_temp = ctx.database_name.is_some_and(|d| d.eq_ignore_ascii_case("temp"));
+    if let AuthAction::Insert { table_name }
+    | AuthAction::Delete { table_name }
+    | AuthAction::Update { table_name, .. } = ctx.action
+    {
+        if is_schema_table(table_name) {
+            note(|s| s.schema = true);
+        }
+    }
     if let Some((what, name, on_table, temp_code)) = schema_action(&ctx.action) {
+        note(|s| s.schema = true);
         if temp_code || in_temp {
             return Err(temp_schema_denied(&format!("{what} {name}")));
         }
@@ -394,6 +415,7 @@ fn decide(ctx: &AuthContext<'_>) -> Result<(), String> {
                 .into())
         }
         AuthAction::Pragma { pragma_name, pragma_value } => {
+            note(|s| s.pragma = true);
             let name = pragma_name.to_ascii_lowercase();
             let allowed = match pragma_value {
                 // Reading a setting is harmless, but this one checkpoints when asked.

@@ -20,44 +20,54 @@ use rusqlite::Connection;
 
 use crate::authorizer;
 
-/// One statement reads what must not have changed. Its text names `litebroker`,
-/// so no client text can be served this cached, broker-authorized statement.
-const STATE_SQL: &str = "SELECT (SELECT count(*) FROM temp.sqlite_schema), \
-     (SELECT foreign_keys FROM pragma_foreign_keys), \
-     (SELECT defer_foreign_keys FROM pragma_defer_foreign_keys), \
+/// The temp schema's objects. The text names `litebroker`, so no client text can
+/// be served this cached, broker-authorized statement.
+const TEMP_SQL: &str = "SELECT count(*) FROM temp.sqlite_schema /* litebroker */";
+
+/// The settings only a PRAGMA can change. Each `pragma_…` table runs a PRAGMA of
+/// its own (a parse each time), so this is read only when needed.
+const SETTINGS_SQL: &str = "SELECT (SELECT defer_foreign_keys FROM pragma_defer_foreign_keys), \
      (SELECT query_only FROM pragma_query_only), \
      (SELECT recursive_triggers FROM pragma_recursive_triggers) /* litebroker */";
 
 /// Checks the writer connection's state; call inside the transaction, after the
-/// clients' statements and before `COMMIT`.
+/// clients' statements and before `COMMIT`. The flags SQLite exposes directly
+/// (foreign keys, defensive mode) are read always, at no cost. `full` adds the
+/// temp schema and the settings only a PRAGMA changes: needed after a request
+/// that changed the schema or ran a PRAGMA (no other statement can put anything
+/// there, and SQLite reports both while preparing), and when the writer is idle.
 ///
 /// # Errors
 /// What differs from the broker's settings.
-pub fn connection_state(conn: &Connection) -> Result<(), String> {
-    let (temp_objects, fk, defer_fk, query_only, recursive): (i64, i64, i64, i64, i64) =
-        authorizer::internal(|| {
-            conn.prepare_cached(STATE_SQL)?
-                .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
-        })
-        .map_err(|e| format!("cannot read the connection's state: {e}"))?;
+pub fn connection_state(conn: &Connection, full: bool) -> Result<(), String> {
+    let read = |e: rusqlite::Error| format!("cannot read the connection's state: {e}");
     let mut wrong = Vec::new();
-    if temp_objects != 0 {
-        wrong.push(format!("{temp_objects} object(s) in the temp schema"));
-    }
-    if fk != 1 {
+    if !conn.db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_FKEY).unwrap_or(false) {
         wrong.push("foreign keys are off".to_owned());
-    }
-    if defer_fk != 0 {
-        wrong.push("defer_foreign_keys is on".to_owned());
-    }
-    if query_only != 0 {
-        wrong.push("query_only is on".to_owned());
-    }
-    if recursive != 0 {
-        wrong.push("recursive_triggers is on".to_owned());
     }
     if !conn.db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE).unwrap_or(false) {
         wrong.push("defensive mode is off".to_owned());
+    }
+    if full {
+        let temp_objects: i64 =
+            authorizer::internal(|| conn.prepare_cached(TEMP_SQL)?.query_row([], |r| r.get(0)))
+                .map_err(read)?;
+        if temp_objects != 0 {
+            wrong.push(format!("{temp_objects} object(s) in the temp schema"));
+        }
+        let (defer_fk, query_only, recursive): (i64, i64, i64) = authorizer::internal(|| {
+            conn.prepare_cached(SETTINGS_SQL)?.query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        })
+        .map_err(read)?;
+        for (on, what) in [
+            (defer_fk, "defer_foreign_keys is on"),
+            (query_only, "query_only is on"),
+            (recursive, "recursive_triggers is on"),
+        ] {
+            if on != 0 {
+                wrong.push(what.to_owned());
+            }
+        }
     }
     if wrong.is_empty() {
         Ok(())

@@ -78,6 +78,9 @@ pub struct Tracker {
     /// The request turned `PRAGMA defer_foreign_keys` on: the broker turns it off
     /// again once the request's pending violations were checked.
     pub defers_foreign_keys: bool,
+    /// The request ran a PRAGMA or changed the schema: what it may have left on
+    /// the connection is checked before its transaction commits.
+    pub needs_state_check: bool,
 }
 
 impl Tracker {
@@ -92,6 +95,7 @@ impl Tracker {
             end: SessionEnd::None,
             sets_user_version: false,
             defers_foreign_keys: false,
+            needs_state_check: false,
         }
     }
 
@@ -112,6 +116,7 @@ impl Tracker {
         }
         self.sets_user_version |= seen.sets_user_version;
         self.defers_foreign_keys |= seen.defers_foreign_keys;
+        self.needs_state_check |= seen.pragma || seen.schema;
         if self.closed || self.end != SessionEnd::None {
             return Err(state_error(
                 "statements after COMMIT/ROLLBACK in the same request; send them separately",

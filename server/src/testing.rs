@@ -113,7 +113,7 @@ impl WriterHarness {
             return Err("a transaction was left open".into());
         }
         crate::authorizer::internal(|| conn.execute_batch("BEGIN")).map_err(|e| e.to_string())?;
-        let state = guard::connection_state(conn);
+        let state = guard::connection_state(conn, true);
         crate::authorizer::internal(|| conn.execute_batch("ROLLBACK")).map_err(|e| e.to_string())?;
         state?;
         if let Some(reason) = self.shared.writes_stopped() {

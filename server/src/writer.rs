@@ -279,6 +279,8 @@ impl Writer {
             return;
         }
         self.dirty = false;
+        // The full check of the connection, once per idle spell after commits.
+        self.verify_connection_clean();
         if self.last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
             self.busy_timeout = Duration::ZERO;
             self.conn.busy_timeout(Duration::ZERO).ok();
@@ -468,7 +470,7 @@ impl Writer {
                     })
                     .map_err(|e| sql_error(&e))
                 })
-                .and_then(|()| guard::connection_state(&self.conn).map_err(|what| state_error(&what)))
+                .and_then(|()| guard::connection_state(&self.conn, true).map_err(|what| state_error(&what)))
                 .and_then(|()| self.exec_internal(COMMIT_SQL).map_err(|e| sql_error(&e)));
             self.arm_deadline(None);
             if let Err(mut e) = r {
@@ -674,7 +676,7 @@ impl Writer {
             eprintln!("litebrokerd: cannot roll back after an internal failure; exiting");
             std::process::exit(1);
         }
-        self.verify_clean_after_rollback();
+        self.verify_connection_clean();
     }
 
     pub(crate) fn execute_group(&mut self, group: &[Job]) {
@@ -695,6 +697,7 @@ impl Writer {
         let mut results = std::mem::take(&mut self.results);
         results.clear();
         let mut touches_schema = false;
+        let mut check_state = false;
         let mut aborted: Option<(usize, ErrorInfo)> = None;
         for job in group {
             let JobKind::Write(body) = &job.kind else { unreachable!("groups hold writes") };
@@ -737,6 +740,7 @@ impl Writer {
                 }
             }
             touches_schema |= tracker.sets_user_version;
+            check_state |= tracker.needs_state_check;
             // Some errors (disk full, I/O, an interrupted statement, out of memory)
             // make SQLite roll back the whole transaction, not only the savepoint.
             if self.conn.is_autocommit() {
@@ -751,7 +755,7 @@ impl Writer {
         // What the clients' statements left on the shared connection is checked
         // before anything of theirs commits (see `crate::guard`).
         if aborted.is_none() && results.iter().any(Result::is_ok) {
-            if let Err(what) = guard::connection_state(&self.conn) {
+            if let Err(what) = guard::connection_state(&self.conn, check_state) {
                 let culprit = single.then_some(0);
                 aborted = Some((culprit.unwrap_or(usize::MAX), state_error(&what)));
             }
@@ -821,7 +825,7 @@ impl Writer {
                 group[0].answer(Response::Error(cause));
                 results.clear();
                 self.results = results;
-                self.verify_clean_after_rollback();
+                self.verify_connection_clean();
             }
         }
     }
@@ -833,16 +837,17 @@ impl Writer {
         self.shared.writes_stopped().map(|reason| ErrorInfo::new(ErrorKind::WritesStopped, reason))
     }
 
-    /// After a rollback the connection must be as the broker set it up: the
-    /// clients' temp objects and settings roll back with their transaction, except
-    /// what SQLite keeps outside it. If that check fails, writes stop.
-    fn verify_clean_after_rollback(&mut self) {
+    /// Outside a transaction (after a rollback, when idle) the connection must be
+    /// as the broker set it up: the clients' temp objects and settings roll back
+    /// with their transaction, except what SQLite keeps outside it. If that check
+    /// fails, writes stop.
+    fn verify_connection_clean(&mut self) {
         if !self.conn.is_autocommit() {
             return;
         }
         let r = authorizer::internal(|| self.conn.execute_batch("BEGIN /* litebroker */"))
             .map_err(|e| e.to_string())
-            .and_then(|()| guard::connection_state(&self.conn));
+            .and_then(|()| guard::connection_state(&self.conn, true));
         self.exec_internal(ROLLBACK_SQL).ok();
         if let Err(what) = r {
             let reason = format!(
@@ -1231,9 +1236,9 @@ impl Writer {
             let checked = if self.deferred_fk_pending() {
                 Err(deferred_fk_error())
             } else {
-                self.exec_internal(DEFER_FK_OFF_SQL)
-                    .map_err(|e| sql_error(&e))
-                    .and_then(|()| guard::connection_state(&self.conn).map_err(|what| state_error(&what)))
+                self.exec_internal(DEFER_FK_OFF_SQL).map_err(|e| sql_error(&e)).and_then(|()| {
+                    guard::connection_state(&self.conn, true).map_err(|what| state_error(&what))
+                })
             };
             checked
                 .and_then(|()| {
