@@ -164,6 +164,7 @@ fn client_failure(e: &ClientError, cli: Option<&Cli>) -> Failure {
             )
         }
         ClientError::ConnectionLost { .. } => fail(3, "connection_lost", e.to_string()),
+        ClientError::Untrusted(_) => fail(3, "untrusted_broker", e.to_string()),
         ClientError::Broker(info) => match info.kind {
             ErrorKind::VerificationFailed => fail(5, "verification_failed", info.message.clone()),
             ErrorKind::SchemaMismatch => fail(1, "schema_mismatch", info.message.clone()),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use interprocess::local_socket::prelude::*;
 use interprocess::local_socket::{Listener, ListenerOptions, Stream};
 use litebroker_client::locate::{self, BrokerInfo, Location};
-use litebroker_client::{Client, ClientError, ConnectOptions};
+use litebroker_client::{Client, ClientError, ConnectOptions, Untrusted};
 use litebroker_protocol::{write_frame, ErrorKind, Response, PROTOCOL_VERSION};
 use named_lock::{NamedLock, NamedLockGuard};
 use tracing::{info, warn};
@@ -149,6 +149,9 @@ enum Probe {
     Live(Box<litebroker_protocol::HelloAck>),
     Nobody,
     Unresponsive(String),
+    /// A listener the client library refuses to talk to: another user's process,
+    /// or a broker of another database. It is never displaced either.
+    Foreign(Box<Untrusted>),
 }
 
 fn probe(location: &Location, socket: &str) -> Probe {
@@ -158,6 +161,7 @@ fn probe(location: &Location, socket: &str) -> Probe {
     match Client::connect_with(&opts) {
         Ok(c) => Probe::Live(Box::new(c.hello().clone())),
         Err(ClientError::NotRunning { .. }) => Probe::Nobody,
+        Err(ClientError::Untrusted(u)) => Probe::Foreign(u),
         Err(e) => Probe::Unresponsive(e.to_string()),
     }
 }
@@ -208,6 +212,7 @@ pub fn clear_stale_socket(location: &Location) -> Result<(), BrokerError> {
                  not joining it",
                 location.socket
             ))),
+            Probe::Foreign(e) => Err(foreign_listener(&location.socket, &e)),
         };
     }
     let path = Path::new(&location.socket);
@@ -233,6 +238,7 @@ pub fn clear_stale_socket(location: &Location) -> Result<(), BrokerError> {
             "something listens on {} but does not answer as a broker ({e}); not displacing it",
             location.socket
         ))),
+        Probe::Foreign(e) => Err(foreign_listener(&location.socket, &e)),
         Probe::Nobody => {
             fs::remove_file(path)
                 .map_err(crate::io_err(format!("cannot remove stale socket {}", path.display())))?;
@@ -240,6 +246,30 @@ pub fn clear_stale_socket(location: &Location) -> Result<(), BrokerError> {
             Ok(())
         }
     }
+}
+
+fn foreign_listener(socket: &str, why: &Untrusted) -> BrokerError {
+    let me = if cfg!(windows) {
+        "this user".to_owned()
+    } else {
+        format!("this user (uid {})", locate::current_uid())
+    };
+    BrokerError::AlreadyRunning(match why {
+        Untrusted::WrongDatabase { served, pid, .. } => {
+            format!("another broker (pid {pid}) already listens on {socket}, serving {served}")
+        }
+        Untrusted::PeerUser { uid, .. } => format!(
+            "{socket} is taken by a process of uid {uid}, not of {me}: it is not this user's broker, and it \
+             is never displaced. Find out who started it, or use another socket"
+        ),
+        Untrusted::PipeOwner { owner, .. } => format!(
+            "the pipe {socket} was created by {owner}, not by {me}: it is not this user's broker, and it is \
+             never joined. Find out who started it"
+        ),
+        other => format!(
+            "something listens on {socket} that this broker cannot vouch for ({other}); not displacing it"
+        ),
+    })
 }
 
 /// Binds the listener (never overwriting a live one) and makes the socket private.
