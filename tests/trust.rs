@@ -1,5 +1,6 @@
 //! Trust between the processes of a database: a client talks only to its own user's
-//! (or root's, or an explicitly trusted user's) broker of the database it asked for.
+//! (or root's, or an explicitly trusted user's) broker of the database it asked for;
+//! one broker per file, not per name.
 //!
 //! The two-user tests run real processes as two other uids through `setpriv`; they
 //! need root (as CI has) and are marked ignored, with that reason, in a test crate
@@ -191,6 +192,64 @@ fn a_reconnect_never_lands_in_another_database() {
     let again = client.reconnect(Instant::now() + Duration::from_secs(5)).unwrap_err();
     assert!(matches!(again, ClientError::Untrusted(_)), "{again:?}");
     assert_has(&again.to_string(), &[&b.file_name().unwrap().to_string_lossy(), "a.db"]);
+}
+
+// ----- one broker per file -----------------------------------------------------------
+
+/// A second name (hard link) for a database: the broker under it is refused, the
+/// one already serving the file goes on, and doctor names the problem. Before,
+/// both served the file and acknowledged writes of one vanished.
+#[test]
+fn a_database_with_a_second_name_gets_no_second_broker() {
+    let t = TestDir::new();
+    let dir = t.path().join("data");
+    fs::create_dir(&dir).unwrap();
+    let db = dir.join("app.db");
+    let alias = dir.join("alias.db");
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (id INTEGER PRIMARY KEY, who TEXT)")
+            .unwrap();
+    }
+    let mut first = Broker::start(&db, &[]);
+    fs::hard_link(&db, &alias).unwrap();
+
+    let mut second = Broker::spawn(&alias, &[]);
+    let st = second.wait_exit(READY_TIMEOUT).expect("the second broker did not exit");
+    assert_eq!(st.code(), Some(2), "{}", second.log());
+    let log = second.log();
+    let find = if cfg!(windows) { "fsutil hardlink list" } else { "-samefile" };
+    assert_has(&log, &["has 2 hard links", "Remove the other names", find]);
+    assert!(!log.contains("listening on"), "{log}");
+    assert!(!dir.join("alias.db-broker.lock").exists(), "a lock file was created for the refused name");
+
+    // The first broker is unaffected.
+    assert!(first.running());
+    for i in 0..5 {
+        assert_exit(&cli(&db, &["exec", "INSERT INTO t (who) VALUES (?)", &format!("row {i}")]), 0);
+    }
+    assert_eq!(query_i64(&db, "SELECT count(*) FROM t"), 5);
+
+    let o = cli(&db, &["--json", "doctor"]);
+    assert_exit(&o, 5);
+    let j = json_out(&o);
+    let f = j["findings"].as_array().unwrap().iter().find(|f| f["check"] == "hard_links").cloned();
+    let f = f.unwrap_or_else(|| panic!("no hard_links finding: {j}"));
+    assert_eq!(f["status"], "problem", "{f}");
+    assert_has(f["detail"].as_str().unwrap(), &["2 hard links"]);
+    assert_has(f["action"].as_str().unwrap(), &[find]);
+
+    // Once the other name is gone, doctor is content again (Windows: a name of a file
+    // the broker holds open cannot be removed, so it stops first).
+    assert_exit(&first.request_shutdown(), 0);
+    assert!(first.wait_exit(READY_TIMEOUT).is_some(), "{}", first.log());
+    fs::remove_file(&alias).unwrap();
+    let o = cli(&db, &["--json", "doctor"]);
+    let j = json_out(&o);
+    let f = j["findings"].as_array().unwrap().iter().find(|f| f["check"] == "hard_links").cloned().unwrap();
+    assert_eq!(f["status"], "ok", "{j}");
+    let _b = Broker::start(&db, &[]);
+    assert_eq!(query_i64(&db, "SELECT count(*) FROM t"), 5);
 }
 
 // ----- two users -----------------------------------------------------------------------

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use interprocess::local_socket::Stream;
 use std::os::windows::io::{FromRawHandle, OwnedHandle};
+use std::path::Path;
 use windows_sys::Win32::Foundation::{CloseHandle, LocalFree, HANDLE, STILL_ACTIVE};
 use windows_sys::Win32::Security::Authorization::{
     ConvertSidToStringSidW, GetSecurityInfo, SE_KERNEL_OBJECT,
@@ -30,6 +31,7 @@ use windows_sys::Win32::Security::Authorization::{
 use windows_sys::Win32::Security::{
     GetTokenInformation, TokenUser, OWNER_SECURITY_INFORMATION, PSID, TOKEN_QUERY, TOKEN_USER,
 };
+use windows_sys::Win32::Storage::FileSystem::{GetFileInformationByHandle, BY_HANDLE_FILE_INFORMATION};
 use windows_sys::Win32::System::Pipes::DisconnectNamedPipe;
 use windows_sys::Win32::System::Threading::{
     GetCurrentProcess, GetExitCodeProcess, OpenProcess, OpenProcessToken, PROCESS_QUERY_LIMITED_INFORMATION,
@@ -312,6 +314,22 @@ pub fn pipe_owner_sid(stream: &Stream) -> io::Result<String> {
     }
 }
 
+/// How many names (hard links) the file at `path` has.
+///
+/// # Errors
+/// When the file cannot be opened or queried.
+pub fn link_count(path: &Path) -> io::Result<u32> {
+    let file = std::fs::File::open(path)?;
+    // SAFETY: a valid handle and a zeroed out-structure the call fills.
+    unsafe {
+        let mut info: BY_HANDLE_FILE_INFORMATION = std::mem::zeroed();
+        if GetFileInformationByHandle(file.as_raw_handle(), &mut info) == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(info.nNumberOfLinks)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,6 +377,18 @@ mod tests {
         let owner = owner_seen_by_a_client(None).unwrap();
         // An elevated administrator's objects are owned by the Administrators group.
         assert!(owner == me || owner == "S-1-5-32-544", "owner {owner}, me {me}");
+    }
+
+    #[test]
+    fn a_file_with_a_second_name_has_two_links() {
+        let dir = std::env::temp_dir().join(format!("litebroker-links-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = dir.join("a.db");
+        std::fs::write(&a, b"x").unwrap();
+        assert_eq!(link_count(&a).unwrap(), 1);
+        std::fs::hard_link(&a, dir.join("b.db")).unwrap();
+        assert_eq!(link_count(&a).unwrap(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

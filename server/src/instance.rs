@@ -86,6 +86,64 @@ pub fn prepare_socket_folder(location: &Location) -> Result<(), BrokerError> {
     Ok(())
 }
 
+/// Makes sure the database file has one name, before anything is created next to
+/// it. A second name (hard link) would let a second broker serve the same file
+/// under it: the lock file, the socket and SQLite's `-wal` and `-shm` files all go
+/// by name, so the two would not exclude each other and each would overwrite the
+/// other's commits.
+///
+/// # Errors
+/// [`BrokerError::Config`] (exit 2) saying what the path is and what to do.
+pub fn check_db_file(location: &Location) -> Result<(), BrokerError> {
+    let db = &location.db_path;
+    let meta = match fs::metadata(db) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(BrokerError::Config(format!(
+                "cannot inspect the database {}: {e}; the broker's user must be able to read it",
+                db.display()
+            )))
+        }
+    };
+    let links = link_count(db, &meta)
+        .map_err(crate::io_err(format!("cannot count the names (hard links) of {}", db.display())))?;
+    if links > 1 {
+        return Err(BrokerError::Config(format!(
+            "the database {} has {links} hard links (other names for the same file): a broker under another \
+             name would not see this one's lock, and each would overwrite the other's commits. Remove the \
+             other names (to find them: {}) and start the broker again",
+            db.display(),
+            if cfg!(windows) {
+                format!("fsutil hardlink list {}", db.display())
+            } else {
+                format!("find / -samefile {} 2>/dev/null", db.display())
+            }
+        )));
+    }
+    Ok(())
+}
+
+/// How many names the database file has.
+fn link_count(db: &Path, meta: &fs::Metadata) -> io::Result<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let _ = db;
+        Ok(meta.nlink())
+    }
+    #[cfg(windows)]
+    {
+        let _ = meta;
+        crate::windows::link_count(db).map(u64::from)
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        let _ = (db, meta);
+        Ok(1)
+    }
+}
+
 /// Takes the database's broker lock. The lock belongs to the database (a file next
 /// to it on Unix, a global mutex named from its path on Windows), so two users or
 /// two temp folders can never both serve one file.
