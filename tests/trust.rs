@@ -1,6 +1,7 @@
 //! Trust between the processes of a database: a client talks only to its own user's
 //! (or root's, or an explicitly trusted user's) broker of the database it asked for;
-//! one broker per file, not per name.
+//! one broker per file, not per name; a broker serves regular files only and says
+//! plainly when it may not write next to the database.
 //!
 //! The two-user tests run real processes as two other uids through `setpriv`; they
 //! need root (as CI has) and are marked ignored, with that reason, in a test crate
@@ -250,6 +251,55 @@ fn a_database_with_a_second_name_gets_no_second_broker() {
     assert_eq!(f["status"], "ok", "{j}");
     let _b = Broker::start(&db, &[]);
     assert_eq!(query_i64(&db, "SELECT count(*) FROM t"), 5);
+}
+
+// ----- which files a broker serves -----------------------------------------------------
+
+/// `--db` naming a device, a fifo, a folder or a socket: exit 2 before any lock file
+/// is created next to it. Before, `/dev/null` started a broker (and left
+/// `/dev/null-broker.lock`) that failed every write.
+#[cfg(unix)]
+#[test]
+fn only_a_regular_file_or_a_new_path_is_served() {
+    let t = TestDir::new();
+    let fifo = t.path().join("fifo.db");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let folder = t.path().join("folder.db");
+    fs::create_dir(&folder).unwrap();
+    let sock = t.path().join("sock.db");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let null_lock_before = Path::new("/dev/null-broker.lock").exists();
+
+    for (db, what) in [
+        (Path::new("/dev/null"), "a character device"),
+        (fifo.as_path(), "a fifo"),
+        (folder.as_path(), "a folder"),
+        (sock.as_path(), "a socket"),
+    ] {
+        // Run directly: the harness's Broker keeps its log beside the database.
+        let child = Command::new(bin("litebrokerd"))
+            .arg("--db")
+            .arg(db)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn litebrokerd");
+        let o = wait_output(child, READY_TIMEOUT, "litebrokerd");
+        assert_exit(&o, 2);
+        assert_has(&stderr(&o), &[&format!("--db {} is {what}, not a regular file", db.display())]);
+        assert!(!stderr(&o).contains("listening on"), "{}", stderr(&o));
+        let mut lock = db.as_os_str().to_os_string();
+        lock.push("-broker.lock");
+        if db != Path::new("/dev/null") || !null_lock_before {
+            assert!(!Path::new(&lock).exists(), "{} was created", Path::new(&lock).display());
+        }
+    }
+    // A path that does not exist yet is created, as before.
+    let _b = Broker::start(&t.db(), &[]);
+    assert_exit(&cli(&t.db(), &["exec", "CREATE TABLE t (x)"]), 0);
 }
 
 // ----- two users -----------------------------------------------------------------------
@@ -520,4 +570,32 @@ fn a_socket_recorded_by_another_user_is_refused() {
     assert_eq!(kind, "untrusted_broker", "{msg}");
     assert_has(&msg, &[&other_home.display().to_string(), "it belongs to another user"]);
     assert!(!has_table(&evil_db, "notes"), "the victim's write reached the other user's broker");
+}
+
+/// A database folder the broker's user may not write to (root's, mode 0755): the
+/// broker says permission denied, naming the folder, the user and what to do (exit
+/// 2), instead of "No such file or directory".
+#[cfg(unix)]
+#[test]
+#[cfg_attr(litebroker_not_root, ignore = "needs root: runs the broker as another user through setpriv")]
+fn a_database_folder_the_user_cannot_write_is_reported_as_such() {
+    let u = TwoUsers::new();
+    let data = u.t.path().join("rootdata");
+    fs::create_dir(&data).unwrap();
+    chmod(&data, 0o755);
+    let db = data.join("app.db");
+    let mut b = u.spawn_broker(VICTIM, &db, &[]);
+    let st = b.wait_exit(READY_TIMEOUT).expect("the broker did not exit");
+    assert_eq!(st.code(), Some(2), "{}", b.log());
+    let log = b.log();
+    assert_has(
+        &log,
+        &[
+            "permission denied",
+            &format!("uid {VICTIM}"),
+            &format!("{} (owner uid 0, mode 755)", canonical(&data).display()),
+            "chown or chmod",
+        ],
+    );
+    assert!(!log.contains("No such file or directory"), "{log}");
 }

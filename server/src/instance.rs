@@ -86,11 +86,13 @@ pub fn prepare_socket_folder(location: &Location) -> Result<(), BrokerError> {
     Ok(())
 }
 
-/// Makes sure the database file has one name, before anything is created next to
-/// it. A second name (hard link) would let a second broker serve the same file
-/// under it: the lock file, the socket and SQLite's `-wal` and `-shm` files all go
-/// by name, so the two would not exclude each other and each would overwrite the
-/// other's commits.
+/// Makes sure `--db` names a file a broker may serve, before anything is created
+/// next to it: a regular file with one name, or a path to create. A device, fifo,
+/// folder or socket would start a broker that fails every write (and leave a lock
+/// file beside, say, `/dev/null`). A second name (hard link) would let a second
+/// broker serve the same file under it: the lock file, the socket and SQLite's
+/// `-wal` and `-shm` files all go by name, so the two would not exclude each other
+/// and each would overwrite the other's commits.
 ///
 /// # Errors
 /// [`BrokerError::Config`] (exit 2) saying what the path is and what to do.
@@ -106,6 +108,14 @@ pub fn check_db_file(location: &Location) -> Result<(), BrokerError> {
             )))
         }
     };
+    if !meta.is_file() {
+        return Err(BrokerError::Config(format!(
+            "--db {} is {}, not a regular file: a broker serves an SQLite database file. Give the path \
+             of a database, or of a file to create in an existing folder",
+            db.display(),
+            kind_of(&meta)
+        )));
+    }
     let links = link_count(db, &meta)
         .map_err(crate::io_err(format!("cannot count the names (hard links) of {}", db.display())))?;
     if links > 1 {
@@ -122,6 +132,30 @@ pub fn check_db_file(location: &Location) -> Result<(), BrokerError> {
         )));
     }
     Ok(())
+}
+
+fn kind_of(meta: &fs::Metadata) -> &'static str {
+    let t = meta.file_type();
+    if t.is_dir() {
+        return "a folder";
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_fifo() {
+            return "a fifo";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    "not a regular file"
 }
 
 /// How many names the database file has.
@@ -151,6 +185,15 @@ fn link_count(db: &Path, meta: &fs::Metadata) -> io::Result<u64> {
 /// # Errors
 /// [`BrokerError::AlreadyRunning`] naming the running broker.
 pub fn lock(location: &Location) -> Result<InstanceLock, BrokerError> {
+    // named-lock reports a failed create through its fallback open ("No such file or
+    // directory"), hiding the real cause; creating the file first keeps it.
+    #[cfg(unix)]
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&location.lock_path)
+        .map_err(|e| lock_file_error(location, e))?;
     #[cfg(unix)]
     let named = NamedLock::with_path(&location.lock_path);
     #[cfg(windows)]
@@ -168,6 +211,55 @@ pub fn lock(location: &Location) -> Result<InstanceLock, BrokerError> {
             "cannot take the broker lock {}: {e}",
             location.lock_path.display()
         ))),
+    }
+}
+
+/// Why the lock file could not be created or opened, and what to do about it.
+#[cfg(unix)]
+fn lock_file_error(location: &Location, e: io::Error) -> BrokerError {
+    use std::os::unix::fs::MetadataExt;
+    let lock = location.lock_path.display();
+    if e.kind() != io::ErrorKind::PermissionDenied {
+        return BrokerError::Io { context: format!("cannot create the broker lock {lock}"), source: e };
+    }
+    let folder = location.lock_path.parent().unwrap_or_else(|| Path::new("."));
+    let (verb, what, target) = if location.lock_path.exists() {
+        ("open", "write to the lock file", location.lock_path.as_path())
+    } else {
+        ("create", "create files in the database folder", folder)
+    };
+    let owner = fs::metadata(target)
+        .map(|m| format!(" (owner uid {}, mode {:o})", m.uid(), m.mode() & 0o7777))
+        .unwrap_or_default();
+    BrokerError::Config(format!(
+        "cannot {verb} the broker lock {lock}: permission denied: {} may not {what} {}{owner}. \
+         The broker creates its lock file there and SQLite its -wal and -shm files: run litebrokerd as \
+         the user who owns the database, give this user write access (chown or chmod), or keep the \
+         database in a folder of this user",
+        user_label(locate::current_uid()),
+        target.display(),
+    ))
+}
+
+/// "user NAME (uid N)", or "uid N" when the name cannot be looked up.
+#[cfg(unix)]
+fn user_label(uid: u32) -> String {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: getpwuid_r writes into `pwd` and `buf` (whose length it is given) and
+    // sets `found` to `pwd` or null; pw_name points into `buf`, read while it lives.
+    let name = unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut found);
+        if rc != 0 || found.is_null() || pwd.pw_name.is_null() {
+            None
+        } else {
+            Some(std::ffi::CStr::from_ptr(pwd.pw_name).to_string_lossy().into_owned())
+        }
+    };
+    match name {
+        Some(n) => format!("user {n} (uid {uid})"),
+        None => format!("uid {uid}"),
     }
 }
 
