@@ -594,3 +594,17 @@ impl Broker {
         Broker { proc_: Reaped::new(child), log, db: db.to_path_buf(), socket: String::new() }
     }
 }
+
+/// Windows: a pipe security descriptor like the broker's (owned by this user, who
+/// alone may open it), for stand-in listeners a client must trust: it checks the
+/// pipe's owner, and under Wine only a pipe created with a descriptor has one.
+///
+/// # Panics
+/// When the user's SID or the descriptor cannot be had.
+#[cfg(windows)]
+pub fn owner_only_pipe_descriptor() -> interprocess::os::windows::security_descriptor::SecurityDescriptor {
+    let me = litebroker_client::windows::current_user_sid().expect("the current user's SID");
+    let sddl = widestring::U16CString::from_str(format!("O:{me}D:P(A;;GA;;;{me})")).expect("SDDL text");
+    interprocess::os::windows::security_descriptor::SecurityDescriptor::deserialize(&sddl)
+        .expect("the security descriptor")
+}
