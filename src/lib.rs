@@ -541,3 +541,70 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 pub fn fd_count(pid: u32) -> Option<usize> {
     Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
+
+// ----- two users (tests/trust.rs) ------------------------------------------------------
+
+/// Whether this process runs as root (Unix), the condition of tests that run
+/// processes as other users. Such tests are marked ignored when the test crate was
+/// not built by root (`cfg(litebroker_not_root)`, set by build.rs).
+#[cfg(unix)]
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Fails a test that needs root with a clear reason when it runs without it (it was
+/// built by root, so it was not marked ignored).
+///
+/// # Panics
+/// When not root, or when `setpriv` is missing.
+#[cfg(unix)]
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(
+        uid, 0,
+        "this test runs processes as other users and needs root, but runs as uid {uid}; the test crate \
+         was built by root: rebuild it as this user (touch build.rs) to have it marked ignored"
+    );
+    let found = Command::new("setpriv").arg("--version").output().map(|o| o.status.success());
+    assert!(matches!(found, Ok(true)), "setpriv (util-linux) is needed to run processes as another user");
+}
+
+/// `program` to be run as `uid` (and gid `uid`, no supplementary groups) through
+/// `setpriv`, which execs it: the child's pid is the program's.
+#[cfg(unix)]
+pub fn as_user(uid: u32, program: &Path) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .args(["--clear-groups", "--"])
+        .arg(program);
+    cmd
+}
+
+impl Broker {
+    /// Spawns `cmd` (a `litebrokerd` command line, e.g. from [`as_user`]) as a broker
+    /// of `db`, its stderr in a log file, without waiting for readiness.
+    pub fn spawn_cmd(mut cmd: Command, db: &Path) -> Broker {
+        let log = log_path(db);
+        let file = fs::File::create(&log).expect("broker log");
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(file);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        Broker { proc_: Reaped::new(child), log, db: db.to_path_buf(), socket: String::new() }
+    }
+}
+
+/// Windows: a pipe security descriptor like the broker's (owned by this user, who
+/// alone may open it), for stand-in listeners a client must trust: it checks the
+/// pipe's owner, and under Wine only a pipe created with a descriptor has one.
+///
+/// # Panics
+/// When the user's SID or the descriptor cannot be had.
+#[cfg(windows)]
+pub fn owner_only_pipe_descriptor() -> interprocess::os::windows::security_descriptor::SecurityDescriptor {
+    let me = litebroker_client::windows::current_user_sid().expect("the current user's SID");
+    let sddl = widestring::U16CString::from_str(format!("O:{me}D:P(A;;GA;;;{me})")).expect("SDDL text");
+    interprocess::os::windows::security_descriptor::SecurityDescriptor::deserialize(&sddl)
+        .expect("the security descriptor")
+}

@@ -254,10 +254,15 @@ fn a_silent_broker_does_not_hang_the_client() {
         t.path().join("silent.sock").to_string_lossy().into_owned()
     };
     // Something that accepts connections and never answers (a hung broker).
-    let listener = ListenerOptions::new()
-        .name(litebroker_client::locate::socket_name(&socket).unwrap())
-        .create_sync()
-        .expect("listener");
+    let listener = ListenerOptions::new().name(litebroker_client::locate::socket_name(&socket).unwrap());
+    // The client trusts a pipe by its owner, and under Wine only a pipe created with
+    // a descriptor reports one: this stand-in gets the broker's.
+    #[cfg(windows)]
+    let listener = {
+        use interprocess::os::windows::local_socket::ListenerOptionsExt;
+        listener.security_descriptor(owner_only_pipe_descriptor())
+    };
+    let listener = listener.create_sync().expect("listener");
     let holder = thread::spawn(move || {
         use interprocess::local_socket::traits::Listener as _;
         let conn = listener.accept().expect("accept");

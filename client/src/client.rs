@@ -19,6 +19,7 @@ use crate::autostart::AutoStart;
 use crate::error::{ClientError, Result};
 use crate::locate::{self, Location};
 use crate::tracking::Tracked;
+use crate::trust;
 use litebroker_protocol::{Migration, MigrationReport};
 
 /// The notes' total wait: how long a request may take by default.
@@ -55,6 +56,11 @@ pub struct ConnectOptions {
     pub reconnect: bool,
     /// Opt-in on-demand start: when no broker runs, start one (see [`crate::autostart`]).
     pub autostart: Option<AutoStart>,
+    /// Unix: more users whose broker this client talks to, besides its own user and
+    /// root (the counterpart of the broker's `--allow-uid`). Starts with the uids in
+    /// [`crate::TRUST_UID_ENV`]. Ignored on Windows, where the pipe's owner must be
+    /// this user or the system.
+    pub trusted_broker_uids: Vec<u32>,
 }
 
 impl ConnectOptions {
@@ -71,7 +77,15 @@ impl ConnectOptions {
             auto_request_ids: true,
             reconnect: true,
             autostart: None,
+            trusted_broker_uids: crate::trust::trusted_uids_from_env(),
         }
+    }
+
+    /// Also talks to a broker run by `uid` (e.g. a service user's broker started with
+    /// `--allow-uid <this user>`); by default only this user's and root's are trusted.
+    pub fn trust_broker_uid(mut self, uid: u32) -> Self {
+        self.trusted_broker_uids.push(uid);
+        self
     }
 
     /// Sets an explicit socket (or pipe) name.
@@ -158,8 +172,13 @@ impl Client {
             return crate::autostart::connect_or_start(opts, auto).map(|(client, _)| client);
         }
         let location = Location::resolve(&opts.db, opts.socket.as_deref())?;
-        let stream = match connect_stream(&location.socket) {
-            Ok(s) => s,
+        // A socket the user did not name may sit where another user could have put
+        // theirs: its folder is checked before anything connects to it.
+        if !location.explicit_socket {
+            trust::check_socket_folder(&location.socket)?;
+        }
+        let (stream, socket) = match connect_stream(&location.socket) {
+            Ok(s) => (s, location.socket.clone()),
             Err(first) => {
                 // A broker started with another TMPDIR or XDG_RUNTIME_DIR listens
                 // elsewhere; it recorded where in its lock file.
@@ -169,11 +188,15 @@ impl Client {
                         if info.protocol != PROTOCOL_VERSION {
                             return Err(incompatible_recorded(&location, &info));
                         }
-                        connect_stream(&info.socket).map_err(|source| ClientError::NotRunning {
-                            db: location.db_path.clone(),
-                            socket: info.socket.clone(),
-                            source,
-                        })?
+                        // The lock file is no more trusted than the folder it is in.
+                        trust::check_socket_folder(&info.socket)?;
+                        let stream =
+                            connect_stream(&info.socket).map_err(|source| ClientError::NotRunning {
+                                db: location.db_path.clone(),
+                                socket: info.socket.clone(),
+                                source,
+                            })?;
+                        (stream, info.socket)
                     }
                     Some(info) if info.protocol != PROTOCOL_VERSION && pid_alive(info.pid) => {
                         return Err(incompatible_recorded(&location, &info));
@@ -188,6 +211,9 @@ impl Client {
                 }
             }
         };
+        // Before the hello: even a handshake tells the listener who connects, and
+        // what follows it would be this user's data.
+        trust::check_peer(&stream, &socket, &opts.trusted_broker_uids)?;
         let mut client = Client {
             #[cfg(windows)]
             deadline: crate::windows::PipeDeadline::new(&stream, false),
@@ -223,6 +249,8 @@ impl Client {
             Response::Hello(ack) => client.hello = ack,
             other => return Err(unexpected("hello", &other)),
         }
+        // Dropping `client` on a mismatch closes the connection with nothing more sent.
+        trust::check_database(&socket, &client.location.db_path, &client.hello)?;
         Ok(client)
     }
 
@@ -308,6 +336,11 @@ impl Client {
             loop {
                 if let Err(e) = self.reconnect(deadline) {
                     tracing::warn!("could not reconnect to resend the request: {e}");
+                    // Unsent, the request's fate is known: the refusal says more. Sent,
+                    // its outcome at the lost broker is what the caller must learn.
+                    if !sent && matches!(e, ClientError::Untrusted(_)) {
+                        return Err(e);
+                    }
                     return Err(err);
                 }
                 if !sent || opts.idempotent {

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use litebroker_protocol::{ErrorInfo, ErrorKind, FrameError};
 
+use crate::trust::TRUST_UID_ENV;
+
 /// The notes' user text for a database locked by someone else.
 pub const LOCKED_USER_TEXT: &str = "Error: Database is locked
 
@@ -60,6 +62,101 @@ pub enum ClientError {
     /// Boxed: its paths and log excerpt would otherwise make every `Result` large.
     #[error("{0}")]
     AutoStart(Box<crate::autostart::AutoStartError>),
+    /// What listens on the broker's socket (or pipe) is not this user's broker of this
+    /// database; the connection was dropped before any request was sent.
+    /// Boxed for the same reason as [`ClientError::AutoStart`].
+    #[error("{0}")]
+    Untrusted(Box<Untrusted>),
+}
+
+/// Why the client refused to talk to what listens on the socket: every check runs
+/// before the first request, so nothing was sent to it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Untrusted {
+    /// The folder of a socket this client derived (not one given explicitly) could
+    /// have been prepared by another user.
+    #[error(
+        "refusing the socket folder {}: {problem} (owner uid {owner}, mode {mode:o}; this user is uid {me}). \
+         Whoever can write there can put a socket of theirs under your broker's name, so nothing was sent. \
+         {advice}",
+        folder.display()
+    )]
+    SocketFolder {
+        /// The socket's folder.
+        folder: PathBuf,
+        /// Its owner's uid.
+        owner: u32,
+        /// Its permission bits.
+        mode: u32,
+        /// This process's effective uid.
+        me: u32,
+        /// What is wrong with it.
+        problem: String,
+        /// What to do about it.
+        advice: String,
+    },
+    /// The listening process runs as a user this client does not trust.
+    #[error(
+        "refusing the listener on {socket}: it runs as uid {uid}, not as this user (uid {me}) or root, \
+         so it is not your broker and nothing was sent. If it is a broker you trust (e.g. a service \
+         user's broker started with --allow-uid {me}), trust that uid explicitly \
+         ({TRUST_UID_ENV}={uid}, or ConnectOptions::trust_broker_uid({uid})); otherwise find out who \
+         started it"
+    )]
+    PeerUser {
+        /// The socket.
+        socket: String,
+        /// The listener's effective uid.
+        uid: u32,
+        /// This process's effective uid.
+        me: u32,
+    },
+    /// Windows: the pipe belongs to another user.
+    #[error(
+        "refusing the pipe {socket}: it is owned by {owner}, not by this user ({me}), so it is not your \
+         broker and nothing was sent; find out who created it (the pipe exists while its process runs)"
+    )]
+    PipeOwner {
+        /// The pipe name.
+        socket: String,
+        /// The pipe's owner SID.
+        owner: String,
+        /// This user's SID.
+        me: String,
+    },
+    /// The operating system could not tell who listens.
+    #[error(
+        "refusing the listener on {socket}: cannot tell which user runs it ({detail}); nothing was sent"
+    )]
+    PeerUnknown {
+        /// The socket or pipe.
+        socket: String,
+        /// Why the check could not be made.
+        detail: String,
+    },
+    /// A trusted broker answered, but it serves another database file.
+    #[error(
+        "the broker on {socket} (pid {pid}) serves {served}, not {}: refusing to send it this \
+         database's requests. Stop that broker or give the socket of the right one (--socket)",
+        expected.display()
+    )]
+    WrongDatabase {
+        /// The socket or pipe.
+        socket: String,
+        /// The canonical database path this client asked for.
+        expected: PathBuf,
+        /// The database the broker says it serves.
+        served: String,
+        /// The broker's pid, as it reported it.
+        pid: u32,
+    },
+}
+
+impl From<Untrusted> for ClientError {
+    fn from(e: Untrusted) -> Self {
+        ClientError::Untrusted(Box::new(e))
+    }
 }
 
 impl From<crate::autostart::AutoStartError> for ClientError {

@@ -78,13 +78,14 @@ mod reader;
 mod retry;
 pub mod sqlvalue;
 mod tracking;
+mod trust;
 #[cfg(windows)]
 #[doc(hidden)]
 pub mod windows;
 
 pub use autostart::{connect_or_start, AutoStart, StartOutcome};
 pub use client::{Client, ConnectOptions, WriteSession, DEFAULT_TIMEOUT, DEFAULT_WRITER_TIMEOUT};
-pub use error::{ClientError, Result, LOCKED_USER_TEXT};
+pub use error::{ClientError, Result, Untrusted, LOCKED_USER_TEXT};
 pub use factory::ConnectionFactory;
 pub use ids::{new_request_id, request_id_millis};
 pub use litebroker_protocol as protocol;
@@ -94,3 +95,4 @@ pub use migrate::{migrations_from_dir, Migration, MigrationReport};
 pub use reader::{Reader, Rows, READER_BUSY_TIMEOUT};
 pub use retry::{is_retryable, retry_on_locked, Idempotency, RetryPolicy};
 pub use tracking::active_connections_count;
+pub use trust::TRUST_UID_ENV;

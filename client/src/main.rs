@@ -181,6 +181,7 @@ fn client_failure(e: &ClientError, cli: Option<&Cli>) -> Failure {
         }
         ClientError::ConnectionLost { .. } => fail(3, "connection_lost", e.to_string()),
         ClientError::Frame(FrameError::TooLarge { .. }) => fail(6, "limit_exceeded", e.to_string()),
+        ClientError::Untrusted(_) => fail(3, "untrusted_broker", e.to_string()),
         ClientError::Broker(info) => match info.kind {
             ErrorKind::VerificationFailed => fail(5, "verification_failed", info.message.clone()),
             ErrorKind::LimitExceeded => fail(6, "limit_exceeded", info.message.clone()),

@@ -22,10 +22,19 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use interprocess::local_socket::Stream;
-use windows_sys::Win32::Foundation::{CloseHandle, HANDLE, STILL_ACTIVE};
+use std::os::windows::io::{FromRawHandle, OwnedHandle};
+use std::path::Path;
+use windows_sys::Win32::Foundation::{CloseHandle, LocalFree, HANDLE, STILL_ACTIVE};
+use windows_sys::Win32::Security::Authorization::{
+    ConvertSidToStringSidW, GetSecurityInfo, SE_KERNEL_OBJECT,
+};
+use windows_sys::Win32::Security::{
+    GetTokenInformation, TokenUser, OWNER_SECURITY_INFORMATION, PSID, TOKEN_QUERY, TOKEN_USER,
+};
+use windows_sys::Win32::Storage::FileSystem::{GetFileInformationByHandle, BY_HANDLE_FILE_INFORMATION};
 use windows_sys::Win32::System::Pipes::DisconnectNamedPipe;
 use windows_sys::Win32::System::Threading::{
-    GetExitCodeProcess, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+    GetCurrentProcess, GetExitCodeProcess, OpenProcess, OpenProcessToken, PROCESS_QUERY_LIMITED_INFORMATION,
 };
 use windows_sys::Win32::System::IO::CancelIoEx;
 
@@ -225,9 +234,162 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// A SID as text (`S-1-5-…`).
+///
+/// # Safety
+/// `sid` must point to a valid SID.
+unsafe fn sid_text(sid: PSID) -> io::Result<String> {
+    let mut text: *mut u16 = std::ptr::null_mut();
+    if ConvertSidToStringSidW(sid, &mut text) == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut len = 0;
+    while *text.add(len) != 0 {
+        len += 1;
+    }
+    let s = String::from_utf16_lossy(std::slice::from_raw_parts(text, len));
+    LocalFree(text.cast());
+    Ok(s)
+}
+
+/// The SID of the user this process runs as, e.g. `S-1-5-21-…-1001`.
+///
+/// # Errors
+/// When the process token cannot be queried.
+pub fn current_user_sid() -> io::Result<String> {
+    // SAFETY: plain Win32 calls; the buffer is sized by the first call, the token
+    // handle is owned (closed on drop).
+    unsafe {
+        let mut token: HANDLE = std::ptr::null_mut();
+        if OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut token) == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let token = OwnedHandle::from_raw_handle(token);
+        let raw = token.as_raw_handle();
+        let mut len = 0u32;
+        GetTokenInformation(raw, TokenUser, std::ptr::null_mut(), 0, &mut len);
+        if len == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // u64 elements keep the TOKEN_USER suitably aligned.
+        let mut buf = vec![0u64; (len as usize).div_ceil(8)];
+        if GetTokenInformation(raw, TokenUser, buf.as_mut_ptr().cast(), len, &mut len) == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let user = &*(buf.as_ptr().cast::<TOKEN_USER>());
+        sid_text(user.User.Sid)
+    }
+}
+
+/// The owner SID of the pipe behind `stream`: the pipe's security descriptor is
+/// the one its first instance was created with, so this names whoever created the
+/// pipe, from either end.
+///
+/// # Errors
+/// When the system does not report the owner.
+pub fn pipe_owner_sid(stream: &Stream) -> io::Result<String> {
+    let Stream::NamedPipe(pipe) = stream;
+    // SAFETY: the handle is valid for the call; the owner points into `sd`, which is
+    // freed with LocalFree after the SID was converted.
+    unsafe {
+        let mut owner: PSID = std::ptr::null_mut();
+        let mut sd = std::ptr::null_mut();
+        let rc = GetSecurityInfo(
+            pipe.as_handle().as_raw_handle(),
+            SE_KERNEL_OBJECT,
+            OWNER_SECURITY_INFORMATION,
+            &mut owner,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            &mut sd,
+        );
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc as i32));
+        }
+        let text =
+            if owner.is_null() { Err(io::Error::other("the pipe has no owner")) } else { sid_text(owner) };
+        LocalFree(sd);
+        text
+    }
+}
+
+/// How many names (hard links) the file at `path` has.
+///
+/// # Errors
+/// When the file cannot be opened or queried.
+pub fn link_count(path: &Path) -> io::Result<u32> {
+    let file = std::fs::File::open(path)?;
+    // SAFETY: a valid handle and a zeroed out-structure the call fills.
+    unsafe {
+        let mut info: BY_HANDLE_FILE_INFORMATION = std::mem::zeroed();
+        if GetFileInformationByHandle(file.as_raw_handle(), &mut info) == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(info.nNumberOfLinks)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn unique_pipe(tag: &str) -> String {
+        format!("litebroker-owner-{tag}-{}-{:?}", std::process::id(), std::time::Instant::now())
+            .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "")
+    }
+
+    /// The client's view of a pipe created with `sd` (None: the default descriptor).
+    fn owner_seen_by_a_client(
+        sd: Option<interprocess::os::windows::security_descriptor::SecurityDescriptor>,
+    ) -> io::Result<String> {
+        use interprocess::local_socket::prelude::*;
+        use interprocess::local_socket::{GenericNamespaced, ListenerOptions};
+        use interprocess::os::windows::local_socket::ListenerOptionsExt;
+        let name = unique_pipe("t");
+        let mut opts = ListenerOptions::new().name(name.as_str().to_ns_name::<GenericNamespaced>().unwrap());
+        if let Some(sd) = sd {
+            opts = opts.security_descriptor(sd);
+        }
+        let _listener = opts.create_sync().unwrap();
+        let client = Stream::connect(name.as_str().to_ns_name::<GenericNamespaced>().unwrap()).unwrap();
+        pipe_owner_sid(&client)
+    }
+
+    #[test]
+    fn a_pipe_made_like_the_brokers_is_owned_by_this_user_from_the_client_end() {
+        use interprocess::os::windows::security_descriptor::SecurityDescriptor;
+        let me = current_user_sid().unwrap();
+        assert!(me.starts_with("S-1-"), "{me}");
+        // The broker's descriptor (server/src/windows.rs): owner and DACL this user.
+        let sddl = widestring::U16CString::from_str(format!("O:{me}D:P(A;;GA;;;{me})")).unwrap();
+        let sd = SecurityDescriptor::deserialize(&sddl).unwrap();
+        assert_eq!(owner_seen_by_a_client(Some(sd)).unwrap(), me);
+    }
+
+    #[test]
+    #[cfg_attr(
+        litebroker_wine,
+        ignore = "Wine 8 reports no owner for a pipe created without a security descriptor"
+    )]
+    fn a_pipe_with_the_default_descriptor_is_owned_by_its_creator() {
+        let me = current_user_sid().unwrap();
+        let owner = owner_seen_by_a_client(None).unwrap();
+        // An elevated administrator's objects are owned by the Administrators group.
+        assert!(owner == me || owner == "S-1-5-32-544", "owner {owner}, me {me}");
+    }
+
+    #[test]
+    fn a_file_with_a_second_name_has_two_links() {
+        let dir = std::env::temp_dir().join(format!("litebroker-links-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = dir.join("a.db");
+        std::fs::write(&a, b"x").unwrap();
+        assert_eq!(link_count(&a).unwrap(), 1);
+        std::fs::hard_link(&a, dir.join("b.db")).unwrap();
+        assert_eq!(link_count(&a).unwrap(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn own_process_is_alive_and_a_finished_one_is_not() {

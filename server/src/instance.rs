@@ -9,7 +9,7 @@ use std::time::Duration;
 use interprocess::local_socket::prelude::*;
 use interprocess::local_socket::{Listener, ListenerOptions, Stream};
 use litebroker_client::locate::{self, BrokerInfo, Location};
-use litebroker_client::{Client, ClientError, ConnectOptions};
+use litebroker_client::{Client, ClientError, ConnectOptions, Untrusted};
 use litebroker_protocol::{write_frame, ErrorKind, Response, PROTOCOL_VERSION};
 use named_lock::{NamedLock, NamedLockGuard};
 use tracing::{info, warn};
@@ -86,6 +86,98 @@ pub fn prepare_socket_folder(location: &Location) -> Result<(), BrokerError> {
     Ok(())
 }
 
+/// Makes sure `--db` names a file a broker may serve, before anything is created
+/// next to it: a regular file with one name, or a path to create. A device, fifo,
+/// folder or socket would start a broker that fails every write (and leave a lock
+/// file beside, say, `/dev/null`). A second name (hard link) would let a second
+/// broker serve the same file under it: the lock file, the socket and SQLite's
+/// `-wal` and `-shm` files all go by name, so the two would not exclude each other
+/// and each would overwrite the other's commits.
+///
+/// # Errors
+/// [`BrokerError::Config`] (exit 2) saying what the path is and what to do.
+pub fn check_db_file(location: &Location) -> Result<(), BrokerError> {
+    let db = &location.db_path;
+    let meta = match fs::metadata(db) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(BrokerError::Config(format!(
+                "cannot inspect the database {}: {e}; the broker's user must be able to read it",
+                db.display()
+            )))
+        }
+    };
+    if !meta.is_file() {
+        return Err(BrokerError::Config(format!(
+            "--db {} is {}, not a regular file: a broker serves an SQLite database file. Give the path \
+             of a database, or of a file to create in an existing folder",
+            db.display(),
+            kind_of(&meta)
+        )));
+    }
+    let links = link_count(db, &meta)
+        .map_err(crate::io_err(format!("cannot count the names (hard links) of {}", db.display())))?;
+    if links > 1 {
+        return Err(BrokerError::Config(format!(
+            "the database {} has {links} hard links (other names for the same file): a broker under another \
+             name would not see this one's lock, and each would overwrite the other's commits. Remove the \
+             other names (to find them: {}) and start the broker again",
+            db.display(),
+            if cfg!(windows) {
+                format!("fsutil hardlink list {}", db.display())
+            } else {
+                format!("find / -samefile {} 2>/dev/null", db.display())
+            }
+        )));
+    }
+    Ok(())
+}
+
+fn kind_of(meta: &fs::Metadata) -> &'static str {
+    let t = meta.file_type();
+    if t.is_dir() {
+        return "a folder";
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_fifo() {
+            return "a fifo";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    "not a regular file"
+}
+
+/// How many names the database file has.
+fn link_count(db: &Path, meta: &fs::Metadata) -> io::Result<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let _ = db;
+        Ok(meta.nlink())
+    }
+    #[cfg(windows)]
+    {
+        let _ = meta;
+        crate::windows::link_count(db).map(u64::from)
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        let _ = (db, meta);
+        Ok(1)
+    }
+}
+
 /// Takes the database's broker lock. The lock belongs to the database (a file next
 /// to it on Unix, a global mutex named from its path on Windows), so two users or
 /// two temp folders can never both serve one file.
@@ -93,6 +185,15 @@ pub fn prepare_socket_folder(location: &Location) -> Result<(), BrokerError> {
 /// # Errors
 /// [`BrokerError::AlreadyRunning`] naming the running broker.
 pub fn lock(location: &Location) -> Result<InstanceLock, BrokerError> {
+    // named-lock reports a failed create through its fallback open ("No such file or
+    // directory"), hiding the real cause; creating the file first keeps it.
+    #[cfg(unix)]
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&location.lock_path)
+        .map_err(|e| lock_file_error(location, e))?;
     #[cfg(unix)]
     let named = NamedLock::with_path(&location.lock_path);
     #[cfg(windows)]
@@ -110,6 +211,55 @@ pub fn lock(location: &Location) -> Result<InstanceLock, BrokerError> {
             "cannot take the broker lock {}: {e}",
             location.lock_path.display()
         ))),
+    }
+}
+
+/// Why the lock file could not be created or opened, and what to do about it.
+#[cfg(unix)]
+fn lock_file_error(location: &Location, e: io::Error) -> BrokerError {
+    use std::os::unix::fs::MetadataExt;
+    let lock = location.lock_path.display();
+    if e.kind() != io::ErrorKind::PermissionDenied {
+        return BrokerError::Io { context: format!("cannot create the broker lock {lock}"), source: e };
+    }
+    let folder = location.lock_path.parent().unwrap_or_else(|| Path::new("."));
+    let (verb, what, target) = if location.lock_path.exists() {
+        ("open", "write to the lock file", location.lock_path.as_path())
+    } else {
+        ("create", "create files in the database folder", folder)
+    };
+    let owner = fs::metadata(target)
+        .map(|m| format!(" (owner uid {}, mode {:o})", m.uid(), m.mode() & 0o7777))
+        .unwrap_or_default();
+    BrokerError::Config(format!(
+        "cannot {verb} the broker lock {lock}: permission denied: {} may not {what} {}{owner}. \
+         The broker creates its lock file there and SQLite its -wal and -shm files: run litebrokerd as \
+         the user who owns the database, give this user write access (chown or chmod), or keep the \
+         database in a folder of this user",
+        user_label(locate::current_uid()),
+        target.display(),
+    ))
+}
+
+/// "user NAME (uid N)", or "uid N" when the name cannot be looked up.
+#[cfg(unix)]
+fn user_label(uid: u32) -> String {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: getpwuid_r writes into `pwd` and `buf` (whose length it is given) and
+    // sets `found` to `pwd` or null; pw_name points into `buf`, read while it lives.
+    let name = unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut found);
+        if rc != 0 || found.is_null() || pwd.pw_name.is_null() {
+            None
+        } else {
+            Some(std::ffi::CStr::from_ptr(pwd.pw_name).to_string_lossy().into_owned())
+        }
+    };
+    match name {
+        Some(n) => format!("user {n} (uid {uid})"),
+        None => format!("uid {uid}"),
     }
 }
 
@@ -149,6 +299,9 @@ enum Probe {
     Live(Box<litebroker_protocol::HelloAck>),
     Nobody,
     Unresponsive(String),
+    /// A listener the client library refuses to talk to: another user's process,
+    /// or a broker of another database. It is never displaced either.
+    Foreign(Box<Untrusted>),
 }
 
 fn probe(location: &Location, socket: &str) -> Probe {
@@ -158,6 +311,7 @@ fn probe(location: &Location, socket: &str) -> Probe {
     match Client::connect_with(&opts) {
         Ok(c) => Probe::Live(Box::new(c.hello().clone())),
         Err(ClientError::NotRunning { .. }) => Probe::Nobody,
+        Err(ClientError::Untrusted(u)) => Probe::Foreign(u),
         Err(e) => Probe::Unresponsive(e.to_string()),
     }
 }
@@ -208,6 +362,7 @@ pub fn clear_stale_socket(location: &Location) -> Result<(), BrokerError> {
                  not joining it",
                 location.socket
             ))),
+            Probe::Foreign(e) => Err(foreign_listener(&location.socket, &e)),
         };
     }
     let path = Path::new(&location.socket);
@@ -233,6 +388,7 @@ pub fn clear_stale_socket(location: &Location) -> Result<(), BrokerError> {
             "something listens on {} but does not answer as a broker ({e}); not displacing it",
             location.socket
         ))),
+        Probe::Foreign(e) => Err(foreign_listener(&location.socket, &e)),
         Probe::Nobody => {
             fs::remove_file(path)
                 .map_err(crate::io_err(format!("cannot remove stale socket {}", path.display())))?;
@@ -240,6 +396,30 @@ pub fn clear_stale_socket(location: &Location) -> Result<(), BrokerError> {
             Ok(())
         }
     }
+}
+
+fn foreign_listener(socket: &str, why: &Untrusted) -> BrokerError {
+    let me = if cfg!(windows) {
+        "this user".to_owned()
+    } else {
+        format!("this user (uid {})", locate::current_uid())
+    };
+    BrokerError::AlreadyRunning(match why {
+        Untrusted::WrongDatabase { served, pid, .. } => {
+            format!("another broker (pid {pid}) already listens on {socket}, serving {served}")
+        }
+        Untrusted::PeerUser { uid, .. } => format!(
+            "{socket} is taken by a process of uid {uid}, not of {me}: it is not this user's broker, and it \
+             is never displaced. Find out who started it, or use another socket"
+        ),
+        Untrusted::PipeOwner { owner, .. } => format!(
+            "the pipe {socket} was created by {owner}, not by {me}: it is not this user's broker, and it is \
+             never joined. Find out who started it"
+        ),
+        other => format!(
+            "something listens on {socket} that this broker cannot vouch for ({other}); not displacing it"
+        ),
+    })
 }
 
 /// Binds the listener (never overwriting a live one) and makes the socket private.

@@ -113,6 +113,7 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), BrokerEr
     let location = Location::resolve_creating(&config.db, config.socket.as_deref())
         .map_err(io_err(format!("cannot use database path {}", config.db.display())))?;
     let db_path = location.db_path.to_string_lossy().into_owned();
+    instance::check_db_file(&location)?;
     instance::prepare_socket_folder(&location)?;
     let lock = instance::lock(&location)?;
     instance::clear_stale_socket(&location)?;

@@ -80,6 +80,23 @@ pub fn pipe_security_descriptor() -> io::Result<SecurityDescriptor> {
     descriptor_from_sddl(&owner_only_sddl(&current_user_sid()?))
 }
 
+/// How many names (hard links) the file at `path` has.
+///
+/// # Errors
+/// When the file cannot be opened or queried.
+pub fn link_count(path: &std::path::Path) -> io::Result<u32> {
+    use windows_sys::Win32::Storage::FileSystem::{GetFileInformationByHandle, BY_HANDLE_FILE_INFORMATION};
+    let file = std::fs::File::open(path)?;
+    // SAFETY: a valid handle and a zeroed out-structure the call fills.
+    unsafe {
+        let mut info: BY_HANDLE_FILE_INFORMATION = std::mem::zeroed();
+        if GetFileInformationByHandle(file.as_raw_handle(), &mut info) == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(info.nNumberOfLinks)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -151,6 +151,8 @@ pub fn doctor(cli: &Cli) -> Result<(), Failure> {
     // 4. File and folder permissions for the current user.
     findings.push(permissions(&db));
 
+    findings.push(hard_links(&db));
+
     // 5. Network filesystem (the notes: WAL needs all processes on one host).
     findings.push(filesystem(&db));
 
@@ -295,6 +297,35 @@ fn access(p: &Path) -> (bool, bool) {
             Ok(m) => (true, !m.permissions().readonly()),
             Err(_) => (false, false),
         }
+    }
+}
+
+/// A second name (hard link) for the database lets a second broker serve the same
+/// file under it, since the lock, the socket and SQLite's -wal go by name; the broker
+/// refuses such a file, and this says why before anyone tries.
+fn hard_links(db: &Path) -> Finding {
+    #[cfg(unix)]
+    let links = std::fs::metadata(db).map(|m| std::os::unix::fs::MetadataExt::nlink(&m));
+    #[cfg(windows)]
+    let links = litebroker_client::windows::link_count(db).map(u64::from);
+    #[cfg(not(any(unix, windows)))]
+    let links: std::io::Result<u64> = Ok(1);
+    match links {
+        Ok(n) if n > 1 => finding(
+            "hard_links",
+            Level::Problem,
+            format!(
+                "the database file has {n} hard links (other names): two brokers could serve it under two names \
+                 and overwrite each other's commits, so litebrokerd refuses to start on it"
+            ),
+            Some(if cfg!(windows) {
+                format!("remove the other names (fsutil hardlink list {})", db.display())
+            } else {
+                format!("remove the other names (find them: find / -samefile {} 2>/dev/null)", db.display())
+            }),
+        ),
+        Ok(_) => finding("hard_links", Level::Ok, "one name", None),
+        Err(e) => finding("hard_links", Level::Warning, format!("cannot count its names: {e}"), None),
     }
 }
 
