@@ -219,7 +219,7 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), BrokerEr
 const FATAL_EXIT_AFTER: Duration = Duration::from_secs(3);
 
 /// Time a clean shutdown may take beyond the final checkpoint's wait for readers.
-const SHUTDOWN_SLACK: Duration = Duration::from_secs(10);
+const SHUTDOWN_SLACK: Duration = Duration::from_secs(30);
 
 /// Ends the process with exit code 1 if it is still running after `bound`.
 fn spawn_exit_watchdog(bound: Duration) {
