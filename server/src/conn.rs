@@ -535,7 +535,7 @@ impl Conn {
             warn!("refused client '{name}' (pid {pid}): {}", version_mismatch(h.protocol));
             return (incompatible(h.protocol), false);
         }
-        let client = self.shared.register(name, pid, h.expected_schema);
+        let client = self.shared.register(name, pid, h.expected_schema, h.minor);
         let schema = self.shared.schema_version.load(Ordering::Relaxed);
         if let Some(expected) = h.expected_schema.filter(|e| *e > schema) {
             warn!(

@@ -56,6 +56,8 @@ pub struct ClientEntry {
     pub session: AtomicU8,
     /// The schema version the client was built for, if it said.
     pub expected_schema: Option<u32>,
+    /// The protocol minor version the client speaks: answers use only what it knows.
+    pub minor: u32,
 }
 
 impl ClientEntry {
@@ -200,7 +202,13 @@ impl Shared {
     }
 
     /// Registers a client after its handshake.
-    pub fn register(&self, name: String, pid: u32, expected_schema: Option<u32>) -> Arc<ClientEntry> {
+    pub fn register(
+        &self,
+        name: String,
+        pid: u32,
+        expected_schema: Option<u32>,
+        minor: u32,
+    ) -> Arc<ClientEntry> {
         let id = self.next_client_id.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(ClientEntry {
             id,
@@ -210,6 +218,7 @@ impl Shared {
             requests: AtomicU64::new(0),
             session: AtomicU8::new(session_state::NONE),
             expected_schema,
+            minor,
         });
         lock(&self.clients).insert(id, entry.clone());
         entry
@@ -432,7 +441,8 @@ impl Job {
             return;
         }
         if let Some(tx) = &self.reply {
-            tx.send(self.seq, resp);
+            let minor = self.client.as_ref().map_or(litebroker_protocol::PROTOCOL_MINOR, |c| c.minor);
+            tx.send(self.seq, for_minor(resp, minor));
         }
     }
 
@@ -449,6 +459,18 @@ impl Job {
     /// Time left before the deadline.
     pub fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+/// `resp` in a form a client speaking protocol minor `minor` can decode: error
+/// kinds appended in a later minor become `Internal`, their message kept.
+pub fn for_minor(resp: Response, minor: u32) -> Response {
+    match resp {
+        Response::Error(mut e) if minor < 1 && e.kind == litebroker_protocol::ErrorKind::WritesStopped => {
+            e.kind = litebroker_protocol::ErrorKind::Internal;
+            Response::Error(e)
+        }
+        other => other,
     }
 }
 
@@ -470,5 +492,25 @@ impl Drop for Job {
             "the broker failed while running this request (an internal error, in its log); the request \
              was rolled back and nothing of it was applied",
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use litebroker_protocol::{decode_payload, encode_frame, ErrorKind, FRAME_HEADER_LEN, HARD_MAX_FRAME};
+
+    use super::*;
+
+    #[test]
+    fn a_client_of_minor_0_gets_an_error_kind_it_can_decode() {
+        let stopped = Response::error(ErrorKind::WritesStopped, "the -wal file was deleted");
+        let Response::Error(old) = for_minor(stopped.clone(), 0) else { panic!("not an error") };
+        assert_eq!((old.kind, old.message.as_str()), (ErrorKind::Internal, "the -wal file was deleted"));
+        // Its bytes use only minor 0's error kinds (index 12, Internal).
+        let mut buf = Vec::new();
+        encode_frame(&Response::Error(old), &mut buf, HARD_MAX_FRAME).unwrap();
+        assert_eq!(buf[FRAME_HEADER_LEN + 1], 12);
+        assert!(decode_payload::<Response>(&buf[FRAME_HEADER_LEN..]).is_ok());
+        assert_eq!(for_minor(stopped.clone(), 1), stopped);
     }
 }

@@ -42,7 +42,8 @@ impl WriterHarness {
         let (stop_tx, _) = mpsc::channel();
         let shared = Arc::new(Shared::new(config, db.to_string_lossy().into_owned(), String::new(), stop_tx));
         shared.set_exactly_once_off(None);
-        let client = shared.register("harness".into(), std::process::id(), None);
+        let client =
+            shared.register("harness".into(), std::process::id(), None, litebroker_protocol::PROTOCOL_MINOR);
         let mut writer = Writer::new(conn, shared.clone(), Arc::new(JobQueue::new(64)));
         writer.start();
         Ok(WriterHarness { writer, shared, client, seq: 0 })
