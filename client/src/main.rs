@@ -468,9 +468,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         }
         Command::Connections => {
             let list = connect(cli)?.connections().map_err(on_client)?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
+            let now = litebroker_client::protocol::host::unix_ms();
             if cli.json {
                 let items: Vec<Json> = list
                     .iter()

@@ -562,7 +562,7 @@ pub fn sweep_backup_debris(db_path: &Path) -> io::Result<Vec<PathBuf>> {
     for name in &names {
         if let Some(pid) = temp_writer(&prefix, name) {
             let p = dir.join(name);
-            if !crate::client::pid_alive(pid) || age(&p) > TEMP_STALE_AFTER {
+            if !litebroker_protocol::host::pid_alive(pid) || age(&p) > TEMP_STALE_AFTER {
                 remove(p, &mut removed);
             }
         }

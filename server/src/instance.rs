@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use interprocess::local_socket::prelude::*;
 use interprocess::local_socket::{Listener, ListenerOptions, Stream};
-use litebroker_client::locate::{self, BrokerInfo, Location};
 use litebroker_client::{Client, ClientError, ConnectOptions, Untrusted};
+use litebroker_protocol::host::{current_uid, unix_ms};
+use litebroker_protocol::rendezvous::{socket_name, BrokerInfo, Location};
 use litebroker_protocol::{write_frame, ErrorKind, Response, PROTOCOL_VERSION};
 use named_lock::{NamedLock, NamedLockGuard};
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::shared::unix_ms;
 use crate::BrokerError;
 
 /// The database's single-instance lock, held for the broker's lifetime.
@@ -56,7 +56,7 @@ pub fn prepare_socket_folder(location: &Location) -> Result<(), BrokerError> {
         }
         let meta = fs::symlink_metadata(dir)
             .map_err(crate::io_err(format!("cannot inspect socket folder {}", dir.display())))?;
-        let me = locate::current_uid();
+        let me = current_uid();
         let mode = meta.permissions().mode() & 0o777;
         if !meta.is_dir() {
             return Err(config_err(format!(
@@ -116,7 +116,7 @@ pub fn check_db_file(location: &Location) -> Result<(), BrokerError> {
             kind_of(&meta)
         )));
     }
-    let links = link_count(db, &meta)
+    let links = litebroker_protocol::host::link_count(db)
         .map_err(crate::io_err(format!("cannot count the names (hard links) of {}", db.display())))?;
     if links > 1 {
         return Err(BrokerError::Config(format!(
@@ -158,26 +158,6 @@ fn kind_of(meta: &fs::Metadata) -> &'static str {
     "not a regular file"
 }
 
-/// How many names the database file has.
-fn link_count(db: &Path, meta: &fs::Metadata) -> io::Result<u64> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        let _ = db;
-        Ok(meta.nlink())
-    }
-    #[cfg(windows)]
-    {
-        let _ = meta;
-        crate::windows::link_count(db).map(u64::from)
-    }
-    #[cfg(not(any(unix, windows)))]
-    {
-        let _ = (db, meta);
-        Ok(1)
-    }
-}
-
 /// Takes the database's broker lock. The lock belongs to the database (a file next
 /// to it on Unix, a global mutex named from its path on Windows), so two users or
 /// two temp folders can never both serve one file.
@@ -199,7 +179,9 @@ pub fn lock(location: &Location) -> Result<InstanceLock, BrokerError> {
     #[cfg(windows)]
     let named = NamedLock::create(&format!(
         "litebroker-{:016x}",
-        litebroker_protocol::fnv1a64(location.db_path.to_string_lossy().to_lowercase().as_bytes())
+        litebroker_protocol::rendezvous::fnv1a64(
+            location.db_path.to_string_lossy().to_lowercase().as_bytes()
+        )
     ));
     let named = named.map_err(|e| {
         BrokerError::Database(format!("cannot create the broker lock {}: {e}", location.lock_path.display()))
@@ -236,7 +218,7 @@ fn lock_file_error(location: &Location, e: io::Error) -> BrokerError {
          The broker creates its lock file there and SQLite its -wal and -shm files: run litebrokerd as \
          the user who owns the database, give this user write access (chown or chmod), or keep the \
          database in a folder of this user",
-        user_label(locate::current_uid()),
+        user_label(current_uid()),
         target.display(),
     ))
 }
@@ -399,11 +381,8 @@ pub fn clear_stale_socket(location: &Location) -> Result<(), BrokerError> {
 }
 
 fn foreign_listener(socket: &str, why: &Untrusted) -> BrokerError {
-    let me = if cfg!(windows) {
-        "this user".to_owned()
-    } else {
-        format!("this user (uid {})", locate::current_uid())
-    };
+    let me =
+        if cfg!(windows) { "this user".to_owned() } else { format!("this user (uid {})", current_uid()) };
     BrokerError::AlreadyRunning(match why {
         Untrusted::WrongDatabase { served, pid, .. } => {
             format!("another broker (pid {pid}) already listens on {socket}, serving {served}")
@@ -427,7 +406,7 @@ fn foreign_listener(socket: &str, why: &Untrusted) -> BrokerError {
 /// # Errors
 /// [`BrokerError::AlreadyRunning`] when the name is taken, else I/O errors.
 pub fn bind(location: &Location) -> Result<Listener, BrokerError> {
-    let name = locate::socket_name(&location.socket)
+    let name = socket_name(&location.socket)
         .map_err(crate::io_err(format!("invalid socket name {}", location.socket)))?;
     let options = ListenerOptions::new().name(name).reclaim_name(true);
     // Windows: the pipe admits the current user only (see `windows.rs`).
@@ -483,7 +462,7 @@ pub fn check_peer(stream: &Stream, config: &Config) -> Result<Option<u32>, Strin
     let pid = creds.pid().and_then(|p| u32::try_from(p).ok());
     #[cfg(unix)]
     if let Some(uid) = creds.euid() {
-        let me = locate::current_uid();
+        let me = current_uid();
         if uid != me && !config.allow_uids.contains(&uid) {
             return Err(format!(
                 "peer uid {uid} (pid {}) is not the broker's user (uid {me}); allow it with --allow-uid {uid}",

@@ -331,7 +331,7 @@ pub fn backups(cli: &Cli) -> Result<(), Failure> {
 pub fn restore(cli: &Cli, file: &Path) -> Result<(), Failure> {
     let on_client = |e: ClientError| client_failure(&e, Some(cli));
     // Refuse a bad file before involving the broker at all.
-    let canonical = litebroker_client::locate::canonicalize(file)
+    let canonical = litebroker_client::protocol::rendezvous::canonicalize(file)
         .map_err(|e| fail(5, "verification_failed", format!("cannot restore {}: {e}", file.display())))?;
     ops::check_restore_source(&canonical)
         .map_err(|m| fail(5, "verification_failed", format!("refusing to restore: {m}")))?;
