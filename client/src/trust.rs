@@ -149,15 +149,10 @@ pub(crate) fn check_peer(stream: &FrameStream, socket: &str, trusted: &[u32]) ->
     }
 }
 
-/// Windows' counterparts of root: LocalSystem and the Administrators group (an
-/// elevated administrator's objects are owned by the group).
-#[cfg(any(windows, test))]
-const TRUSTED_SIDS: [&str; 2] = ["S-1-5-18", "S-1-5-32-544"];
-
 /// Judges a pipe's owner SID: this user's, or the system's.
 #[cfg(any(windows, test))]
 pub(crate) fn judge_pipe_owner(socket: &str, owner: &str, me: &str) -> Result<(), Untrusted> {
-    if owner.eq_ignore_ascii_case(me) || TRUSTED_SIDS.iter().any(|s| owner.eq_ignore_ascii_case(s)) {
+    if owner.eq_ignore_ascii_case(me) || litebroker_protocol::host::is_system_sid(owner) {
         Ok(())
     } else {
         Err(Untrusted::PipeOwner { socket: socket.to_owned(), owner: owner.to_owned(), me: me.to_owned() })

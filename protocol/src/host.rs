@@ -69,6 +69,16 @@ pub fn link_count(path: &Path) -> io::Result<u64> {
     }
 }
 
+/// Windows' counterparts of root: LocalSystem and the Administrators group (an
+/// elevated administrator's objects are owned by the group).
+pub const SYSTEM_SIDS: [&str; 2] = ["S-1-5-18", "S-1-5-32-544"];
+
+/// Whether `sid` is one of the [`SYSTEM_SIDS`]: a pipe the system created is as
+/// trustworthy to a process as a socket of root's.
+pub fn is_system_sid(sid: &str) -> bool {
+    SYSTEM_SIDS.iter().any(|s| sid.eq_ignore_ascii_case(s))
+}
+
 #[cfg(windows)]
 pub use windows::{current_user_sid, pipe_owner_sid};
 

@@ -57,6 +57,19 @@ pub enum ExchangeError {
     },
 }
 
+impl ExchangeError {
+    /// True when the answer did not come within the wait.
+    pub fn timed_out(&self) -> bool {
+        match self {
+            ExchangeError::TimedOut { .. } => true,
+            ExchangeError::Send(e) | ExchangeError::Receive(e) => {
+                matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A connected local socket (or pipe) that carries requests one at a time, each
 /// answered before the next is sent.
 #[derive(Debug)]
