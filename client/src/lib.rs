@@ -72,7 +72,6 @@ mod error;
 mod factory;
 mod ids;
 pub mod migrate;
-pub mod ops;
 mod reader;
 mod retry;
 mod tracking;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use litebroker_client::ops;
+use crate::ops;
 use litebroker_protocol::{
     BackupReport, BrokerStatus, DbStats, ErrorInfo, ErrorKind, VerifyReport, WriterFigures,
 };

@@ -105,7 +105,7 @@ impl Config {
             io_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(5),
             allow_uids: Vec::new(),
-            wal_warn_bytes: litebroker_client::ops::DEFAULT_WAL_WARN_BYTES,
+            wal_warn_bytes: crate::ops::DEFAULT_WAL_WARN_BYTES,
             idle_checkpoint_after: Duration::from_secs(1),
             request_id_retention: Some(Duration::from_secs(24 * 3600)),
             max_memory: 1024 * 1024 * 1024,

@@ -12,6 +12,7 @@ pub mod config;
 mod conn;
 mod guard;
 mod instance;
+pub mod ops;
 mod queue;
 mod reply;
 pub mod requests;

@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
-use litebroker_client::ops;
 use litebroker_protocol::host::unix_ms;
 use litebroker_protocol::{
     CheckpointMode, CheckpointReport, ErrorInfo, ErrorKind, ExecResult, Migration, MigrationReport, Response,
@@ -37,6 +36,7 @@ use tracing::{debug, info, warn};
 use crate::authorizer;
 use crate::config::Config;
 use crate::guard::{self, WalFiles};
+use crate::ops;
 use crate::queue::JobQueue;
 use crate::requests;
 use crate::shared::{

@@ -3,9 +3,9 @@
 use std::io::IsTerminal;
 use std::path::Path;
 
-use litebroker_client::ops::{self, thousands};
 use litebroker_client::protocol::{CheckpointMode, DbStats, HealthReport, VerifyReport};
 use litebroker_client::{Client, ClientError, Location};
+use litebroker_server::ops;
 use serde_json::json;
 
 use crate::{client_failure, connect, fail, ms_to_text, reported, Cli, Failure};
@@ -383,4 +383,31 @@ pub fn checkpoint(cli: &Cli, mode: CheckpointMode) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// `1234567` → `1,234,567` (the notes' sample output).
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_are_separated_by_commas() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_250), "1,250");
+        assert_eq!(thousands(123_456), "123,456");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
 }

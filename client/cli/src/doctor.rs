@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use litebroker_client::ops::{self, DEFAULT_WAL_WARN_BYTES};
 use litebroker_client::protocol::host::{link_count, pid_alive};
 use litebroker_client::{Client, ClientError, ConnectOptions, Location};
+use litebroker_server::ops::{self, DEFAULT_WAL_WARN_BYTES};
 use serde_json::json;
 
 use crate::{fail, ms_to_text, reported, Cli, Failure};
@@ -52,7 +52,7 @@ pub fn doctor(cli: &Cli) -> Result<(), Failure> {
     opts.socket = cli.socket.clone();
     opts.connect_timeout = opts.connect_timeout.min(std::time::Duration::from_secs_f64(cli.timeout));
     let checked = Client::connect_with(&opts)
-        .and_then(|mut c| Ok((c.status()?, c.connections()?, crate::cli::ops::health(&mut c)?)));
+        .and_then(|mut c| Ok((c.status()?, c.connections()?, crate::ops::health(&mut c)?)));
     match checked {
         Ok((status, clients, health)) => {
             broker_running = true;
