@@ -610,3 +610,25 @@ pub fn owner_only_pipe_descriptor() -> interprocess::os::windows::security_descr
     interprocess::os::windows::security_descriptor::SecurityDescriptor::deserialize(&sddl)
         .expect("the security descriptor")
 }
+
+#[cfg(test)]
+mod tests {
+    /// This folder is the package's root, so cargo finds no test file by itself:
+    /// each `*.rs` here must be declared in Cargo.toml, or it would never run.
+    #[test]
+    fn every_test_file_is_declared_in_the_manifest() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).expect("tests/Cargo.toml");
+        let mut missing = Vec::new();
+        for entry in std::fs::read_dir(dir).expect("the test package's folder") {
+            let name = entry.expect("a folder entry").file_name().to_string_lossy().into_owned();
+            if name.ends_with(".rs")
+                && name != "build.rs"
+                && !manifest.contains(&format!("path = \"{name}\""))
+            {
+                missing.push(name);
+            }
+        }
+        assert!(missing.is_empty(), "declare these as [[test]] in tests/Cargo.toml: {missing:?}");
+    }
+}
