@@ -47,9 +47,9 @@ mod tests {
 
     #[test]
     fn ids_are_unique_time_ordered_and_carry_their_time() {
-        let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        let before = litebroker_protocol::host::unix_ms();
         let ids: Vec<RequestId> = (0..10_000).map(|_| new_request_id()).collect();
-        let after = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        let after = litebroker_protocol::host::unix_ms();
         let set: std::collections::HashSet<RequestId> = ids.iter().copied().collect();
         assert_eq!(set.len(), 10_000);
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids of one process sort in creation order");
