@@ -160,7 +160,7 @@ fn writes_committed_by_connection_threads_still_get_the_idle_checkpoint() {
     for i in 0..50 {
         c.execute("INSERT INTO t (v) VALUES (?1)", &[format!("d{i}").into()]).expect("write");
     }
-    let wal = litebroker_client::ops::wal_path(&t.db());
+    let wal = litebroker_server::ops::wal_path(&t.db());
     assert!(
         wait_until(WAIT, || idle_checkpoints() > before
             && std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(1) == 0),

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use interprocess::local_socket::prelude::*;
 use interprocess::local_socket::Stream;
-use litebroker_client::locate::socket_name;
 use litebroker_client::{Client, ConnectOptions, Reader};
+use litebroker_protocol::rendezvous::socket_name;
 use litebroker_protocol::{
     encode_frame, read_frame, ErrorKind, FrameError, Hello, HelloAck, Request, Response, Statement, Value,
     WriteOptions, DEFAULT_MAX_FRAME, HARD_MAX_FRAME, PROTOCOL_MINOR, PROTOCOL_VERSION,

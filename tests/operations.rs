@@ -254,7 +254,7 @@ fn idle_broker_truncates_the_wal_by_itself() {
     let b = Broker::start(&t.db(), &["--idle-checkpoint-ms", "200"]);
     let db = t.db();
     assert_exit(&cli(&db, &["exec", "CREATE TABLE t (x); INSERT INTO t VALUES (1);"]), 0);
-    let wal = litebroker_client::ops::wal_path(&db);
+    let wal = litebroker_server::ops::wal_path(&db);
     assert!(
         wait_until(Duration::from_secs(10), || b.log().contains("idle checkpoint")
             && std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) == 0),

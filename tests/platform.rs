@@ -254,7 +254,8 @@ fn a_silent_broker_does_not_hang_the_client() {
         t.path().join("silent.sock").to_string_lossy().into_owned()
     };
     // Something that accepts connections and never answers (a hung broker).
-    let listener = ListenerOptions::new().name(litebroker_client::locate::socket_name(&socket).unwrap());
+    let listener =
+        ListenerOptions::new().name(litebroker_protocol::rendezvous::socket_name(&socket).unwrap());
     // The client trusts a pipe by its owner, and under Wine only a pipe created with
     // a descriptor reports one: this stand-in gets the broker's.
     #[cfg(windows)]
@@ -302,7 +303,7 @@ fn a_foreign_listener_on_the_broker_address_is_never_displaced() {
         std::fs::create_dir_all(t.path().join("run")).unwrap();
         t.path().join("run").join("foreign.sock").to_string_lossy().into_owned()
     };
-    let name = litebroker_client::locate::socket_name(&socket).unwrap();
+    let name = litebroker_protocol::rendezvous::socket_name(&socket).unwrap();
     let listener = ListenerOptions::new().name(name).create_sync().expect("foreign listener");
     let mut b = Broker::spawn(&t.db(), &["--socket", &socket]);
     let status = b.wait_exit(Duration::from_secs(30)).expect("broker exits");

@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 use litebroker_tests::*;
 use serde_json::Value as Json;
 
+/// The repository: the test package's folder (`tests/`) is at its top.
 fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the repository above tests/").to_path_buf()
 }
 
 fn script(name: &str) -> PathBuf {

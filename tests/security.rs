@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use interprocess::local_socket::prelude::*;
 use interprocess::local_socket::Stream;
-use litebroker_client::locate::socket_name;
 use litebroker_client::{Client, ClientError, ConnectOptions, ErrorKind, Statement, Value};
+use litebroker_protocol::rendezvous::socket_name;
 use litebroker_protocol::{
     encode_frame, read_frame, Hello, Request, Response, WriteOptions, HARD_MAX_FRAME, PROTOCOL_MINOR,
     PROTOCOL_VERSION,
@@ -111,7 +111,7 @@ fn the_socket_folder_is_0700_and_the_socket_0600() {
     let folder = run.join("litebroker");
     assert_eq!(Path::new(&b.socket).parent(), Some(folder.as_path()), "{}", b.socket);
     assert_eq!(mode_of(&folder), 0o700);
-    assert_eq!(std::fs::metadata(&folder).unwrap().uid(), litebroker_client::locate::current_uid());
+    assert_eq!(std::fs::metadata(&folder).unwrap().uid(), litebroker_protocol::host::current_uid());
     assert_eq!(mode_of(Path::new(&b.socket)), 0o600);
     // A client finds it there.
     let mut c = Client::connect_with(&ConnectOptions::new(t.db()).socket(&b.socket)).unwrap();

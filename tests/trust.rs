@@ -15,7 +15,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use litebroker_client::{Client, ClientError, ConnectOptions, Untrusted};
-use litebroker_protocol::socket_file_name;
+use litebroker_protocol::rendezvous::socket_file_name;
 use litebroker_tests::*;
 use serde_json::Value as Json;
 
@@ -53,7 +53,7 @@ fn chmod(p: &Path, mode: u32) {
 }
 
 fn canonical(p: &Path) -> PathBuf {
-    litebroker_client::locate::canonicalize(p).unwrap()
+    litebroker_protocol::rendezvous::canonicalize(p).unwrap()
 }
 
 /// Whether a table exists in a database (read directly, as the test's user).

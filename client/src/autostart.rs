@@ -28,11 +28,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use litebroker_protocol::backoff::{jitter, Backoff};
 use tracing::{debug, info, warn};
 
 use crate::client::{Client, ConnectOptions};
 use crate::error::{ClientError, Result};
-use crate::locate::Location;
+use litebroker_protocol::rendezvous::Location;
 
 /// Environment variable naming the `litebrokerd` executable to start.
 pub const BROKER_ENV: &str = "LITEBROKERD";
@@ -44,6 +45,10 @@ pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Exit code of a `litebrokerd` that found another broker serving the database.
 const EXIT_ALREADY_RUNNING: i32 = 3;
+
+/// How often to knock while a started broker comes up: 5 ms, doubling, at most
+/// every 100 ms.
+const POLL: Backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(100));
 
 /// After our own broker failed for another reason than a lost race, how long to keep
 /// trying to connect in case a broker started by someone else is about to answer.
@@ -228,8 +233,7 @@ fn wait_for_broker(
     let child_pid = child.id();
     let started = Instant::now();
     let mut deadline = started + auto.start_timeout;
-    let mut jitter = Jitter::new(child_pid);
-    let mut pause = Duration::from_millis(5);
+    let mut polls = 0;
     let mut exited: Option<ExitStatus> = None;
     loop {
         match Client::connect_with(plain) {
@@ -295,9 +299,9 @@ fn wait_for_broker(
             return Err(err.into());
         }
         // Jitter spreads the polls of many instances started at the same instant.
-        let sleep = jitter.around(pause).min(deadline - now);
+        let sleep = jitter(POLL.delay(polls), 0.5, 1.5).min(deadline - now);
         std::thread::sleep(sleep);
-        pause = (pause * 2).min(Duration::from_millis(100));
+        polls += 1;
     }
 }
 
@@ -432,38 +436,16 @@ fn log_tail(log: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// A tiny xorshift generator: enough to desynchronise pollers without a dependency.
-struct Jitter(u64);
-
-impl Jitter {
-    fn new(seed: u32) -> Jitter {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::from(d.subsec_nanos()));
-        Jitter((u64::from(seed) << 32 | nanos) | 1)
-    }
-
-    /// `d` scaled by a random factor in [0.5, 1.5).
-    fn around(&mut self, d: Duration) -> Duration {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        let factor = 0.5 + (self.0 % 1000) as f64 / 1000.0;
-        d.mul_f64(factor)
-    }
-}
-
-#[cfg(test)]
+// Every test drives a stand-in broker written as a shell script.
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 
     /// Held while a test writes and runs a script: a child forked by another test
     /// thread while the script's file is open for writing would make exec fail
     /// with ETXTBSY ("text file busy").
-    #[cfg(unix)]
     static SCRIPTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-    #[cfg(unix)]
     fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
         let p = dir.join(name);
@@ -472,7 +454,6 @@ mod tests {
         p
     }
 
-    #[cfg(unix)]
     #[test]
     fn search_order_is_explicit_env_program_folder_then_path() {
         let _serial = SCRIPTS.lock().unwrap_or_else(|e| e.into_inner());
@@ -510,7 +491,6 @@ mod tests {
         assert!(e.to_string().contains("LITEBROKERD"), "{e}");
     }
 
-    #[cfg(unix)]
     #[test]
     fn a_broker_that_fails_to_start_is_reported_with_its_log() {
         let _serial = SCRIPTS.lock().unwrap_or_else(|e| e.into_inner());
@@ -534,7 +514,6 @@ mod tests {
         );
     }
 
-    #[cfg(unix)]
     #[test]
     fn a_broker_that_never_answers_times_out() {
         let _serial = SCRIPTS.lock().unwrap_or_else(|e| e.into_inner());
@@ -549,14 +528,5 @@ mod tests {
             matches!(&e, ClientError::AutoStart(a) if matches!(**a, AutoStartError::NotReady { .. })),
             "{e:?}"
         );
-    }
-
-    #[test]
-    fn jitter_stays_within_half_to_one_and_a_half() {
-        let mut j = Jitter::new(42);
-        for _ in 0..1000 {
-            let d = j.around(Duration::from_millis(100));
-            assert!(d >= Duration::from_millis(50) && d < Duration::from_millis(150), "{d:?}");
-        }
     }
 }

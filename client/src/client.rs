@@ -1,23 +1,22 @@
 //! A connection to the broker: handshake, requests, write sessions.
 
 use std::borrow::BorrowMut;
-use std::io::{self, BufReader};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use interprocess::local_socket::prelude::*;
-use interprocess::local_socket::Stream;
-use litebroker_protocol::frame::read_frame_after;
+use litebroker_protocol::backoff::{jitter, Backoff};
+use litebroker_protocol::host::pid_alive;
+use litebroker_protocol::rendezvous::{BrokerInfo, Location};
+use litebroker_protocol::stream::{ExchangeError, FrameStream};
 use litebroker_protocol::{
-    write_frame, BackupReport, BrokerStatus, CheckpointMode, CheckpointReport, ClientInfo, DbStats,
-    ErrorInfo, ErrorKind, ExecResult, HealthReport, Hello, HelloAck, Request, Response, RestoreReport,
-    Statement, Value, VerifyReport, WriteOptions, FRAME_HEADER_LEN, HARD_MAX_FRAME, PROTOCOL_MINOR,
-    PROTOCOL_VERSION,
+    BackupReport, BrokerStatus, CheckpointMode, CheckpointReport, ClientInfo, DbStats, ErrorInfo, ErrorKind,
+    ExecResult, HealthReport, HelloAck, Request, Response, RestoreReport, Statement, Value, VerifyReport,
+    WriteOptions, PROTOCOL_VERSION,
 };
 
 use crate::autostart::AutoStart;
 use crate::error::{ClientError, Result};
-use crate::locate::{self, Location};
 use crate::tracking::Tracked;
 use crate::trust;
 use litebroker_protocol::{Migration, MigrationReport};
@@ -132,20 +131,12 @@ fn default_client_name() -> String {
 /// works past what the caller waits for.
 #[derive(Debug)]
 pub struct Client {
-    /// Windows: the pipe has no timeouts; this bounds each round trip instead.
-    /// Declared before `reader` so it is released before the handle is closed.
-    #[cfg(windows)]
-    deadline: crate::windows::PipeDeadline,
-    reader: BufReader<Stream>,
-    wbuf: Vec<u8>,
-    rbuf: Vec<u8>,
+    stream: FrameStream,
     hello: HelloAck,
     location: Location,
     timeout: Duration,
     /// Set after an I/O failure: the stream's state is unknown, so it is not reused.
     broken: bool,
-    /// The stream's receive timeout in force.
-    recv_timeout: Option<Duration>,
     opts: ConnectOptions,
     reconnects: u64,
     _tracked: Tracked,
@@ -177,7 +168,7 @@ impl Client {
         if !location.explicit_socket {
             trust::check_socket_folder(&location.socket)?;
         }
-        let (stream, socket) = match connect_stream(&location.socket) {
+        let (stream, socket) = match FrameStream::connect(&location.socket) {
             Ok(s) => (s, location.socket.clone()),
             Err(first) => {
                 // A broker started with another TMPDIR or XDG_RUNTIME_DIR listens
@@ -191,7 +182,7 @@ impl Client {
                         // The lock file is no more trusted than the folder it is in.
                         trust::check_socket_folder(&info.socket)?;
                         let stream =
-                            connect_stream(&info.socket).map_err(|source| ClientError::NotRunning {
+                            FrameStream::connect(&info.socket).map_err(|source| ClientError::NotRunning {
                                 db: location.db_path.clone(),
                                 socket: info.socket.clone(),
                                 source,
@@ -215,11 +206,7 @@ impl Client {
         // what follows it would be this user's data.
         trust::check_peer(&stream, &socket, &opts.trusted_broker_uids)?;
         let mut client = Client {
-            #[cfg(windows)]
-            deadline: crate::windows::PipeDeadline::new(&stream, false),
-            reader: BufReader::with_capacity(64 * 1024, stream),
-            wbuf: Vec::with_capacity(4096),
-            rbuf: Vec::with_capacity(4096),
+            stream,
             hello: HelloAck {
                 protocol: 0,
                 minor: 0,
@@ -233,19 +220,12 @@ impl Client {
             location,
             timeout: opts.request_timeout,
             broken: false,
-            recv_timeout: None,
             opts: opts.clone(),
             reconnects: 0,
             _tracked: Tracked::new(),
         };
-        let hello = Request::Hello(Hello {
-            protocol: PROTOCOL_VERSION,
-            minor: PROTOCOL_MINOR,
-            client_name: opts.client_name.clone(),
-            pid: std::process::id(),
-            expected_schema: opts.expected_schema,
-        });
-        match client.round_trip(&hello, opts.connect_timeout)? {
+        let answer = client.stream.handshake(&opts.client_name, opts.expected_schema, opts.connect_timeout);
+        match client.settle(answer)? {
             Response::Hello(ack) => client.hello = ack,
             other => return Err(unexpected("hello", &other)),
         }
@@ -267,7 +247,8 @@ impl Client {
     /// The last connect error once the deadline passes, or at once for errors a
     /// retry cannot fix (e.g. an incompatible broker).
     pub fn reconnect(&mut self, deadline: Instant) -> Result<()> {
-        let mut delay = Duration::from_millis(50);
+        let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        let mut retry = 0;
         loop {
             let mut opts = self.opts.clone();
             opts.connect_timeout =
@@ -285,12 +266,12 @@ impl Client {
                     return Ok(());
                 }
                 Err(e) if is_transient(&e) => {
-                    let pause = delay.mul_f64(crate::ids::jitter());
+                    let pause = jitter(backoff.delay(retry), 0.5, 1.0);
                     if Instant::now() + pause >= deadline {
                         return Err(e);
                     }
                     std::thread::sleep(pause);
-                    delay = (delay * 2).min(Duration::from_secs(2));
+                    retry += 1;
                 }
                 Err(e) => return Err(e),
             }
@@ -400,78 +381,24 @@ impl Client {
                 reason: "this connection failed earlier; connect again".into(),
             });
         }
-        let limit = HARD_MAX_FRAME;
-        let stream = self.reader.get_ref();
-        // The Windows pipe does not support timeouts: the pipe watchdog cancels
-        // the write or read instead when `wait` runs out.
-        let wait = wait.max(Duration::from_millis(1));
-        // Set only when it changes: one system call less per request.
-        if self.recv_timeout != Some(wait) {
-            let _ = stream.set_recv_timeout(Some(wait));
-            self.recv_timeout = Some(wait);
-        }
-        #[cfg(windows)]
-        self.deadline.arm(wait);
-        let resp = self.send_and_read(req, limit);
-        #[cfg(windows)]
-        if self.deadline.disarm() {
-            // The watchdog cancelled the I/O (and the stream's state is unknown).
-            self.broken = true;
-            return Err(ClientError::ConnectionLost {
-                sent: !matches!(resp, Err(ClientError::ConnectionLost { sent: false, .. })),
-                reason: "no answer from the broker in time".to_owned(),
-            });
-        }
-        match resp {
+        let answer = self.stream.round_trip(req, wait);
+        self.settle(answer)
+    }
+
+    /// Turns the outcome of an exchange into this library's terms: an error
+    /// answer becomes [`ClientError::Broker`], and a failure that leaves the
+    /// stream in an unknown state marks the connection broken.
+    fn settle(&mut self, answer: Result<Response, ExchangeError>) -> Result<Response> {
+        match answer {
             Ok(Response::Error(info)) => Err(ClientError::Broker(info)),
-            other => other,
-        }
-    }
-
-    fn send_and_read(&mut self, req: &Request, limit: u32) -> Result<Response> {
-        let stream = self.reader.get_ref();
-        if let Err(e) = write_frame(&mut &*stream, req, &mut self.wbuf, limit) {
-            return Err(match e {
-                litebroker_protocol::FrameError::Io(io) => {
+            Ok(resp) => Ok(resp),
+            Err(e) => {
+                if !matches!(e, ExchangeError::Encode(_)) {
                     self.broken = true;
-                    // A broker that refuses this connection (another user, too many
-                    // clients, an oversized frame) answers and closes at once, maybe
-                    // before the request was written: its reason is still readable.
-                    if let Ok(Response::Error(info)) = self.read_response(limit) {
-                        return Err(ClientError::Broker(info));
-                    }
-                    ClientError::ConnectionLost { sent: false, reason: describe_io(&io) }
                 }
-                other => ClientError::Frame(other),
-            });
+                Err(exchange_error(e))
+            }
         }
-        self.read_response(limit).inspect_err(|_| self.broken = true)
-    }
-
-    fn read_response(&mut self, limit: u32) -> Result<Response> {
-        let mut header = [0u8; FRAME_HEADER_LEN];
-        let n = loop {
-            match io::Read::read(&mut self.reader, &mut header) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(ClientError::ConnectionLost { sent: true, reason: describe_io(&e) }),
-            }
-        };
-        if n == 0 {
-            return Err(ClientError::ConnectionLost {
-                sent: true,
-                reason: "the broker closed the connection before answering".into(),
-            });
-        }
-        read_frame_after(&mut self.reader, header, n, limit, &mut self.rbuf).map_err(|e| match e {
-            litebroker_protocol::FrameError::Io(io) => {
-                ClientError::ConnectionLost { sent: true, reason: describe_io(&io) }
-            }
-            litebroker_protocol::FrameError::Truncated { .. } => {
-                ClientError::ConnectionLost { sent: true, reason: e.to_string() }
-            }
-            other => ClientError::Frame(other),
-        })
     }
 
     fn call(&mut self, req: &Request, timeout: Duration) -> Result<Response> {
@@ -726,14 +653,8 @@ impl Client {
         let mut resp = self.call(req, timeout)?;
         while let Response::Progress { done, total } = resp {
             progress(done, total);
-            resp = match self.read_response(HARD_MAX_FRAME) {
-                Ok(Response::Error(info)) => return Err(ClientError::Broker(info)),
-                Ok(r) => r,
-                Err(e) => {
-                    self.broken = true;
-                    return Err(e);
-                }
-            };
+            let next = self.stream.read_response();
+            resp = self.settle(next)?;
         }
         Ok(resp)
     }
@@ -856,31 +777,7 @@ impl<C: BorrowMut<Client>> Drop for WriteSession<C> {
     }
 }
 
-fn connect_stream(socket: &str) -> io::Result<Stream> {
-    let name = locate::socket_name(socket)?;
-    Stream::connect(name)
-}
-
-pub(crate) fn pid_alive(pid: u32) -> bool {
-    #[cfg(unix)]
-    {
-        let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
-        // SAFETY: signal 0 only checks that the process exists.
-        let rc = unsafe { libc::kill(pid, 0) };
-        rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-    }
-    #[cfg(windows)]
-    {
-        crate::windows::pid_alive(pid)
-    }
-    #[cfg(not(any(unix, windows)))]
-    {
-        let _ = pid;
-        true
-    }
-}
-
-fn incompatible_recorded(location: &Location, info: &locate::BrokerInfo) -> ClientError {
+fn incompatible_recorded(location: &Location, info: &BrokerInfo) -> ClientError {
     ClientError::Broker(ErrorInfo::new(
         ErrorKind::Incompatible,
         format!(
@@ -907,6 +804,23 @@ fn describe_io(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "no answer from the broker in time".to_owned(),
         _ => e.to_string(),
+    }
+}
+
+/// A failed exchange in this library's terms; `sent` tells the retry rules
+/// whether the broker can have seen the request.
+fn exchange_error(e: ExchangeError) -> ClientError {
+    let lost = |sent, reason| ClientError::ConnectionLost { sent, reason };
+    match e {
+        ExchangeError::Encode(f) | ExchangeError::Malformed(f) => ClientError::Frame(f),
+        ExchangeError::Refused(info) => ClientError::Broker(info),
+        ExchangeError::Send(io) => lost(false, describe_io(&io)),
+        ExchangeError::Receive(io) => lost(true, describe_io(&io)),
+        ExchangeError::Closed => lost(true, "the broker closed the connection before answering".into()),
+        ExchangeError::Truncated(f) => lost(true, f.to_string()),
+        ExchangeError::TimedOut { sent } => lost(sent, "no answer from the broker in time".into()),
+        // A variant added later: the stream's state is unknown, as for the others.
+        other => lost(true, other.to_string()),
     }
 }
 

@@ -25,7 +25,7 @@ pub fn new_request_id() -> RequestId {
             (u64::from(std::process::id()) << 20) ^ t.as_nanos() as u64
         })
     });
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let ms = litebroker_protocol::host::unix_ms();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut id = [0u8; 16];
     id[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
@@ -41,27 +41,19 @@ pub fn request_id_millis(id: &RequestId) -> u64 {
     u64::from_be_bytes(b)
 }
 
-/// A random fraction in [0.5, 1) to spread reconnect attempts of many clients.
-pub(crate) fn jitter() -> f64 {
-    let r = getrandom::u32().unwrap_or(u32::MAX / 2);
-    0.5 + f64::from(r) / f64::from(u32::MAX) / 2.0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn ids_are_unique_time_ordered_and_carry_their_time() {
-        let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        let before = litebroker_protocol::host::unix_ms();
         let ids: Vec<RequestId> = (0..10_000).map(|_| new_request_id()).collect();
-        let after = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        let after = litebroker_protocol::host::unix_ms();
         let set: std::collections::HashSet<RequestId> = ids.iter().copied().collect();
         assert_eq!(set.len(), 10_000);
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids of one process sort in creation order");
         let t = request_id_millis(&ids[0]);
         assert!(before <= t && t <= after, "{before} <= {t} <= {after}");
-        let j = jitter();
-        assert!((0.5..1.0).contains(&j));
     }
 }

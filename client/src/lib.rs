@@ -71,17 +71,11 @@ mod client;
 mod error;
 mod factory;
 mod ids;
-pub mod locate;
 pub mod migrate;
-pub mod ops;
 mod reader;
 mod retry;
-pub mod sqlvalue;
 mod tracking;
 mod trust;
-#[cfg(windows)]
-#[doc(hidden)]
-pub mod windows;
 
 pub use autostart::{connect_or_start, AutoStart, StartOutcome};
 pub use client::{Client, ConnectOptions, WriteSession, DEFAULT_TIMEOUT, DEFAULT_WRITER_TIMEOUT};
@@ -89,8 +83,8 @@ pub use error::{ClientError, Result, Untrusted, LOCKED_USER_TEXT};
 pub use factory::ConnectionFactory;
 pub use ids::{new_request_id, request_id_millis};
 pub use litebroker_protocol as protocol;
+pub use litebroker_protocol::rendezvous::{Location, DEFAULT_DB};
 pub use litebroker_protocol::{ErrorKind, ExecResult, Statement, Value, WriteOptions};
-pub use locate::{Location, DEFAULT_DB};
 pub use migrate::{migrations_from_dir, Migration, MigrationReport};
 pub use reader::{Reader, Rows, READER_BUSY_TIMEOUT};
 pub use retry::{is_retryable, retry_on_locked, Idempotency, RetryPolicy};

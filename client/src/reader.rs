@@ -3,12 +3,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use litebroker_protocol::rendezvous::canonical_db_path;
+use litebroker_protocol::sql::{bind_params, collect_rows};
 use litebroker_protocol::Value;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{ClientError, Result};
-use crate::locate::canonical_db_path;
-use crate::sqlvalue::{bind_params, collect_rows};
 use crate::tracking::Tracked;
 
 /// The notes' busy_timeout, also used by readers: WAL readers can still meet a

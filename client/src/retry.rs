@@ -28,6 +28,7 @@
 
 use std::time::Duration;
 
+use litebroker_protocol::backoff::Backoff;
 use litebroker_protocol::ErrorKind;
 
 use crate::error::{ClientError, Result};
@@ -57,8 +58,7 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The delay before retry number `retry` (1-based): 0.5 s, 1 s, 2 s, 4 s, 5 s, 5 s…
     pub fn delay(&self, retry: u32) -> Duration {
-        let shift = retry.saturating_sub(1).min(31);
-        self.base_delay.saturating_mul(1u32 << shift).min(self.max_delay)
+        Backoff::new(self.base_delay, self.max_delay).delay(retry.saturating_sub(1))
     }
 }
 

@@ -6,7 +6,9 @@
 
 use std::path::Path;
 
-use interprocess::local_socket::Stream;
+#[cfg(unix)]
+use litebroker_protocol::host::current_uid;
+use litebroker_protocol::stream::FrameStream;
 use litebroker_protocol::HelloAck;
 
 use crate::error::Untrusted;
@@ -92,7 +94,7 @@ pub(crate) fn check_socket_folder(socket: &str) -> Result<(), Untrusted> {
             owner: meta.uid(),
             mode: meta.mode(),
         };
-        judge_folder(folder, facts, crate::locate::current_uid())
+        judge_folder(folder, facts, current_uid())
     }
     #[cfg(not(unix))]
     {
@@ -121,12 +123,11 @@ pub(crate) fn judge_peer_uid(
 }
 
 /// Checks who listens on a connected stream, before anything is sent on it.
-pub(crate) fn check_peer(stream: &Stream, socket: &str, trusted: &[u32]) -> Result<(), Untrusted> {
+pub(crate) fn check_peer(stream: &FrameStream, socket: &str, trusted: &[u32]) -> Result<(), Untrusted> {
     #[cfg(unix)]
     {
-        use interprocess::local_socket::traits::StreamCommon;
-        match stream.peer_creds() {
-            Ok(creds) => judge_peer_uid(socket, creds.euid(), crate::locate::current_uid(), trusted),
+        match stream.peer_uid() {
+            Ok(uid) => judge_peer_uid(socket, uid, current_uid(), trusted),
             Err(e) => Err(Untrusted::PeerUnknown { socket: socket.to_owned(), detail: e.to_string() }),
         }
     }
@@ -137,8 +138,8 @@ pub(crate) fn check_peer(stream: &Stream, socket: &str, trusted: &[u32]) -> Resu
         let _ = trusted;
         let unknown =
             |e: std::io::Error| Untrusted::PeerUnknown { socket: socket.to_owned(), detail: e.to_string() };
-        let owner = crate::windows::pipe_owner_sid(stream).map_err(unknown)?;
-        let me = crate::windows::current_user_sid().map_err(unknown)?;
+        let owner = stream.pipe_owner_sid().map_err(unknown)?;
+        let me = litebroker_protocol::host::current_user_sid().map_err(unknown)?;
         judge_pipe_owner(socket, &owner, &me)
     }
     #[cfg(not(any(unix, windows)))]
@@ -148,15 +149,10 @@ pub(crate) fn check_peer(stream: &Stream, socket: &str, trusted: &[u32]) -> Resu
     }
 }
 
-/// Windows' counterparts of root: LocalSystem and the Administrators group (an
-/// elevated administrator's objects are owned by the group).
-#[cfg(any(windows, test))]
-const TRUSTED_SIDS: [&str; 2] = ["S-1-5-18", "S-1-5-32-544"];
-
 /// Judges a pipe's owner SID: this user's, or the system's.
 #[cfg(any(windows, test))]
 pub(crate) fn judge_pipe_owner(socket: &str, owner: &str, me: &str) -> Result<(), Untrusted> {
-    if owner.eq_ignore_ascii_case(me) || TRUSTED_SIDS.iter().any(|s| owner.eq_ignore_ascii_case(s)) {
+    if owner.eq_ignore_ascii_case(me) || litebroker_protocol::host::is_system_sid(owner) {
         Ok(())
     } else {
         Err(Untrusted::PipeOwner { socket: socket.to_owned(), owner: owner.to_owned(), me: me.to_owned() })
@@ -297,13 +293,12 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn a_real_listener_of_this_user_passes_the_peer_check() {
-        use interprocess::local_socket::prelude::*;
         use interprocess::local_socket::ListenerOptions;
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("t.sock").to_string_lossy().into_owned();
-        let name = crate::locate::socket_name(&sock).unwrap();
+        let name = litebroker_protocol::rendezvous::socket_name(&sock).unwrap();
         let _listener = ListenerOptions::new().name(name).create_sync().unwrap();
-        let stream = Stream::connect(crate::locate::socket_name(&sock).unwrap()).unwrap();
+        let stream = FrameStream::connect(&sock).unwrap();
         check_peer(&stream, &sock, &[]).unwrap();
     }
 }

@@ -1,10 +1,19 @@
 #![warn(missing_docs)]
-//! The wire contract between litebroker clients and `litebrokerd`.
+//! What litebroker clients and `litebrokerd` share about finding and talking to
+//! each other.
 //!
-//! This crate holds only what both sides must agree on: the [`Request`] and
-//! [`Response`] enums, [`Value`], the typed [`ErrorKind`]s, the protocol version
-//! and the framing/codec in [`frame`]. It does no socket I/O policy and knows
-//! nothing about SQLite.
+//! - The wire contract: the [`Request`] and [`Response`] enums, [`Value`], the
+//!   typed [`ErrorKind`]s, the protocol version and the framing/codec in [`frame`].
+//! - [`rendezvous`]: where a database's broker listens and what it records in its
+//!   lock file, derived from the database path alone.
+//! - [`stream`]: the connecting side's frame stream, with the waits of a round
+//!   trip (and, on Windows, `pipe_deadline`, which enforces them on pipes).
+//! - [`host`] and [`backoff`]: the facts about processes and users both ends judge
+//!   alike, and the one retry schedule and jitter they wait with.
+//! - `sql` (feature `rusqlite`): [`Value`] to and from rusqlite's types.
+//!
+//! It holds no broker policy: what the broker does with a request, and what a
+//! client retries, live in their crates.
 //!
 //! # Compatibility rules
 //! bincode writes an enum variant as its index, so variants of every enum here are
@@ -14,16 +23,22 @@
 //! broker must be able to read any client's handshake and answer it in a form that
 //! client understands, whatever its version.
 
+pub mod backoff;
 pub mod frame;
+pub mod host;
 mod messages;
-mod naming;
+#[cfg(windows)]
+pub mod pipe_deadline;
+pub mod rendezvous;
+#[cfg(feature = "rusqlite")]
+pub mod sql;
+pub mod stream;
 
 pub use frame::{
     decode_payload, encode_frame, read_frame, write_frame, FrameError, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN,
     HARD_MAX_FRAME,
 };
 pub use messages::*;
-pub use naming::{fnv1a64, socket_file_name, PIPE_PREFIX};
 
 /// Major protocol version. Part of the socket name: brokers and clients of different
 /// majors never talk on the same socket. Bumped for any incompatible change.

@@ -2,7 +2,7 @@
 //! response survives a round trip, and no byte sequence a peer can send (random,
 //! or a valid frame with bytes flipped, cut or appended) makes decoding panic or
 //! return anything but a typed `FrameError`. The libFuzzer targets in
-//! `protocol/fuzz/` explore the same ground coverage-guided (`scripts/fuzz.sh`).
+//! `server/fuzz/` explore the same ground coverage-guided (`scripts/fuzz.sh`).
 
 use std::io::Cursor;
 
@@ -163,14 +163,14 @@ proptest! {
 }
 
 /// Found by the `decode_request` fuzz target (kept in
-/// `protocol/fuzz/regressions/`): bincode accepts a non-canonical varint, here
+/// `protocol/tests/fuzz-regressions/`): bincode accepts a non-canonical varint, here
 /// `fb 04 00` (a u16 marker) for variant 4, so the same request has several
 /// encodings. Harmless, but no check may assume decoding is one-to-one.
 #[test]
 fn a_non_canonical_varint_decodes_like_the_canonical_one() {
     let bytes = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/fuzz/regressions/decode_request-noncanonical-varint"
+        "/tests/fuzz-regressions/decode_request-noncanonical-varint"
     ))
     .unwrap();
     assert_eq!(bytes, [0xfb, 0x04, 0x00]);
@@ -178,11 +178,11 @@ fn a_non_canonical_varint_decodes_like_the_canonical_one() {
     assert_eq!(decode_payload::<Request>(&bytes).unwrap(), Request::Status);
 }
 
-/// Every input kept in `protocol/fuzz/regressions/` goes through the decoders
+/// Every input kept in `protocol/tests/fuzz-regressions/` goes through the decoders
 /// without a panic.
 #[test]
 fn fuzz_regression_inputs_decode_without_panic() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/regressions");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz-regressions");
     for entry in std::fs::read_dir(dir).unwrap() {
         let data = std::fs::read(entry.unwrap().path()).unwrap();
         let _ = decode_payload::<Request>(&data);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use litebroker_client::ops;
+use crate::ops;
 use litebroker_protocol::{
     BackupReport, BrokerStatus, DbStats, ErrorInfo, ErrorKind, VerifyReport, WriterFigures,
 };
@@ -123,7 +123,7 @@ pub fn backup_error(e: &ops::BackupError) -> ErrorInfo {
 /// [`ErrorKind::VerificationFailed`] saying why the file is refused.
 pub fn check_restore(shared: &Shared, path: &str) -> Result<PathBuf, ErrorInfo> {
     let refuse = |msg: String| ErrorInfo::new(ErrorKind::VerificationFailed, msg);
-    let p = litebroker_client::locate::canonicalize(Path::new(path))
+    let p = litebroker_protocol::rendezvous::canonicalize(Path::new(path))
         .map_err(|e| refuse(format!("cannot restore {path}: {e}")))?;
     if p == Path::new(&shared.db_path) {
         return Err(refuse(format!("{path} is the database itself; restore from a backup copy")));

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use litebroker_protocol::backoff::Backoff;
 use litebroker_protocol::DEFAULT_MAX_FRAME;
 
 /// `PRAGMA synchronous` of the writer connection.
@@ -105,7 +106,7 @@ impl Config {
             io_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(5),
             allow_uids: Vec::new(),
-            wal_warn_bytes: litebroker_client::ops::DEFAULT_WAL_WARN_BYTES,
+            wal_warn_bytes: crate::ops::DEFAULT_WAL_WARN_BYTES,
             idle_checkpoint_after: Duration::from_secs(1),
             request_id_retention: Some(Duration::from_secs(24 * 3600)),
             max_memory: 1024 * 1024 * 1024,
@@ -114,8 +115,7 @@ impl Config {
 
     /// The backoff delay before retry number `retry` (0-based): base doubling, capped.
     pub fn backoff(&self, retry: u32) -> Duration {
-        let factor = 1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX);
-        self.retry_base.saturating_mul(factor).min(self.retry_cap)
+        Backoff::new(self.retry_base, self.retry_cap).delay(retry)
     }
 }
 

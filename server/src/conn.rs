@@ -35,7 +35,7 @@ struct Conn {
     /// and I/O timeouts instead. Declared before `reader`: released before the
     /// handle is closed.
     #[cfg(windows)]
-    deadline: litebroker_client::windows::PipeDeadline,
+    deadline: litebroker_protocol::pipe_deadline::PipeDeadline,
     reader: BufReader<SharedStream>,
     wbuf: Vec<u8>,
     rbuf: Vec<u8>,
@@ -72,7 +72,7 @@ pub fn serve(stream: Stream, shared: Arc<Shared>, writer: Arc<WriterHandle>, pee
     let _ = stream.set_recv_timeout(Some(first_wait));
     let _ = stream.set_send_timeout(Some(io_timeout));
     #[cfg(windows)]
-    let deadline = litebroker_client::windows::PipeDeadline::new(&stream, true);
+    let deadline = litebroker_protocol::pipe_deadline::PipeDeadline::new(&stream, true);
     #[cfg(windows)]
     deadline.arm(shared.config.handshake_timeout);
     // Shared with the threads that answer small writes on the socket directly.

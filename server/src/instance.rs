@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use interprocess::local_socket::prelude::*;
 use interprocess::local_socket::{Listener, ListenerOptions, Stream};
-use litebroker_client::locate::{self, BrokerInfo, Location};
-use litebroker_client::{Client, ClientError, ConnectOptions, Untrusted};
-use litebroker_protocol::{write_frame, ErrorKind, Response, PROTOCOL_VERSION};
+use litebroker_protocol::host::{current_uid, unix_ms};
+use litebroker_protocol::rendezvous::{socket_name, BrokerInfo, Location};
+use litebroker_protocol::stream::FrameStream;
+use litebroker_protocol::{write_frame, ErrorKind, HelloAck, Response, PROTOCOL_VERSION};
 use named_lock::{NamedLock, NamedLockGuard};
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::shared::unix_ms;
 use crate::BrokerError;
 
 /// The database's single-instance lock, held for the broker's lifetime.
@@ -56,7 +56,7 @@ pub fn prepare_socket_folder(location: &Location) -> Result<(), BrokerError> {
         }
         let meta = fs::symlink_metadata(dir)
             .map_err(crate::io_err(format!("cannot inspect socket folder {}", dir.display())))?;
-        let me = locate::current_uid();
+        let me = current_uid();
         let mode = meta.permissions().mode() & 0o777;
         if !meta.is_dir() {
             return Err(config_err(format!(
@@ -116,7 +116,7 @@ pub fn check_db_file(location: &Location) -> Result<(), BrokerError> {
             kind_of(&meta)
         )));
     }
-    let links = link_count(db, &meta)
+    let links = litebroker_protocol::host::link_count(db)
         .map_err(crate::io_err(format!("cannot count the names (hard links) of {}", db.display())))?;
     if links > 1 {
         return Err(BrokerError::Config(format!(
@@ -158,26 +158,6 @@ fn kind_of(meta: &fs::Metadata) -> &'static str {
     "not a regular file"
 }
 
-/// How many names the database file has.
-fn link_count(db: &Path, meta: &fs::Metadata) -> io::Result<u64> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        let _ = db;
-        Ok(meta.nlink())
-    }
-    #[cfg(windows)]
-    {
-        let _ = meta;
-        crate::windows::link_count(db).map(u64::from)
-    }
-    #[cfg(not(any(unix, windows)))]
-    {
-        let _ = (db, meta);
-        Ok(1)
-    }
-}
-
 /// Takes the database's broker lock. The lock belongs to the database (a file next
 /// to it on Unix, a global mutex named from its path on Windows), so two users or
 /// two temp folders can never both serve one file.
@@ -199,7 +179,9 @@ pub fn lock(location: &Location) -> Result<InstanceLock, BrokerError> {
     #[cfg(windows)]
     let named = NamedLock::create(&format!(
         "litebroker-{:016x}",
-        litebroker_protocol::fnv1a64(location.db_path.to_string_lossy().to_lowercase().as_bytes())
+        litebroker_protocol::rendezvous::fnv1a64(
+            location.db_path.to_string_lossy().to_lowercase().as_bytes()
+        )
     ));
     let named = named.map_err(|e| {
         BrokerError::Database(format!("cannot create the broker lock {}: {e}", location.lock_path.display()))
@@ -236,7 +218,7 @@ fn lock_file_error(location: &Location, e: io::Error) -> BrokerError {
          The broker creates its lock file there and SQLite its -wal and -shm files: run litebrokerd as \
          the user who owns the database, give this user write access (chown or chmod), or keep the \
          database in a folder of this user",
-        user_label(locate::current_uid()),
+        user_label(current_uid()),
         target.display(),
     ))
 }
@@ -295,24 +277,94 @@ impl InstanceLock {
     }
 }
 
+/// How long the start-up probe waits for a handshake answer.
+const PROBE_WAIT: Duration = Duration::from_secs(2);
+
+/// What listens on a broker's socket (or pipe), as the start-up probe finds it.
 enum Probe {
-    Live(Box<litebroker_protocol::HelloAck>),
+    /// A broker of this database answered the handshake.
+    Live(Box<HelloAck>),
+    /// Nothing accepts connections there.
     Nobody,
+    /// Something accepted the connection but did not answer as a broker.
     Unresponsive(String),
-    /// A listener the client library refuses to talk to: another user's process,
-    /// or a broker of another database. It is never displaced either.
-    Foreign(Box<Untrusted>),
+    /// A listener that is not this user's broker of this database. It is never
+    /// displaced either.
+    Foreign(Foreign),
 }
 
+/// Why a listener is not this user's broker of this database.
+enum Foreign {
+    /// Unix: the listener runs as another user (neither this one nor root).
+    #[cfg(unix)]
+    User { uid: u32 },
+    /// Windows: the pipe was created by another user (neither this one nor the system).
+    #[cfg(windows)]
+    PipeOwner { owner: String },
+    /// The system could not tell who listens.
+    Unknown { detail: String },
+    /// A broker answered, but it serves another database.
+    OtherDatabase { served: String, pid: u32 },
+}
+
+/// Asks whoever listens on `socket` for a handshake, as a client would, after
+/// checking who listens: another user's listener is never sent anything.
 fn probe(location: &Location, socket: &str) -> Probe {
-    let mut opts =
-        ConnectOptions::new(&location.db_path).socket(socket).client_name("litebrokerd (startup probe)");
-    opts.connect_timeout = Duration::from_secs(2);
-    match Client::connect_with(&opts) {
-        Ok(c) => Probe::Live(Box::new(c.hello().clone())),
-        Err(ClientError::NotRunning { .. }) => Probe::Nobody,
-        Err(ClientError::Untrusted(u)) => Probe::Foreign(u),
+    let Ok(mut stream) = FrameStream::connect(socket) else { return Probe::Nobody };
+    if let Err(foreign) = check_listener(&stream) {
+        return Probe::Foreign(foreign);
+    }
+    match stream.handshake("litebrokerd (startup probe)", None, PROBE_WAIT) {
+        Ok(Response::Hello(ack)) if serves(&ack, &location.db_path) => Probe::Live(Box::new(ack)),
+        Ok(Response::Hello(ack)) => {
+            Probe::Foreign(Foreign::OtherDatabase { served: ack.db_path, pid: ack.pid })
+        }
+        Ok(Response::Error(info)) => Probe::Unresponsive(info.to_string()),
+        Ok(other) => Probe::Unresponsive(format!("it answered the handshake with {other:?}")),
+        Err(e) if e.timed_out() => {
+            Probe::Unresponsive(format!("no answer to the handshake within {} s", PROBE_WAIT.as_secs()))
+        }
         Err(e) => Probe::Unresponsive(e.to_string()),
+    }
+}
+
+/// Whether the listener runs as this user or as the system (root on Unix).
+fn check_listener(stream: &FrameStream) -> Result<(), Foreign> {
+    let unknown = |e: io::Error| Foreign::Unknown { detail: e.to_string() };
+    #[cfg(unix)]
+    {
+        match stream.peer_uid().map_err(unknown)? {
+            Some(uid) if uid == current_uid() || uid == 0 => Ok(()),
+            Some(uid) => Err(Foreign::User { uid }),
+            None => Err(Foreign::Unknown {
+                detail: "the system gives no user id for the peer of a local socket on this platform".into(),
+            }),
+        }
+    }
+    #[cfg(windows)]
+    {
+        let owner = stream.pipe_owner_sid().map_err(unknown)?;
+        let me = litebroker_protocol::host::current_user_sid().map_err(unknown)?;
+        if owner.eq_ignore_ascii_case(&me) || litebroker_protocol::host::is_system_sid(&owner) {
+            Ok(())
+        } else {
+            Err(Foreign::PipeOwner { owner })
+        }
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        let _ = (stream, unknown);
+        Ok(())
+    }
+}
+
+/// Whether a broker's handshake names `db` (Windows paths compare case-insensitively).
+fn serves(ack: &HelloAck, db: &Path) -> bool {
+    let db = db.to_string_lossy();
+    if cfg!(windows) {
+        db.to_lowercase() == ack.db_path.to_lowercase()
+    } else {
+        db == ack.db_path
     }
 }
 
@@ -398,26 +450,26 @@ pub fn clear_stale_socket(location: &Location) -> Result<(), BrokerError> {
     }
 }
 
-fn foreign_listener(socket: &str, why: &Untrusted) -> BrokerError {
-    let me = if cfg!(windows) {
-        "this user".to_owned()
-    } else {
-        format!("this user (uid {})", locate::current_uid())
-    };
+fn foreign_listener(socket: &str, why: &Foreign) -> BrokerError {
+    let me =
+        if cfg!(windows) { "this user".to_owned() } else { format!("this user (uid {})", current_uid()) };
     BrokerError::AlreadyRunning(match why {
-        Untrusted::WrongDatabase { served, pid, .. } => {
+        Foreign::OtherDatabase { served, pid } => {
             format!("another broker (pid {pid}) already listens on {socket}, serving {served}")
         }
-        Untrusted::PeerUser { uid, .. } => format!(
+        #[cfg(unix)]
+        Foreign::User { uid } => format!(
             "{socket} is taken by a process of uid {uid}, not of {me}: it is not this user's broker, and it \
              is never displaced. Find out who started it, or use another socket"
         ),
-        Untrusted::PipeOwner { owner, .. } => format!(
+        #[cfg(windows)]
+        Foreign::PipeOwner { owner } => format!(
             "the pipe {socket} was created by {owner}, not by {me}: it is not this user's broker, and it is \
              never joined. Find out who started it"
         ),
-        other => format!(
-            "something listens on {socket} that this broker cannot vouch for ({other}); not displacing it"
+        Foreign::Unknown { detail } => format!(
+            "something listens on {socket} that this broker cannot vouch for (cannot tell which user runs \
+             it: {detail}); not displacing it"
         ),
     })
 }
@@ -427,7 +479,7 @@ fn foreign_listener(socket: &str, why: &Untrusted) -> BrokerError {
 /// # Errors
 /// [`BrokerError::AlreadyRunning`] when the name is taken, else I/O errors.
 pub fn bind(location: &Location) -> Result<Listener, BrokerError> {
-    let name = locate::socket_name(&location.socket)
+    let name = socket_name(&location.socket)
         .map_err(crate::io_err(format!("invalid socket name {}", location.socket)))?;
     let options = ListenerOptions::new().name(name).reclaim_name(true);
     // Windows: the pipe admits the current user only (see `windows.rs`).
@@ -483,7 +535,7 @@ pub fn check_peer(stream: &Stream, config: &Config) -> Result<Option<u32>, Strin
     let pid = creds.pid().and_then(|p| u32::try_from(p).ok());
     #[cfg(unix)]
     if let Some(uid) = creds.euid() {
-        let me = locate::current_uid();
+        let me = current_uid();
         if uid != me && !config.allow_uids.contains(&uid) {
             return Err(format!(
                 "peer uid {uid} (pid {}) is not the broker's user (uid {me}); allow it with --allow-uid {uid}",

@@ -12,6 +12,7 @@ pub mod config;
 mod conn;
 mod guard;
 mod instance;
+pub mod ops;
 mod queue;
 mod reply;
 pub mod requests;
@@ -32,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use interprocess::local_socket::prelude::*;
 use interprocess::local_socket::{Listener, Stream};
-use litebroker_client::locate::{self, Location};
+use litebroker_protocol::rendezvous::{socket_name, Location};
 use tracing::{error, info, warn};
 
 pub use config::{Config, Synchronous};
@@ -189,7 +190,7 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), BrokerEr
 
     // Wake the accept loop so it sees the flag; the listener is dropped with it,
     // which removes the socket file.
-    let _ = Stream::connect(locate::socket_name(&location.socket).map_err(io_err("socket name"))?);
+    let _ = Stream::connect(socket_name(&location.socket).map_err(io_err("socket name"))?);
     if acceptor.join().is_err() {
         warn!("the accept thread panicked");
     }
@@ -206,7 +207,7 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), BrokerEr
     // Windows: idle connections still hold pipe instances (the pipe name lives on
     // with them); cut them off before the lock is released.
     #[cfg(windows)]
-    litebroker_client::windows::disconnect_all_servers();
+    litebroker_protocol::pipe_deadline::disconnect_all_servers();
     lock.release(&location);
     info!("stopped cleanly");
     match reason {

@@ -25,7 +25,7 @@ enum SyncArg {
 #[command(name = "litebrokerd", version)]
 struct Args {
     /// The database file; created with its folder when missing.
-    #[arg(long, env = "LITEBROKER_DB", default_value = litebroker_client::DEFAULT_DB)]
+    #[arg(long, env = "LITEBROKER_DB", default_value = litebroker_protocol::rendezvous::DEFAULT_DB)]
     db: PathBuf,
     /// Socket path (Unix) or pipe name (Windows); derived from the database path by default.
     #[arg(long)]

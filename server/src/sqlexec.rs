@@ -18,7 +18,7 @@
 
 use std::time::Instant;
 
-use litebroker_client::sqlvalue::{bind_params, from_value_ref};
+use litebroker_protocol::sql::{bind_params, from_value_ref};
 use litebroker_protocol::{ErrorInfo, ErrorKind, ExecResult, SqliteCode, Statement, Value};
 use rusqlite::fallible_iterator::FallibleIterator;
 use rusqlite::{Batch, CachedStatement, Connection};

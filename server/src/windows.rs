@@ -12,50 +12,10 @@
 //! bind fail instead of joining it) and `PIPE_REJECT_REMOTE_CLIENTS`.
 
 use std::io;
-use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle};
-use std::ptr;
 
 use interprocess::os::windows::security_descriptor::SecurityDescriptor;
-use widestring::{U16CStr, U16CString};
-use windows_sys::Win32::Foundation::{LocalFree, HANDLE};
-use windows_sys::Win32::Security::Authorization::ConvertSidToStringSidW;
-use windows_sys::Win32::Security::{GetTokenInformation, TokenUser, TOKEN_QUERY, TOKEN_USER};
-use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
-
-/// The SID of the user this process runs as, e.g. `S-1-5-21-…-1001`.
-///
-/// # Errors
-/// When the process token cannot be queried.
-pub fn current_user_sid() -> io::Result<String> {
-    // SAFETY: plain Win32 calls; every buffer is sized by the call before, the
-    // token handle is owned (closed on drop), the string is freed with LocalFree.
-    unsafe {
-        let mut token: HANDLE = ptr::null_mut();
-        if OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut token) == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let token = OwnedHandle::from_raw_handle(token);
-        let raw = token.as_raw_handle();
-        let mut len = 0u32;
-        GetTokenInformation(raw, TokenUser, ptr::null_mut(), 0, &mut len);
-        if len == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // u64 elements keep the TOKEN_USER suitably aligned.
-        let mut buf = vec![0u64; (len as usize).div_ceil(8)];
-        if GetTokenInformation(raw, TokenUser, buf.as_mut_ptr().cast(), len, &mut len) == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let user = &*(buf.as_ptr().cast::<TOKEN_USER>());
-        let mut text: *mut u16 = ptr::null_mut();
-        if ConvertSidToStringSidW(user.User.Sid, &mut text) == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let sid = U16CStr::from_ptr_str(text).to_string_lossy();
-        LocalFree(text.cast());
-        Ok(sid)
-    }
-}
+use litebroker_protocol::host::current_user_sid;
+use widestring::U16CString;
 
 /// The SDDL of a pipe that only `sid` may open: owner `sid`, a protected DACL
 /// with one entry granting `sid` full access.
@@ -80,29 +40,17 @@ pub fn pipe_security_descriptor() -> io::Result<SecurityDescriptor> {
     descriptor_from_sddl(&owner_only_sddl(&current_user_sid()?))
 }
 
-/// How many names (hard links) the file at `path` has.
-///
-/// # Errors
-/// When the file cannot be opened or queried.
-pub fn link_count(path: &std::path::Path) -> io::Result<u32> {
-    use windows_sys::Win32::Storage::FileSystem::{GetFileInformationByHandle, BY_HANDLE_FILE_INFORMATION};
-    let file = std::fs::File::open(path)?;
-    // SAFETY: a valid handle and a zeroed out-structure the call fills.
-    unsafe {
-        let mut info: BY_HANDLE_FILE_INFORMATION = std::mem::zeroed();
-        if GetFileInformationByHandle(file.as_raw_handle(), &mut info) == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(info.nNumberOfLinks)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::windows::io::AsRawHandle;
+    use std::ptr;
+
     use interprocess::local_socket::prelude::*;
     use interprocess::local_socket::{GenericNamespaced, ListenerOptions, Stream};
     use interprocess::os::windows::local_socket::ListenerOptionsExt;
+    use widestring::U16CStr;
+    use windows_sys::Win32::Foundation::LocalFree;
     use windows_sys::Win32::Security::Authorization::{
         ConvertSecurityDescriptorToStringSecurityDescriptorW, GetSecurityInfo, SE_KERNEL_OBJECT,
     };
@@ -143,12 +91,6 @@ mod tests {
     fn unique_pipe(tag: &str) -> String {
         format!("litebroker-test-{tag}-{}-{:?}", std::process::id(), std::time::Instant::now())
             .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "")
-    }
-
-    #[test]
-    fn current_user_sid_is_a_sid() {
-        let sid = current_user_sid().unwrap();
-        assert!(sid.starts_with("S-1-"), "{sid}");
     }
 
     #[test]

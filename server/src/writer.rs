@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
-use litebroker_client::ops;
+use litebroker_protocol::host::unix_ms;
 use litebroker_protocol::{
     CheckpointMode, CheckpointReport, ErrorInfo, ErrorKind, ExecResult, Migration, MigrationReport, Response,
     RestoreReport, WriteOptions,
@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 use crate::authorizer;
 use crate::config::Config;
 use crate::guard::{self, WalFiles};
+use crate::ops;
 use crate::queue::JobQueue;
 use crate::requests;
 use crate::shared::{
@@ -363,7 +364,7 @@ impl Writer {
             wal_frames: log,
             checkpointed_frames: done,
             wal_bytes_after,
-            at_unix_ms: crate::shared::unix_ms(),
+            at_unix_ms: unix_ms(),
         };
         let warn_at = self.shared.config.wal_warn_bytes;
         if wal_bytes_after > warn_at {
@@ -950,9 +951,8 @@ impl Writer {
         }
         let resp = self.run_body(body, tracker, deadline)?;
         if let Some(id) = &id {
-            let recorded =
-                requests::record(&self.conn, id, &resp, crate::shared::unix_ms(), &mut self.id_buf)
-                    .map_err(|e| sql_error(&e));
+            let recorded = requests::record(&self.conn, id, &resp, unix_ms(), &mut self.id_buf)
+                .map_err(|e| sql_error(&e));
             // One big answer must not keep its buffer for the broker's lifetime.
             if self.id_buf.capacity() > ID_BUF_KEEP {
                 self.id_buf = Vec::new();
@@ -985,7 +985,7 @@ impl Writer {
             return;
         };
         self.last_prune = Some(Instant::now());
-        let now = crate::shared::unix_ms();
+        let now = unix_ms();
         loop {
             if self.exec_internal(BEGIN_SQL).is_err() {
                 return;

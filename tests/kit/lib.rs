@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use litebroker_protocol::backoff::Backoff;
 pub use tempfile::TempDir;
 
 /// Generous deadline for a broker to become ready (debug builds, loaded CI).
@@ -43,7 +44,8 @@ pub fn bin(name: &str) -> PathBuf {
 /// Polls `f` until it returns true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(1);
+    let pauses = Backoff::new(Duration::from_millis(1), Duration::from_millis(50));
+    let mut polls = 0;
     loop {
         if f() {
             return true;
@@ -51,8 +53,8 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(50));
+        std::thread::sleep(pauses.delay(polls));
+        polls += 1;
     }
 }
 
@@ -296,7 +298,7 @@ fn log_path(db: &Path) -> PathBuf {
 /// protocol themselves (hostile bytes, stalls, forged handshakes).
 pub fn connect_raw(socket: &str) -> interprocess::local_socket::Stream {
     use interprocess::local_socket::traits::Stream as _;
-    let name = litebroker_client::locate::socket_name(socket).expect("socket name");
+    let name = litebroker_protocol::rendezvous::socket_name(socket).expect("socket name");
     interprocess::local_socket::Stream::connect(name).expect("connect to the broker")
 }
 
@@ -603,8 +605,30 @@ impl Broker {
 /// When the user's SID or the descriptor cannot be had.
 #[cfg(windows)]
 pub fn owner_only_pipe_descriptor() -> interprocess::os::windows::security_descriptor::SecurityDescriptor {
-    let me = litebroker_client::windows::current_user_sid().expect("the current user's SID");
+    let me = litebroker_protocol::host::current_user_sid().expect("the current user's SID");
     let sddl = widestring::U16CString::from_str(format!("O:{me}D:P(A;;GA;;;{me})")).expect("SDDL text");
     interprocess::os::windows::security_descriptor::SecurityDescriptor::deserialize(&sddl)
         .expect("the security descriptor")
+}
+
+#[cfg(test)]
+mod tests {
+    /// This folder is the package's root, so cargo finds no test file by itself:
+    /// each `*.rs` here must be declared in Cargo.toml, or it would never run.
+    #[test]
+    fn every_test_file_is_declared_in_the_manifest() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).expect("tests/Cargo.toml");
+        let mut missing = Vec::new();
+        for entry in std::fs::read_dir(dir).expect("the test package's folder") {
+            let name = entry.expect("a folder entry").file_name().to_string_lossy().into_owned();
+            if name.ends_with(".rs")
+                && name != "build.rs"
+                && !manifest.contains(&format!("path = \"{name}\""))
+            {
+                missing.push(name);
+            }
+        }
+        assert!(missing.is_empty(), "declare these as [[test]] in tests/Cargo.toml: {missing:?}");
+    }
 }

@@ -3,9 +3,9 @@
 use std::io::IsTerminal;
 use std::path::Path;
 
-use litebroker_client::ops::{self, thousands};
 use litebroker_client::protocol::{CheckpointMode, DbStats, HealthReport, VerifyReport};
 use litebroker_client::{Client, ClientError, Location};
+use litebroker_server::ops;
 use serde_json::json;
 
 use crate::{client_failure, connect, fail, ms_to_text, reported, Cli, Failure};
@@ -331,7 +331,7 @@ pub fn backups(cli: &Cli) -> Result<(), Failure> {
 pub fn restore(cli: &Cli, file: &Path) -> Result<(), Failure> {
     let on_client = |e: ClientError| client_failure(&e, Some(cli));
     // Refuse a bad file before involving the broker at all.
-    let canonical = litebroker_client::locate::canonicalize(file)
+    let canonical = litebroker_client::protocol::rendezvous::canonicalize(file)
         .map_err(|e| fail(5, "verification_failed", format!("cannot restore {}: {e}", file.display())))?;
     ops::check_restore_source(&canonical)
         .map_err(|m| fail(5, "verification_failed", format!("refusing to restore: {m}")))?;
@@ -383,4 +383,31 @@ pub fn checkpoint(cli: &Cli, mode: CheckpointMode) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// `1234567` → `1,234,567` (the notes' sample output).
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_are_separated_by_commas() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_250), "1,250");
+        assert_eq!(thousands(123_456), "123,456");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
 }

@@ -130,10 +130,8 @@ enum ModeArg {
     Truncate,
 }
 
-mod cli {
-    pub mod doctor;
-    pub mod ops;
-}
+mod doctor;
+mod ops;
 
 /// A failure with its exit code.
 pub(crate) struct Failure {
@@ -408,7 +406,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Status => {
             let mut client = connect(cli)?;
             let s = client.status().map_err(on_client)?;
-            let health = cli::ops::health(&mut client).map_err(on_client)?;
+            let health = ops::health(&mut client).map_err(on_client)?;
             if cli.json {
                 println!(
                     "{}",
@@ -425,7 +423,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                         "queue_wait_max_us": s.max_queue_wait_us,
                         "commit_mean_us": ratio(s.commit_us, s.group_commits),
                         "commit_max_us": s.max_commit_us,
-                        "health": cli::ops::health_json(health.as_ref()),
+                        "health": ops::health_json(health.as_ref()),
                     })
                 );
             } else {
@@ -460,7 +458,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                     s.max_commit_us
                 );
                 if let Some(h) = &health {
-                    let (exactly_once, writes) = cli::ops::health_text(h);
+                    let (exactly_once, writes) = ops::health_text(h);
                     println!("  exactly-once: {exactly_once}");
                     println!("  writes:       {writes}");
                 }
@@ -468,9 +466,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         }
         Command::Connections => {
             let list = connect(cli)?.connections().map_err(on_client)?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
+            let now = litebroker_client::protocol::host::unix_ms();
             if cli.json {
                 let items: Vec<Json> = list
                     .iter()
@@ -505,11 +501,11 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 print_table(&columns, &rows);
             }
         }
-        Command::Stats => cli::ops::stats(cli)?,
-        Command::Verify => cli::ops::verify(cli)?,
-        Command::Backup { label, keep } => cli::ops::backup(cli, Some(label), *keep)?,
-        Command::Backups => cli::ops::backups(cli)?,
-        Command::Restore { file } => cli::ops::restore(cli, file)?,
+        Command::Stats => ops::stats(cli)?,
+        Command::Verify => ops::verify(cli)?,
+        Command::Backup { label, keep } => ops::backup(cli, Some(label), *keep)?,
+        Command::Backups => ops::backups(cli)?,
+        Command::Restore { file } => ops::restore(cli, file)?,
         Command::Checkpoint { mode } => {
             use litebroker_client::protocol::CheckpointMode;
             let mode = match mode {
@@ -518,9 +514,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 ModeArg::Restart => CheckpointMode::Restart,
                 ModeArg::Truncate => CheckpointMode::Truncate,
             };
-            cli::ops::checkpoint(cli, mode)?;
+            ops::checkpoint(cli, mode)?;
         }
-        Command::Doctor => cli::doctor::doctor(cli)?,
+        Command::Doctor => doctor::doctor(cli)?,
         Command::Migrate { dir } => {
             let migrations = litebroker_client::migrations_from_dir(dir).map_err(|e| {
                 fail(2, "usage", format!("cannot read migrations from {}: {e}", dir.display()))

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use litebroker_client::ops::{self, DEFAULT_WAL_WARN_BYTES};
+use litebroker_client::protocol::host::{link_count, pid_alive};
 use litebroker_client::{Client, ClientError, ConnectOptions, Location};
+use litebroker_server::ops::{self, DEFAULT_WAL_WARN_BYTES};
 use serde_json::json;
 
 use crate::{fail, ms_to_text, reported, Cli, Failure};
@@ -51,7 +52,7 @@ pub fn doctor(cli: &Cli) -> Result<(), Failure> {
     opts.socket = cli.socket.clone();
     opts.connect_timeout = opts.connect_timeout.min(std::time::Duration::from_secs_f64(cli.timeout));
     let checked = Client::connect_with(&opts)
-        .and_then(|mut c| Ok((c.status()?, c.connections()?, crate::cli::ops::health(&mut c)?)));
+        .and_then(|mut c| Ok((c.status()?, c.connections()?, crate::ops::health(&mut c)?)));
     match checked {
         Ok((status, clients, health)) => {
             broker_running = true;
@@ -231,21 +232,6 @@ fn report(cli: &Cli, db: &Path, findings: Vec<Finding>, broker_running: bool) ->
     }
 }
 
-fn pid_alive(pid: u32) -> bool {
-    #[cfg(unix)]
-    {
-        let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
-        // SAFETY: signal 0 only checks that the process exists.
-        let rc = unsafe { libc::kill(pid, 0) };
-        rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = pid;
-        true
-    }
-}
-
 fn permissions(db: &Path) -> Finding {
     let folder = db.parent().unwrap_or_else(|| Path::new("."));
     let mut problems = Vec::new();
@@ -304,13 +290,7 @@ fn access(p: &Path) -> (bool, bool) {
 /// file under it, since the lock, the socket and SQLite's -wal go by name; the broker
 /// refuses such a file, and this says why before anyone tries.
 fn hard_links(db: &Path) -> Finding {
-    #[cfg(unix)]
-    let links = std::fs::metadata(db).map(|m| std::os::unix::fs::MetadataExt::nlink(&m));
-    #[cfg(windows)]
-    let links = litebroker_client::windows::link_count(db).map(u64::from);
-    #[cfg(not(any(unix, windows)))]
-    let links: std::io::Result<u64> = Ok(1);
-    match links {
+    match link_count(db) {
         Ok(n) if n > 1 => finding(
             "hard_links",
             Level::Problem,

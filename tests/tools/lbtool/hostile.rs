@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use interprocess::local_socket::prelude::*;
 use interprocess::local_socket::Stream;
-use litebroker_client::locate::{socket_name, Location};
+use litebroker_protocol::rendezvous::{socket_name, Location};
 use litebroker_protocol::{
     encode_frame, read_frame, CheckpointMode, Hello, Request, Response, Statement, Value, WriteOptions,
     HARD_MAX_FRAME, PROTOCOL_MINOR, PROTOCOL_VERSION,

@@ -414,7 +414,7 @@ fn recent_dates(n: i64) -> Vec<String> {
 
 /// Days since 1970-01-01 to a calendar date.
 fn civil_date(days: i64) -> String {
-    let (y, m, d) = litebroker_client::ops::civil_from_days(days);
+    let (y, m, d) = litebroker_server::ops::civil_from_days(days);
     format!("{y:04}-{m:02}-{d:02}")
 }
 

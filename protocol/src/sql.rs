@@ -1,7 +1,7 @@
-//! Conversions between wire [`Value`]s and rusqlite's types, shared by the reader
-//! and the broker.
+//! Conversions between wire [`Value`]s and rusqlite's types (feature `rusqlite`),
+//! shared by the client's reader and the broker.
 
-use litebroker_protocol::Value;
+use crate::Value;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::ToSql;
 
