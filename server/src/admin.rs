@@ -13,9 +13,10 @@ use litebroker_protocol::{
 use tracing::{info, warn};
 
 use crate::shared::Shared;
+use crate::texts;
 
 fn internal(what: &str, e: impl std::fmt::Display) -> ErrorInfo {
-    ErrorInfo::new(ErrorKind::Internal, format!("{what}: {e}"))
+    texts::operation_failed(what, &e)
 }
 
 /// Database figures plus the broker's own.
@@ -122,12 +123,11 @@ pub fn backup_error(e: &ops::BackupError) -> ErrorInfo {
 /// # Errors
 /// [`ErrorKind::VerificationFailed`] saying why the file is refused.
 pub fn check_restore(shared: &Shared, path: &str) -> Result<PathBuf, ErrorInfo> {
-    let refuse = |msg: String| ErrorInfo::new(ErrorKind::VerificationFailed, msg);
     let p = litebroker_protocol::rendezvous::canonicalize(Path::new(path))
-        .map_err(|e| refuse(format!("cannot restore {path}: {e}")))?;
+        .map_err(|e| texts::restore_path(path, &e))?;
     if p == Path::new(&shared.db_path) {
-        return Err(refuse(format!("{path} is the database itself; restore from a backup copy")));
+        return Err(texts::restore_from_itself(path));
     }
-    ops::check_restore_source(&p).map_err(|m| refuse(format!("refusing to restore: {m}")))?;
+    ops::check_restore_source(&p).map_err(|m| texts::restore_unsound(&m))?;
     Ok(p)
 }

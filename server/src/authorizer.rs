@@ -45,10 +45,12 @@
 
 use std::cell::{Cell, RefCell};
 
-use litebroker_protocol::{ErrorInfo, ErrorKind};
+use litebroker_protocol::ErrorInfo;
 use rusqlite::config::DbConfig;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization, TransactionOperation};
 use rusqlite::Connection;
+
+use crate::texts;
 
 /// Tables, indexes, triggers and views whose names start with this belong to the
 /// broker: clients may read them, never write, create, alter or drop them.
@@ -210,12 +212,7 @@ pub fn install(conn: &mut Connection) -> rusqlite::Result<()> {
 /// [`ErrorKind::NotAllowed`] naming the statement.
 pub fn check_text(sql: &str) -> Result<(), ErrorInfo> {
     if first_keyword(sql).eq_ignore_ascii_case("VACUUM") {
-        return Err(ErrorInfo::new(
-            ErrorKind::NotAllowed,
-            "VACUUM is not allowed through the broker: VACUUM INTO would write a copy of the \
-             database to a file of the client's choosing, and VACUUM cannot run inside the \
-             broker's transaction; use `litebroker backup` for a consistent copy",
-        ));
+        return Err(texts::vacuum_refused());
     }
     Ok(())
 }
@@ -275,35 +272,6 @@ const PRAGMAS_WITH_ARGUMENT: &[&str] = &[
     "application_id",
 ];
 
-/// Why changing a PRAGMA is refused, for the ones worth a specific word.
-fn pragma_reason(name: &str) -> &'static str {
-    match name {
-        "journal_mode" => {
-            "the broker keeps the database in WAL mode, which its readers in other processes rely on"
-        }
-        "synchronous" => "durability is the broker's setting (litebrokerd --synchronous)",
-        "foreign_keys" => "the broker keeps foreign keys enforced for every client",
-        "locking_mode" => "EXCLUSIVE locking would shut every other process's readers out",
-        "writable_schema" => "it allows editing sqlite_schema directly, which can corrupt the database",
-        "query_only" => "it would make the broker's writer read-only for every client",
-        "busy_timeout" => "the broker manages lock waits itself (--busy-timeout-ms and its retries)",
-        "wal_checkpoint" => "the broker runs checkpoints itself; use `litebroker checkpoint`",
-        "wal_autocheckpoint" | "journal_size_limit" => "WAL management is the broker's job",
-        "temp_store_directory" | "data_store_directory" => {
-            "it would make SQLite write files to another folder"
-        }
-        "schema_version" => "writing it can corrupt the database",
-        "mmap_size" | "cache_size" | "cache_spill" | "soft_heap_limit" | "hard_heap_limit" | "threads" => {
-            "it would change the memory use of the broker, which every client shares"
-        }
-        "defer_foreign_keys" => {
-            "turning it off makes SQLite forget the foreign-key violations still pending; the broker \
-             turns it off itself when the request ends"
-        }
-        _ => "it would change a setting of the broker's writer connection, which every client's writes share",
-    }
-}
-
 /// SQLite's spellings of "on" for a boolean PRAGMA.
 fn truthy(value: &str) -> bool {
     let v = value.trim().trim_matches(|c| c == '\'' || c == '"');
@@ -315,14 +283,6 @@ fn is_schema_table(name: &str) -> bool {
     ["sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema"]
         .iter()
         .any(|t| name.eq_ignore_ascii_case(t))
-}
-
-fn temp_schema_denied(what: &str) -> String {
-    format!(
-        "{what} in the temp schema is not allowed through the broker: temp objects and settings \
-         would live in the broker's one connection, which every client shares, and could shadow \
-         or act on other clients' tables; use regular tables"
-    )
 }
 
 /// A schema action and the names it touches, for the checks shared by all of them.
@@ -372,10 +332,7 @@ fn schema_action<'a>(action: &AuthAction<'a>) -> Option<(&'static str, &'a str, 
 fn decide(ctx: &AuthContext<'_>) -> Result<(), String> {
     let deny_reserved = |what: &str, name: &str| -> Result<(), String> {
         if reserved(name) {
-            Err(format!(
-                "{what} {name} is not allowed through the broker: objects named {RESERVED_PREFIX}… belong to \
-                 the broker (clients may read them)"
-            ))
+            Err(texts::reserved_object(what, name, RESERVED_PREFIX))
         } else {
             Ok(())
         }
@@ -392,7 +349,7 @@ fn decide(ctx: &AuthContext<'_>) -> Result<(), String> {
     if let Some((what, name, on_table, temp_code)) = schema_action(&ctx.action) {
         note(|s| s.schema = true);
         if temp_code || in_temp {
-            return Err(temp_schema_denied(&format!("{what} {name}")));
+            return Err(texts::temp_schema(&format!("{what} {name}")));
         }
         deny_reserved(what, name)?;
         if let Some(table) = on_table {
@@ -401,18 +358,10 @@ fn decide(ctx: &AuthContext<'_>) -> Result<(), String> {
         return Ok(());
     }
     match ctx.action {
-        AuthAction::Attach { filename } => Err(format!(
-            "ATTACH is not allowed through the broker: it would let a client reach other files \
-             ('{filename}'); only the broker's database is served"
-        )),
-        AuthAction::Detach { database_name } => Err(format!(
-            "DETACH is not allowed through the broker (database '{database_name}'): the broker's \
-             connection serves its one database only"
-        )),
+        AuthAction::Attach { filename } => Err(texts::attach(filename)),
+        AuthAction::Detach { database_name } => Err(texts::detach(database_name)),
         AuthAction::Function { function_name } if function_name.eq_ignore_ascii_case("load_extension") => {
-            Err("load_extension() is not allowed through the broker: it would load native code into \
-                 the broker process"
-                .into())
+            Err(texts::LOAD_EXTENSION.into())
         }
         AuthAction::Pragma { pragma_name, pragma_value } => {
             note(|s| s.pragma = true);
@@ -420,7 +369,7 @@ fn decide(ctx: &AuthContext<'_>) -> Result<(), String> {
             let allowed = match pragma_value {
                 // Reading a setting is harmless, but this one checkpoints when asked.
                 None => name != "wal_checkpoint",
-                Some(_) if in_temp => return Err(temp_schema_denied(&format!("PRAGMA {name}"))),
+                Some(_) if in_temp => return Err(texts::temp_schema(&format!("PRAGMA {name}"))),
                 Some(v) if name == "defer_foreign_keys" => {
                     let on = truthy(v);
                     if on {
@@ -442,7 +391,7 @@ fn decide(ctx: &AuthContext<'_>) -> Result<(), String> {
                 Some(v) => format!("PRAGMA {name} = {v}"),
                 None => format!("PRAGMA {name}"),
             };
-            Err(format!("{shown} is not allowed through the broker: {}", pragma_reason(&name)))
+            Err(texts::pragma(&shown, &name))
         }
         AuthAction::Transaction { operation } => {
             // Let through the parse only: the statement loop honours it without
@@ -458,9 +407,9 @@ fn decide(ctx: &AuthContext<'_>) -> Result<(), String> {
         }
         AuthAction::Savepoint { savepoint_name, .. } => {
             if has_prefix(savepoint_name, RESERVED_SAVEPOINT_PREFIX) {
-                return Err(format!(
-                    "savepoint '{savepoint_name}' is not allowed through the broker: names starting with \
-                     '{RESERVED_SAVEPOINT_PREFIX}' are reserved for the broker's own savepoints"
+                return Err(texts::reserved_savepoint(
+                    savepoint_name,
+                    &format!("'{RESERVED_SAVEPOINT_PREFIX}'"),
                 ));
             }
             note(|s| s.savepoint = true);
@@ -473,7 +422,7 @@ fn decide(ctx: &AuthContext<'_>) -> Result<(), String> {
         // fix-ups SQLite makes when a main table is renamed or dropped (the temp
         // schema is empty, so they change nothing).
         AuthAction::Insert { table_name } if in_temp && is_schema_table(table_name) => {
-            Err(temp_schema_denied("creating an object"))
+            Err(texts::temp_schema("creating an object"))
         }
         AuthAction::Delete { table_name } | AuthAction::Update { table_name, .. }
             if in_temp && is_schema_table(table_name) =>
@@ -485,19 +434,19 @@ fn decide(ctx: &AuthContext<'_>) -> Result<(), String> {
         | AuthAction::Update { table_name, .. }
             if in_temp =>
         {
-            Err(temp_schema_denied(&format!("writing {table_name}")))
+            Err(texts::temp_schema(&format!("writing {table_name}")))
         }
         AuthAction::Insert { table_name } => deny_reserved("INSERT INTO", table_name),
         AuthAction::Update { table_name, .. } => deny_reserved("UPDATE of", table_name),
         AuthAction::Delete { table_name } => deny_reserved("DELETE FROM", table_name),
-        AuthAction::Unknown { code, .. } => {
-            Err(format!("an SQL action SQLite reports as code {code} is not allowed through the broker"))
-        }
+        AuthAction::Unknown { code, .. } => Err(texts::unknown_action(code)),
         _ => Ok(()),
     }
 }
 #[cfg(test)]
 mod tests {
+    use litebroker_protocol::ErrorKind;
+
     use super::*;
     use crate::sqlexec::{run_sql, ExecLimits, Mode, Tracker};
     use litebroker_protocol::ExecResult;

@@ -17,9 +17,10 @@ use litebroker_protocol::{
 use tracing::{debug, info, warn};
 
 use crate::admin;
-use crate::reply::{too_large, Reply, ReplyTx, SharedStream};
+use crate::reply::{Reply, ReplyTx, SharedStream};
 use crate::shared::{job_state, session_state, ClientEntry, Job, JobKind, Shared, StopReason, WriteBody};
-use crate::writer::{WriterHandle, SHUTTING_DOWN};
+use crate::texts;
+use crate::writer::WriterHandle;
 
 /// What happened to a frame read.
 enum Incoming {
@@ -166,13 +167,13 @@ impl Conn {
                         // its first fields are frozen, so answer "incompatible".
                         let resp = match peek_hello_version(&self.rbuf) {
                             Some(v) if v != PROTOCOL_VERSION => {
-                                warn!("refused an unidentified client: {}", version_mismatch(v));
-                                incompatible(v)
+                                warn!("refused an unidentified client: {}", texts::version_mismatch(v));
+                                Response::Error(texts::incompatible(v))
                             }
                             _ => {
-                                let msg = format!("expected a handshake (Hello) as the first frame: {e}");
-                                warn!("disconnecting unidentified client: {msg}");
-                                Response::error(ErrorKind::Protocol, msg)
+                                let refusal = texts::expected_hello_malformed(&e);
+                                warn!("disconnecting unidentified client: {}", refusal.message);
+                                Response::Error(refusal)
                             }
                         };
                         self.send(&resp)?;
@@ -254,11 +255,7 @@ impl Conn {
             Err(FrameError::TooLarge { len, max }) => {
                 // The stream cannot be resynchronised without reading the whole
                 // announced length: answer and close.
-                let resp = Response::error(
-                    ErrorKind::LimitExceeded,
-                    format!("frame of {len} bytes exceeds the maximum frame size of {max} bytes (--max-frame-bytes)"),
-                );
-                let _ = self.send(&resp);
+                let _ = self.send(&Response::Error(texts::frame_too_large(len, max)));
                 Err(FrameError::TooLarge { len, max })
             }
             Err(e) => Err(e),
@@ -278,9 +275,12 @@ impl Conn {
     fn write_answer(&mut self, resp: &Response, max: u32) -> Result<(), FrameError> {
         let stream: &Stream = &self.reader.get_ref().0;
         match write_frame(&mut &*stream, resp, &mut self.wbuf, max) {
-            Err(FrameError::TooLarge { len, max }) => {
-                write_frame(&mut &*stream, &too_large(len, max), &mut self.wbuf, max)
-            }
+            Err(FrameError::TooLarge { len, max }) => write_frame(
+                &mut &*stream,
+                &Response::Error(texts::answer_too_large(len, max)),
+                &mut self.wbuf,
+                max,
+            ),
             other => other,
         }
     }
@@ -324,8 +324,7 @@ impl Conn {
         if self.writer.send_and_serve(job).is_err() {
             self.reply_tx.disarm();
             self.direct = None;
-            let resp = Response::error(ErrorKind::ShuttingDown, SHUTTING_DOWN);
-            let sent = self.send(&resp);
+            let sent = self.send(&Response::Error(texts::shutting_down()));
             self.shared.counters.in_flight.fetch_sub(1, Ordering::SeqCst);
             // A failed send shows on the next read.
             drop(sent);
@@ -394,7 +393,7 @@ impl Conn {
                     let resp = if Instant::now() >= d.deadline {
                         self.timed_out(d.timeout)
                     } else {
-                        Response::error(ErrorKind::ShuttingDown, SHUTTING_DOWN)
+                        Response::Error(texts::shutting_down())
                     };
                     let sent = self.send(&resp);
                     self.shared.counters.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -425,14 +424,7 @@ impl Conn {
     }
 
     fn timed_out(&self, timeout: Duration) -> Response {
-        Response::error(
-            ErrorKind::Timeout,
-            format!(
-                "timed out after {:.1} s waiting for the writer: {}",
-                timeout.as_secs_f64(),
-                self.shared.describe_contention()
-            ),
-        )
+        Response::Error(texts::timed_out(timeout, &self.shared.describe_contention()))
     }
 
     /// Answers one request; the flag says whether to keep the connection open.
@@ -441,18 +433,15 @@ impl Conn {
             return match req {
                 Request::Hello(h) => self.hello(h),
                 other => {
-                    let msg =
-                        format!("expected a handshake (Hello) as the first frame, got {}", other.kind());
-                    warn!("disconnecting unidentified client: {msg}");
-                    (Response::error(ErrorKind::Protocol, msg), false)
+                    let refusal = texts::expected_hello(other.kind());
+                    warn!("disconnecting unidentified client: {}", refusal.message);
+                    (Response::Error(refusal), false)
                 }
             };
         };
         client.requests.fetch_add(1, Ordering::Relaxed);
         let resp = match req {
-            Request::Hello(_) => {
-                Response::error(ErrorKind::Protocol, "handshake already done on this connection")
-            }
+            Request::Hello(_) => Response::Error(texts::handshake_again()),
             Request::Ping => Response::Pong,
             Request::Health => Response::Health(self.shared.health()),
             Request::Status => Response::Status(self.status()),
@@ -477,10 +466,7 @@ impl Conn {
             Request::Checkpoint { .. } | Request::Restore { .. }
                 if self.session_state(&client) == Ok(true) =>
             {
-                Response::error(
-                    ErrorKind::SessionState,
-                    format!("{} needs the writer: end this connection's write session first", req.kind()),
-                )
+                Response::Error(texts::needs_the_writer(req.kind()))
             }
             Request::Checkpoint { mode } => {
                 let timeout = self.shared.config.default_timeout;
@@ -511,13 +497,7 @@ impl Conn {
                 let commit = matches!(req, Request::Commit);
                 match self.session_state(&client) {
                     Err(e) => Response::Error(e),
-                    Ok(false) => Response::error(
-                        ErrorKind::SessionState,
-                        format!(
-                            "{} without an open write session",
-                            if commit { "commit" } else { "rollback" }
-                        ),
-                    ),
+                    Ok(false) => Response::Error(texts::no_session(commit)),
                     Ok(true) => {
                         let timeout = self.shared.config.default_timeout;
                         self.submit(&client, JobKind::EndSession { commit }, WriteOptions::default(), timeout)
@@ -532,8 +512,8 @@ impl Conn {
         let name: String = h.client_name.chars().filter(|c| !c.is_control()).take(128).collect();
         let pid = self.peer_pid.unwrap_or(h.pid);
         if h.protocol != PROTOCOL_VERSION {
-            warn!("refused client '{name}' (pid {pid}): {}", version_mismatch(h.protocol));
-            return (incompatible(h.protocol), false);
+            warn!("refused client '{name}' (pid {pid}): {}", texts::version_mismatch(h.protocol));
+            return (Response::Error(texts::incompatible(h.protocol)), false);
         }
         let client = self.shared.register(name, pid, h.expected_schema, h.minor);
         let schema = self.shared.schema_version.load(Ordering::Relaxed);
@@ -610,13 +590,7 @@ impl Conn {
     fn check_statement(&self, s: &Statement) -> Result<(), ErrorInfo> {
         let max = self.shared.config.max_params;
         if s.params.len() > max {
-            return Err(ErrorInfo::new(
-                ErrorKind::LimitExceeded,
-                format!(
-                    "{} parameters in one statement exceed the limit of {max} (--max-params)",
-                    s.params.len()
-                ),
-            ));
+            return Err(texts::too_many_params(s.params.len(), max));
         }
         Ok(())
     }
@@ -624,16 +598,10 @@ impl Conn {
     fn check_batch(&self, stmts: &[Statement]) -> Result<(), ErrorInfo> {
         let max = self.shared.config.max_batch_statements;
         if stmts.len() > max {
-            return Err(ErrorInfo::new(
-                ErrorKind::LimitExceeded,
-                format!(
-                    "{} statements in one batch exceed the limit of {max} (--max-batch-statements)",
-                    stmts.len()
-                ),
-            ));
+            return Err(texts::too_many_batch_statements(stmts.len(), max));
         }
         if stmts.is_empty() {
-            return Err(ErrorInfo::new(ErrorKind::Sql, "empty batch: no statements to run"));
+            return Err(texts::empty_batch());
         }
         stmts.iter().try_for_each(|s| self.check_statement(s))
     }
@@ -644,14 +612,7 @@ impl Conn {
             session_state::ACTIVE => Ok(true),
             session_state::EXPIRED => {
                 client.session.store(session_state::NONE, Ordering::SeqCst);
-                Err(ErrorInfo::new(
-                    ErrorKind::LeaseExpired,
-                    format!(
-                        "the write session was rolled back by the broker (it held the writer longer \
-                         than the {} s lease, or the broker restarted its writer); nothing of it was committed",
-                        self.shared.config.lease.as_secs_f64()
-                    ),
-                ))
+                Err(texts::lease_expired(self.shared.config.lease))
             }
             _ => Ok(false),
         }
@@ -660,14 +621,7 @@ impl Conn {
     fn write(&mut self, client: &Arc<ClientEntry>, body: WriteBody, opts: WriteOptions) -> Response {
         let schema = self.shared.schema_version.load(Ordering::Relaxed);
         if let Some(expected) = client.expected_schema.filter(|e| *e > schema) {
-            return Response::error(
-                ErrorKind::SchemaMismatch,
-                format!(
-                    "this client was built for schema version {expected} but the database is at version \
-                     {schema}: its writes are refused so they cannot corrupt data; apply the migrations \
-                     first (the app's migrate step, or litebroker migrate DIR)"
-                ),
-            );
+            return Response::Error(texts::schema_mismatch(expected, schema));
         }
         let timeout = self.timeout_of(opts.timeout_ms);
         match self.session_state(client) {
@@ -679,9 +633,7 @@ impl Conn {
 
     fn begin_session(&mut self, client: &Arc<ClientEntry>, timeout_ms: u32) -> Response {
         match self.session_state(client) {
-            Ok(true) => {
-                Response::error(ErrorKind::SessionState, "this connection already holds a write session")
-            }
+            Ok(true) => Response::Error(texts::session_already_held()),
             // An expired session was reported to nobody yet; a new one supersedes it.
             Ok(false) | Err(_) => {
                 let timeout = self.timeout_of(timeout_ms);
@@ -710,7 +662,7 @@ impl Conn {
         timeout: Duration,
     ) -> Response {
         if self.shared.is_shutting_down() {
-            return Response::error(ErrorKind::ShuttingDown, SHUTTING_DOWN);
+            return Response::Error(texts::shutting_down());
         }
         let now = Instant::now();
         let deadline = now + timeout;
@@ -733,26 +685,22 @@ impl Conn {
             self.writer.send(job)
         };
         if queued.is_err() {
-            return Response::error(ErrorKind::ShuttingDown, SHUTTING_DOWN);
+            return Response::Error(texts::shutting_down());
         }
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.reply_rx.recv_timeout(left.clamp(Duration::from_millis(1), Duration::from_secs(1))) {
                 Ok(Reply::Response(resp)) => return resp,
-                Ok(other) => {
-                    return Response::error(ErrorKind::Internal, format!("unexpected reply {other:?}"));
-                }
+                Ok(other) => return Response::Error(texts::unexpected_reply(&other)),
                 Err(RecvTimeoutError::Timeout) => {
                     if Instant::now() >= deadline && self.cancel(seq) {
                         return self.timed_out(timeout);
                     }
                     if !self.shared.writer_alive.load(Ordering::SeqCst) {
-                        return Response::error(ErrorKind::ShuttingDown, SHUTTING_DOWN);
+                        return Response::Error(texts::shutting_down());
                     }
                 }
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Response::error(ErrorKind::Internal, "the writer thread is gone");
-                }
+                Err(RecvTimeoutError::Disconnected) => return Response::Error(texts::writer_gone()),
             }
         }
     }
@@ -814,21 +762,11 @@ fn check_migrations(migrations: &[Migration]) -> Result<(), ErrorInfo> {
     let mut last = 0;
     for m in migrations {
         if m.version <= last {
-            return Err(ErrorInfo::new(
-                ErrorKind::Sql,
-                format!(
-                    "migration versions must be positive and strictly increasing: {} ({}) follows {last}",
-                    m.version, m.name
-                ),
-            ));
+            return Err(texts::migrations_out_of_order(m.version, &m.name, last));
         }
         last = m.version;
     }
     Ok(())
-}
-
-fn version_mismatch(client_protocol: u32) -> String {
-    format!("it speaks protocol {client_protocol}, this broker speaks protocol {PROTOCOL_VERSION}")
 }
 
 /// True when the answer to `sql` is certainly small: a single INSERT, UPDATE,
@@ -842,17 +780,4 @@ fn small_answer(sql: &str) -> bool {
     (starts("INSERT") || starts("UPDATE") || starts("DELETE") || starts("REPLACE"))
         && !s.contains(';')
         && !s.as_bytes().windows(9).any(|w| w.eq_ignore_ascii_case(b"returning"))
-}
-
-fn incompatible(client_protocol: u32) -> Response {
-    Response::error(
-        ErrorKind::Incompatible,
-        format!(
-            "incompatible protocol: this client speaks protocol {client_protocol}, the broker \
-             (litebrokerd {}, pid {}) speaks protocol {PROTOCOL_VERSION}; use a litebroker \
-             client and broker of the same version (restart the broker after upgrading)",
-            env!("CARGO_PKG_VERSION"),
-            std::process::id()
-        ),
-    )
 }

@@ -19,6 +19,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::Connection;
 
 use crate::authorizer;
+use crate::texts;
 
 /// The temp schema's objects. The text names `litebroker`, so no client text can
 /// be served this cached, broker-authorized statement.
@@ -166,11 +167,5 @@ impl WalFiles {
 }
 
 fn replaced(path: &Path, what: &str) -> String {
-    format!(
-        "{} {what} while the broker had it open: readers and the broker no longer share one \
-         write-ahead log, so readers miss new writes and a crash would lose acknowledged ones. \
-         The broker refuses writes from now on. Stop it cleanly (litebroker shutdown): its final \
-         checkpoint moves every committed write into the database file; then start it again",
-        path.display()
-    )
+    texts::wal_file_replaced(&path.display().to_string(), what)
 }

@@ -16,6 +16,7 @@ use named_lock::{NamedLock, NamedLockGuard};
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::texts;
 use crate::BrokerError;
 
 /// The database's single-instance lock, held for the broker's lifetime.
@@ -537,10 +538,7 @@ pub fn check_peer(stream: &Stream, config: &Config) -> Result<Option<u32>, Strin
     if let Some(uid) = creds.euid() {
         let me = current_uid();
         if uid != me && !config.allow_uids.contains(&uid) {
-            return Err(format!(
-                "peer uid {uid} (pid {}) is not the broker's user (uid {me}); allow it with --allow-uid {uid}",
-                pid.map_or_else(|| "unknown".into(), |p| p.to_string())
-            ));
+            return Err(texts::peer_not_allowed(uid, pid, me));
         }
     }
     #[cfg(not(unix))]

@@ -20,6 +20,7 @@ pub mod shared;
 pub mod sqlexec;
 #[doc(hidden)]
 pub mod testing;
+mod texts;
 #[cfg(windows)]
 mod windows;
 mod writer;
@@ -122,7 +123,7 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), BrokerEr
     limit_sqlite_memory(config.max_memory);
     let conn = writer::open_writer(&location.db_path, &config).map_err(BrokerError::Database)?;
     let exactly_once_off = match config.request_id_retention {
-        None => Some("disabled by --request-id-retention-hours 0".to_owned()),
+        None => Some(texts::IDS_DISABLED.to_owned()),
         Some(_) => set_up_request_ids(&conn, &config).err(),
     };
     let listener = instance::bind(&location)?;
@@ -272,15 +273,9 @@ fn set_up_request_ids(conn: &rusqlite::Connection, config: &Config) -> Result<()
             continue;
         }
         let reason = if e.is_locked() {
-            format!(
-                "another process held a lock on the database through {} attempt(s) while the broker set up \
-                 its table {} ({e}); writes are not exactly-once until it succeeds (the broker retries every \
-                 few seconds while idle)",
-                retry + 1,
-                requests::TABLE
-            )
+            texts::ids_locked_at_start(retry + 1, requests::TABLE, &e)
         } else {
-            format!("the broker cannot set up its table {}: {e}", requests::TABLE)
+            texts::ids_setup_failed(requests::TABLE, &e)
         };
         warn!("request ids are off: {reason}");
         return Err(reason);
@@ -325,10 +320,7 @@ fn accept_loop(listener: Listener, shared: Arc<shared::Shared>, writer: Arc<writ
         };
         let open = shared.connections.load(Ordering::SeqCst);
         if open >= shared.config.max_clients {
-            let msg = format!(
-                "too many clients: {open} connected, the limit is {} (--max-clients)",
-                shared.config.max_clients
-            );
+            let msg = texts::too_many_clients(open, shared.config.max_clients);
             warn!("refused a connection: {msg}");
             instance::refuse(stream, &shared.config, litebroker_protocol::ErrorKind::LimitExceeded, msg);
             continue;

@@ -14,9 +14,10 @@ use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 
 use interprocess::local_socket::Stream;
-use litebroker_protocol::{encode_frame, ErrorKind, FrameError, Response};
+use litebroker_protocol::{encode_frame, FrameError, Response};
 
 use crate::shared::Shared;
+use crate::texts;
 
 /// What a connection thread receives for its job.
 // It moves once through a one-slot channel; boxing the answer would allocate per
@@ -123,7 +124,8 @@ impl Direct {
             match encode_frame(resp, &mut buf, max) {
                 Ok(()) => {}
                 Err(FrameError::TooLarge { len, max }) => {
-                    encode_frame(&too_large(len, max), &mut buf, max).map_err(io::Error::other)?
+                    let too_large = Response::Error(texts::answer_too_large(len, max));
+                    encode_frame(&too_large, &mut buf, max).map_err(io::Error::other)?
                 }
                 Err(e) => return Err(io::Error::other(e)),
             }
@@ -135,17 +137,6 @@ impl Direct {
             Ok(rest)
         })
     }
-}
-
-/// The answer sent instead of one that exceeds the maximum frame size.
-pub fn too_large(len: u64, max: u32) -> Response {
-    Response::error(
-        ErrorKind::LimitExceeded,
-        format!(
-            "the answer ({len} bytes) exceeds the maximum frame size of {max} bytes \
-             (--max-frame-bytes); if this was a write, it was applied; ask for fewer rows"
-        ),
-    )
 }
 
 /// Sends as much of `bytes` as the socket takes without waiting.

@@ -24,6 +24,7 @@ use rusqlite::{Connection, OptionalExtension};
 // The table is the broker's own: the authorizer refuses writes to it unless they
 // run as the broker's (`internal`).
 use crate::authorizer::internal;
+use crate::texts;
 
 /// The table's name; clients may not write it (the authorizer refuses).
 pub const TABLE: &str = "_litebroker_requests";
@@ -109,13 +110,7 @@ pub fn foreign_objects(conn: &Connection) -> rusqlite::Result<Option<String>> {
         }
         Ok(())
     })?;
-    Ok((!found.is_empty()).then(|| {
-        format!(
-            "the database holds objects with the broker's reserved names that the broker did not make: {}; \
-             rename or drop them (with the sqlite3 CLI) so that the broker can record request ids",
-            found.join(", ")
-        )
-    }))
+    Ok((!found.is_empty()).then(|| texts::foreign_reserved_objects(&found)))
 }
 
 /// The stored answer of `id`, if that request already committed.

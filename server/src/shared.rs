@@ -13,6 +13,7 @@ use litebroker_protocol::{
 
 use crate::config::Config;
 use crate::reply::ReplyTx;
+use crate::texts;
 
 /// Why the broker stops.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,15 +286,8 @@ impl Shared {
     /// Why a waiter did not get the writer in time, for its error message.
     pub fn describe_contention(&self) -> String {
         match self.holder() {
-            Some(h) => format!(
-                "the writer is held by the write session of {} for {:.1} s",
-                h.client.describe(),
-                h.since.elapsed().as_secs_f64()
-            ),
-            None => {
-                let queued = self.counters.queued.load(Ordering::Relaxed);
-                format!("the writer is busy ({queued} requests queued)")
-            }
+            Some(h) => texts::held_by_session(&h.client.describe(), h.since.elapsed()),
+            None => texts::writer_busy(self.counters.queued.load(Ordering::Relaxed)),
         }
     }
 }
@@ -483,11 +477,7 @@ impl Drop for Job {
         tracing::error!(
             "a request was cut short by an internal failure of the broker; answering with an error"
         );
-        self.answer(Response::error(
-            litebroker_protocol::ErrorKind::Internal,
-            "the broker failed while running this request (an internal error, in its log); the request \
-             was rolled back and nothing of it was applied",
-        ));
+        self.answer(Response::Error(texts::cut_short()));
     }
 }
 

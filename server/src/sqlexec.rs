@@ -24,6 +24,7 @@ use rusqlite::fallible_iterator::FallibleIterator;
 use rusqlite::{Batch, CachedStatement, Connection};
 
 use crate::authorizer::{self, Seen, TxStatement};
+use crate::texts;
 
 /// Where the SQL runs, which decides what transaction control means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,22 +106,20 @@ impl Tracker {
         let first = self.statements == 0;
         self.statements += 1;
         if self.statements > limits.max_statements {
-            return Err(limit_error(
+            return Err(texts::limit(
                 "statements in one request",
                 limits.max_statements,
                 "--max-batch-statements",
             ));
         }
         if Instant::now() >= limits.deadline {
-            return Err(ErrorInfo::new(ErrorKind::Timeout, "the request ran past its deadline"));
+            return Err(texts::ran_past_deadline());
         }
         self.sets_user_version |= seen.sets_user_version;
         self.defers_foreign_keys |= seen.defers_foreign_keys;
         self.needs_state_check |= seen.pragma || seen.schema;
         if self.closed || self.end != SessionEnd::None {
-            return Err(state_error(
-                "statements after COMMIT/ROLLBACK in the same request; send them separately",
-            ));
+            return Err(texts::tx_control(texts::AFTER_END));
         }
         let Some(tx) = seen.tx else { return Ok(true) };
         match (tx, self.mode) {
@@ -128,23 +127,15 @@ impl Tracker {
                 self.wrapped = true;
                 Ok(false)
             }
-            (TxStatement::Begin, Mode::OneShot) => Err(state_error(
-                "BEGIN is only accepted as the first statement of a request (the request is already one transaction)",
-            )),
+            (TxStatement::Begin, Mode::OneShot) => Err(texts::tx_control(texts::BEGIN_NOT_FIRST)),
             (TxStatement::Commit, Mode::OneShot) if self.wrapped => {
                 self.closed = true;
                 Ok(false)
             }
-            (TxStatement::Commit, Mode::OneShot) => Err(state_error(
-                "COMMIT without BEGIN: a one-shot request commits by itself; use a write session to control the transaction",
-            )),
-            (TxStatement::Rollback, Mode::OneShot) => Err(state_error(
-                "ROLLBACK in a one-shot request: to discard changes, use a write session and roll it back",
-            )),
+            (TxStatement::Commit, Mode::OneShot) => Err(texts::tx_control(texts::COMMIT_WITHOUT_BEGIN)),
+            (TxStatement::Rollback, Mode::OneShot) => Err(texts::tx_control(texts::ROLLBACK_ONE_SHOT)),
             (TxStatement::Begin, Mode::Session { fresh }) if fresh && first => Ok(false),
-            (TxStatement::Begin, Mode::Session { .. }) => Err(state_error(
-                "BEGIN inside a write session: the session is already a transaction (opened with BEGIN IMMEDIATE)",
-            )),
+            (TxStatement::Begin, Mode::Session { .. }) => Err(texts::tx_control(texts::BEGIN_IN_SESSION)),
             (TxStatement::Commit, Mode::Session { .. }) => {
                 self.end = SessionEnd::Commit;
                 Ok(false)
@@ -160,15 +151,7 @@ impl Tracker {
     fn charge(&mut self, bytes: usize, limits: &ExecLimits) -> Result<(), ErrorInfo> {
         self.answer_bytes = self.answer_bytes.saturating_add(bytes);
         if self.answer_bytes > limits.max_answer_bytes {
-            return Err(ErrorInfo::new(
-                ErrorKind::LimitExceeded,
-                format!(
-                    "answer too large: the rows of this request exceed the maximum answer size of {} bytes \
-                     (--max-frame-bytes); it was stopped and nothing of it was applied; ask for fewer rows \
-                     or smaller values",
-                    limits.max_answer_bytes
-                ),
-            ));
+            return Err(texts::rows_too_large(limits.max_answer_bytes));
         }
         Ok(())
     }
@@ -179,14 +162,10 @@ impl Tracker {
     /// A `BEGIN` without its `COMMIT`.
     pub fn finish(&self) -> Result<(), ErrorInfo> {
         if self.wrapped && !self.closed {
-            return Err(state_error("BEGIN without a matching COMMIT in the request; nothing was applied"));
+            return Err(texts::tx_control(texts::BEGIN_WITHOUT_COMMIT));
         }
         Ok(())
     }
-}
-
-fn state_error(msg: &str) -> ErrorInfo {
-    ErrorInfo::new(ErrorKind::SessionState, msg)
 }
 
 /// Maps a rusqlite error to the wire error, keeping SQLite's codes and message.
@@ -207,18 +186,8 @@ pub fn sql_error(e: &rusqlite::Error) -> ErrorInfo {
             match primary {
                 // SQLite only says "not authorized"; the authorizer knows what and why.
                 rusqlite::ffi::SQLITE_AUTH => message = authorizer::take_denial().unwrap_or(message),
-                rusqlite::ffi::SQLITE_NOMEM => {
-                    message = format!(
-                        "{message}: the statement needed more memory than the broker allows SQLite \
-                         (--max-memory-mb); nothing of the request was applied"
-                    )
-                }
-                rusqlite::ffi::SQLITE_TOOBIG => {
-                    message = format!(
-                        "{message}: a value may not exceed the maximum frame size (--max-frame-bytes); \
-                         nothing of the request was applied"
-                    )
-                }
+                rusqlite::ffi::SQLITE_NOMEM => message = texts::out_of_memory(&message),
+                rusqlite::ffi::SQLITE_TOOBIG => message = texts::value_too_big(&message),
                 _ => {}
             }
             ErrorInfo { kind, message, sqlite: Some(SqliteCode { primary, extended: err.extended_code }) }
@@ -241,26 +210,13 @@ pub fn sql_error(e: &rusqlite::Error) -> ErrorInfo {
     }
 }
 
-fn limit_error(what: &str, max: usize, flag: &str) -> ErrorInfo {
-    ErrorInfo::new(
-        ErrorKind::LimitExceeded,
-        format!("{what} exceeds the limit of {max} ({flag}); nothing was applied"),
-    )
-}
-
 /// Refuses text SQLite would stop reading early: everything after a NUL byte
 /// would be silently ignored (and a text filter would see other statements than
 /// SQLite runs).
 fn check_no_nul(sql: &str) -> Result<(), ErrorInfo> {
     match sql.bytes().position(|b| b == 0) {
         None => Ok(()),
-        Some(at) => Err(ErrorInfo::new(
-            ErrorKind::Sql,
-            format!(
-                "the SQL text holds a NUL byte at offset {at}: SQLite would stop reading there and \
-                 ignore the rest; nothing was applied"
-            ),
-        )),
+        Some(at) => Err(texts::nul_byte(at)),
     }
 }
 
@@ -282,7 +238,7 @@ pub fn run_sql(
     if let Some(mut stmt) = prepare_single(conn, sql)? {
         tracker.admit(Seen::default(), limits)?;
         if stmt.parameter_count() != params.len() {
-            return Err(param_count_error(stmt.parameter_count(), params.len()));
+            return Err(texts::param_count(stmt.parameter_count(), params.len()));
         }
         return run_one(conn, &mut stmt, params, tracker, limits, out);
     }
@@ -313,13 +269,13 @@ pub fn run_sql(
         }
         let n = stmt.parameter_count();
         let Some(p) = params.get(used..used + n) else {
-            return Err(param_count_error(used + n, params.len()));
+            return Err(texts::param_count(used + n, params.len()));
         };
         used += n;
         run_one(conn, &mut stmt, p, tracker, limits, out)?;
     }
     if used != params.len() {
-        return Err(param_count_error(used, params.len()));
+        return Err(texts::param_count(used, params.len()));
     }
     Ok(())
 }
@@ -368,7 +324,7 @@ pub fn run_batch(
             Some((sql, stmt)) if *sql == s.sql => {
                 tracker.admit(Seen::default(), limits)?;
                 if stmt.parameter_count() != s.params.len() {
-                    return Err(param_count_error(stmt.parameter_count(), s.params.len()));
+                    return Err(texts::param_count(stmt.parameter_count(), s.params.len()));
                 }
                 run_one(conn, stmt, &s.params, tracker, limits, &mut r)?;
             }
@@ -380,7 +336,7 @@ pub fn run_batch(
                     Some(mut stmt) => {
                         tracker.admit(Seen::default(), limits)?;
                         if stmt.parameter_count() != s.params.len() {
-                            return Err(param_count_error(stmt.parameter_count(), s.params.len()));
+                            return Err(texts::param_count(stmt.parameter_count(), s.params.len()));
                         }
                         run_one(conn, &mut stmt, &s.params, tracker, limits, &mut r)?;
                         last = Some((&s.sql, stmt));
@@ -392,13 +348,6 @@ pub fn run_batch(
         out.push(r);
     }
     Ok(())
-}
-
-fn param_count_error(wanted: usize, got: usize) -> ErrorInfo {
-    ErrorInfo::new(
-        ErrorKind::Sql,
-        format!("the SQL has {wanted} parameter placeholder(s) but {got} parameter(s) were given"),
-    )
 }
 
 /// Encoded bytes of an `ExecResult` without rows, and of a row or value besides
@@ -434,7 +383,7 @@ fn run_one(
         let mut rows = stmt.raw_query();
         while let Some(row) = rows.next().map_err(|e| sql_error(&e))? {
             if collected.len() >= room {
-                return Err(limit_error("rows returned", limits.max_rows, "--max-rows"));
+                return Err(texts::limit("rows returned", limits.max_rows, "--max-rows"));
             }
             let mut r = Vec::with_capacity(ncol);
             let mut bytes = ITEM_OVERHEAD;

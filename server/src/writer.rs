@@ -43,6 +43,7 @@ use crate::shared::{
     job_state, lock, session_state, set_in_doubt, ClientEntry, Holder, Job, JobKind, Shared, WriteBody,
 };
 use crate::sqlexec::{run_batch, run_sql, sql_error, ExecLimits, Mode, SessionEnd, Tracker};
+use crate::texts;
 
 /// Opens the writer connection with the notes' PRAGMAs.
 ///
@@ -309,7 +310,7 @@ impl Writer {
                 // the database: what came later is refused.
                 while let Some(job) = self.queue.try_recv_write() {
                     if job.claim() {
-                        job.answer(Response::error(ErrorKind::ShuttingDown, SHUTTING_DOWN));
+                        job.answer(Response::Error(texts::shutting_down()));
                     }
                     self.finished(1);
                 }
@@ -404,7 +405,7 @@ impl Writer {
             JobKind::SessionWrite(_) | JobKind::EndSession { .. } => {
                 // The session ended (lease expired, shutdown) after the client sent this.
                 if job.claim() {
-                    job.answer(Response::Error(lease_expired(&self.shared.config)));
+                    job.answer(Response::Error(texts::lease_expired(self.shared.config.lease)));
                     if let Some(c) = &job.client {
                         c.session.store(session_state::NONE, Ordering::SeqCst);
                     }
@@ -433,11 +434,7 @@ impl Writer {
             }
             JobKind::Restore(ref path) => {
                 if job.claim() {
-                    let r = if self.stopping {
-                        Err(ErrorInfo::new(ErrorKind::ShuttingDown, SHUTTING_DOWN))
-                    } else {
-                        self.restore(path)
-                    };
+                    let r = if self.stopping { Err(texts::shutting_down()) } else { self.restore(path) };
                     job.answer(r.map_or_else(Response::Error, Response::Restored));
                 }
                 self.finished(1);
@@ -471,22 +468,17 @@ impl Writer {
                     })
                     .map_err(|e| sql_error(&e))
                 })
-                .and_then(|()| guard::connection_state(&self.conn, true).map_err(|what| state_error(&what)))
+                .and_then(|()| {
+                    guard::connection_state(&self.conn, true).map_err(|what| texts::state_left(&what))
+                })
                 .and_then(|()| self.exec_internal(COMMIT_SQL).map_err(|e| sql_error(&e)));
             self.arm_deadline(None);
-            if let Err(mut e) = r {
+            if let Err(e) = r {
                 if !self.conn.is_autocommit() {
                     self.exec_internal(ROLLBACK_SQL).ok();
                 }
                 self.refresh_schema_version();
-                e.message = format!(
-                    "migration {} ({}) failed and was rolled back: {}; the database is at schema version {}",
-                    m.version,
-                    m.name,
-                    e.message,
-                    user_version(&self.conn)
-                );
-                return Err(e);
+                return Err(texts::migration_failed(e, m.version, &m.name, user_version(&self.conn)));
             }
             info!(version = m.version, name = %m.name, "migration applied");
             applied.push(m.version);
@@ -506,9 +498,7 @@ impl Writer {
     fn restore(&mut self, source: &Path) -> Result<RestoreReport, ErrorInfo> {
         let started = Instant::now();
         let db = PathBuf::from(&self.shared.db_path);
-        let internal = |what: &str, e: &dyn std::fmt::Display| {
-            ErrorInfo::new(ErrorKind::Internal, format!("restore: {what}: {e}; the database is unchanged"))
-        };
+        let internal = texts::restore_failed;
         let src = ops::open_read_only(source).map_err(|e| internal("cannot open the source", &e))?;
         let page_size = |c: &Connection| c.query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0));
         let (theirs, ours) = (
@@ -516,24 +506,12 @@ impl Writer {
             page_size(&self.conn).map_err(|e| internal("cannot read the database", &e))?,
         );
         if theirs != ours {
-            return Err(ErrorInfo::new(
-                ErrorKind::VerificationFailed,
-                format!(
-                    "cannot restore {}: its page size ({theirs}) differs from the database's ({ours}), \
-                     which WAL mode cannot change; the database is unchanged",
-                    source.display()
-                ),
-            ));
+            return Err(texts::restore_page_size(&source.display().to_string(), theirs, ours));
         }
         // The broker's reserved names must be its own in the file it is to serve.
         match requests::foreign_objects(&src) {
             Ok(None) => {}
-            Ok(Some(what)) => {
-                return Err(ErrorInfo::new(
-                    ErrorKind::VerificationFailed,
-                    format!("cannot restore {}: {what}; the database is unchanged", source.display()),
-                ))
-            }
+            Ok(Some(what)) => return Err(texts::restore_refused(&source.display().to_string(), &what)),
             Err(e) => return Err(internal("cannot read the source", &e)),
         }
         // Written under a temporary name and renamed once checked, so that an
@@ -577,9 +555,9 @@ impl Writer {
                     warn!("request ids are off after the restore: {e}");
                     self.request_ids = false;
                     self.last_id_setup = Instant::now();
-                    self.shared.set_exactly_once_off(Some(format!(
-                        "the broker cannot set up its table {} in the restored database: {e}",
-                        requests::TABLE
+                    self.shared.set_exactly_once_off(Some(texts::ids_setup_failed_after_restore(
+                        requests::TABLE,
+                        &e,
                     )));
                 }
             }
@@ -703,10 +681,7 @@ impl Writer {
         for job in group {
             let JobKind::Write(body) = &job.kind else { unreachable!("groups hold writes") };
             if Instant::now() >= job.deadline {
-                results.push(Err(ErrorInfo::new(
-                    ErrorKind::Timeout,
-                    "the request's deadline passed before the writer reached it; nothing was applied",
-                )));
+                results.push(Err(texts::deadline_passed_before_run()));
                 continue;
             }
             let mut tracker = Tracker::new(Mode::OneShot);
@@ -715,7 +690,7 @@ impl Writer {
                 // Settled now, before the setting is turned off below (which would
                 // make SQLite forget the violations its COMMIT should refuse).
                 if r.is_ok() && tracker.defers_foreign_keys && self.deferred_fk_pending() {
-                    Err(deferred_fk_error())
+                    Err(texts::deferred_fk())
                 } else {
                     r
                 }
@@ -726,7 +701,7 @@ impl Writer {
                     // shares with the group: check it as the request's own COMMIT
                     // would, so that only this request fails.
                     if r.is_ok() && w.deferred_fk_pending() {
-                        return Err(deferred_fk_error());
+                        return Err(texts::deferred_fk());
                     }
                     r
                 })
@@ -745,9 +720,7 @@ impl Writer {
             // Some errors (disk full, I/O, an interrupted statement, out of memory)
             // make SQLite roll back the whole transaction, not only the savepoint.
             if self.conn.is_autocommit() {
-                let cause = r.as_ref().err().cloned().unwrap_or_else(|| {
-                    ErrorInfo::new(ErrorKind::Internal, "the transaction ended unexpectedly")
-                });
+                let cause = r.as_ref().err().cloned().unwrap_or_else(texts::transaction_ended);
                 aborted = Some((results.len(), cause));
                 break;
             }
@@ -758,7 +731,7 @@ impl Writer {
         if aborted.is_none() && results.iter().any(Result::is_ok) {
             if let Err(what) = guard::connection_state(&self.conn, check_state) {
                 let culprit = single.then_some(0);
-                aborted = Some((culprit.unwrap_or(usize::MAX), state_error(&what)));
+                aborted = Some((culprit.unwrap_or(usize::MAX), texts::state_left(&what)));
             }
         }
         let mut commit_time = Duration::ZERO;
@@ -835,7 +808,7 @@ impl Writer {
     /// replaced, or its connection in a state it cannot vouch for.
     fn writes_refused(&mut self) -> Option<ErrorInfo> {
         self.check_wal_files(false);
-        self.shared.writes_stopped().map(|reason| ErrorInfo::new(ErrorKind::WritesStopped, reason))
+        self.shared.writes_stopped().map(texts::writes_stopped)
     }
 
     /// Outside a transaction (after a rollback, when idle) the connection must be
@@ -851,10 +824,7 @@ impl Writer {
             .and_then(|()| guard::connection_state(&self.conn, true));
         self.exec_internal(ROLLBACK_SQL).ok();
         if let Err(what) = r {
-            let reason = format!(
-                "the broker's connection could not be restored after a client request ({what}); \
-                 it refuses writes until restarted so that no client's state leaks into another's"
-            );
+            let reason = texts::connection_not_restored(&what);
             tracing::error!("{reason}");
             self.shared.stop_writes(reason);
         }
@@ -1064,11 +1034,7 @@ impl Writer {
         self.arm_deadline(None);
         r.map_err(|mut e| {
             if e.kind == ErrorKind::Timeout {
-                e.message = format!(
-                    "statement interrupted: the request ran past its deadline (its timeout, or \
-                     --max-statement-secs {}); the request was rolled back, nothing of it was applied",
-                    cfg.max_statement_time.as_secs_f64()
-                );
+                e.message = texts::statement_interrupted(cfg.max_statement_time);
             }
             e
         })
@@ -1107,7 +1073,14 @@ impl Writer {
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "database locked by another process; giving up"
                 );
-                return Err(locked_error(&self.shared, attempts, started.elapsed()));
+                let wait = texts::LockWait {
+                    attempts,
+                    elapsed: started.elapsed(),
+                    busy_timeout: cfg.busy_timeout,
+                    retry_base: cfg.retry_base,
+                    retry_cap: cfg.retry_cap,
+                };
+                return Err(texts::locked(&self.shared.db_path, &wait));
             }
             retry += 1;
             counters.lock_retries.fetch_add(1, Ordering::Relaxed);
@@ -1139,7 +1112,7 @@ impl Writer {
             return;
         };
         if self.stopping {
-            job.answer(Response::error(ErrorKind::ShuttingDown, SHUTTING_DOWN));
+            job.answer(Response::Error(texts::shutting_down()));
             self.finished(1);
             return;
         }
@@ -1180,17 +1153,9 @@ impl Writer {
                 let r = r.map(|resp| (resp, tracker.end));
                 if self.conn.is_autocommit() {
                     // SQLite rolled the whole session back (disk full, I/O error).
-                    let cause = r.err().unwrap_or_else(|| {
-                        ErrorInfo::new(ErrorKind::Internal, "the transaction ended unexpectedly")
-                    });
+                    let cause = r.err().unwrap_or_else(texts::transaction_ended);
                     self.drop_session(session_state::NONE);
-                    job.answer(Response::Error(ErrorInfo {
-                        message: format!(
-                            "{}; the write session was rolled back and is closed",
-                            cause.message
-                        ),
-                        ..cause
-                    }));
+                    job.answer(Response::Error(texts::session_rolled_back(cause)));
                 } else {
                     match r {
                         Ok((resp, end)) => {
@@ -1234,21 +1199,16 @@ impl Writer {
             // then the setting a session may have turned on can go, and the
             // session's statements must not have left state on the connection.
             let checked = if self.deferred_fk_pending() {
-                Err(deferred_fk_error())
+                Err(texts::deferred_fk())
             } else {
                 self.exec_internal(DEFER_FK_OFF_SQL).map_err(|e| sql_error(&e)).and_then(|()| {
-                    guard::connection_state(&self.conn, true).map_err(|what| state_error(&what))
+                    guard::connection_state(&self.conn, true).map_err(|what| texts::state_left(&what))
                 })
             };
             checked
                 .and_then(|()| {
                     set_in_doubt(true);
-                    self.exec_internal(COMMIT_SQL).map_err(|e| {
-                        let mut info = sql_error(&e);
-                        info.message =
-                            format!("commit failed, the session was rolled back: {}", info.message);
-                        info
-                    })
+                    self.exec_internal(COMMIT_SQL).map_err(|e| texts::session_commit_failed(sql_error(&e)))
                 })
                 .inspect_err(|_| {
                     self.exec_internal(ROLLBACK_SQL).ok();
@@ -1489,9 +1449,6 @@ const ID_SETUP_RETRY: Duration = Duration::from_secs(10);
 /// Longest the idle writer sleeps.
 const IDLE_WAKE: Duration = Duration::from_secs(5);
 
-/// Message of requests refused during shutdown.
-pub const SHUTTING_DOWN: &str = "the broker is shutting down and accepts no new work; retry once it is back";
-
 /// Fault injection for the tests of what the broker promises when it fails, from
 /// `LITEBROKER_FAILPOINT` (inert unless set): `crash-after-commit:N` aborts the
 /// process right after the Nth committed group, before answering (the "answer
@@ -1518,63 +1475,6 @@ impl Failpoints {
             f.panic_on_sql = Some(text.to_owned());
         }
         f
-    }
-}
-
-/// A request that left state on the shared connection (the authorizer should
-/// have refused it; this is the second line).
-fn state_error(what: &str) -> ErrorInfo {
-    ErrorInfo::new(
-        ErrorKind::NotAllowed,
-        format!(
-            "the request left state on the broker's shared connection ({what}), which would reach \
-             other clients; it was rolled back and nothing of it was applied"
-        ),
-    )
-}
-
-/// What SQLite's COMMIT says about a deferred foreign-key violation.
-fn deferred_fk_error() -> ErrorInfo {
-    ErrorInfo {
-        kind: ErrorKind::Constraint,
-        message: "FOREIGN KEY constraint failed".into(),
-        sqlite: Some(litebroker_protocol::SqliteCode {
-            primary: rusqlite::ffi::SQLITE_CONSTRAINT,
-            extended: rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY,
-        }),
-    }
-}
-
-fn lease_expired(cfg: &Config) -> ErrorInfo {
-    ErrorInfo::new(
-        ErrorKind::LeaseExpired,
-        format!(
-            "the write session was rolled back by the broker (it held the writer longer than the \
-             {} s lease, or the broker is shutting down); nothing of it was committed",
-            cfg.lease.as_secs_f64()
-        ),
-    )
-}
-
-/// The typed "database locked" error, in the notes' words.
-pub fn locked_error(shared: &Shared, attempts: u32, elapsed: Duration) -> ErrorInfo {
-    let cfg = &shared.config;
-    ErrorInfo {
-        kind: ErrorKind::Locked,
-        message: format!(
-            "Database is locked: another process (e.g. the sqlite3 CLI or a backup tool) held a \
-             lock on {} through {attempts} attempt(s) over {:.1} s (busy_timeout {} ms, then \
-             backoff {} ms doubling, capped at {} ms); nothing was applied",
-            shared.db_path,
-            elapsed.as_secs_f64(),
-            cfg.busy_timeout.as_millis(),
-            cfg.retry_base.as_millis(),
-            cfg.retry_cap.as_millis(),
-        ),
-        sqlite: Some(litebroker_protocol::SqliteCode {
-            primary: rusqlite::ffi::SQLITE_BUSY,
-            extended: rusqlite::ffi::SQLITE_BUSY,
-        }),
     }
 }
 
