@@ -106,14 +106,14 @@ pub fn backup_error(e: &ops::BackupError) -> ErrorInfo {
     let kind = match e {
         ops::BackupError::Integrity { .. } => ErrorKind::VerificationFailed,
         e => match e.sqlite() {
-            Some(sqlite) => crate::sqlexec::sql_error(sqlite).kind,
+            Some(sqlite) => crate::sql::exec::sql_error(sqlite).kind,
             None => ErrorKind::Internal,
         },
     };
     ErrorInfo {
         kind,
         message: e.to_string(),
-        sqlite: e.sqlite().and_then(|s| crate::sqlexec::sql_error(s).sqlite),
+        sqlite: e.sqlite().and_then(|s| crate::sql::exec::sql_error(s).sqlite),
     }
 }
 

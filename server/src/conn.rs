@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 use crate::admin;
 use crate::reply::{Reply, ReplyTx, SharedStream};
 use crate::shared::{job_state, session_state, ClientEntry, Job, JobKind, Shared, StopReason, WriteBody};
+use crate::sql::text::small_answer;
 use crate::texts;
 use crate::writer::WriterHandle;
 
@@ -767,17 +768,4 @@ fn check_migrations(migrations: &[Migration]) -> Result<(), ErrorInfo> {
         last = m.version;
     }
     Ok(())
-}
-
-/// True when the answer to `sql` is certainly small: a single INSERT, UPDATE,
-/// DELETE or REPLACE without RETURNING answers with a fixed-size result (or an
-/// error message), which a socket always takes without blocking when the client
-/// reads its answers.
-fn small_answer(sql: &str) -> bool {
-    let s = sql.trim();
-    let s = s.strip_suffix(';').unwrap_or(s);
-    let starts = |kw: &str| s.get(..kw.len()).is_some_and(|p| p.eq_ignore_ascii_case(kw));
-    (starts("INSERT") || starts("UPDATE") || starts("DELETE") || starts("REPLACE"))
-        && !s.contains(';')
-        && !s.as_bytes().windows(9).any(|w| w.eq_ignore_ascii_case(b"returning"))
 }

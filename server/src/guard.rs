@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use rusqlite::config::DbConfig;
 use rusqlite::Connection;
 
-use crate::authorizer;
+use crate::sql::authorizer;
 use crate::texts;
 
 /// The temp schema's objects. The text names `litebroker`, so no client text can

@@ -7,7 +7,6 @@
 //! parsing, logging and signal handling around it.
 
 mod admin;
-pub mod authorizer;
 pub mod config;
 mod conn;
 mod guard;
@@ -17,7 +16,7 @@ mod queue;
 mod reply;
 pub mod requests;
 pub mod shared;
-pub mod sqlexec;
+pub mod sql;
 #[doc(hidden)]
 pub mod testing;
 mod texts;

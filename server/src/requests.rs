@@ -23,7 +23,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 // The table is the broker's own: the authorizer refuses writes to it unless they
 // run as the broker's (`internal`).
-use crate::authorizer::internal;
+use crate::sql::authorizer::internal;
 use crate::texts;
 
 /// The table's name; clients may not write it (the authorizer refuses).

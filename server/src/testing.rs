@@ -17,6 +17,7 @@ use crate::guard;
 use crate::queue::JobQueue;
 use crate::reply::{Reply, ReplyTx};
 use crate::shared::{job_state, ClientEntry, Job, JobKind, Shared, WriteBody};
+use crate::sql::authorizer;
 use crate::writer::{open_writer, Writer};
 
 /// A writer on a database file, with request ids recorded, as the broker runs it.
@@ -113,9 +114,9 @@ impl WriterHarness {
         if !conn.is_autocommit() {
             return Err("a transaction was left open".into());
         }
-        crate::authorizer::internal(|| conn.execute_batch("BEGIN")).map_err(|e| e.to_string())?;
+        authorizer::internal(|| conn.execute_batch("BEGIN")).map_err(|e| e.to_string())?;
         let state = guard::connection_state(conn, true);
-        crate::authorizer::internal(|| conn.execute_batch("ROLLBACK")).map_err(|e| e.to_string())?;
+        authorizer::internal(|| conn.execute_batch("ROLLBACK")).map_err(|e| e.to_string())?;
         state?;
         if let Some(reason) = self.shared.writes_stopped() {
             return Err(format!("writes stopped: {reason}"));

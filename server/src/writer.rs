@@ -33,7 +33,6 @@ use litebroker_protocol::{
 use rusqlite::{Connection, OpenFlags};
 use tracing::{debug, info, warn};
 
-use crate::authorizer;
 use crate::config::Config;
 use crate::guard::{self, WalFiles};
 use crate::ops;
@@ -42,7 +41,8 @@ use crate::requests;
 use crate::shared::{
     job_state, lock, session_state, set_in_doubt, ClientEntry, Holder, Job, JobKind, Shared, WriteBody,
 };
-use crate::sqlexec::{run_batch, run_sql, sql_error, ExecLimits, Mode, SessionEnd, Tracker};
+use crate::sql::authorizer;
+use crate::sql::exec::{run_batch, run_sql, sql_error, ExecLimits, Mode, SessionEnd, Tracker};
 use crate::texts;
 
 /// Opens the writer connection with the notes' PRAGMAs.
@@ -87,7 +87,7 @@ pub fn open_writer(path: &std::path::Path, config: &Config) -> Result<Connection
             i32::try_from(config.max_frame).unwrap_or(i32::MAX),
         );
     }
-    crate::authorizer::install(&mut conn)
+    authorizer::install(&mut conn)
         .map_err(|e| format!("cannot install the SQL authorizer on {}: {e}", path.display()))?;
     Ok(conn)
 }
@@ -352,7 +352,7 @@ impl Writer {
             self.conn.busy_timeout(wait).ok();
             self.busy_timeout = wait;
         }
-        let (busy, log, done) = crate::authorizer::internal(|| {
+        let (busy, log, done) = authorizer::internal(|| {
             self.conn.query_row(&format!("PRAGMA wal_checkpoint({})", mode.as_str()), [], |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
             })
@@ -530,10 +530,9 @@ impl Writer {
             }
         };
         // A source in rollback-journal mode carries that mode in its header.
-        let mode: String = crate::authorizer::internal(|| {
-            self.conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        })
-        .map_err(|e| internal("cannot re-enable WAL", &e))?;
+        let mode: String =
+            authorizer::internal(|| self.conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)))
+                .map_err(|e| internal("cannot re-enable WAL", &e))?;
         if !mode.eq_ignore_ascii_case("wal") {
             warn!("after the restore the database is in journal mode {mode}, not WAL");
         }
@@ -1422,7 +1421,7 @@ impl WriterHandle {
 
 // The broker's own transaction statements. Each names `litebroker`: clients may
 // not use savepoints of that name, and no client text is served these cached,
-// broker-authorized statements (see `authorizer::mentions_reserved`).
+// broker-authorized statements (see `sql::text::mentions_reserved`).
 const BEGIN_SQL: &str = "BEGIN IMMEDIATE /* litebroker */";
 const COMMIT_SQL: &str = "COMMIT /* litebroker */";
 const ROLLBACK_SQL: &str = "ROLLBACK /* litebroker */";

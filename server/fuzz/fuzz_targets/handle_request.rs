@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use litebroker_protocol::{decode_payload, ExecResult, Request, Statement};
-use litebroker_server::sqlexec::{run_sql, ExecLimits, Mode, Tracker};
+use litebroker_server::sql::exec::{run_sql, ExecLimits, Mode, Tracker};
 use rusqlite::Connection;
 
 thread_local! {
@@ -30,7 +30,7 @@ fn writer() -> Connection {
     unsafe {
         rusqlite::ffi::sqlite3_limit(c.handle(), rusqlite::ffi::SQLITE_LIMIT_LENGTH, 1_000_000);
     }
-    litebroker_server::authorizer::install(&mut c).unwrap();
+    litebroker_server::sql::authorizer::install(&mut c).unwrap();
     c
 }
 

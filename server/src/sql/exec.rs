@@ -5,7 +5,7 @@
 //! What a statement *is* comes from SQLite, never from reading the text here:
 //! each statement is prepared on its own (SQLite says where it ends), and the
 //! authorizer reports while it is prepared whether it is transaction control,
-//! a savepoint or a schema-version write (`crate::authorizer::Seen`). A client's
+//! a savepoint or a schema-version write (`sql::authorizer::Seen`). A client's
 //! `BEGIN`/`COMMIT`/`ROLLBACK` is never executed on the shared connection: the
 //! [`Tracker`] honours it (a wrapping `BEGIN … COMMIT`, the end of a write
 //! session) or refuses it.
@@ -23,7 +23,8 @@ use litebroker_protocol::{ErrorInfo, ErrorKind, ExecResult, SqliteCode, Statemen
 use rusqlite::fallible_iterator::FallibleIterator;
 use rusqlite::{Batch, CachedStatement, Connection};
 
-use crate::authorizer::{self, Seen, TxStatement};
+use crate::sql::authorizer::{self, Seen, TxStatement};
+use crate::sql::text;
 use crate::texts;
 
 /// Where the SQL runs, which decides what transaction control means.
@@ -247,10 +248,10 @@ pub fn run_sql(
     // prepared before that ran. The text gets its terminating NUL once, so that
     // SQLite reads each statement in place instead of copying the rest of the
     // text for each one (which made many statements quadratic).
-    let mut text = String::with_capacity(sql.len() + 1);
-    text.push_str(sql);
-    text.push('\0');
-    let mut batch = Batch::new(conn, &text);
+    let mut terminated = String::with_capacity(sql.len() + 1);
+    terminated.push_str(sql);
+    terminated.push('\0');
+    let mut batch = Batch::new(conn, &terminated);
     let mut used = 0;
     loop {
         authorizer::start_statement();
@@ -262,7 +263,7 @@ pub fn run_sql(
             Err(e) => return Err(sql_error(&e)),
         };
         if seen.actions == 0 {
-            authorizer::check_text(&stmt.expanded_sql().unwrap_or_default())?;
+            text::check_vacuum(&stmt.expanded_sql().unwrap_or_default())?;
         }
         if !tracker.admit(seen, limits)? {
             continue;
@@ -282,10 +283,9 @@ pub fn run_sql(
 
 /// The fast path: a single ordinary statement, prepared once and kept in the
 /// statement cache across requests; `None` for text that must run statement by
-/// statement. Whether text holds one statement is guessed from its `;`s, which
-/// only picks the path: the statement-by-statement one is right for any text.
+/// statement (see `sql::text::maybe_several_statements`).
 fn prepare_single<'c>(conn: &'c Connection, sql: &str) -> Result<Option<CachedStatement<'c>>, ErrorInfo> {
-    if sql.trim_end().trim_end_matches(';').contains(';') || authorizer::mentions_reserved(sql) {
+    if text::maybe_several_statements(sql) || text::mentions_reserved(sql) {
         return Ok(None);
     }
     authorizer::start_statement();
@@ -294,7 +294,7 @@ fn prepare_single<'c>(conn: &'c Connection, sql: &str) -> Result<Option<CachedSt
     // A cached statement is authorized once, when first prepared: what must be
     // seen by SQLite each time (transaction control, savepoints, the schema
     // version) never stays in the cache; VACUUM is refused by its first word.
-    if seen.noteworthy() || (seen.actions == 0 && authorizer::check_text(sql).is_err()) {
+    if seen.noteworthy() || (seen.actions == 0 && text::check_vacuum(sql).is_err()) {
         stmt.discard();
         return Ok(None);
     }

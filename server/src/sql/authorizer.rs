@@ -19,7 +19,7 @@
 //!
 //! SQLite also reports transaction control (`SQLITE_TRANSACTION`: BEGIN, COMMIT,
 //! ROLLBACK) and savepoints (`SQLITE_SAVEPOINT`) here. Those are let through the
-//! parse and recorded in [`Seen`], so that the statement loop (`crate::sqlexec`)
+//! parse and recorded in [`Seen`], so that the statement loop (`sql::exec`)
 //! learns from SQLite what each statement is: a client's BEGIN/COMMIT/ROLLBACK is
 //! never executed on the shared connection, only honoured (or refused) by the
 //! broker, and statements the broker needs to notice (a `user_version` write) are
@@ -27,8 +27,11 @@
 //!
 //! `VACUUM` makes no authorizer call while it is prepared. It cannot run inside
 //! the broker's transaction anyway (SQLite refuses it there), and the `ATTACH`
-//! that `VACUUM INTO` makes is refused; [`check_text`] only gives it a clearer
-//! message — the one check here made from the text, named as such.
+//! that `VACUUM INTO` makes is refused; `sql::text::check_vacuum` only gives it a
+//! clearer message, from its first keyword (every check made from SQL text is in
+//! `sql::text`, named as such).
+//!
+//! The wording of every refusal is in `crate::texts`.
 //!
 //! # The broker's own statements
 //! Statements the broker itself runs on the writer connection and that a client
@@ -45,19 +48,12 @@
 
 use std::cell::{Cell, RefCell};
 
-use litebroker_protocol::ErrorInfo;
 use rusqlite::config::DbConfig;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization, TransactionOperation};
 use rusqlite::Connection;
 
+use crate::sql::text::{has_prefix, RESERVED_PREFIX, RESERVED_SAVEPOINT_PREFIX};
 use crate::texts;
-
-/// Tables, indexes, triggers and views whose names start with this belong to the
-/// broker: clients may read them, never write, create, alter or drop them.
-pub const RESERVED_PREFIX: &str = "_litebroker";
-
-/// Savepoints whose names start with this (any case) belong to the broker.
-pub const RESERVED_SAVEPOINT_PREFIX: &str = "litebroker";
 
 /// Transaction control, as SQLite reports it for a statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,7 +161,7 @@ fn note(f: impl FnOnce(&mut Seen)) {
 }
 
 /// The reason of the last denial on this thread, consumed by the error mapping
-/// (`sqlexec::sql_error`), which otherwise only has SQLite's "not authorized".
+/// (`sql::exec::sql_error`), which otherwise only has SQLite's "not authorized".
 pub fn take_denial() -> Option<String> {
     DENIAL.with(|d| d.borrow_mut().take())
 }
@@ -200,52 +196,6 @@ pub fn install(conn: &mut Connection) -> rusqlite::Result<()> {
             }
         }
     }))
-}
-
-/// The one check made from the text: `VACUUM` (with or without `INTO`) makes no
-/// authorizer call while it is prepared. Safety does not rest on it (SQLite
-/// refuses VACUUM inside the broker's transaction, and the authorizer refuses
-/// the ATTACH of `VACUUM INTO`); it gives the refusal a clear reason. Only the
-/// first keyword is looked at, after whitespace and comments.
-///
-/// # Errors
-/// [`ErrorKind::NotAllowed`] naming the statement.
-pub fn check_text(sql: &str) -> Result<(), ErrorInfo> {
-    if first_keyword(sql).eq_ignore_ascii_case("VACUUM") {
-        return Err(texts::vacuum_refused());
-    }
-    Ok(())
-}
-
-/// The first word of `sql` after whitespace and SQL comments (ASCII letters only).
-fn first_keyword(sql: &str) -> &str {
-    let mut rest = sql;
-    loop {
-        rest = rest.trim_start();
-        if let Some(r) = rest.strip_prefix("--") {
-            rest = r.split_once('\n').map_or("", |(_, after)| after);
-        } else if let Some(r) = rest.strip_prefix("/*") {
-            rest = r.split_once("*/").map_or("", |(_, after)| after);
-        } else {
-            break;
-        }
-    }
-    let end = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
-    &rest[..end]
-}
-
-/// Whether SQL text may name one of the broker's objects or savepoints. Such
-/// text is never served from the statement cache, where the broker's own
-/// statements (each of which contains `litebroker`) are kept authorized for the
-/// broker: a client sending the very same text must be prepared, and authorized,
-/// afresh. A superset test on purpose: a false positive only costs the cache.
-pub fn mentions_reserved(sql: &str) -> bool {
-    let p = RESERVED_SAVEPOINT_PREFIX.as_bytes();
-    sql.as_bytes().windows(p.len()).any(|w| w.eq_ignore_ascii_case(p))
-}
-
-fn has_prefix(name: &str, prefix: &str) -> bool {
-    name.as_bytes().get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
 fn reserved(name: &str) -> bool {
@@ -445,10 +395,10 @@ fn decide(ctx: &AuthContext<'_>) -> Result<(), String> {
 }
 #[cfg(test)]
 mod tests {
-    use litebroker_protocol::ErrorKind;
+    use litebroker_protocol::{ErrorInfo, ErrorKind};
 
     use super::*;
-    use crate::sqlexec::{run_sql, ExecLimits, Mode, Tracker};
+    use crate::sql::exec::{run_sql, ExecLimits, Mode, Tracker};
     use litebroker_protocol::ExecResult;
 
     /// A file database set up like the broker's writer, inside its transaction.
