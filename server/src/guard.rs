@@ -21,15 +21,15 @@ use rusqlite::Connection;
 use crate::sql::authorizer;
 use crate::texts;
 
-/// The temp schema's objects. The text names `litebroker`, so no client text can
+/// The temp schema's objects. The text names `_litebroker`, so no client text can
 /// be served this cached, broker-authorized statement.
-const TEMP_SQL: &str = "SELECT count(*) FROM temp.sqlite_schema /* litebroker */";
+const TEMP_SQL: &str = "SELECT count(*) FROM temp.sqlite_schema /* _litebroker */";
 
 /// The settings only a PRAGMA can change. Each `pragma_…` table runs a PRAGMA of
 /// its own (a parse each time), so this is read only when needed.
 const SETTINGS_SQL: &str = "SELECT (SELECT defer_foreign_keys FROM pragma_defer_foreign_keys), \
      (SELECT query_only FROM pragma_query_only), \
-     (SELECT recursive_triggers FROM pragma_recursive_triggers) /* litebroker */";
+     (SELECT recursive_triggers FROM pragma_recursive_triggers) /* _litebroker */";
 
 /// Checks the writer connection's state; call inside the transaction, after the
 /// clients' statements and before `COMMIT`. The flags SQLite exposes directly

@@ -464,7 +464,7 @@ impl Writer {
                 .and_then(|()| {
                     authorizer::internal(|| {
                         self.conn
-                            .execute_batch(&format!("PRAGMA user_version = {} /* litebroker */", m.version))
+                            .execute_batch(&format!("PRAGMA user_version = {} /* _litebroker */", m.version))
                     })
                     .map_err(|e| sql_error(&e))
                 })
@@ -818,7 +818,7 @@ impl Writer {
         if !self.conn.is_autocommit() {
             return;
         }
-        let r = authorizer::internal(|| self.conn.execute_batch("BEGIN /* litebroker */"))
+        let r = authorizer::internal(|| self.conn.execute_batch("BEGIN /* _litebroker */"))
             .map_err(|e| e.to_string())
             .and_then(|()| guard::connection_state(&self.conn, true));
         self.exec_internal(ROLLBACK_SQL).ok();
@@ -978,7 +978,7 @@ impl Writer {
         }
     }
 
-    /// Runs one of the broker's own statements (cached: each names `litebroker`,
+    /// Runs one of the broker's own statements (cached: each names `_litebroker`,
     /// so no client text is ever served these copies).
     fn exec_internal(&self, sql: &str) -> rusqlite::Result<()> {
         authorizer::internal(|| self.conn.prepare_cached(sql)?.raw_execute().map(|_| ()))
@@ -1419,16 +1419,17 @@ impl WriterHandle {
     }
 }
 
-// The broker's own transaction statements. Each names `litebroker`: clients may
-// not use savepoints of that name, and no client text is served these cached,
-// broker-authorized statements (see `sql::text::mentions_reserved`).
-const BEGIN_SQL: &str = "BEGIN IMMEDIATE /* litebroker */";
-const COMMIT_SQL: &str = "COMMIT /* litebroker */";
-const ROLLBACK_SQL: &str = "ROLLBACK /* litebroker */";
-const SAVEPOINT_SQL: &str = "SAVEPOINT litebroker_req";
-const RELEASE_SQL: &str = "RELEASE litebroker_req";
-const ROLLBACK_TO_SQL: &str = "ROLLBACK TO litebroker_req";
-const DEFER_FK_OFF_SQL: &str = "PRAGMA defer_foreign_keys = OFF /* litebroker */";
+// The broker's own transaction statements. Each names the reserved prefix
+// `_litebroker`: clients may not use savepoints of that name, and no client text
+// is served these cached, broker-authorized statements (see
+// `sql::text::mentions_reserved`).
+const BEGIN_SQL: &str = "BEGIN IMMEDIATE /* _litebroker */";
+const COMMIT_SQL: &str = "COMMIT /* _litebroker */";
+const ROLLBACK_SQL: &str = "ROLLBACK /* _litebroker */";
+const SAVEPOINT_SQL: &str = "SAVEPOINT _litebroker_req";
+const RELEASE_SQL: &str = "RELEASE _litebroker_req";
+const ROLLBACK_TO_SQL: &str = "ROLLBACK TO _litebroker_req";
+const DEFER_FK_OFF_SQL: &str = "PRAGMA defer_foreign_keys = OFF /* _litebroker */";
 
 /// Room kept in a frame for the answer's own fields besides the rows.
 const ANSWER_HEADROOM: usize = 4096;

@@ -13,7 +13,8 @@
 //!   it, and every PRAGMA that sets something of the connection — except
 //!   `defer_foreign_keys = ON`, which the broker turns off again after the request
 //!   (turning it *off* is refused: SQLite then forgets the pending violations);
-//! - savepoints named like the broker's own (`litebroker…`), by the name SQLite
+//! - savepoints named like the broker's own (`_litebroker…`, and `litebroker…`,
+//!   its former name), by the name SQLite
 //!   reports after unquoting;
 //! - writes, DDL, triggers and indexes on the broker's objects (`_litebroker…`).
 //!
@@ -52,7 +53,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization, TransactionOperation};
 use rusqlite::Connection;
 
-use crate::sql::text::{has_prefix, RESERVED_PREFIX, RESERVED_SAVEPOINT_PREFIX};
+use crate::sql::text::{self, has_prefix, LEGACY_SAVEPOINT_PREFIX, RESERVED_PREFIX};
 use crate::texts;
 
 /// Transaction control, as SQLite reports it for a statement.
@@ -356,10 +357,10 @@ fn decide(ctx: &AuthContext<'_>) -> Result<(), String> {
             Ok(())
         }
         AuthAction::Savepoint { savepoint_name, .. } => {
-            if has_prefix(savepoint_name, RESERVED_SAVEPOINT_PREFIX) {
+            if text::reserved_savepoint(savepoint_name) {
                 return Err(texts::reserved_savepoint(
                     savepoint_name,
-                    &format!("'{RESERVED_SAVEPOINT_PREFIX}'"),
+                    &format!("'{RESERVED_PREFIX}' (or '{LEGACY_SAVEPOINT_PREFIX}')"),
                 ));
             }
             note(|s| s.savepoint = true);

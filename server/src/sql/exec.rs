@@ -582,8 +582,12 @@ mod tests {
         assert_eq!(t.end, SessionEnd::Rollback);
         assert!(run(&c, "BEGIN IMMEDIATE", &[], Mode::Session { fresh: true }).is_ok());
         assert!(run(&c, "BEGIN IMMEDIATE", &[], Mode::Session { fresh: false }).is_err());
-        let e = run(&c, "SAVEPOINT litebroker_req", &[], Mode::OneShot).unwrap_err();
-        assert_eq!(e.kind, ErrorKind::NotAllowed);
+        for reserved in ["SAVEPOINT _litebroker_req", "SAVEPOINT litebroker_req", "RELEASE \"_LiteBroker_x\""]
+        {
+            let e = run(&c, reserved, &[], Mode::OneShot).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::NotAllowed, "{reserved}");
+            assert!(e.message.contains("reserved"), "{reserved}: {}", e.message);
+        }
         run(&c, "SAVEPOINT mine; INSERT INTO t VALUES (3); RELEASE mine", &[], Mode::OneShot).unwrap();
     }
 }

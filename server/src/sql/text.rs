@@ -20,12 +20,23 @@ use litebroker_protocol::ErrorInfo;
 
 use crate::texts;
 
-/// Tables, indexes, triggers and views whose names start with this belong to the
-/// broker: clients may read them, never write, create, alter or drop them.
+/// The one prefix of the broker's own names: its tables, indexes, triggers and
+/// views (clients may read them, never write, create, alter or drop them), its
+/// savepoint (`_litebroker_req`), and the marker comment `/* _litebroker */` that
+/// every other statement the broker runs itself carries, so that each of its
+/// cached statements names the prefix (see [`mentions_reserved`]).
 pub const RESERVED_PREFIX: &str = "_litebroker";
 
-/// Savepoints whose names start with this (any case) belong to the broker.
-pub const RESERVED_SAVEPOINT_PREFIX: &str = "litebroker";
+/// The prefix without its underscore: the broker's savepoint was once named
+/// `litebroker_req`, so savepoints named `litebroker…` stay refused (an old client
+/// that sends them learns so), and [`mentions_reserved`] looks for it, which
+/// covers [`RESERVED_PREFIX`] too.
+pub const LEGACY_SAVEPOINT_PREFIX: &str = "litebroker";
+
+/// Whether a savepoint name is reserved for the broker (either prefix, any case).
+pub fn reserved_savepoint(name: &str) -> bool {
+    has_prefix(name, RESERVED_PREFIX) || has_prefix(name, LEGACY_SAVEPOINT_PREFIX)
+}
 
 /// Whether `name` starts with `prefix`, in any case (SQLite's names are
 /// case-insensitive for ASCII).
@@ -35,13 +46,14 @@ pub fn has_prefix(name: &str, prefix: &str) -> bool {
 
 /// Whether SQL text may name one of the broker's objects or savepoints, or be
 /// one of its own statements. Such text is never served from the statement cache,
-/// where the broker's own statements (each of which contains `litebroker`) are
-/// kept authorized for the broker: a client sending the very same text must be
-/// prepared, and authorized, afresh. Safe because it is a superset test: it looks
-/// for `litebroker`, in any case, anywhere (quoted, bracketed, in a comment); a
-/// false positive only costs the cache.
+/// where the broker's own statements (each of which contains [`RESERVED_PREFIX`])
+/// are kept authorized for the broker: a client sending the very same text must
+/// be prepared, and authorized, afresh. Safe because it is a superset test: it
+/// looks for [`LEGACY_SAVEPOINT_PREFIX`], which [`RESERVED_PREFIX`] contains, in
+/// any case, anywhere (quoted, bracketed, in a comment); a false positive only
+/// costs the cache.
 pub fn mentions_reserved(sql: &str) -> bool {
-    let p = RESERVED_SAVEPOINT_PREFIX.as_bytes();
+    let p = LEGACY_SAVEPOINT_PREFIX.as_bytes();
     sql.as_bytes().windows(p.len()).any(|w| w.eq_ignore_ascii_case(p))
 }
 
@@ -124,6 +136,8 @@ mod tests {
         assert!(mentions_reserved("RELEASE litebroker_req"));
         assert!(mentions_reserved("COMMIT /* _litebroker */"));
         assert!(!mentions_reserved("SELECT 'lite broker'"));
+        assert!(reserved_savepoint("_LITEBROKER_req") && reserved_savepoint("litebroker_x"));
+        assert!(!reserved_savepoint("mine") && !reserved_savepoint("lite"));
         assert!(check_vacuum("  /* c */ -- x\n vacuum INTO 'f'").is_err());
         assert!(check_vacuum("VACUUMED").is_ok());
         assert!(check_vacuum("SELECT 'VACUUM'").is_ok());
