@@ -38,7 +38,7 @@ pub fn stats(shared: &Shared, status: BrokerStatus) -> Result<DbStats, ErrorInfo
         last_checkpoint: shared.last_checkpoint(),
         wal_warn_bytes: shared.config.wal_warn_bytes,
         // The table is absent when request ids are disabled.
-        request_ids_recorded: crate::requests::count(&conn).unwrap_or(0),
+        request_ids_recorded: crate::request_ids::count(&conn).unwrap_or(0),
         deduplicated: c.deduplicated.load(Ordering::Relaxed),
     });
     Ok(stats)

@@ -14,7 +14,7 @@ mod instance;
 pub mod ops;
 mod queue;
 mod reply;
-pub mod requests;
+pub mod request_ids;
 pub mod shared;
 pub mod sql;
 #[doc(hidden)]
@@ -255,7 +255,7 @@ fn limit_sqlite_memory(bytes: u64) {
 fn set_up_request_ids(conn: &rusqlite::Connection, config: &Config) -> Result<(), String> {
     let mut retry = 0;
     loop {
-        let e = match requests::ensure_table(conn) {
+        let e = match request_ids::ensure_table(conn) {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
@@ -272,9 +272,9 @@ fn set_up_request_ids(conn: &rusqlite::Connection, config: &Config) -> Result<()
             continue;
         }
         let reason = if e.is_locked() {
-            texts::ids_locked_at_start(retry + 1, requests::TABLE, &e)
+            texts::ids_locked_at_start(retry + 1, request_ids::TABLE, &e)
         } else {
-            texts::ids_setup_failed(requests::TABLE, &e)
+            texts::ids_setup_failed(request_ids::TABLE, &e)
         };
         warn!("request ids are off: {reason}");
         return Err(reason);

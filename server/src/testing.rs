@@ -39,7 +39,7 @@ impl WriterHarness {
     pub fn open(db: &Path, mut config: Config) -> Result<WriterHarness, String> {
         config.db = db.to_path_buf();
         let conn = open_writer(db, &config)?;
-        crate::requests::ensure_table(&conn).map_err(|e| e.to_string())?;
+        crate::request_ids::ensure_table(&conn).map_err(|e| e.to_string())?;
         let (stop_tx, _) = mpsc::channel();
         let shared = Arc::new(Shared::new(config, db.to_string_lossy().into_owned(), String::new(), stop_tx));
         shared.set_exactly_once_off(None);

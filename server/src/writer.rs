@@ -37,7 +37,7 @@ use crate::config::Config;
 use crate::guard::{self, WalFiles};
 use crate::ops;
 use crate::queue::JobQueue;
-use crate::requests;
+use crate::request_ids;
 use crate::shared::{
     job_state, lock, session_state, set_in_doubt, ClientEntry, Holder, Job, JobKind, Shared, WriteBody,
 };
@@ -235,7 +235,7 @@ impl Writer {
             return;
         }
         self.last_id_setup = Instant::now();
-        match requests::ensure_table(&self.conn) {
+        match request_ids::ensure_table(&self.conn) {
             Ok(()) => {
                 info!("request ids are recorded again: writes carrying one are exactly-once");
                 self.shared.set_exactly_once_off(None);
@@ -509,7 +509,7 @@ impl Writer {
             return Err(texts::restore_page_size(&source.display().to_string(), theirs, ours));
         }
         // The broker's reserved names must be its own in the file it is to serve.
-        match requests::foreign_objects(&src) {
+        match request_ids::foreign_objects(&src) {
             Ok(None) => {}
             Ok(Some(what)) => return Err(texts::restore_refused(&source.display().to_string(), &what)),
             Err(e) => return Err(internal("cannot read the source", &e)),
@@ -545,7 +545,7 @@ impl Writer {
         // A file the broker did not make lacks its request-id table: install it
         // now, or say loudly that writes are not exactly-once until it can.
         if self.shared.config.request_id_retention.is_some() {
-            match requests::ensure_table(&self.conn) {
+            match request_ids::ensure_table(&self.conn) {
                 Ok(()) => {
                     self.request_ids = true;
                     self.shared.set_exactly_once_off(None);
@@ -555,7 +555,7 @@ impl Writer {
                     self.request_ids = false;
                     self.last_id_setup = Instant::now();
                     self.shared.set_exactly_once_off(Some(texts::ids_setup_failed_after_restore(
-                        requests::TABLE,
+                        request_ids::TABLE,
                         &e,
                     )));
                 }
@@ -912,7 +912,7 @@ impl Writer {
     ) -> Result<Response, ErrorInfo> {
         let id = opts.request_id.filter(|_| self.request_ids);
         if let Some(id) = &id {
-            if let Some(stored) = requests::lookup(&self.conn, id).map_err(|e| sql_error(&e))? {
+            if let Some(stored) = request_ids::lookup(&self.conn, id).map_err(|e| sql_error(&e))? {
                 // Counted once its group commits: a group that fails runs again.
                 self.group_dedup += 1;
                 return Ok(stored);
@@ -920,7 +920,7 @@ impl Writer {
         }
         let resp = self.run_body(body, tracker, deadline)?;
         if let Some(id) = &id {
-            let recorded = requests::record(&self.conn, id, &resp, unix_ms(), &mut self.id_buf)
+            let recorded = request_ids::record(&self.conn, id, &resp, unix_ms(), &mut self.id_buf)
                 .map_err(|e| sql_error(&e));
             // One big answer must not keep its buffer for the broker's lifetime.
             if self.id_buf.capacity() > ID_BUF_KEEP {
@@ -959,7 +959,7 @@ impl Writer {
             if self.exec_internal(BEGIN_SQL).is_err() {
                 return;
             }
-            let r = requests::prune(&self.conn, retention, now, 1000);
+            let r = request_ids::prune(&self.conn, retention, now, 1000);
             let done = match r {
                 Ok(n) if self.exec_internal(COMMIT_SQL).is_ok() => {
                     if n > 0 {
@@ -1491,7 +1491,7 @@ mod tests {
     fn writer(dir: &Path) -> Writer {
         let config = Config::new(dir.join("w.db"));
         let conn = open_writer(&config.db, &config).expect("open");
-        requests::ensure_table(&conn).expect("request-id table");
+        request_ids::ensure_table(&conn).expect("request-id table");
         let (stop_tx, _) = mpsc::channel();
         let shared = Arc::new(Shared::new(config, "w.db".into(), "w.sock".into(), stop_tx));
         let mut w = Writer::new(conn, shared, Arc::new(JobQueue::new(16)));
