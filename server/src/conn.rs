@@ -2,7 +2,7 @@
 //! detection, request routing, hand-off to the writer thread, answers.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,8 +17,9 @@ use litebroker_protocol::{
 use tracing::{debug, info, warn};
 
 use crate::admin;
-use crate::reply::{Reply, ReplyTx, SharedStream};
-use crate::shared::{job_state, session_state, ClientEntry, Job, JobKind, Shared, StopReason, WriteBody};
+use crate::job::{InFlight, Job, JobKind, JobLine, Reply, ReplyTx, WriteBody};
+use crate::reply::{Direct, SharedStream};
+use crate::shared::{session_state, ClientEntry, Shared, StopReason};
 use crate::sql::text::small_answer;
 use crate::texts;
 use crate::writer::WriterHandle;
@@ -46,10 +47,10 @@ struct Conn {
     client: Option<Arc<ClientEntry>>,
     peer_pid: Option<u32>,
     accepted: Instant,
-    state: Arc<AtomicU64>,
-    seq: u64,
-    reply_tx: ReplyTx,
+    line: JobLine,
     reply_rx: Receiver<Reply>,
+    /// Unix: answers small writes on the socket (see `crate::reply`).
+    socket: Option<Arc<Direct>>,
     /// A write whose answer is sent on the socket by whoever runs it.
     direct: Option<DirectWrite>,
     /// The socket's receive timeout in force.
@@ -80,7 +81,11 @@ pub fn serve(stream: Stream, shared: Arc<Shared>, writer: Arc<WriterHandle>, pee
     // Shared with the threads that answer small writes on the socket directly.
     let stream = Arc::new(stream);
     let (tx, reply_rx) = mpsc::sync_channel(1);
-    let reply_tx = ReplyTx::new(tx, Some(stream.clone()), &shared);
+    let socket = Direct::new(stream.clone(), shared.config.max_frame);
+    let reply_tx = match &socket {
+        Some(s) => ReplyTx::with_socket(tx, s.clone()),
+        None => ReplyTx::new(tx),
+    };
     let mut conn = Conn {
         #[cfg(windows)]
         deadline,
@@ -92,10 +97,9 @@ pub fn serve(stream: Stream, shared: Arc<Shared>, writer: Arc<WriterHandle>, pee
         client: None,
         peer_pid,
         accepted: Instant::now(),
-        state: Arc::new(AtomicU64::new(0)),
-        seq: 0,
-        reply_tx,
+        line: JobLine::new(reply_tx),
         reply_rx,
+        socket,
         direct: None,
         recv_timeout: first_wait,
     };
@@ -191,14 +195,14 @@ impl Conn {
             // reading the previous answer waits for it to be sent first.
             self.settle_direct(true)?;
             self.shared.counters.requests.fetch_add(1, Ordering::Relaxed);
-            self.shared.counters.in_flight.fetch_add(1, Ordering::SeqCst);
-            let req = match self.try_direct(req) {
+            let in_flight = InFlight::new(&self.shared);
+            let (req, in_flight) = match self.try_direct(req, in_flight) {
                 Ok(()) => continue,
-                Err(req) => req,
+                Err(back) => back,
             };
             let (resp, keep_open) = self.handle(req);
             let sent = self.send(&resp);
-            self.shared.counters.in_flight.fetch_sub(1, Ordering::SeqCst);
+            drop(in_flight);
             sent?;
             if !keep_open {
                 return Ok(());
@@ -289,44 +293,33 @@ impl Conn {
     /// Runs a one-shot write whose answer is small (see [`small_answer`]) without
     /// waiting for it: the thread that commits it sends the answer on the socket,
     /// and this thread goes back to reading. Gives other requests back.
-    fn try_direct(&mut self, req: Request) -> Result<(), Request> {
-        let Some(client) = self.client.clone() else { return Err(req) };
-        let Request::Execute { stmt, opts } = req else { return Err(req) };
+    fn try_direct(&mut self, req: Request, in_flight: InFlight) -> Result<(), (Request, InFlight)> {
+        let Some(socket) = self.socket.clone() else { return Err((req, in_flight)) };
+        let Some(client) = self.client.clone() else { return Err((req, in_flight)) };
+        let Request::Execute { stmt, opts } = req else { return Err((req, in_flight)) };
         let schema = self.shared.schema_version.load(Ordering::Relaxed);
         // Anything that is answered with an error before it reaches the writer, or
         // that runs in a session, takes the normal path.
-        if !self.reply_tx.can_send_directly()
-            || !small_answer(&stmt.sql)
+        if !small_answer(&stmt.sql)
             || self.check_statement(&stmt).is_err()
             || self.shared.is_shutting_down()
             || client.session.load(Ordering::SeqCst) != session_state::NONE
             || client.expected_schema.is_some_and(|e| e > schema)
         {
-            return Err(Request::Execute { stmt, opts });
+            return Err((Request::Execute { stmt, opts }, in_flight));
         }
         client.requests.fetch_add(1, Ordering::Relaxed);
         let timeout = self.timeout_of(opts.timeout_ms);
-        let now = Instant::now();
-        self.seq += 1;
-        let seq = self.seq;
-        self.state.store(job_state::pack(seq, job_state::QUEUED), Ordering::SeqCst);
-        self.reply_tx.arm(seq);
-        let job = Job {
-            kind: JobKind::Write(WriteBody::Execute(stmt)),
-            opts,
-            client: Some(client),
-            deadline: now + timeout,
-            enqueued: now,
-            state: self.state.clone(),
-            seq,
-            reply: Some(self.reply_tx.clone()),
-        };
-        self.direct = Some(DirectWrite { seq, deadline: now + timeout, timeout });
+        let deadline = Instant::now() + timeout;
+        let job = self.line.next(JobKind::Write(WriteBody::Execute(stmt)), opts, &client, deadline);
+        let seq = job.seq;
+        socket.arm(seq, in_flight);
+        self.direct = Some(DirectWrite { seq, deadline, timeout });
         if self.writer.send_and_serve(job).is_err() {
-            self.reply_tx.disarm();
+            let in_flight = socket.disarm();
             self.direct = None;
             let sent = self.send(&Response::Error(texts::shutting_down()));
-            self.shared.counters.in_flight.fetch_sub(1, Ordering::SeqCst);
+            drop(in_flight);
             // A failed send shows on the next read.
             drop(sent);
         } else if self.direct.is_some() {
@@ -371,15 +364,16 @@ impl Conn {
                     // Only an answer sent in full was counted out by its sender.
                     let sent = match reply {
                         Reply::Sent => Ok(()),
-                        Reply::Rest(bytes) => {
+                        Reply::Rest(bytes, in_flight) => {
                             let stream: &Stream = &self.reader.get_ref().0;
                             let r = (&mut &*stream).write_all(&bytes).map_err(FrameError::from);
-                            self.shared.counters.in_flight.fetch_sub(1, Ordering::SeqCst);
+                            drop(in_flight);
                             r
                         }
                         Reply::Response(resp) => {
+                            let in_flight = self.socket.as_ref().and_then(|s| s.disarm());
                             let r = self.send(&resp);
-                            self.shared.counters.in_flight.fetch_sub(1, Ordering::SeqCst);
+                            drop(in_flight);
                             r
                         }
                     };
@@ -387,9 +381,9 @@ impl Conn {
                 }
                 None if (Instant::now() >= d.deadline
                     || !self.shared.writer_alive.load(Ordering::SeqCst))
-                    && self.cancel(d.seq) =>
+                    && self.line.cancel(d.seq) =>
                 {
-                    self.reply_tx.disarm();
+                    let in_flight = self.socket.as_ref().and_then(|s| s.disarm());
                     self.direct = None;
                     let resp = if Instant::now() >= d.deadline {
                         self.timed_out(d.timeout)
@@ -397,7 +391,7 @@ impl Conn {
                         Response::Error(texts::shutting_down())
                     };
                     let sent = self.send(&resp);
-                    self.shared.counters.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    drop(in_flight);
                     sent?;
                 }
                 None if block => {}
@@ -410,18 +404,6 @@ impl Conn {
         }
         self.set_recv_timeout(self.shared.config.io_timeout);
         Ok(())
-    }
-
-    /// Cancels job `seq` if the writer has not taken it yet.
-    fn cancel(&self, seq: u64) -> bool {
-        self.state
-            .compare_exchange(
-                job_state::pack(seq, job_state::QUEUED),
-                job_state::pack(seq, job_state::CANCELLED),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_ok()
     }
 
     fn timed_out(&self, timeout: Duration) -> Response {
@@ -665,21 +647,9 @@ impl Conn {
         if self.shared.is_shutting_down() {
             return Response::Error(texts::shutting_down());
         }
-        let now = Instant::now();
-        let deadline = now + timeout;
-        self.seq += 1;
-        let seq = self.seq;
-        self.state.store(job_state::pack(seq, job_state::QUEUED), Ordering::SeqCst);
-        let job = Job {
-            kind,
-            opts,
-            client: Some(client.clone()),
-            deadline,
-            enqueued: now,
-            state: self.state.clone(),
-            seq,
-            reply: Some(self.reply_tx.clone()),
-        };
+        let deadline = Instant::now() + timeout;
+        let job = self.line.next(kind, opts, client, deadline);
+        let seq = job.seq;
         let queued = if matches!(job.kind, JobKind::Write(_)) {
             self.writer.send_and_serve(job)
         } else {
@@ -694,7 +664,7 @@ impl Conn {
                 Ok(Reply::Response(resp)) => return resp,
                 Ok(other) => return Response::Error(texts::unexpected_reply(&other)),
                 Err(RecvTimeoutError::Timeout) => {
-                    if Instant::now() >= deadline && self.cancel(seq) {
+                    if Instant::now() >= deadline && self.line.cancel(seq) {
                         return self.timed_out(timeout);
                     }
                     if !self.shared.writer_alive.load(Ordering::SeqCst) {
@@ -710,16 +680,7 @@ impl Conn {
         let Some(client) = self.client.take() else { return };
         if client.session.load(Ordering::SeqCst) == session_state::ACTIVE {
             // The writer rolls the session back; nobody waits for an answer.
-            let job = Job {
-                kind: JobKind::Disconnected,
-                opts: WriteOptions::default(),
-                client: Some(client.clone()),
-                deadline: Instant::now(),
-                enqueued: Instant::now(),
-                state: self.state.clone(),
-                seq: 0,
-                reply: None,
-            };
+            let job = Job::notice(JobKind::Disconnected, Some(client.clone()));
             // Refused only when the writer is gone, and the session with it.
             let _ = self.writer.send(job);
         }

@@ -11,11 +11,12 @@ pub mod config;
 mod conn;
 mod guard;
 mod instance;
+mod job;
 pub mod ops;
 mod queue;
 mod reply;
 pub mod request_ids;
-pub mod shared;
+mod shared;
 pub mod sql;
 #[doc(hidden)]
 pub mod testing;

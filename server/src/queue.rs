@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::shared::{lock, Job, JobKind};
+use crate::job::{Job, JobKind};
+use crate::shared::lock;
 
 #[derive(Debug, Default)]
 struct State {

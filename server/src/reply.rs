@@ -9,30 +9,14 @@
 //! carries a note that the answer went out.
 
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::SyncSender;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use interprocess::local_socket::Stream;
 use litebroker_protocol::{encode_frame, FrameError, Response};
 
-use crate::shared::Shared;
+use crate::job::{InFlight, Reply, SocketAnswer};
+use crate::shared::lock;
 use crate::texts;
-
-/// What a connection thread receives for its job.
-// It moves once through a one-slot channel; boxing the answer would allocate per
-// request instead.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-pub enum Reply {
-    /// The answer, for the connection thread to send.
-    Response(Response),
-    /// The answer was sent on the socket.
-    Sent,
-    /// The start of the answer was sent; these bytes remain (the client's socket
-    /// buffer was full, so it is not reading).
-    Rest(Vec<u8>),
-}
 
 /// The connection's socket, shared with the threads that answer on it so that it
 /// stays open (its descriptor cannot be reused) while one of them may write.
@@ -49,65 +33,50 @@ impl Read for SharedStream {
 #[derive(Debug)]
 pub struct Direct {
     stream: Arc<Stream>,
-    /// Sequence number of the job whose answer goes straight to the socket (0 = none).
-    armed: AtomicU64,
-    shared: Arc<Shared>,
+    /// The job whose answer goes straight to the socket, with its request's
+    /// in-flight count, until whoever answers (or cancels) it takes them.
+    armed: Mutex<Option<(u64, InFlight)>>,
+    max_frame: u32,
 }
 
-/// A connection's reply path, cloned into each of its jobs.
-#[derive(Debug, Clone)]
-pub struct ReplyTx {
-    tx: SyncSender<Reply>,
-    direct: Option<Arc<Direct>>,
-}
-
-impl ReplyTx {
-    /// A reply path through `tx`; with `stream` (Unix) answers may also be sent on
-    /// the socket directly, once armed.
-    pub fn new(tx: SyncSender<Reply>, stream: Option<Arc<Stream>>, shared: &Arc<Shared>) -> ReplyTx {
-        let direct = stream
-            .filter(|_| cfg!(unix))
-            .map(|stream| Arc::new(Direct { stream, armed: AtomicU64::new(0), shared: shared.clone() }));
-        ReplyTx { tx, direct }
-    }
-
-    /// Whether answers can be sent on the socket directly.
-    pub fn can_send_directly(&self) -> bool {
-        self.direct.is_some()
+impl Direct {
+    /// The socket path of a connection (Unix only: elsewhere None).
+    pub fn new(stream: Arc<Stream>, max_frame: u32) -> Option<Arc<Direct>> {
+        cfg!(unix).then(|| Arc::new(Direct { stream, armed: Mutex::new(None), max_frame }))
     }
 
     /// The answer of job `seq` will be sent on the socket by whoever runs it.
-    pub fn arm(&self, seq: u64) {
-        if let Some(d) = &self.direct {
-            d.armed.store(seq, Ordering::SeqCst);
-        }
+    pub fn arm(&self, seq: u64, in_flight: InFlight) {
+        *lock(&self.armed) = Some((seq, in_flight));
     }
 
-    /// Takes the job's answer back from the socket path (it was cancelled).
-    pub fn disarm(&self) {
-        if let Some(d) = &self.direct {
-            d.armed.store(0, Ordering::SeqCst);
-        }
+    /// Takes the job's answer back from the socket path (it was cancelled, or
+    /// never queued), with its in-flight count.
+    pub fn disarm(&self) -> Option<InFlight> {
+        lock(&self.armed).take().map(|(_, in_flight)| in_flight)
     }
+}
 
-    /// Delivers the answer of job `seq`. Never blocks: each connection has one job
-    /// in flight, a reply slot of one, and a direct answer is sent without waiting.
-    pub fn send(&self, seq: u64, resp: Response) {
-        if let Some(d) = &self.direct {
-            if seq != 0 && d.armed.compare_exchange(seq, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
-                let note = match d.send_now(&resp) {
-                    Ok(rest) if !rest.is_empty() => Reply::Rest(rest),
-                    // A broken socket: the connection thread finds out by reading.
-                    _ => {
-                        d.shared.counters.in_flight.fetch_sub(1, Ordering::SeqCst);
-                        Reply::Sent
-                    }
-                };
-                let _ = self.tx.try_send(note);
-                return;
+impl SocketAnswer for Direct {
+    #[allow(clippy::result_large_err)]
+    fn answer(&self, seq: u64, resp: Response) -> Result<Reply, Response> {
+        let taken = {
+            let mut armed = lock(&self.armed);
+            match armed.take() {
+                Some((s, in_flight)) if s == seq => Some(in_flight),
+                other => {
+                    *armed = other;
+                    None
+                }
             }
-        }
-        let _ = self.tx.try_send(Reply::Response(resp));
+        };
+        let Some(in_flight) = taken else { return Err(resp) };
+        Ok(match self.send_now(&resp) {
+            Ok(rest) if !rest.is_empty() => Reply::Rest(rest, in_flight),
+            // Sent in full, or a broken socket (the connection thread finds out by
+            // reading): either way the request is out of flight.
+            _ => Reply::Sent,
+        })
     }
 }
 
@@ -118,7 +87,7 @@ thread_local! {
 impl Direct {
     /// Encodes and sends `resp` without blocking; returns what could not be sent.
     fn send_now(&self, resp: &Response) -> io::Result<Vec<u8>> {
-        let max = self.shared.config.max_frame;
+        let max = self.max_frame;
         FRAME.with(|buf| {
             let mut buf = buf.borrow_mut();
             match encode_frame(resp, &mut buf, max) {

@@ -4,15 +4,12 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use litebroker_protocol::host::unix_ms;
-use litebroker_protocol::{
-    CheckpointMode, CheckpointReport, HealthReport, Response, Statement, WriteOptions,
-};
+use litebroker_protocol::{CheckpointReport, HealthReport};
 
 use crate::config::Config;
-use crate::reply::ReplyTx;
 use crate::texts;
 
 /// Why the broker stops.
@@ -133,8 +130,6 @@ pub struct Shared {
     pub socket: String,
     /// Start time.
     pub started: Instant,
-    /// Start time, ms since the epoch.
-    pub started_unix_ms: u64,
     /// Set once shutdown began: no new work is accepted.
     pub shutting_down: AtomicBool,
     /// False once the writer thread has exited.
@@ -170,7 +165,6 @@ impl Shared {
             db_path,
             socket,
             started: Instant::now(),
-            started_unix_ms: unix_ms(),
             shutting_down: AtomicBool::new(false),
             writer_alive: AtomicBool::new(true),
             counters: Counters::default(),
@@ -289,214 +283,5 @@ impl Shared {
             Some(h) => texts::held_by_session(&h.client.describe(), h.since.elapsed()),
             None => texts::writer_busy(self.counters.queued.load(Ordering::Relaxed)),
         }
-    }
-}
-
-/// A job's lifecycle, packed with a per-connection sequence number so that a stale
-/// (cancelled) job can never be mistaken for the connection's current one.
-pub mod job_state {
-    /// Waiting in the queue.
-    pub const QUEUED: u64 = 0;
-    /// Taken by the writer: it will answer.
-    pub const RUNNING: u64 = 1;
-    /// Given up by the connection (deadline passed): the writer must skip it.
-    pub const CANCELLED: u64 = 2;
-    /// Answered by the writer.
-    pub const ANSWERED: u64 = 3;
-
-    /// Packs a sequence number and a state.
-    pub fn pack(seq: u64, state: u64) -> u64 {
-        (seq << 2) | state
-    }
-}
-
-/// What the writer thread is asked to do.
-#[derive(Debug)]
-pub enum JobKind {
-    /// A one-shot write: one or several statements, committed atomically.
-    Write(WriteBody),
-    /// Open a write session for the job's client.
-    BeginSession,
-    /// Run a write inside the client's session.
-    SessionWrite(WriteBody),
-    /// End the client's session.
-    EndSession {
-        /// Commit (true) or roll back.
-        commit: bool,
-    },
-    /// The client's connection closed: roll back its session, if any. Not answered.
-    Disconnected,
-    /// Run a WAL checkpoint on the writer connection.
-    Checkpoint(CheckpointMode),
-    /// Replace the database's content with a verified file, holding the writer.
-    Restore(std::path::PathBuf),
-    /// Apply the schema migrations above the database's version.
-    Migrate(Vec<litebroker_protocol::Migration>),
-    /// Finish what is queued and stop. Not answered.
-    Stop,
-}
-
-/// The statements of a write request.
-#[derive(Debug)]
-pub enum WriteBody {
-    /// `Request::Execute`: one SQL text (possibly several statements).
-    Execute(Statement),
-    /// `Request::Batch`: a list of statements.
-    Batch(Vec<Statement>),
-}
-
-impl WriteBody {
-    /// The statements, in order.
-    pub fn statements(&self) -> impl Iterator<Item = &Statement> {
-        match self {
-            WriteBody::Execute(s) => std::slice::from_ref(s).iter(),
-            WriteBody::Batch(v) => v.iter(),
-        }
-    }
-
-    /// Bytes of SQL and parameters, for group limits.
-    pub fn weight(&self) -> usize {
-        fn one(s: &Statement) -> usize {
-            s.sql.len() + s.params.len() * 16
-        }
-        match self {
-            WriteBody::Execute(s) => one(s),
-            WriteBody::Batch(v) => v.iter().map(one).sum(),
-        }
-    }
-}
-
-thread_local! {
-    // Set by the thread running a group from just before its COMMIT until every
-    // caller was answered: a failure inside the broker meanwhile cannot tell the
-    // callers whether their writes committed.
-    static IN_DOUBT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Marks (or clears) the span in which an unanswered job may have committed.
-pub fn set_in_doubt(v: bool) {
-    IN_DOUBT.with(|d| d.set(v));
-}
-
-/// Whether this thread is inside such a span (see [`set_in_doubt`]).
-pub fn in_doubt() -> bool {
-    IN_DOUBT.with(std::cell::Cell::get)
-}
-
-/// A unit of work for the writer thread.
-#[derive(Debug)]
-pub struct Job {
-    /// What to do.
-    pub kind: JobKind,
-    /// Options of the request (request id, idempotency).
-    pub opts: WriteOptions,
-    /// The submitting client (None for broker-internal jobs).
-    pub client: Option<Arc<ClientEntry>>,
-    /// When the caller stops waiting.
-    pub deadline: Instant,
-    /// When it was queued.
-    pub enqueued: Instant,
-    /// Shared with the connection: see [`job_state`].
-    pub state: Arc<AtomicU64>,
-    /// This job's sequence number on its connection.
-    pub seq: u64,
-    /// Where the answer goes.
-    pub reply: Option<ReplyTx>,
-}
-
-impl Job {
-    /// Claims the job for execution; false when the connection already gave up on it.
-    pub fn claim(&self) -> bool {
-        self.state
-            .compare_exchange(
-                job_state::pack(self.seq, job_state::QUEUED),
-                job_state::pack(self.seq, job_state::RUNNING),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_ok()
-    }
-
-    /// Sends the answer (see [`ReplyTx::send`]); never blocks. A job is answered
-    /// once: a second answer is dropped (the connection may have moved on to its
-    /// next request, which must not receive it).
-    pub fn answer(&self, resp: Response) {
-        let answering = self.state.compare_exchange(
-            job_state::pack(self.seq, job_state::RUNNING),
-            job_state::pack(self.seq, job_state::ANSWERED),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
-        if answering.is_err() {
-            return;
-        }
-        if let Some(tx) = &self.reply {
-            let minor = self.client.as_ref().map_or(litebroker_protocol::PROTOCOL_MINOR, |c| c.minor);
-            tx.send(self.seq, for_minor(resp, minor));
-        }
-    }
-
-    /// Taken by the writer and not answered yet.
-    pub fn unanswered(&self) -> bool {
-        self.state.load(Ordering::Acquire) == job_state::pack(self.seq, job_state::RUNNING)
-    }
-
-    /// The client id, or 0 for internal jobs.
-    pub fn client_id(&self) -> u64 {
-        self.client.as_ref().map_or(0, |c| c.id)
-    }
-
-    /// Time left before the deadline.
-    pub fn remaining(&self) -> Duration {
-        self.deadline.saturating_duration_since(Instant::now())
-    }
-}
-
-/// `resp` in a form a client speaking protocol minor `minor` can decode: error
-/// kinds appended in a later minor become `Internal`, their message kept.
-pub fn for_minor(resp: Response, minor: u32) -> Response {
-    match resp {
-        Response::Error(mut e) if minor < 1 && e.kind == litebroker_protocol::ErrorKind::WritesStopped => {
-            e.kind = litebroker_protocol::ErrorKind::Internal;
-            Response::Error(e)
-        }
-        other => other,
-    }
-}
-
-impl Drop for Job {
-    /// A job taken by the writer is always answered. One dropped unanswered was
-    /// cut short by a failure inside the broker (a panic while running it): its
-    /// caller learns that, unless the failure came between a COMMIT and the
-    /// answers, when nobody can say what was applied and the broker exits instead
-    /// (its callers resend with their request ids).
-    fn drop(&mut self) {
-        if self.reply.is_none() || !self.unanswered() || in_doubt() {
-            return;
-        }
-        tracing::error!(
-            "a request was cut short by an internal failure of the broker; answering with an error"
-        );
-        self.answer(Response::Error(texts::cut_short()));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use litebroker_protocol::{decode_payload, encode_frame, ErrorKind, FRAME_HEADER_LEN, HARD_MAX_FRAME};
-
-    use super::*;
-
-    #[test]
-    fn a_client_of_minor_0_gets_an_error_kind_it_can_decode() {
-        let stopped = Response::error(ErrorKind::WritesStopped, "the -wal file was deleted");
-        let Response::Error(old) = for_minor(stopped.clone(), 0) else { panic!("not an error") };
-        assert_eq!((old.kind, old.message.as_str()), (ErrorKind::Internal, "the -wal file was deleted"));
-        // Its bytes use only minor 0's error kinds (index 12, Internal).
-        let mut buf = Vec::new();
-        encode_frame(&Response::Error(old), &mut buf, HARD_MAX_FRAME).unwrap();
-        assert_eq!(buf[FRAME_HEADER_LEN + 1], 12);
-        assert!(decode_payload::<Response>(&buf[FRAME_HEADER_LEN..]).is_ok());
-        assert_eq!(for_minor(stopped.clone(), 1), stopped);
     }
 }

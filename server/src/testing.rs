@@ -4,7 +4,6 @@
 //! answer matches the file. Not part of the broker's interface.
 
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,9 +13,10 @@ use rusqlite::Connection;
 
 use crate::config::Config;
 use crate::guard;
+pub use crate::job::WriteBody;
+use crate::job::{Job, JobKind, JobLine, Reply, ReplyTx};
 use crate::queue::JobQueue;
-use crate::reply::{Reply, ReplyTx};
-use crate::shared::{job_state, ClientEntry, Job, JobKind, Shared, WriteBody};
+use crate::shared::{ClientEntry, Shared};
 use crate::sql::authorizer;
 use crate::writer::{open_writer, Writer};
 
@@ -25,7 +25,6 @@ pub struct WriterHarness {
     writer: Writer,
     shared: Arc<Shared>,
     client: Arc<ClientEntry>,
-    seq: u64,
 }
 
 /// One request of a group: its statements and, optionally, its request id.
@@ -47,26 +46,19 @@ impl WriterHarness {
             shared.register("harness".into(), std::process::id(), None, litebroker_protocol::PROTOCOL_MINOR);
         let mut writer = Writer::new(conn, shared.clone(), Arc::new(JobQueue::new(64)));
         writer.start();
-        Ok(WriterHarness { writer, shared, client, seq: 0 })
+        Ok(WriterHarness { writer, shared, client })
     }
 
     /// A job as a connection would queue it; `taken`: as the writer holds it once
     /// it put it in a group (groups are run on jobs already taken).
     fn job(&mut self, kind: JobKind, request_id: Option<RequestId>, taken: bool) -> (Job, Receiver<Reply>) {
         let (tx, rx) = mpsc::sync_channel(1);
-        let state = if taken { job_state::RUNNING } else { job_state::QUEUED };
-        self.seq += 1;
-        let now = Instant::now();
-        let job = Job {
-            kind,
-            opts: WriteOptions { request_id, ..WriteOptions::default() },
-            client: Some(self.client.clone()),
-            deadline: now + Duration::from_secs(10),
-            enqueued: now,
-            state: Arc::new(AtomicU64::new(job_state::pack(self.seq, state))),
-            seq: self.seq,
-            reply: Some(ReplyTx::new(tx, None, &self.shared)),
-        };
+        let opts = WriteOptions { request_id, ..WriteOptions::default() };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let job = JobLine::new(ReplyTx::new(tx)).next(kind, opts, &self.client, deadline);
+        if taken {
+            job.claim();
+        }
         (job, rx)
     }
 

@@ -35,12 +35,11 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::guard::{self, WalFiles};
+use crate::job::{in_doubt, set_in_doubt, Job, JobKind, JobState, Stage, WriteBody};
 use crate::ops;
 use crate::queue::JobQueue;
 use crate::request_ids;
-use crate::shared::{
-    job_state, lock, session_state, set_in_doubt, ClientEntry, Holder, Job, JobKind, Shared, WriteBody,
-};
+use crate::shared::{lock, session_state, ClientEntry, Holder, Shared};
 use crate::sql::authorizer;
 use crate::sql::exec::{run_batch, run_sql, sql_error, ExecLimits, Mode, SessionEnd, Tracker};
 use crate::texts;
@@ -303,8 +302,8 @@ impl Writer {
     /// queued (it was answered). Stops early when something else must run first (a
     /// session holds the writer, jobs are parked behind one, or a job that is not
     /// a one-shot write is next): the writer thread does that.
-    fn serve_writes(&mut self, own: &AtomicU64, own_queued: u64) {
-        while own.load(Ordering::Acquire) == own_queued {
+    fn serve_writes(&mut self, own: &JobState, own_seq: u64) {
+        while own.is(own_seq, Stage::Queued) {
             if self.stopping {
                 // The writer thread ran what was queued before the stop and closed
                 // the database: what came later is refused.
@@ -633,7 +632,7 @@ impl Writer {
     /// back, nothing can be said for sure: the broker exits at once with code 1
     /// (its supervisor restarts it; clients resend with their request ids).
     fn recover(&mut self) {
-        let doubt = crate::shared::in_doubt();
+        let doubt = in_doubt();
         if doubt {
             tracing::error!(
                 "internal failure after a COMMIT whose callers were not all answered; exiting so that \
@@ -1323,17 +1322,7 @@ impl WriterHandle {
     /// Tells the writer thread to finish what is queued and stop. Never blocks,
     /// whatever state the writer is in.
     pub fn stop(&self) {
-        let now = Instant::now();
-        self.queue.push_stop(Job {
-            kind: JobKind::Stop,
-            opts: WriteOptions::default(),
-            client: None,
-            deadline: now,
-            enqueued: now,
-            state: Arc::new(AtomicU64::new(0)),
-            seq: 0,
-            reply: None,
-        });
+        self.queue.push_stop(Job::notice(JobKind::Stop, None));
     }
 
     /// Queues a one-shot write and, when nothing was queued before it and the
@@ -1347,8 +1336,7 @@ impl WriterHandle {
         if !self.shared.writer_alive.load(Ordering::SeqCst) {
             return Err(WriterGone);
         }
-        let own = job.state.clone();
-        let own_queued = job_state::pack(job.seq, job_state::QUEUED);
+        let (own, own_seq) = (job.state.clone(), job.seq);
         if self.queue.push(job, false, Some(&self.shared.counters.queued)).map_err(|_| WriterGone)? > 0 {
             // Others wait already: the writer is busy, and the writer thread
             // commits them all together (larger groups) without this thread.
@@ -1363,7 +1351,7 @@ impl WriterHandle {
         let mut committed = false;
         if let Some(mut w) = guard {
             let served =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.serve_writes(&own, own_queued)));
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.serve_writes(&own, own_seq)));
             if served.is_err() {
                 w.recover();
             }
@@ -1486,7 +1474,7 @@ mod tests {
     use litebroker_protocol::Statement;
 
     use super::*;
-    use crate::reply::{Reply, ReplyTx};
+    use crate::job::{JobLine, Reply, ReplyTx};
 
     fn writer(dir: &Path) -> Writer {
         let config = Config::new(dir.join("w.db"));
@@ -1499,25 +1487,19 @@ mod tests {
         w
     }
 
-    fn shared_for_replies() -> Arc<Shared> {
-        let (stop_tx, _) = mpsc::channel();
-        Arc::new(Shared::new(Config::new("unused.db"), String::new(), String::new(), stop_tx))
-    }
-
-    fn job(sql: &str, id: Option<u8>) -> (Job, Receiver<Reply>) {
+    /// A one-shot write as the writer holds it once it put it in a group (taken).
+    fn job(w: &Writer, sql: &str, id: Option<u8>) -> (Job, Receiver<Reply>) {
         let (tx, rx) = mpsc::sync_channel(1);
-        let reply = ReplyTx::new(tx, None, &shared_for_replies());
-        let now = Instant::now();
-        let job = Job {
-            kind: JobKind::Write(WriteBody::Execute(Statement::new(sql, vec![]))),
-            opts: WriteOptions { request_id: id.map(|b| [b; 16]), ..Default::default() },
-            client: None,
-            deadline: now + Duration::from_secs(10),
-            enqueued: now,
-            state: Arc::new(AtomicU64::new(job_state::pack(1, job_state::RUNNING))),
-            seq: 1,
-            reply: Some(reply),
-        };
+        let client = w.shared.register("test".into(), 1, None, litebroker_protocol::PROTOCOL_MINOR);
+        let kind = JobKind::Write(WriteBody::Execute(Statement::new(sql, vec![])));
+        let opts = WriteOptions { request_id: id.map(|b| [b; 16]), ..Default::default() };
+        let job = JobLine::new(ReplyTx::new(tx)).next(
+            kind,
+            opts,
+            &client,
+            Instant::now() + Duration::from_secs(10),
+        );
+        assert!(job.claim());
         (job, rx)
     }
 
@@ -1525,7 +1507,7 @@ mod tests {
     /// each answer.
     fn group(w: &mut Writer, sqls: &[&str]) -> Vec<Response> {
         let (jobs, replies): (Vec<Job>, Vec<_>) =
-            sqls.iter().enumerate().map(|(i, s)| job(s, Some(i as u8 + 1))).unzip();
+            sqls.iter().enumerate().map(|(i, s)| job(w, s, Some(i as u8 + 1))).unzip();
         w.execute_group(&jobs);
         replies
             .iter()
@@ -1558,7 +1540,7 @@ mod tests {
     fn a_failed_commit_reruns_each_request_in_its_own_transaction() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut w = writer(dir.path());
-        let (create, _r) = job("CREATE TABLE t (v UNIQUE)", None);
+        let (create, _r) = job(&w, "CREATE TABLE t (v UNIQUE)", None);
         w.execute_group(std::slice::from_ref(&create));
         fail_commits(&mut w, 1);
         let answers = group(
@@ -1578,7 +1560,7 @@ mod tests {
     fn a_commit_that_keeps_failing_fails_every_request_and_applies_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut w = writer(dir.path());
-        let (create, _r) = job("CREATE TABLE t (v UNIQUE)", None);
+        let (create, _r) = job(&w, "CREATE TABLE t (v UNIQUE)", None);
         w.execute_group(std::slice::from_ref(&create));
         fail_commits(&mut w, usize::MAX);
         let answers = group(&mut w, &["INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)"]);
@@ -1597,6 +1579,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut w = writer(dir.path());
         let (create, _r) = job(
+            &w,
             "CREATE TABLE p (id INTEGER PRIMARY KEY);
              CREATE TABLE t (p INTEGER REFERENCES p(id) DEFERRABLE INITIALLY DEFERRED);
              INSERT INTO p VALUES (1)",
@@ -1628,7 +1611,7 @@ mod tests {
     fn a_resend_answered_from_its_record_is_counted_once_even_when_its_group_reruns() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut w = writer(dir.path());
-        let (create, _r) = job("CREATE TABLE t (v)", None);
+        let (create, _r) = job(&w, "CREATE TABLE t (v)", None);
         w.execute_group(std::slice::from_ref(&create));
         group(&mut w, &["INSERT INTO t VALUES (1)"]);
         fail_commits(&mut w, 1);

@@ -12,8 +12,7 @@
 //! with an error = absent).
 
 use litebroker_protocol::{ErrorKind, Response, Statement};
-use litebroker_server::shared::WriteBody;
-use litebroker_server::testing::WriterHarness;
+use litebroker_server::testing::{WriteBody, WriterHarness};
 use litebroker_server::Config;
 use proptest::prelude::*;
 

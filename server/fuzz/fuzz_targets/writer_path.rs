@@ -10,8 +10,7 @@ use std::cell::RefCell;
 
 use libfuzzer_sys::fuzz_target;
 use litebroker_protocol::{ErrorKind, Response, Statement};
-use litebroker_server::shared::WriteBody;
-use litebroker_server::testing::WriterHarness;
+use litebroker_server::testing::{WriteBody, WriterHarness};
 use litebroker_server::Config;
 
 struct World {
