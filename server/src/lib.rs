@@ -14,7 +14,6 @@ mod instance;
 mod job;
 pub mod ops;
 mod queue;
-mod reply;
 pub mod request_ids;
 mod shared;
 pub mod sql;

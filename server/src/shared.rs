@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use litebroker_protocol::host::unix_ms;
-use litebroker_protocol::{CheckpointReport, HealthReport};
+use litebroker_protocol::{
+    BrokerStatus, CheckpointReport, ClientInfo, HealthReport, PROTOCOL_MINOR, PROTOCOL_VERSION,
+};
 
 use crate::config::Config;
 use crate::texts;
@@ -275,6 +277,52 @@ impl Shared {
     /// The last checkpoint the writer ran.
     pub fn last_checkpoint(&self) -> Option<CheckpointReport> {
         lock(&self.last_checkpoint).clone()
+    }
+
+    /// The answer to `Request::Status`.
+    pub fn status(&self) -> BrokerStatus {
+        let c = &self.counters;
+        BrokerStatus {
+            pid: std::process::id(),
+            socket: self.socket.clone(),
+            db_path: self.db_path.clone(),
+            protocol: PROTOCOL_VERSION,
+            minor: PROTOCOL_MINOR,
+            broker_version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            clients: self.client_count() as u32,
+            requests: c.requests.load(Ordering::Relaxed),
+            commits: c.commits.load(Ordering::Relaxed),
+            queue_depth: c.queued.load(Ordering::Relaxed) as u32,
+            synchronous: self.config.synchronous.as_str().to_owned(),
+            writer_holder: self
+                .holder()
+                .map(|h| format!("{} for {:.1} s", h.client.describe(), h.since.elapsed().as_secs_f64())),
+            request_ids: self.request_ids.load(Ordering::Relaxed),
+            group_commits: c.group_commits.load(Ordering::Relaxed),
+            group_requests: c.committed_requests.load(Ordering::Relaxed),
+            max_group: c.max_group.load(Ordering::Relaxed),
+            queue_waits: c.queue_waits.load(Ordering::Relaxed),
+            queue_wait_us: c.queue_wait_us.load(Ordering::Relaxed),
+            max_queue_wait_us: c.max_queue_wait_us.load(Ordering::Relaxed),
+            commit_us: c.commit_us.load(Ordering::Relaxed),
+            max_commit_us: c.max_commit_us.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The answer to `Request::Connections`.
+    pub fn connections(&self) -> Vec<ClientInfo> {
+        self.clients()
+            .iter()
+            .map(|c| ClientInfo {
+                id: c.id,
+                name: c.name.clone(),
+                pid: c.pid,
+                connected_unix_ms: c.connected_unix_ms,
+                requests: c.requests.load(Ordering::Relaxed),
+                holds_writer: c.session.load(Ordering::SeqCst) == session_state::ACTIVE,
+            })
+            .collect()
     }
 
     /// Why a waiter did not get the writer in time, for its error message.

@@ -1,0 +1,207 @@
+//! One thread per client connection: it reads frames ([`io`]), identifies the
+//! client ([`handshake`]), routes each request ([`route`]) to an answer, to the
+//! writer as a job awaited within its deadline ([`deadline`]), or to the
+//! answer-on-the-socket shortcut ([`direct`]), and writes the answers.
+//!
+//! A failure serving one client (a panic) disconnects that client only; its
+//! write session, if it held one, is rolled back by the writer.
+
+mod deadline;
+mod direct;
+mod handshake;
+mod io;
+mod route;
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use interprocess::local_socket::Stream;
+use litebroker_protocol::{FrameError, Request, Response};
+use tracing::{debug, warn};
+
+use self::deadline::Jobs;
+use self::direct::Direct;
+use self::io::{is_timeout, FrameIo, Incoming, Wait};
+use self::route::Route;
+use crate::admin;
+use crate::job::{InFlight, Job, JobKind, JobLine};
+use crate::shared::{session_state, ClientEntry, Shared};
+use crate::texts;
+use crate::writer::WriterHandle;
+
+/// Serves one client until it leaves, misbehaves or the broker stops.
+pub fn serve(stream: Stream, shared: Arc<Shared>, writer: Arc<WriterHandle>, peer_pid: Option<u32>) {
+    let io = FrameIo::new(stream, &shared.config);
+    let (tx, replies) = mpsc::sync_channel(1);
+    let (direct, reply) = Direct::new(io.stream(), shared.config.max_frame, tx);
+    let mut conn = Conn {
+        jobs: Jobs::new(JobLine::new(reply), replies, writer, shared.clone()),
+        io,
+        direct,
+        shared,
+        client: None,
+        peer_pid,
+        accepted: Instant::now(),
+    };
+    if let Err(e) = conn.run() {
+        let who = conn.client.as_ref().map_or_else(|| "unidentified client".into(), |c| c.describe());
+        match &e {
+            _ if conn.io.deadline_fired() => {
+                warn!("disconnecting {who}: stalled in the middle of a frame or not reading answers")
+            }
+            FrameError::Io(io) if is_timeout(io) => {
+                warn!("disconnecting {who}: stalled in the middle of a frame or not reading answers")
+            }
+            FrameError::Io(_) | FrameError::Truncated { .. } => debug!("{who} left: {e}"),
+            _ => warn!("disconnecting {who}: {e}"),
+        }
+    }
+    conn.close();
+    #[cfg(windows)]
+    conn.io.release();
+}
+
+struct Conn {
+    io: FrameIo,
+    jobs: Jobs,
+    direct: Direct,
+    shared: Arc<Shared>,
+    client: Option<Arc<ClientEntry>>,
+    peer_pid: Option<u32>,
+    accepted: Instant,
+}
+
+impl Drop for Conn {
+    /// Also when the connection's thread fails: the client is forgotten and its
+    /// write session rolled back.
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Conn {
+    fn run(&mut self) -> Result<(), FrameError> {
+        loop {
+            self.io.shrink_idle_buffers();
+            let Some(incoming) = self.next_frame()? else { return Ok(()) };
+            // Answers go out in request order: a client that sent this before
+            // reading the previous answer waits for it to be sent first (and only
+            // this thread writes the socket from here on).
+            self.direct.settle(true, &mut self.io, &self.jobs)?;
+            let req = match incoming {
+                Incoming::Request(r) => r,
+                Incoming::Malformed(e) => {
+                    let Some(client) = &self.client else {
+                        // A malformed handshake: answered, and the connection closed.
+                        self.io.send(&handshake::refuse_malformed(self.io.payload(), &e))?;
+                        return Ok(());
+                    };
+                    debug!("client {} sent a malformed frame: {e}", client.describe());
+                    self.io
+                        .send(&Response::error(litebroker_protocol::ErrorKind::Protocol, e.to_string()))?;
+                    continue;
+                }
+            };
+            self.shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+            let in_flight = InFlight::new(&self.shared);
+            let (req, in_flight) = match &self.client {
+                Some(client) => {
+                    match self.direct.try_start(req, in_flight, client, &mut self.io, &mut self.jobs) {
+                        Ok(()) => continue,
+                        Err(back) => back,
+                    }
+                }
+                None => (req, in_flight),
+            };
+            let (resp, keep_open) = self.handle(req);
+            let sent = self.io.send(&resp);
+            drop(in_flight);
+            sent?;
+            if !keep_open {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits for the next frame (None: the peer left, or the broker stops).
+    /// Between frames the armed direct write is settled when its answer comes,
+    /// and a connection without a handshake is closed when its time is up. A
+    /// frame longer than the maximum is answered, then the connection closed.
+    fn next_frame(&mut self) -> Result<Option<Incoming>, FrameError> {
+        loop {
+            match self.io.wait()? {
+                Wait::Closed => return Ok(None),
+                Wait::Frame => break,
+                Wait::Idle => {
+                    self.direct.settle(false, &mut self.io, &self.jobs)?;
+                    if self.shared.is_shutting_down() {
+                        return Ok(None);
+                    }
+                    if self.client.is_none() {
+                        let left = handshake::time_left(self.accepted, &self.shared.config);
+                        if left.is_zero() {
+                            debug!("closing a connection that sent no handshake in time");
+                            return Ok(None);
+                        }
+                        self.io.set_recv_timeout(left);
+                    }
+                }
+            }
+        }
+        let handshake_left =
+            self.client.is_none().then(|| handshake::time_left(self.accepted, &self.shared.config));
+        match self.io.read_request(handshake_left) {
+            Err(FrameError::TooLarge { len, max }) => {
+                // The stream cannot be resynchronised without reading the whole
+                // announced length: answer (after an armed answer) and close.
+                self.direct.settle(true, &mut self.io, &self.jobs)?;
+                let _ = self.io.send(&Response::Error(texts::frame_too_large(len, max)));
+                Err(FrameError::TooLarge { len, max })
+            }
+            read => read.map(Some),
+        }
+    }
+
+    /// Answers one request; the flag says whether to keep the connection open.
+    fn handle(&mut self, req: Request) -> (Response, bool) {
+        let Some(client) = self.client.clone() else {
+            return match req {
+                Request::Hello(h) => match handshake::greet(h, self.peer_pid, &self.shared) {
+                    Ok((client, ack)) => {
+                        self.client = Some(client);
+                        // From now on only frames started and left unfinished are timed out.
+                        self.io.set_recv_timeout(self.shared.config.io_timeout);
+                        (ack, true)
+                    }
+                    Err(refusal) => (Response::Error(refusal), false),
+                },
+                other => (handshake::refuse_other(&other), false),
+            };
+        };
+        client.requests.fetch_add(1, Ordering::Relaxed);
+        let resp = match route::route(req, &client, &self.shared) {
+            Route::Answer(resp) => resp,
+            Route::Submit { kind, opts, timeout } => self.jobs.submit(&client, kind, opts, timeout),
+            Route::Backup { label, keep } => {
+                let shared = self.shared.clone();
+                let mut progress = |done, total| self.io.send(&Response::Progress { done, total }).is_ok();
+                admin::backup(&shared, &label, keep, &mut progress)
+                    .map_or_else(Response::Error, Response::Backup)
+            }
+        };
+        (resp, true)
+    }
+
+    fn close(&mut self) {
+        let Some(client) = self.client.take() else { return };
+        if client.session.load(Ordering::SeqCst) == session_state::ACTIVE {
+            // The writer rolls the session back; nobody waits for an answer.
+            // Refused only when the writer is gone, and the session with it.
+            let _ = self.jobs.send(Job::notice(JobKind::Disconnected, Some(client.clone())));
+        }
+        debug!("client {} disconnected", client.describe());
+        self.shared.unregister(client.id);
+    }
+}
