@@ -119,11 +119,11 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), BrokerEr
     let lock = instance::lock(&location)?;
     instance::clear_stale_socket(&location)?;
 
-    limit_sqlite_memory(config.max_memory);
-    let conn = writer::open_writer(&location.db_path, &config).map_err(BrokerError::Database)?;
+    writer::open::limit_sqlite_memory(config.max_memory);
+    let conn = writer::open::open_writer(&location.db_path, &config).map_err(BrokerError::Database)?;
     let exactly_once_off = match config.request_id_retention {
         None => Some(texts::IDS_DISABLED.to_owned()),
-        Some(_) => set_up_request_ids(&conn, &config).err(),
+        Some(_) => writer::set_up_request_ids(&conn, &config).err(),
     };
     let listener = instance::bind(&location)?;
 
@@ -232,52 +232,6 @@ fn spawn_exit_watchdog(bound: Duration) {
     });
     if let Err(e) = spawned {
         warn!("cannot start the shutdown watchdog: {e}");
-    }
-}
-
-/// Bounds the memory SQLite may take in this process (`--max-memory-mb`): a
-/// statement needing more fails with "out of memory" instead of growing the
-/// broker without bound (a sort of big rows is held in memory with
-/// `temp_store = MEMORY`). Process-wide, as SQLite's heap limit is.
-fn limit_sqlite_memory(bytes: u64) {
-    let hard = i64::try_from(bytes).unwrap_or(i64::MAX);
-    // SAFETY: both calls only set SQLite's process-wide limits.
-    unsafe {
-        rusqlite::ffi::sqlite3_hard_heap_limit64(hard);
-        rusqlite::ffi::sqlite3_soft_heap_limit64(hard / 2);
-    }
-}
-
-/// Creates the request-id table, waiting out another process's lock with the
-/// same schedule as writes (busy_timeout, then the backoff). On failure the
-/// broker serves without exactly-once, says so (`status`, `doctor`), and keeps
-/// trying when idle; the error is the reason it reports.
-fn set_up_request_ids(conn: &rusqlite::Connection, config: &Config) -> Result<(), String> {
-    let mut retry = 0;
-    loop {
-        let e = match request_ids::ensure_table(conn) {
-            Ok(()) => return Ok(()),
-            Err(e) => e,
-        };
-        if e.is_locked() && retry < config.lock_retries {
-            let delay = config.backoff(retry);
-            retry += 1;
-            warn!(
-                attempt = retry,
-                "cannot set up request ids: another process holds a lock on the database; retry {retry} of {} in {} ms",
-                config.lock_retries,
-                delay.as_millis()
-            );
-            thread::sleep(delay);
-            continue;
-        }
-        let reason = if e.is_locked() {
-            texts::ids_locked_at_start(retry + 1, request_ids::TABLE, &e)
-        } else {
-            texts::ids_setup_failed(request_ids::TABLE, &e)
-        };
-        warn!("request ids are off: {reason}");
-        return Err(reason);
     }
 }
 

@@ -18,7 +18,8 @@ use crate::job::{Job, JobKind, JobLine, Reply, ReplyTx};
 use crate::queue::JobQueue;
 use crate::shared::{ClientEntry, Shared};
 use crate::sql::authorizer;
-use crate::writer::{open_writer, Writer};
+use crate::writer::open::open_writer;
+use crate::writer::Writer;
 
 /// A writer on a database file, with request ids recorded, as the broker runs it.
 pub struct WriterHarness {
