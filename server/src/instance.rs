@@ -19,6 +19,25 @@ use crate::config::Config;
 use crate::texts;
 use crate::BrokerError;
 
+/// Claims the database for this broker, in this order: resolves its canonical
+/// path (creating its folder) and the socket name, checks `--db`
+/// ([`check_db_file`]), prepares the socket folder, takes the single-instance
+/// lock, and with the lock held clears a stale socket (a live listener is never
+/// displaced). The socket is bound later ([`bind`]), once the database is open.
+///
+/// # Errors
+/// [`BrokerError::Config`] (exit 2), [`BrokerError::AlreadyRunning`] (exit 3),
+/// or an I/O failure.
+pub fn claim(config: &Config) -> Result<(Location, InstanceLock), BrokerError> {
+    let location = Location::resolve_creating(&config.db, config.socket.as_deref())
+        .map_err(crate::io_err(format!("cannot use database path {}", config.db.display())))?;
+    check_db_file(&location)?;
+    prepare_socket_folder(&location)?;
+    let held = lock(&location)?;
+    clear_stale_socket(&location)?;
+    Ok((location, held))
+}
+
 /// The database's single-instance lock, held for the broker's lifetime.
 pub struct InstanceLock {
     _guard: NamedLockGuard,

@@ -34,8 +34,10 @@ mod session;
 #[cfg(test)]
 mod tests;
 
+use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, TryLockError};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use litebroker_protocol::{CheckpointMode, Response};
@@ -50,7 +52,7 @@ use self::maintenance::{checkpoint, Maintenance, IDLE_WAKE};
 use self::session::Sessions;
 use crate::job::{Job, JobKind, JobState, Stage};
 use crate::queue::JobQueue;
-use crate::shared::{lock, Shared};
+use crate::shared::{lock, Shared, StopReason};
 use crate::texts;
 
 pub use self::maintenance::set_up_request_ids;
@@ -217,19 +219,34 @@ impl Writer {
         upkeep.checkpoint_if_large(db, shared);
     }
 
-    fn stop(&mut self) {
+    // ----- the writer's part of shutdown, in the order `shutdown::finish_writer` runs it
+
+    /// Later sessions and restores are refused, and so are the one-shot writes
+    /// connection threads find after the writer thread stopped; a session in
+    /// progress is rolled back.
+    pub(crate) fn begin_stopping(&mut self) {
         self.stopping = true;
         self.sessions.roll_back_for_shutdown(&self.core);
-        // Answer what was queued before the stop (writes run; sessions are refused);
-        // what comes later is refused when it is sent (connection threads answer
-        // "shutting down" at once instead of waiting for a writer that is gone).
+    }
+
+    /// The queue refuses every later job.
+    pub(crate) fn close_queue(&self) {
         self.queue.close();
+    }
+
+    /// Runs (or refuses) what was parked and queued before, in FIFO order.
+    pub(crate) fn finish_queued(&mut self) {
         while let Some(job) = self.sessions.unpark().or_else(|| self.queue.try_recv()) {
             match job.kind {
                 JobKind::Stop => {}
                 _ => self.dispatch(job),
             }
         }
+    }
+
+    /// A TRUNCATE checkpoint waiting up to busy_timeout for readers: every
+    /// committed write moves into the database file.
+    pub(crate) fn final_checkpoint(&mut self) {
         let wait = self.core.shared.config.busy_timeout;
         let Core { db, shared, .. } = &mut self.core;
         match checkpoint(db, shared, CheckpointMode::Truncate, wait) {
@@ -241,6 +258,10 @@ impl Writer {
             ),
             Err(e) => warn!("final checkpoint failed: {}", e.message),
         }
+    }
+
+    /// Closes the database file.
+    pub(crate) fn close_database(&mut self) {
         self.core.db.close();
     }
 }
@@ -317,16 +338,36 @@ impl WriterHandle {
         Ok(())
     }
 
-    /// The writer thread: serves jobs until a `Stop` job, then checkpoints and
-    /// closes the database. Sleeps without holding the writer, so that connection
-    /// threads can serve their writes meanwhile.
-    pub fn run(&self) {
+    /// Starts the writer thread ([`WriterHandle::run`]). A failure it cannot
+    /// recover from ends the thread, and stops the broker (`Fatal`).
+    ///
+    /// # Errors
+    /// When the thread cannot be started.
+    pub fn spawn(self: &Arc<Self>, at_stop: fn(&mut Writer)) -> io::Result<JoinHandle<()>> {
+        let writer = self.clone();
+        thread::Builder::new().name("lb-writer".into()).spawn(move || {
+            let shared = writer.shared.clone();
+            // `run` recovers from a failure of one request; one it cannot recover
+            // from ends the thread, and the broker.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || writer.run(at_stop)));
+            if r.is_err() {
+                shared.writer_alive.store(false, Ordering::SeqCst);
+                shared.request_stop(StopReason::Fatal("the writer thread failed".into()));
+            }
+        })
+    }
+
+    /// The writer thread: serves jobs until a `Stop` job, then runs `at_stop`
+    /// (the writer's part of shutdown, `shutdown::finish_writer`). Sleeps without
+    /// holding the writer, so that connection threads can serve their writes
+    /// meanwhile.
+    pub fn run(&self, at_stop: fn(&mut Writer)) {
         let mut w = lock(&self.writer);
         w.start();
         loop {
             match w.next_ready() {
                 Some(job) if matches!(job.kind, JobKind::Stop) => {
-                    w.stop();
+                    at_stop(&mut w);
                     break;
                 }
                 Some(job) => {
