@@ -45,6 +45,7 @@ pub use messages::*;
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Minor protocol version: raised when variants are appended. Clients and brokers of
-/// the same major but different minors talk; a request the broker does not know is
-/// answered with a typed protocol error that names both versions.
+/// the same major but different minors talk; a request the broker does not know (from
+/// a client of a higher minor) is answered with a typed protocol error that says so
+/// and names both versions.
 pub const PROTOCOL_MINOR: u32 = 1;

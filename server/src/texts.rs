@@ -311,6 +311,23 @@ pub fn handshake_again() -> ErrorInfo {
     ErrorInfo::new(ErrorKind::Protocol, "handshake already done on this connection")
 }
 
+/// A frame after the handshake that does not decode (`malformed` is the frame
+/// error, "malformed frame: …"). From a client of a higher minor than the
+/// broker's it is most likely a request appended after the broker's minor: the
+/// answer then says so, naming both versions.
+pub fn malformed(malformed: &dyn std::fmt::Display, client_minor: u32, broker_minor: u32) -> ErrorInfo {
+    let message = if client_minor > broker_minor {
+        format!(
+            "{malformed} (this client speaks protocol {PROTOCOL_VERSION}.{client_minor}, this broker \
+             {PROTOCOL_VERSION}.{broker_minor}: a request added after {PROTOCOL_VERSION}.{broker_minor} is \
+             unknown to this broker; upgrade the broker to use it)"
+        )
+    } else {
+        malformed.to_string()
+    };
+    ErrorInfo::new(ErrorKind::Protocol, message)
+}
+
 // ----- limits -----------------------------------------------------------------------
 
 /// A request frame longer than `--max-frame-bytes` (answered, then the connection

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use interprocess::local_socket::Stream;
-use litebroker_protocol::{FrameError, Request, Response};
+use litebroker_protocol::{FrameError, Request, Response, PROTOCOL_MINOR};
 use tracing::{debug, warn};
 
 use self::deadline::Jobs;
@@ -99,8 +99,9 @@ impl Conn {
                         return Ok(());
                     };
                     debug!("client {} sent a malformed frame: {e}", client.describe());
-                    self.io
-                        .send(&Response::error(litebroker_protocol::ErrorKind::Protocol, e.to_string()))?;
+                    // From a client of a newer minor: most likely a request this
+                    // broker does not know, which the answer says.
+                    self.io.send(&Response::Error(texts::malformed(&e, client.minor, PROTOCOL_MINOR)))?;
                     continue;
                 }
             };
