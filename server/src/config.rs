@@ -1,4 +1,4 @@
-//! Broker configuration: every limit and policy knob, with the notes' defaults.
+//! Broker configuration: every limit and policy knob, with its default.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,7 +9,7 @@ use litebroker_protocol::DEFAULT_MAX_FRAME;
 /// `PRAGMA synchronous` of the writer connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Synchronous {
-    /// The notes' default: in WAL mode commits do not fsync; a process crash loses
+    /// The default: in WAL mode commits do not fsync; a process crash loses
     /// nothing committed, a power loss may lose the last commits.
     Normal,
     /// Every commit is fsynced: acknowledged writes survive power loss.
@@ -35,14 +35,14 @@ pub struct Config {
     pub socket: Option<String>,
     /// `PRAGMA synchronous`.
     pub synchronous: Synchronous,
-    /// SQLite's busy_timeout before the first retry (the notes: 5 s).
+    /// SQLite's busy_timeout before the first retry (default 5 s).
     pub busy_timeout: Duration,
     /// Retries after the first attempt when another process holds the lock
-    /// (the notes' `max_attempts`, default 3).
+    /// (default 3: four attempts in all).
     pub lock_retries: u32,
-    /// First backoff delay (the notes: 0.5 s, doubling).
+    /// First backoff delay (default 0.5 s), doubling at each retry.
     pub retry_base: Duration,
-    /// Backoff cap (the notes: 5 s).
+    /// Backoff cap (default 5 s).
     pub retry_cap: Duration,
     /// Timeout of requests that do not state one.
     pub default_timeout: Duration,
@@ -124,7 +124,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_follows_the_notes_schedule() {
+    fn backoff_doubles_from_half_a_second_up_to_five_seconds() {
         let c = Config::new("x.db");
         let got: Vec<u64> = (0..6).map(|i| c.backoff(i).as_millis() as u64).collect();
         assert_eq!(got, [500, 1000, 2000, 4000, 5000, 5000]);

@@ -1,5 +1,6 @@
-//! Database figures (the notes' `db.py stats`, without the broker's own) and the
-//! warning for a WAL that readers keep pinned.
+//! Database figures (file and WAL sizes, pages, the journal mode, tables and
+//! indexes with row counts; without the broker's own figures) and the warning for
+//! a WAL that readers keep pinned.
 
 use std::path::Path;
 
@@ -8,10 +9,14 @@ use rusqlite::Connection;
 
 use super::files::{file_size, wal_path};
 
-/// The notes' WAL size of concern: above it, readers are probably pinning the WAL.
+/// The default WAL size of concern (100 MB, `--wal-warn-mb`): a WAL that stays
+/// above it after checkpoints is being pinned by readers (an open read transaction
+/// or an unfinished statement), which keeps it from being reset.
 pub const DEFAULT_WAL_WARN_BYTES: u64 = 100_000_000;
 
-/// Database figures of the notes' `db.py stats` (without broker figures).
+/// Database figures: sizes, pages, journal mode, schema version, the tables (the
+/// broker's own `_litebroker…` ones left out) with their row counts, and the
+/// warnings (a WAL over `wal_warn_bytes`).
 ///
 /// # Errors
 /// SQLite's error.
