@@ -16,7 +16,6 @@ use named_lock::{NamedLock, NamedLockGuard};
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::texts;
 use crate::BrokerError;
 
 /// Claims the database for this broker, in this order: resolves its canonical
@@ -557,7 +556,7 @@ pub fn check_peer(stream: &Stream, config: &Config) -> Result<Option<u32>, Strin
     if let Some(uid) = creds.euid() {
         let me = current_uid();
         if uid != me && !config.allow_uids.contains(&uid) {
-            return Err(texts::peer_not_allowed(uid, pid, me));
+            return Err(crate::texts::peer_not_allowed(uid, pid, me));
         }
     }
     #[cfg(not(unix))]

@@ -391,7 +391,8 @@ pub fn too_many_clients(open: usize, max: usize) -> String {
     format!("too many clients: {open} connected, the limit is {max} (--max-clients)")
 }
 
-/// A refused connection: a peer of another user.
+/// A refused connection: a peer of another user (Unix: the socket tells who).
+#[cfg(unix)]
 pub fn peer_not_allowed(uid: u32, pid: Option<u32>, broker_uid: u32) -> String {
     format!(
         "peer uid {uid} (pid {}) is not the broker's user (uid {broker_uid}); allow it with --allow-uid {uid}",
