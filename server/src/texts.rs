@@ -10,8 +10,12 @@
 //! "NUL byte", "answer too large", "shutting down".
 //!
 //! Not here: SQLite's own messages (passed on with its codes, see
-//! `sql::exec::sql_error`), and the start-up failures `litebrokerd` prints and
-//! exits with (`BrokerError`), which no client receives.
+//! `sql::exec::sql_error`), the offline operations' errors (`crate::ops`, shared
+//! with the CLI), and the start-up failures `litebrokerd` prints and exits with
+//! (`BrokerError`), which no client receives.
+//!
+//! Over 600 lines on purpose: it is a flat list, grouped by subject, and its point
+//! is that nothing of it lives anywhere else.
 
 use std::time::Duration;
 
