@@ -9,7 +9,7 @@ use litebroker_tests::*;
 fn names(db: &std::path::Path) -> Vec<(String, u32)> {
     let o = cli(db, &["--json", "connections"]);
     assert_exit(&o, 0);
-    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let v = json_out(&o);
     v["connections"]
         .as_array()
         .unwrap()

@@ -7,24 +7,16 @@
 //! other clients' requests queue (the test waits until `status` shows them queued),
 //! then the session ends and the writer commits what queued.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use litebroker_client::protocol::BrokerStatus;
-use litebroker_client::{
-    Client, ClientError, ConnectOptions, ErrorKind, ExecResult, Statement, Value, WriteSession,
-};
+use litebroker_client::{Client, ClientError, ErrorKind, ExecResult, Statement, Value, WriteSession};
 use litebroker_tests::*;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn connect(b: &Broker, name: &str) -> Client {
-    let opts = ConnectOptions::new(&b.db).socket(&b.socket).client_name(name);
-    Client::connect_with(&opts).expect("connect to the broker")
-}
 
 fn status(c: &mut Client) -> BrokerStatus {
     c.status().expect("status")
@@ -41,13 +33,6 @@ fn hold_writer<'a>(holder: &'a mut Client, admin: &mut Client) -> WriteSession<&
     session
 }
 
-/// Waits until `n` requests wait for the writer.
-#[track_caller]
-fn wait_queued(c: &mut Client, n: u32) {
-    let ok = wait_until(WAIT, || status(c).queue_depth >= n);
-    assert!(ok, "{n} requests never queued: {:?}", status(c));
-}
-
 /// Sends one write from its own connection on a thread.
 fn spawn_write(
     mut c: Client,
@@ -60,7 +45,7 @@ fn spawn_write(
 fn setup(args: &[&str]) -> (TestDir, Broker, Client) {
     let t = TestDir::new();
     let b = Broker::start(&t.db(), args);
-    let mut admin = connect(&b, "admin");
+    let mut admin = b.client("admin");
     admin
         .execute(
             "CREATE TABLE t (id INTEGER PRIMARY KEY, who TEXT NOT NULL, v TEXT UNIQUE);
@@ -74,21 +59,14 @@ fn setup(args: &[&str]) -> (TestDir, Broker, Client) {
     (t, b, admin)
 }
 
-fn texts(db: &Path, sql: &str) -> Vec<String> {
-    let c = open_ro(db);
-    let mut st = c.prepare(sql).expect("prepare");
-    let rows = st.query_map([], |r| r.get::<_, String>(0)).expect("query");
-    rows.map(|r| r.expect("row")).collect()
-}
-
 #[test]
 fn a_failing_request_fails_alone_and_the_rest_of_its_group_commits() {
     let (t, b, mut admin) = setup(&[]);
     admin.execute("INSERT INTO t (who, v) VALUES ('seed', 'taken')", &[]).unwrap();
-    let clients: Vec<Client> = (0..6).map(|i| connect(&b, &format!("c{i}"))).collect();
+    let clients: Vec<Client> = (0..6).map(|i| b.client(&format!("c{i}"))).collect();
     let before = status(&mut admin);
 
-    let mut holder = connect(&b, "holder");
+    let mut holder = b.client("holder");
     let session = hold_writer(&mut holder, &mut admin);
     let mut handles = Vec::new();
     for (i, c) in clients.into_iter().enumerate() {
@@ -116,7 +94,10 @@ fn a_failing_request_fails_alone_and_the_rest_of_its_group_commits() {
             assert_eq!(r.changes, 1);
         }
     }
-    assert_eq!(texts(&t.db(), "SELECT who FROM t ORDER BY who"), ["c0", "c1", "c2", "c4", "c5", "seed"]);
+    assert_eq!(
+        query_texts(&t.db(), "SELECT who FROM t ORDER BY who"),
+        ["c0", "c1", "c2", "c4", "c5", "seed"]
+    );
     let after = status(&mut admin);
     assert_eq!(after.group_commits - before.group_commits, 1, "one transaction for the six: {after:?}");
     assert_eq!(after.group_requests - before.group_requests, 6, "{after:?}");
@@ -128,9 +109,9 @@ fn a_failing_request_fails_alone_and_the_rest_of_its_group_commits() {
 #[test]
 fn a_constraint_only_commit_detects_fails_only_its_request() {
     let (t, b, mut admin) = setup(&[]);
-    let clients: Vec<Client> = (0..5).map(|i| connect(&b, &format!("c{i}"))).collect();
+    let clients: Vec<Client> = (0..5).map(|i| b.client(&format!("c{i}"))).collect();
 
-    let mut holder = connect(&b, "holder");
+    let mut holder = b.client("holder");
     let session = hold_writer(&mut holder, &mut admin);
     let mut handles = Vec::new();
     for (i, c) in clients.into_iter().enumerate() {
@@ -178,9 +159,9 @@ fn a_constraint_only_commit_detects_fails_only_its_request() {
 #[test]
 fn groups_are_bounded_by_max_group_requests() {
     let (t, b, mut admin) = setup(&["--max-group-requests", "3"]);
-    let clients: Vec<Client> = (0..7).map(|i| connect(&b, &format!("c{i}"))).collect();
+    let clients: Vec<Client> = (0..7).map(|i| b.client(&format!("c{i}"))).collect();
     let before = status(&mut admin);
-    let mut holder = connect(&b, "holder");
+    let mut holder = b.client("holder");
     let session = hold_writer(&mut holder, &mut admin);
     let handles: Vec<_> = clients
         .into_iter()
@@ -202,8 +183,8 @@ fn groups_are_bounded_by_max_group_requests() {
 #[test]
 fn queued_requests_are_applied_in_arrival_order() {
     let (t, b, mut admin) = setup(&[]);
-    let clients: Vec<Client> = (0..8).map(|i| connect(&b, &format!("c{i}"))).collect();
-    let mut holder = connect(&b, "holder");
+    let clients: Vec<Client> = (0..8).map(|i| b.client(&format!("c{i}"))).collect();
+    let mut holder = b.client("holder");
     let session = hold_writer(&mut holder, &mut admin);
     let mut handles = Vec::new();
     // Client 7 arrives first, client 0 last: the order of arrival, not of
@@ -217,7 +198,7 @@ fn queued_requests_are_applied_in_arrival_order() {
         h.join().expect("thread").expect("write");
     }
     assert_eq!(
-        texts(&t.db(), "SELECT who FROM t ORDER BY id"),
+        query_texts(&t.db(), "SELECT who FROM t ORDER BY id"),
         ["c7", "c6", "c5", "c4", "c3", "c2", "c1", "c0"]
     );
 }
@@ -227,7 +208,7 @@ fn each_clients_requests_are_applied_in_order_under_concurrency() {
     let (t, b, _admin) = setup(&[]);
     let handles: Vec<_> = (0..6)
         .map(|i| {
-            let mut c = connect(&b, &format!("c{i}"));
+            let mut c = b.client(&format!("c{i}"));
             thread::spawn(move || {
                 for seq in 0..150i64 {
                     c.execute(
@@ -243,7 +224,7 @@ fn each_clients_requests_are_applied_in_order_under_concurrency() {
         h.join().expect("thread");
     }
     for i in 0..6 {
-        let got = texts(&t.db(), &format!("SELECT v FROM t WHERE who = 'c{i}' ORDER BY id"));
+        let got = query_texts(&t.db(), &format!("SELECT v FROM t WHERE who = 'c{i}' ORDER BY id"));
         let want: Vec<String> = (0..150).map(|s| format!("c{i}-{s}")).collect();
         assert_eq!(got, want, "client {i}'s writes out of order");
     }
@@ -257,7 +238,7 @@ fn a_greedy_client_cannot_starve_a_small_one() {
     let stop = Arc::new(AtomicBool::new(false));
     let greedy: Vec<_> = (0..GREEDY)
         .map(|g| {
-            let mut c = connect(&b, &format!("greedy{g}"));
+            let mut c = b.client(&format!("greedy{g}"));
             let stop = stop.clone();
             thread::spawn(move || {
                 let mut batches = 0i64;
@@ -278,7 +259,7 @@ fn a_greedy_client_cannot_starve_a_small_one() {
         })
         .collect();
     // Let the flood start before the small client measures.
-    let mut small = connect(&b, "small");
+    let mut small = b.client("small");
     assert!(wait_until(WAIT, || query_i64(&t.db(), "SELECT count(*) FROM t") >= GREEDY * BATCH as i64));
     let mut worst = Duration::ZERO;
     let started = Instant::now();

@@ -146,11 +146,7 @@ fn stop_condition_2_external_lock() {
     assert_eq!(sq.line(Duration::from_secs(20)).as_deref(), Some("RELEASED"));
     sq.wait_exit(Duration::from_secs(10));
 
-    let skus: Vec<String> = {
-        let c = open_ro(&db);
-        let mut st = c.prepare("SELECT sku FROM skus ORDER BY sku").unwrap();
-        st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
-    };
+    let skus = query_texts(&db, "SELECT sku FROM skus ORDER BY sku");
     assert_eq!(skus, ["ext-b", "mine-b"], "(a) must leave nothing, (b) both writers' rows");
     assert_eq!(integrity(&db), "ok");
 }
