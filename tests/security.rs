@@ -152,11 +152,9 @@ fn cli_as_nobody(t: &TestDir, socket: &str, args: &[&str]) -> Output {
 
 #[cfg(unix)]
 #[test]
+#[cfg_attr(litebroker_not_root, ignore = "needs root: runs the CLI as another user (uid 65534)")]
 fn a_peer_of_another_user_is_refused_by_its_credentials_and_logged() {
-    if !is_root() {
-        eprintln!("not root: cannot run a client as another user; skipped");
-        return;
-    }
+    require_root();
     let t = TestDir::new();
     let b = reachable_broker(&t, &[]);
     assert_exit(&cli(&t.db(), &["--socket", &b.socket, "exec", "CREATE TABLE t (x)"]), 0);
@@ -177,11 +175,9 @@ fn a_peer_of_another_user_is_refused_by_its_credentials_and_logged() {
 
 #[cfg(unix)]
 #[test]
+#[cfg_attr(litebroker_not_root, ignore = "needs root: runs the CLI as another user (uid 65534)")]
 fn allow_uid_admits_that_user() {
-    if !is_root() {
-        eprintln!("not root: cannot run a client as another user; skipped");
-        return;
-    }
+    require_root();
     let t = TestDir::new();
     let b = reachable_broker(&t, &["--allow-uid", "65534"]);
     assert_exit(&cli(&t.db(), &["--socket", &b.socket, "exec", "CREATE TABLE t (x)"]), 0);
