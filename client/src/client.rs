@@ -21,10 +21,11 @@ use crate::tracking::Tracked;
 use crate::trust;
 use litebroker_protocol::{Migration, MigrationReport};
 
-/// The notes' total wait: how long a request may take by default.
+/// The total wait: how long a request may take by default, waiting for the writer
+/// and any lock included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The notes' default wait for the writer in `factory.writer()`.
+/// The default wait for the writer of a write session from `factory.writer()`.
 pub const DEFAULT_WRITER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Extra time the client waits beyond a request's own timeout, so that the broker's
@@ -678,7 +679,7 @@ impl Client {
     }
 }
 
-/// An exclusive write session (the notes' `factory.writer()`): the broker runs
+/// An exclusive write session (what `factory.writer()` hands out): the broker runs
 /// `BEGIN IMMEDIATE` for it, then every statement sent here, until [`commit`] or
 /// [`rollback`]. Dropping it without committing rolls back.
 ///

@@ -7,7 +7,8 @@ use litebroker_protocol::{ErrorInfo, ErrorKind, FrameError};
 
 use crate::trust::TRUST_UID_ENV;
 
-/// The notes' user text for a database locked by someone else.
+/// What the user is told when another process held the database locked through
+/// the whole retry schedule: what happened, the likely causes, what to do.
 pub const LOCKED_USER_TEXT: &str = "Error: Database is locked
 
 This may occur if:

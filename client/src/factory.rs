@@ -1,4 +1,4 @@
-//! The notes' `ConnectionFactory`, moved onto the broker: `reader()` opens the
+//! The `ConnectionFactory` an app asks for its connections: `reader()` opens the
 //! app's own read-only connection, `writer()` an exclusive write session at the
 //! broker.
 
@@ -57,8 +57,8 @@ impl ConnectionFactory {
         Client::connect_with(&self.opts)
     }
 
-    /// An exclusive write session, waiting up to `timeout` (default 10 s, as in the
-    /// notes) for the writer.
+    /// An exclusive write session, waiting up to `timeout` (default 10 s) for the
+    /// writer.
     ///
     /// # Errors
     /// As [`Client::session`].
