@@ -5,8 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::client::{Client, ConnectOptions, WriteSession, DEFAULT_WRITER_TIMEOUT};
+use crate::client::{Client, WriteSession, DEFAULT_WRITER_TIMEOUT};
 use crate::error::Result;
+use crate::options::ConnectOptions;
 use crate::reader::Reader;
 
 /// Hands out readers and writers for one database.

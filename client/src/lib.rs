@@ -69,17 +69,21 @@
 
 pub mod autostart;
 mod client;
+mod connect;
+mod env;
 mod error;
 mod factory;
 mod ids;
 pub mod migrate;
+mod options;
 mod reader;
 mod retry;
 mod tracking;
 mod trust;
 
-pub use autostart::{connect_or_start, AutoStart, StartOutcome};
-pub use client::{Client, ConnectOptions, WriteSession, DEFAULT_TIMEOUT, DEFAULT_WRITER_TIMEOUT};
+pub use autostart::StartOutcome;
+pub use client::{connect_or_start, Client, WriteSession, DEFAULT_WRITER_TIMEOUT};
+pub use env::TRUST_UID_ENV;
 pub use error::{ClientError, Result, Untrusted, LOCKED_USER_TEXT};
 pub use factory::ConnectionFactory;
 pub use ids::{new_request_id, request_id_millis};
@@ -87,7 +91,7 @@ pub use litebroker_protocol as protocol;
 pub use litebroker_protocol::rendezvous::{Location, DEFAULT_DB};
 pub use litebroker_protocol::{ErrorKind, ExecResult, Statement, Value, WriteOptions};
 pub use migrate::{migrations_from_dir, Migration, MigrationReport};
+pub use options::{AutoStart, ConnectOptions, DEFAULT_TIMEOUT};
 pub use reader::{Reader, Rows, READER_BUSY_TIMEOUT};
 pub use retry::{is_retryable, retry_on_locked, Idempotency, RetryPolicy};
 pub use tracking::active_connections_count;
-pub use trust::TRUST_UID_ENV;

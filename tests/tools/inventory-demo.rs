@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use litebroker_client::{
-    autostart, new_request_id, retry_on_locked, AutoStart, Client, ClientError, ConnectOptions, Idempotency,
-    Migration, Reader, RetryPolicy, StartOutcome, Statement, Value, WriteOptions, DEFAULT_WRITER_TIMEOUT,
+    new_request_id, retry_on_locked, AutoStart, Client, ClientError, ConnectOptions, Idempotency, Migration,
+    Reader, RetryPolicy, StartOutcome, Statement, Value, WriteOptions, DEFAULT_WRITER_TIMEOUT,
 };
 use serde_json::json;
 
@@ -274,7 +274,7 @@ impl App {
         let (client, outcome) = if args.autostart {
             let auto = AutoStart { broker_path: args.broker.clone(), ..AutoStart::default() };
             opts = opts.autostart(auto.clone());
-            autostart::connect_or_start(&opts, &auto)
+            litebroker_client::connect_or_start(&opts, &auto)
         } else {
             Client::connect_with(&opts).map(|c| (c, StartOutcome::AlreadyRunning))
         }
