@@ -407,9 +407,7 @@ fn pick_sku(reader: &Reader, rng: &mut Rng) -> anyhow::Result<String> {
 /// Today and the days before it (UTC, `YYYY-MM-DD`): sales of several instances
 /// land on the same few days, so their UPSERTs meet on the same rows.
 fn recent_dates(n: i64) -> Vec<String> {
-    let days = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64 / 86_400);
+    let days = (litebroker_client::protocol::host::unix_ms() / 86_400_000) as i64;
     (0..n).map(|back| civil_date(days - back)).collect()
 }
 

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value as Json};
@@ -321,7 +320,7 @@ pub fn publish(r: &Run, out: &Path) -> Result<()> {
     let line = doc.to_string();
     println!("{text}");
     println!("{line}");
-    let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let stamp = litebroker_client::protocol::host::unix_ms() / 1000;
     let kind = if r.quick { "quick" } else { "full" };
     for (name, body) in [
         (format!("{kind}-{stamp}.txt"), format!("{text}\n{line}\n")),
