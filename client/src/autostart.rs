@@ -23,7 +23,6 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -283,7 +282,7 @@ fn detach(cmd: &mut Command) {
     unsafe {
         cmd.pre_exec(|| {
             if libc::setsid() == -1 {
-                return Err(io::Error::last_os_error());
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
