@@ -5,59 +5,28 @@
 //! and that a client that never reads its answers stalls nobody else.
 #![cfg(unix)]
 
-use std::io::{BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use litebroker_client::{Client, ConnectOptions, ErrorKind, Statement, Value, WriteOptions};
-use litebroker_protocol::{
-    encode_frame, read_frame, Hello, Request, Response, PROTOCOL_MINOR, PROTOCOL_VERSION,
-};
+use litebroker_client::{ErrorKind, Statement, Value, WriteOptions};
+use litebroker_protocol::{Request, Response};
 use litebroker_tests::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn connect(b: &Broker, name: &str) -> Client {
-    let opts = ConnectOptions::new(&b.db).socket(&b.socket).client_name(name);
-    Client::connect_with(&opts).expect("connect")
-}
-
 fn setup(args: &[&str]) -> (TestDir, Broker) {
     let t = TestDir::new();
     let b = Broker::start(&t.db(), args);
-    connect(&b, "admin").execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)", &[]).expect("schema");
+    b.client("admin").execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)", &[]).expect("schema");
     (t, b)
 }
 
 /// A raw protocol connection, after the handshake.
-fn raw(b: &Broker) -> (UnixStream, BufReader<UnixStream>) {
-    let s = UnixStream::connect(&b.socket).expect("connect raw");
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    let mut r = BufReader::new(s.try_clone().unwrap());
-    let mut w = s;
-    send(
-        &mut w,
-        &Request::Hello(Hello {
-            protocol: PROTOCOL_VERSION,
-            minor: PROTOCOL_MINOR,
-            client_name: "raw".into(),
-            pid: std::process::id(),
-            expected_schema: None,
-        }),
-    );
-    assert!(matches!(recv(&mut r), Response::Hello(_)));
-    (w, r)
-}
-
-fn send(w: &mut UnixStream, req: &Request) {
-    let mut buf = Vec::new();
-    encode_frame(req, &mut buf, 1 << 20).unwrap();
-    w.write_all(&buf).unwrap();
-}
-
-fn recv(r: &mut BufReader<UnixStream>) -> Response {
-    read_frame(r, 1 << 26, &mut Vec::new()).expect("frame").expect("an answer")
+fn raw(b: &Broker) -> RawConn {
+    let s = RawConn::connect(&b.socket);
+    s.set_recv_timeout(Some(WAIT));
+    s.handshake("raw");
+    s
 }
 
 fn insert(v: &str) -> Request {
@@ -70,9 +39,9 @@ fn insert(v: &str) -> Request {
 #[test]
 fn a_queued_write_past_its_deadline_times_out_naming_the_holder_and_is_not_applied() {
     let (t, b) = setup(&[]);
-    let mut holder = connect(&b, "holder");
+    let mut holder = b.client("holder");
     let session = holder.session(WAIT).expect("session");
-    let mut c = connect(&b, "waiter");
+    let mut c = b.client("waiter");
     let started = Instant::now();
     let e = c
         .execute_with(
@@ -93,39 +62,36 @@ fn a_queued_write_past_its_deadline_times_out_naming_the_holder_and_is_not_appli
 #[test]
 fn a_client_that_sends_before_reading_gets_its_answers_in_order() {
     let (t, b) = setup(&[]);
-    let (mut w, mut r) = raw(&b);
+    let s = raw(&b);
     for i in 0..200 {
-        send(&mut w, &insert(&format!("p{i}")));
+        s.send(&insert(&format!("p{i}")));
     }
     // A request of another kind in between waits for the writes' answers.
-    send(&mut w, &Request::Ping);
+    s.send(&Request::Ping);
     for i in 0..200i64 {
-        match recv(&mut r) {
+        match s.recv() {
             Response::Executed(x) => assert_eq!(x.last_insert_rowid, i + 1, "answer {i} out of order"),
             other => panic!("answer {i}: {other:?}"),
         }
     }
-    assert!(matches!(recv(&mut r), Response::Pong));
+    assert!(matches!(s.recv(), Response::Pong));
     assert_eq!(query_i64(&t.db(), "SELECT count(*) FROM t"), 200);
 }
 
 #[test]
 fn a_client_that_never_reads_its_answers_stalls_nobody_else() {
     let (t, b) = setup(&["--io-timeout-secs", "1"]);
-    let (mut w, _r) = raw(&b);
+    let s = raw(&b);
     // Fill the socket with answers nobody reads; the broker must keep serving
     // others, and drop this client once it stalls.
     let flooder = thread::spawn(move || {
-        let mut buf = Vec::new();
-        let mut frames = Vec::new();
-        for i in 0..50_000 {
-            encode_frame(&insert(&format!("f{i}")), &mut buf, 1 << 20).unwrap();
-            frames.extend_from_slice(&buf);
-        }
+        let frames: Vec<u8> = (0..50_000).flat_map(|i| frame_of(&insert(&format!("f{i}")))).collect();
         // Fails once the broker gives up on this connection.
-        let _ = w.write_all(&frames);
+        let _ = s.send_bytes(&frames);
+        // Kept open, never read, until the test ends.
+        s
     });
-    let mut c = connect(&b, "polite");
+    let mut c = b.client("polite");
     let mut worst = Duration::ZERO;
     for i in 0..200 {
         let t0 = Instant::now();
@@ -133,7 +99,7 @@ fn a_client_that_never_reads_its_answers_stalls_nobody_else() {
         worst = worst.max(t0.elapsed());
     }
     assert!(worst < Duration::from_secs(5), "a polite client waited {worst:?}");
-    flooder.join().expect("flooder");
+    let _flooder = flooder.join().expect("flooder");
     assert!(
         wait_until(WAIT, || b.log().contains("not reading answers")),
         "the flooding client was not disconnected:\n{}",
@@ -141,7 +107,7 @@ fn a_client_that_never_reads_its_answers_stalls_nobody_else() {
     );
     assert_eq!(query_i64(&t.db(), "SELECT count(*) FROM t WHERE v LIKE 'ok%'"), 200);
     // The broker still serves new clients.
-    connect(&b, "after").execute("INSERT INTO t (v) VALUES ('after')", &[]).expect("after");
+    b.client("after").execute("INSERT INTO t (v) VALUES ('after')", &[]).expect("after");
 }
 
 #[test]
@@ -156,7 +122,7 @@ fn writes_committed_by_connection_threads_still_get_the_idle_checkpoint() {
     let before = idle_checkpoints();
     // Single INSERTs on an idle broker: each is committed by its own connection
     // thread and answered on the socket directly, while the writer thread sleeps.
-    let mut c = connect(&b, "direct");
+    let mut c = b.client("direct");
     for i in 0..50 {
         c.execute("INSERT INTO t (v) VALUES (?1)", &[format!("d{i}").into()]).expect("write");
     }

@@ -4,25 +4,9 @@
 //! is off.
 
 use std::path::Path;
-use std::process::Output;
 
 use litebroker_tests::*;
 use serde_json::{json, Value as Json};
-
-fn json_of(o: &Output) -> Json {
-    serde_json::from_str(stdout(o).trim())
-        .unwrap_or_else(|e| panic!("not one JSON document ({e}): {}", stdout(o)))
-}
-
-/// The `{"error": …}` document of a failed `--json` command, checked against its exit code.
-#[track_caller]
-fn json_error(o: &Output, code: i32, kind: &str) -> String {
-    assert_exit(o, code);
-    let j = json_of(o);
-    assert_eq!(j["error"]["kind"], kind, "{j}");
-    assert_eq!(j["error"]["exit_code"], code, "{j}");
-    j["error"]["message"].as_str().expect("message").to_owned()
-}
 
 /// `(value, typeof(value))` of every row of `codes`, in insertion order.
 fn codes(db: &Path) -> Vec<(String, String)> {
@@ -71,7 +55,7 @@ fn parameters_keep_what_was_typed_and_hyphens_are_parameters() {
         &["--json", "query", "SELECT typeof(?), typeof(?), ?", "-7", "12345678901234567890", "--json"],
     );
     assert_exit(&o, 0);
-    assert_eq!(json_of(&o)["rows"], json!([["integer", "text", "--json"]]));
+    assert_eq!(json_out(&o)["rows"], json!([["integer", "text", "--json"]]));
 }
 
 #[test]
@@ -80,7 +64,7 @@ fn usage_errors_exit_2_with_one_json_document() {
     let db = t.db();
     // No broker is needed to refuse these.
     let missing = t.path().join("missing.sql");
-    let msg = json_error(&cli(&db, &["--json", "batch", missing.to_str().unwrap()]), 2, "usage");
+    let msg = assert_json_error(&cli(&db, &["--json", "batch", missing.to_str().unwrap()]), 2, "usage");
     assert!(msg.contains("missing.sql"), "{msg}");
     let o = cli(&db, &["batch", missing.to_str().unwrap()]);
     assert_exit(&o, 2);
@@ -88,19 +72,23 @@ fn usage_errors_exit_2_with_one_json_document() {
 
     let comments = t.path().join("comments.sql");
     std::fs::write(&comments, "-- nothing to do yet\n/* not even this */ ;\n").unwrap();
-    let msg = json_error(&cli(&db, &["--json", "batch", comments.to_str().unwrap()]), 2, "usage");
+    let msg = assert_json_error(&cli(&db, &["--json", "batch", comments.to_str().unwrap()]), 2, "usage");
     assert!(msg.contains("no statements"), "{msg}");
     let empty = t.path().join("empty.sql");
     std::fs::write(&empty, "\n  \n").unwrap();
-    json_error(&cli(&db, &["--json", "batch", empty.to_str().unwrap()]), 2, "usage");
-    json_error(&cli_with_stdin(&db, &["--json", "batch", "-"], Some("-- only a comment\n")), 2, "usage");
-    json_error(&cli(&db, &["--json", "exec", "-- only a comment"]), 2, "usage");
+    assert_json_error(&cli(&db, &["--json", "batch", empty.to_str().unwrap()]), 2, "usage");
+    assert_json_error(
+        &cli_with_stdin(&db, &["--json", "batch", "-"], Some("-- only a comment\n")),
+        2,
+        "usage",
+    );
+    assert_json_error(&cli(&db, &["--json", "exec", "-- only a comment"]), 2, "usage");
 
     // clap's own refusals come as the same document.
-    let msg = json_error(&cli(&db, &["--json", "exec"]), 2, "usage");
+    let msg = assert_json_error(&cli(&db, &["--json", "exec"]), 2, "usage");
     assert!(msg.contains("<SQL>"), "{msg}");
-    json_error(&cli(&db, &["--json", "frobnicate"]), 2, "usage");
-    json_error(&cli(&db, &["--json", "checkpoint", "sideways"]), 2, "usage");
+    assert_json_error(&cli(&db, &["--json", "frobnicate"]), 2, "usage");
+    assert_json_error(&cli(&db, &["--json", "checkpoint", "sideways"]), 2, "usage");
     let o = cli(&db, &["frobnicate"]);
     assert_exit(&o, 2);
     assert!(stdout(&o).is_empty(), "without --json nothing goes to stdout: {}", stdout(&o));
@@ -116,8 +104,11 @@ fn limits_exit_6_not_the_sql_error_code() {
     let db = t.db();
     let _b = Broker::start(&db, &["--max-params", "2", "--max-rows", "3", "--max-clients", "2"]);
     assert_exit(&cli(&db, &["exec", "CREATE TABLE t (v)"]), 0);
-    let msg =
-        json_error(&cli(&db, &["--json", "exec", "SELECT ?, ?, ?", "1", "2", "3"]), 6, "limit_exceeded");
+    let msg = assert_json_error(
+        &cli(&db, &["--json", "exec", "SELECT ?, ?, ?", "1", "2", "3"]),
+        6,
+        "limit_exceeded",
+    );
     assert!(msg.contains("--max-params"), "{msg}");
     let o = cli(
         &db,
@@ -138,11 +129,12 @@ fn limits_exit_6_not_the_sql_error_code() {
         held.len() == 2
     });
     assert!(connected, "two clients could not connect");
-    let msg = json_error(&cli(&db, &["--json", "exec", "INSERT INTO t VALUES (1)"]), 6, "limit_exceeded");
+    let msg =
+        assert_json_error(&cli(&db, &["--json", "exec", "INSERT INTO t VALUES (1)"]), 6, "limit_exceeded");
     assert!(msg.contains("too many clients"), "{msg}");
     drop(held);
     // A real SQL error keeps exit 1.
-    json_error(&cli(&db, &["--json", "exec", "INSERT INTO nowhere VALUES (1)"]), 1, "sql");
+    assert_json_error(&cli(&db, &["--json", "exec", "INSERT INTO nowhere VALUES (1)"]), 1, "sql");
     assert_eq!(query_i64(&db, "SELECT count(*) FROM t"), 0);
 }
 
@@ -169,7 +161,7 @@ fn exec_and_batch_print_their_result_once() {
     // JSON keeps every field.
     let o = cli(&db, &["--json", "exec", "SELECT count(*) AS n FROM t"]);
     assert_exit(&o, 0);
-    assert_eq!(json_of(&o), json!({"changes": 0, "last_insert_rowid": 2, "columns": ["n"], "rows": [[2]]}));
+    assert_eq!(json_out(&o), json!({"changes": 0, "last_insert_rowid": 2, "columns": ["n"], "rows": [[2]]}));
 }
 
 #[test]
@@ -186,11 +178,11 @@ fn status_stats_and_doctor_say_when_exactly_once_is_off_and_why() {
     );
     let o = cli(&db, &["--json", "status"]);
     assert_eq!(
-        json_of(&o)["health"],
+        json_out(&o)["health"],
         json!({"exactly_once": true, "exactly_once_off": null, "writes_stopped": null})
     );
     let o = cli(&db, &["--json", "doctor"]);
-    let j = json_of(&o);
+    let j = json_out(&o);
     let finding = |j: &Json, check: &str| {
         j["findings"].as_array().unwrap().iter().find(|f| f["check"] == check).cloned().unwrap_or(Json::Null)
     };
@@ -204,19 +196,19 @@ fn status_stats_and_doctor_say_when_exactly_once_is_off_and_why() {
     let o = cli(&db, &["status"]);
     assert_exit(&o, 0);
     assert!(stdout(&o).contains(&format!("exactly-once: OFF: {why}")), "{}", stdout(&o));
-    let j = json_of(&cli(&db, &["--json", "status"]));
+    let j = json_out(&cli(&db, &["--json", "status"]));
     assert_eq!(j["health"]["exactly_once"], false, "{j}");
     assert_eq!(j["health"]["exactly_once_off"], why, "{j}");
     let o = cli(&db, &["stats"]);
     assert_exit(&o, 0);
     assert!(stdout(&o).contains(&format!("Exactly-once writes: OFF: {why}")), "{}", stdout(&o));
     assert!(stdout(&o).contains("Writes: accepted"), "{}", stdout(&o));
-    let j = json_of(&cli(&db, &["--json", "stats"]));
+    let j = json_out(&cli(&db, &["--json", "stats"]));
     assert_eq!(j["broker"]["health"]["exactly_once_off"], why, "{j}");
 
     let o = cli(&db, &["--json", "doctor"]);
     assert_exit(&o, 5);
-    let j = json_of(&o);
+    let j = json_out(&o);
     let f = finding(&j, "exactly_once");
     assert_eq!(f["status"], "problem", "{j}");
     assert!(f["detail"].as_str().unwrap().contains(why), "{f}");
@@ -236,7 +228,7 @@ fn doctor_finds_a_wal_deleted_under_the_broker() {
     let db = t.db();
     let b = Broker::start(&db, &[]);
     assert_exit(&cli(&db, &["exec", "CREATE TABLE t (v); INSERT INTO t VALUES (1)"]), 0);
-    let j = json_of(&cli(&db, &["--json", "doctor"]));
+    let j = json_out(&cli(&db, &["--json", "doctor"]));
     let wal_files = |j: &Json| {
         j["findings"]
             .as_array()
@@ -259,7 +251,7 @@ fn doctor_finds_a_wal_deleted_under_the_broker() {
 
     let o = cli(&db, &["--json", "doctor"]);
     assert_exit(&o, 5);
-    let f = wal_files(&json_of(&o));
+    let f = wal_files(&json_out(&o));
     assert_eq!(f["status"], "problem", "{f}");
     let detail = f["detail"].as_str().unwrap();
     assert!(detail.contains(&format!("pid {}", b.pid())), "{detail}");
@@ -287,9 +279,10 @@ fn writes_refused_by_the_broker_exit_3_with_its_reason() {
         cli(&db, &["exec", "INSERT INTO t VALUES (2)"]).status.code() == Some(3)
     });
     assert!(ok, "writes were not refused");
-    let msg = json_error(&cli(&db, &["--json", "exec", "INSERT INTO t VALUES (3)"]), 3, "writes_stopped");
+    let msg =
+        assert_json_error(&cli(&db, &["--json", "exec", "INSERT INTO t VALUES (3)"]), 3, "writes_stopped");
     assert!(msg.contains("Reads still work"), "{msg}");
-    let j = json_of(&cli(&db, &["--json", "status"]));
+    let j = json_out(&cli(&db, &["--json", "status"]));
     assert!(j["health"]["writes_stopped"].is_string(), "{j}");
     assert_exit(&cli(&db, &["query", "SELECT count(*) FROM t"]), 0);
 }

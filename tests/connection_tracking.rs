@@ -1,5 +1,6 @@
-//! STOP CONDITION 3 (connection tracking). In its own test binary because the
-//! count is per process: tests running beside it would disturb it.
+//! Stop condition 3: connections are tracked and return to zero. In its own test
+//! binary because the count is per process: tests running beside it would disturb
+//! it.
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use litebroker_tests::*;
 fn names(db: &std::path::Path) -> Vec<(String, u32)> {
     let o = cli(db, &["--json", "connections"]);
     assert_exit(&o, 0);
-    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let v = json_out(&o);
     v["connections"]
         .as_array()
         .unwrap()
@@ -18,8 +19,11 @@ fn names(db: &std::path::Path) -> Vec<(String, u32)> {
         .collect()
 }
 
+/// Stop condition 3: connections are tracked and return to zero. This process
+/// counts its broker connections and readers; the broker lists its clients by name
+/// and pid, and forgets a client process killed without closing anything.
 #[test]
-fn stop_condition_3_connection_tracking() {
+fn connections_are_tracked_and_return_to_zero() {
     let t = TestDir::new();
     let _b = Broker::start(&t.db(), &[]);
     assert_exit(&cli(&t.db(), &["exec", "CREATE TABLE skus (sku TEXT)"]), 0);

@@ -127,8 +127,7 @@ fn an_answer_lost_after_commit_is_resent_and_applied_once() {
     assert_eq!(client.reconnects(), 1);
     let broker = restart.join().unwrap();
     assert_eq!(query_i64(&db, "SELECT qty FROM counters WHERE id = 1"), 1, "applied exactly once");
-    let stats =
-        serde_json::from_str::<serde_json::Value>(stdout(&cli(&db, &["--json", "stats"])).trim()).unwrap();
+    let stats = json_out(&cli(&db, &["--json", "stats"]));
     assert_eq!(stats["broker"]["deduplicated"], 1, "{stats}");
     assert!(stats["broker"]["request_ids_recorded"].as_u64().unwrap() >= 1);
     drop(broker);

@@ -5,11 +5,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use litebroker_tests::*;
-use serde_json::Value as Json;
-
-fn json_out(o: &std::process::Output) -> Json {
-    serde_json::from_str(stdout(o).trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
-}
 
 fn create_table(db: &Path) {
     let o = cli(db, &["exec", "CREATE TABLE skus (id INTEGER PRIMARY KEY, sku TEXT NOT NULL UNIQUE, qty INTEGER NOT NULL DEFAULT 0)"]);

@@ -1,30 +1,26 @@
 //! Group commit, proven against the real broker with many client connections:
 //! a failing request fails alone, a constraint only COMMIT detects fails only its
-//! request, groups are bounded, requests are applied in arrival order, and a greedy
-//! client cannot starve a small one.
+//! request, groups are bounded, requests are applied in arrival order, each
+//! client's pipelined requests are applied and answered in the order it sent them,
+//! and a greedy client cannot starve a small one.
 //!
 //! Groups are formed deterministically: a write session holds the writer while the
 //! other clients' requests queue (the test waits until `status` shows them queued),
 //! then the session ends and the writer commits what queued.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use litebroker_client::protocol::BrokerStatus;
 use litebroker_client::{
-    Client, ClientError, ConnectOptions, ErrorKind, ExecResult, Statement, Value, WriteSession,
+    Client, ClientError, ErrorKind, ExecResult, Statement, Value, WriteOptions, WriteSession,
 };
+use litebroker_protocol::{Request, Response};
 use litebroker_tests::*;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn connect(b: &Broker, name: &str) -> Client {
-    let opts = ConnectOptions::new(&b.db).socket(&b.socket).client_name(name);
-    Client::connect_with(&opts).expect("connect to the broker")
-}
 
 fn status(c: &mut Client) -> BrokerStatus {
     c.status().expect("status")
@@ -41,13 +37,6 @@ fn hold_writer<'a>(holder: &'a mut Client, admin: &mut Client) -> WriteSession<&
     session
 }
 
-/// Waits until `n` requests wait for the writer.
-#[track_caller]
-fn wait_queued(c: &mut Client, n: u32) {
-    let ok = wait_until(WAIT, || status(c).queue_depth >= n);
-    assert!(ok, "{n} requests never queued: {:?}", status(c));
-}
-
 /// Sends one write from its own connection on a thread.
 fn spawn_write(
     mut c: Client,
@@ -60,7 +49,7 @@ fn spawn_write(
 fn setup(args: &[&str]) -> (TestDir, Broker, Client) {
     let t = TestDir::new();
     let b = Broker::start(&t.db(), args);
-    let mut admin = connect(&b, "admin");
+    let mut admin = b.client("admin");
     admin
         .execute(
             "CREATE TABLE t (id INTEGER PRIMARY KEY, who TEXT NOT NULL, v TEXT UNIQUE);
@@ -74,21 +63,14 @@ fn setup(args: &[&str]) -> (TestDir, Broker, Client) {
     (t, b, admin)
 }
 
-fn texts(db: &Path, sql: &str) -> Vec<String> {
-    let c = open_ro(db);
-    let mut st = c.prepare(sql).expect("prepare");
-    let rows = st.query_map([], |r| r.get::<_, String>(0)).expect("query");
-    rows.map(|r| r.expect("row")).collect()
-}
-
 #[test]
 fn a_failing_request_fails_alone_and_the_rest_of_its_group_commits() {
     let (t, b, mut admin) = setup(&[]);
     admin.execute("INSERT INTO t (who, v) VALUES ('seed', 'taken')", &[]).unwrap();
-    let clients: Vec<Client> = (0..6).map(|i| connect(&b, &format!("c{i}"))).collect();
+    let clients: Vec<Client> = (0..6).map(|i| b.client(&format!("c{i}"))).collect();
     let before = status(&mut admin);
 
-    let mut holder = connect(&b, "holder");
+    let mut holder = b.client("holder");
     let session = hold_writer(&mut holder, &mut admin);
     let mut handles = Vec::new();
     for (i, c) in clients.into_iter().enumerate() {
@@ -116,7 +98,10 @@ fn a_failing_request_fails_alone_and_the_rest_of_its_group_commits() {
             assert_eq!(r.changes, 1);
         }
     }
-    assert_eq!(texts(&t.db(), "SELECT who FROM t ORDER BY who"), ["c0", "c1", "c2", "c4", "c5", "seed"]);
+    assert_eq!(
+        query_texts(&t.db(), "SELECT who FROM t ORDER BY who"),
+        ["c0", "c1", "c2", "c4", "c5", "seed"]
+    );
     let after = status(&mut admin);
     assert_eq!(after.group_commits - before.group_commits, 1, "one transaction for the six: {after:?}");
     assert_eq!(after.group_requests - before.group_requests, 6, "{after:?}");
@@ -128,9 +113,9 @@ fn a_failing_request_fails_alone_and_the_rest_of_its_group_commits() {
 #[test]
 fn a_constraint_only_commit_detects_fails_only_its_request() {
     let (t, b, mut admin) = setup(&[]);
-    let clients: Vec<Client> = (0..5).map(|i| connect(&b, &format!("c{i}"))).collect();
+    let clients: Vec<Client> = (0..5).map(|i| b.client(&format!("c{i}"))).collect();
 
-    let mut holder = connect(&b, "holder");
+    let mut holder = b.client("holder");
     let session = hold_writer(&mut holder, &mut admin);
     let mut handles = Vec::new();
     for (i, c) in clients.into_iter().enumerate() {
@@ -178,9 +163,9 @@ fn a_constraint_only_commit_detects_fails_only_its_request() {
 #[test]
 fn groups_are_bounded_by_max_group_requests() {
     let (t, b, mut admin) = setup(&["--max-group-requests", "3"]);
-    let clients: Vec<Client> = (0..7).map(|i| connect(&b, &format!("c{i}"))).collect();
+    let clients: Vec<Client> = (0..7).map(|i| b.client(&format!("c{i}"))).collect();
     let before = status(&mut admin);
-    let mut holder = connect(&b, "holder");
+    let mut holder = b.client("holder");
     let session = hold_writer(&mut holder, &mut admin);
     let handles: Vec<_> = clients
         .into_iter()
@@ -202,8 +187,8 @@ fn groups_are_bounded_by_max_group_requests() {
 #[test]
 fn queued_requests_are_applied_in_arrival_order() {
     let (t, b, mut admin) = setup(&[]);
-    let clients: Vec<Client> = (0..8).map(|i| connect(&b, &format!("c{i}"))).collect();
-    let mut holder = connect(&b, "holder");
+    let clients: Vec<Client> = (0..8).map(|i| b.client(&format!("c{i}"))).collect();
+    let mut holder = b.client("holder");
     let session = hold_writer(&mut holder, &mut admin);
     let mut handles = Vec::new();
     // Client 7 arrives first, client 0 last: the order of arrival, not of
@@ -217,36 +202,86 @@ fn queued_requests_are_applied_in_arrival_order() {
         h.join().expect("thread").expect("write");
     }
     assert_eq!(
-        texts(&t.db(), "SELECT who FROM t ORDER BY id"),
+        query_texts(&t.db(), "SELECT who FROM t ORDER BY id"),
         ["c7", "c6", "c5", "c4", "c3", "c2", "c1", "c0"]
     );
 }
 
+/// Every client sends all its writes before reading any answer (pipelined, on one
+/// connection), while the others do the same, starting together behind a held
+/// writer so that the groups mix clients: the broker must apply each client's
+/// writes in the order they were sent, and answer them in that order. A client
+/// that waited for each answer before sending its next write could never have two
+/// of them in the broker at once, so it could not catch a reordering; these can.
 #[test]
-fn each_clients_requests_are_applied_in_order_under_concurrency() {
-    let (t, b, _admin) = setup(&[]);
-    let handles: Vec<_> = (0..6)
+fn each_clients_pipelined_requests_are_applied_and_answered_in_order_under_concurrency() {
+    const CLIENTS: usize = 6;
+    const WRITES: usize = 150;
+    let (t, b, mut admin) = setup(&[]);
+    let conns: Vec<RawConn> = (0..CLIENTS)
         .map(|i| {
-            let mut c = connect(&b, &format!("c{i}"));
+            let c = RawConn::connect(&b.socket);
+            c.set_recv_timeout(Some(WAIT));
+            c.handshake(&format!("c{i}"));
+            c
+        })
+        .collect();
+    let mut holder = b.client("holder");
+    let session = hold_writer(&mut holder, &mut admin);
+    let start = Arc::new(Barrier::new(CLIENTS));
+    let handles: Vec<JoinHandle<Vec<i64>>> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let start = start.clone();
             thread::spawn(move || {
-                for seq in 0..150i64 {
-                    c.execute(
-                        "INSERT INTO t (who, v) VALUES (?1, ?2)",
-                        &[format!("c{i}").into(), format!("c{i}-{seq}").into()],
-                    )
-                    .expect("write");
-                }
+                let frames: Vec<u8> = (0..WRITES)
+                    .flat_map(|seq| {
+                        frame_of(&Request::Execute {
+                            stmt: Statement::new(
+                                "INSERT INTO t (who, v) VALUES (?1, ?2)",
+                                vec![format!("c{i}").into(), format!("c{i}-{seq}").into()],
+                            ),
+                            opts: WriteOptions::default(),
+                        })
+                    })
+                    .collect();
+                start.wait();
+                // About 9 KiB: one write puts every request in the socket at once.
+                c.send_bytes(&frames).expect("send every write before reading an answer");
+                (0..WRITES)
+                    .map(|seq| match c.recv() {
+                        Response::Executed(r) if r.changes == 1 => r.last_insert_rowid,
+                        other => panic!("client {i}, answer {seq}: {other:?}"),
+                    })
+                    .collect()
             })
         })
         .collect();
-    for h in handles {
-        h.join().expect("thread");
+    // Each client's first write waits for the writer; the rest wait behind it.
+    wait_queued(&mut admin, CLIENTS as u32);
+    session.commit().expect("commit the session");
+    let answered: Vec<Vec<i64>> = handles.into_iter().map(|h| h.join().expect("client thread")).collect();
+
+    let c = open_ro(&t.db());
+    let mut rows = c.prepare("SELECT id, v FROM t WHERE who = ?1 ORDER BY id").unwrap();
+    for (i, ids) in answered.iter().enumerate() {
+        let stored: Vec<(i64, String)> = rows
+            .query_map([format!("c{i}")], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        // Applied in the order sent: row ids rise with the client's sequence.
+        let values: Vec<&str> = stored.iter().map(|(_, v)| v.as_str()).collect();
+        let sent: Vec<String> = (0..WRITES).map(|seq| format!("c{i}-{seq}")).collect();
+        assert_eq!(values, sent, "client {i}'s writes were applied out of order");
+        // Answered in the order sent: the n-th answer is the n-th write's row.
+        let stored_ids: Vec<i64> = stored.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, &stored_ids, "client {i}'s answers came out of order");
     }
-    for i in 0..6 {
-        let got = texts(&t.db(), &format!("SELECT v FROM t WHERE who = 'c{i}' ORDER BY id"));
-        let want: Vec<String> = (0..150).map(|s| format!("c{i}-{s}")).collect();
-        assert_eq!(got, want, "client {i}'s writes out of order");
-    }
+    let after = status(&mut admin);
+    assert!(after.max_group >= CLIENTS as u64, "the clients' writes never shared a group: {after:?}");
+    assert_eq!(integrity(&t.db()), "ok");
 }
 
 #[test]
@@ -257,7 +292,7 @@ fn a_greedy_client_cannot_starve_a_small_one() {
     let stop = Arc::new(AtomicBool::new(false));
     let greedy: Vec<_> = (0..GREEDY)
         .map(|g| {
-            let mut c = connect(&b, &format!("greedy{g}"));
+            let mut c = b.client(&format!("greedy{g}"));
             let stop = stop.clone();
             thread::spawn(move || {
                 let mut batches = 0i64;
@@ -278,7 +313,7 @@ fn a_greedy_client_cannot_starve_a_small_one() {
         })
         .collect();
     // Let the flood start before the small client measures.
-    let mut small = connect(&b, "small");
+    let mut small = b.client("small");
     assert!(wait_until(WAIT, || query_i64(&t.db(), "SELECT count(*) FROM t") >= GREEDY * BATCH as i64));
     let mut worst = Duration::ZERO;
     let started = Instant::now();

@@ -13,24 +13,9 @@ use std::time::{Duration, Instant};
 
 use litebroker_client::{Client, ConnectOptions};
 use litebroker_tests::*;
-use serde_json::Value as Json;
-
-fn json_out(o: &Output) -> Json {
-    serde_json::from_str(stdout(o).trim())
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", stdout(o), stderr(o)))
-}
 
 fn exec(db: &Path, sql: &str) -> Output {
     cli(db, &["--json", "exec", sql])
-}
-
-/// The error kind and message of a failed `--json` command.
-fn error_of(o: &Output) -> (String, String) {
-    let j = json_out(o);
-    (
-        j["error"]["kind"].as_str().unwrap_or_default().to_owned(),
-        j["error"]["message"].as_str().unwrap_or_default().to_owned(),
-    )
 }
 
 fn health(db: &Path) -> litebroker_client::protocol::HealthReport {
@@ -45,13 +30,6 @@ fn hold_writer(db: &Path) -> (Proc, Client) {
     let mut status = Client::connect(db).unwrap();
     assert!(wait_until(Duration::from_secs(10), || status.status().unwrap().queue_depth == 0));
     (session, status)
-}
-
-fn wait_queued(status: &mut Client, n: u32) {
-    assert!(
-        wait_until(Duration::from_secs(10), || status.status().unwrap().queue_depth >= n),
-        "{n} requests did not queue"
-    );
 }
 
 fn spawn_cli(db: &Path, args: &[&str]) -> thread::JoinHandle<Output> {
@@ -407,17 +385,14 @@ fn big_answers_and_sorts_are_refused_before_they_exhaust_memory() {
 #[cfg(unix)]
 #[test]
 fn a_silent_connection_is_closed_after_the_handshake_deadline() {
-    use interprocess::local_socket::traits::Stream as _;
-    use std::io::Read;
     let t = TestDir::new();
     let b = Broker::start(&t.db(), &[]);
-    let mut s = connect_raw(&b.socket);
-    let _ = s.set_recv_timeout(Some(Duration::from_secs(20)));
+    let s = RawConn::connect(&b.socket);
+    s.set_recv_timeout(Some(Duration::from_secs(20)));
     let started = Instant::now();
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).unwrap_or(0);
-    let took = started.elapsed();
-    assert_eq!(n, 0, "expected the broker to close the connection");
+    let closed = s.read_until_closed(started);
+    let took = closed.after;
+    assert!(closed.answers.is_empty(), "expected the broker to close the connection: {closed:?}");
     assert!(took >= Duration::from_millis(4500) && took < Duration::from_secs(8), "closed after {took:?}");
 }
 

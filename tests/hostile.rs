@@ -4,20 +4,16 @@
 //! by checking that it saw zero errors, that the broker still runs within a memory
 //! bound, and that the database is intact.
 
-use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use interprocess::local_socket::prelude::*;
-use interprocess::local_socket::Stream;
 use litebroker_client::{Client, ConnectOptions, Reader};
-use litebroker_protocol::rendezvous::socket_name;
 use litebroker_protocol::{
-    encode_frame, read_frame, ErrorKind, FrameError, Hello, HelloAck, Request, Response, Statement, Value,
-    WriteOptions, DEFAULT_MAX_FRAME, HARD_MAX_FRAME, PROTOCOL_MINOR, PROTOCOL_VERSION,
+    ErrorKind, Hello, Request, Response, Statement, Value, WriteOptions, DEFAULT_MAX_FRAME, HARD_MAX_FRAME,
+    PROTOCOL_VERSION,
 };
 use litebroker_tests::*;
 
@@ -27,9 +23,6 @@ const RSS_BOUND_KIB: u64 = 64 * 1024;
 
 /// The io timeout the brokers of these tests run with, so stalls resolve quickly.
 const IO_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// How long a raw connection waits for the broker before the test fails.
-const RAW_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ----- the well-behaved client -----------------------------------------------------
 
@@ -120,8 +113,8 @@ impl Scenario {
         s
     }
 
-    fn connect(&self) -> Stream {
-        raw_connect(&self.broker)
+    fn connect(&self) -> RawConn {
+        RawConn::connect(&self.broker.socket)
     }
 
     /// The broker's RSS now (KiB, 0 where unknown), recorded for the final check.
@@ -168,110 +161,11 @@ impl Scenario {
     }
 }
 
-// ----- raw connections -------------------------------------------------------------
+// ----- hand-made bytes ------------------------------------------------------------
 
-fn raw_connect(b: &Broker) -> Stream {
-    let s = Stream::connect(socket_name(&b.socket).expect("socket name")).expect("connect to the broker");
-    // Windows pipes have no timeouts (Unsupported): there a broken broker hangs the
-    // test instead of failing it.
-    let _ = s.set_recv_timeout(Some(RAW_TIMEOUT));
-    let _ = s.set_send_timeout(Some(RAW_TIMEOUT));
-    s
-}
-
-fn send_bytes(s: &Stream, bytes: &[u8]) -> io::Result<()> {
-    let mut w = s;
-    w.write_all(bytes)?;
-    w.flush()
-}
-
-fn frame_of(req: &Request) -> Vec<u8> {
-    let mut buf = Vec::new();
-    encode_frame(req, &mut buf, HARD_MAX_FRAME).unwrap();
-    buf
-}
-
-/// A frame around arbitrary payload bytes.
-fn raw_frame(payload: &[u8]) -> Vec<u8> {
-    [&(payload.len() as u32).to_le_bytes()[..], payload].concat()
-}
-
-fn recv(s: &Stream) -> Response {
-    match read_frame::<_, Response>(&mut &*s, HARD_MAX_FRAME, &mut Vec::new()) {
-        Ok(Some(r)) => r,
-        other => panic!("expected an answer from the broker, got {other:?}"),
-    }
-}
-
-fn round_trip(s: &Stream, req: &Request) -> Response {
-    send_bytes(s, &frame_of(req)).expect("send");
-    recv(s)
-}
-
-fn hello_request(protocol: u32, name: &str) -> Request {
-    Request::Hello(Hello {
-        protocol,
-        minor: PROTOCOL_MINOR,
-        client_name: name.into(),
-        pid: std::process::id(),
-        expected_schema: None,
-    })
-}
-
-fn handshake(s: &Stream, name: &str) -> HelloAck {
-    match round_trip(s, &hello_request(PROTOCOL_VERSION, name)) {
-        Response::Hello(ack) => ack,
-        other => panic!("handshake refused: {other:?}"),
-    }
-}
-
-/// What a connection received until the broker closed it.
-#[derive(Debug)]
-struct Closed {
-    answers: Vec<Response>,
-    after: Duration,
-}
-
-/// Reads answers until the broker closes the connection.
-///
-/// # Panics
-/// When it stays open past [`RAW_TIMEOUT`], or sends something unreadable.
-fn read_until_closed(s: &Stream, since: Instant) -> Closed {
-    let mut answers = Vec::new();
-    let mut buf = Vec::new();
-    loop {
-        match read_frame::<_, Response>(&mut &*s, HARD_MAX_FRAME, &mut buf) {
-            Ok(Some(r)) => answers.push(r),
-            Ok(None) => break,
-            // Linux reports a close with our unread bytes still queued at the broker
-            // as a reset, after the answers it had sent.
-            Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => break,
-            Err(e) => {
-                panic!("broker did not close the connection cleanly: {e} (answers so far: {answers:?})")
-            }
-        }
-    }
-    Closed { answers, after: since.elapsed() }
-}
-
-fn error_of(r: &Response) -> (ErrorKind, String) {
-    match r {
-        Response::Error(e) => (e.kind, e.message.clone()),
-        other => panic!("expected an error answer, got {other:?}"),
-    }
-}
-
-/// Deterministic bytes (xorshift64*), so a failure can be replayed from its seed.
+/// Deterministic bytes, so a failure can be replayed from its seed.
 fn garbage(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
-        })
-        .collect()
+    Rng::new(seed).bytes(len)
 }
 
 /// Varint (bincode `standard()`) of a u32-sized value: marker 252, then 4 bytes LE.
@@ -305,30 +199,30 @@ fn random_garbage_before_and_after_the_handshake_is_refused_and_closed() {
         for after_hello in [false, true] {
             let c = s.connect();
             if after_hello {
-                handshake(&c, "garbage-sender");
+                c.handshake("garbage-sender");
             }
             let seed = i as u64 * 2 + u64::from(after_hello);
             // The broker may close before it has read everything: a failed send is
             // part of the game.
-            let _ = send_bytes(&c, &garbage(seed, len));
+            let _ = c.send_bytes(&garbage(seed, len));
             conns.push((format!("seed {seed}, {len} bytes, after hello: {after_hello}"), c));
         }
     }
     // A plausible length, then a payload that is no message: "expected a handshake".
     let plausible = s.connect();
-    let _ = send_bytes(&plausible, &raw_frame(&[&[0xEE][..], &garbage(99, 19)].concat()));
+    let _ = plausible.send_bytes(&raw_frame(&[&[0xEE][..], &garbage(99, 19)].concat()));
 
     for (what, c) in &conns {
-        let closed = read_until_closed(c, t0);
+        let closed = c.read_until_closed(t0);
         assert!(closed.answers.len() <= 8, "{what}: {closed:?}");
         for a in &closed.answers {
-            let (kind, _) = error_of(a);
+            let (kind, _) = answer_error(a);
             assert!(matches!(kind, ErrorKind::Protocol | ErrorKind::LimitExceeded), "{what}: {a:?}");
         }
     }
-    let closed = read_until_closed(&plausible, t0);
+    let closed = plausible.read_until_closed(t0);
     assert_eq!(closed.answers.len(), 1, "{closed:?}");
-    let (kind, msg) = error_of(&closed.answers[0]);
+    let (kind, msg) = answer_error(&closed.answers[0]);
     assert_eq!(kind, ErrorKind::Protocol);
     assert!(msg.contains("expected a handshake"), "{msg}");
     // Stalled leftovers end at the io timeout, not later.
@@ -348,25 +242,25 @@ fn truncated_and_stalled_frames_are_dropped() {
 
     // Truncated, then the peer leaves.
     let c = s.connect();
-    send_bytes(&c, &partial).unwrap();
+    c.send_bytes(&partial).unwrap();
     drop(c);
 
     // Truncated, then the peer stalls with the connection open: before and after
     // its handshake.
     let t0 = Instant::now();
     let silent = s.connect();
-    send_bytes(&silent, &partial).unwrap();
+    silent.send_bytes(&partial).unwrap();
     let named = s.connect();
-    handshake(&named, "stalling-client");
+    named.handshake("stalling-client");
     let t1 = Instant::now();
-    send_bytes(&named, &partial).unwrap();
+    named.send_bytes(&partial).unwrap();
 
     // A slow drip: one byte every 150 ms. Each byte arrives well within the io
     // timeout, but the frame as a whole does not.
-    // `&Stream` reads and writes, so one connection is shared by the dripping
-    // thread and this one, which waits for the close.
+    // A `RawConn` reads and writes through `&self`, so one connection is shared by
+    // the dripping thread and this one, which waits for the close.
     let drip = Arc::new(s.connect());
-    handshake(&drip, "dripping-client");
+    drip.handshake("dripping-client");
     let t2 = Instant::now();
     let drip_done = Arc::new(AtomicBool::new(false));
     let dripper = {
@@ -377,7 +271,7 @@ fn truncated_and_stalled_frames_are_dropped() {
                 opts: WriteOptions::default(),
             });
             for b in frame {
-                if done.load(Ordering::SeqCst) || send_bytes(&drip, &[b]).is_err() {
+                if done.load(Ordering::SeqCst) || drip.send_bytes(&[b]).is_err() {
                     return;
                 }
                 thread::sleep(Duration::from_millis(150));
@@ -386,7 +280,7 @@ fn truncated_and_stalled_frames_are_dropped() {
     };
 
     for (what, c, since) in [("before the handshake", &silent, t0), ("after the handshake", &named, t1)] {
-        let closed = read_until_closed(c, since);
+        let closed = c.read_until_closed(since);
         assert!(closed.answers.is_empty(), "{what}: {closed:?}");
         assert!(
             closed.after >= IO_TIMEOUT.mul_f64(0.9) && closed.after < IO_TIMEOUT * 4,
@@ -394,7 +288,7 @@ fn truncated_and_stalled_frames_are_dropped() {
             closed.after
         );
     }
-    let closed = read_until_closed(&drip, t2);
+    let closed = drip.read_until_closed(t2);
     drip_done.store(true, Ordering::SeqCst);
     dripper.join().unwrap();
     assert!(closed.answers.is_empty(), "{closed:?}");
@@ -438,12 +332,12 @@ fn forged_length_prefixes_get_limit_exceeded_and_a_close() {
     for (len, after_hello) in cases {
         let c = s.connect();
         if after_hello {
-            handshake(&c, "forger");
+            c.handshake("forger");
         }
-        send_bytes(&c, &len.to_le_bytes()).unwrap();
-        let closed = read_until_closed(&c, t0);
+        c.send_bytes(&len.to_le_bytes()).unwrap();
+        let closed = c.read_until_closed(t0);
         assert_eq!(closed.answers.len(), 1, "len {len}: {closed:?}");
-        let (kind, msg) = error_of(&closed.answers[0]);
+        let (kind, msg) = answer_error(&closed.answers[0]);
         assert_eq!(kind, ErrorKind::LimitExceeded, "{msg}");
         assert!(msg.contains(&format!("frame of {len} bytes")) && msg.contains("--max-frame-bytes"), "{msg}");
         let rss = s.rss();
@@ -457,10 +351,10 @@ fn forged_length_prefixes_get_limit_exceeded_and_a_close() {
     // stall is detected with the socket's receive timeout).
     if cfg!(unix) {
         let c = s.connect();
-        handshake(&c, "forger");
+        c.handshake("forger");
         let rss_before = s.rss();
-        send_bytes(&c, &[&DEFAULT_MAX_FRAME.to_le_bytes()[..], &garbage(3, 1024)].concat()).unwrap();
-        let closed = read_until_closed(&c, Instant::now());
+        c.send_bytes(&[&DEFAULT_MAX_FRAME.to_le_bytes()[..], &garbage(3, 1024)].concat()).unwrap();
+        let closed = c.read_until_closed(Instant::now());
         assert!(closed.answers.is_empty() && closed.after >= IO_TIMEOUT.mul_f64(0.9), "{closed:?}");
         let grew = s.rss().saturating_sub(rss_before);
         assert!(grew < 4 * 1024, "a 16 MiB announcement with 1 KiB sent grew the broker by {grew} KiB");
@@ -468,11 +362,11 @@ fn forged_length_prefixes_get_limit_exceeded_and_a_close() {
 
     // A full-size frame of garbage is read, refused, and the connection goes on.
     let c = s.connect();
-    handshake(&c, "forger");
-    send_bytes(&c, &raw_frame(&garbage(4, DEFAULT_MAX_FRAME as usize))).unwrap();
-    let (kind, msg) = error_of(&recv(&c));
+    c.handshake("forger");
+    c.send_bytes(&raw_frame(&garbage(4, DEFAULT_MAX_FRAME as usize))).unwrap();
+    let (kind, msg) = answer_error(&c.recv());
     assert_eq!(kind, ErrorKind::Protocol, "{msg}");
-    assert_eq!(round_trip(&c, &Request::Ping), Response::Pong);
+    assert_eq!(c.round_trip(&Request::Ping), Response::Pong);
     let rss = s.rss();
     assert!(rss < RSS_BOUND_KIB, "RSS {rss} KiB while holding a connection that sent a 16 MiB frame");
     drop(c);
@@ -488,7 +382,7 @@ fn forged_length_prefixes_get_limit_exceeded_and_a_close() {
 fn malformed_frames_after_the_handshake_get_protocol_errors_and_the_connection_stays_usable() {
     let s = Scenario::start();
     let c = s.connect();
-    handshake(&c, "sloppy-client");
+    c.handshake("sloppy-client");
     let claim = 200 * 1024 * 1024;
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("unknown request variant", vec![0xEE]),
@@ -502,23 +396,20 @@ fn malformed_frames_after_the_handshake_get_protocol_errors_and_the_connection_s
         ("garbage", garbage(7, 500)),
     ];
     for (what, payload) in &cases {
-        send_bytes(&c, &raw_frame(payload)).unwrap();
-        let (kind, msg) = error_of(&recv(&c));
+        c.send_bytes(&raw_frame(payload)).unwrap();
+        let (kind, msg) = answer_error(&c.recv());
         assert_eq!(kind, ErrorKind::Protocol, "{what}: {msg}");
         assert!(msg.contains("malformed frame"), "{what}: {msg}");
-        assert_eq!(round_trip(&c, &Request::Ping), Response::Pong, "after {what}");
+        assert_eq!(c.round_trip(&Request::Ping), Response::Pong, "after {what}");
     }
-    let (kind, msg) = error_of(&round_trip(&c, &hello_request(PROTOCOL_VERSION, "again")));
+    let (kind, msg) = answer_error(&c.round_trip(&Request::Hello(hello("again"))));
     assert_eq!(kind, ErrorKind::Protocol);
     assert!(msg.contains("handshake already done"), "{msg}");
     // And the connection still writes.
-    let r = round_trip(
-        &c,
-        &Request::Execute {
-            stmt: Statement::new("INSERT INTO witness (n) VALUES (?)", vec![Value::Integer(-7)]),
-            opts: WriteOptions::default(),
-        },
-    );
+    let r = c.round_trip(&Request::Execute {
+        stmt: Statement::new("INSERT INTO witness (n) VALUES (?)", vec![Value::Integer(-7)]),
+        opts: WriteOptions::default(),
+    });
     assert!(matches!(&r, Response::Executed(e) if e.changes == 1), "{r:?}");
     assert_eq!(query_i64(&s.dir.db(), "SELECT count(*) FROM witness WHERE n = -7"), 1);
     drop(c);
@@ -528,10 +419,10 @@ fn malformed_frames_after_the_handshake_get_protocol_errors_and_the_connection_s
 #[test]
 fn a_foreign_protocol_version_gets_incompatible_with_advice() {
     let s = Scenario::start();
-    let check = |c: &Stream, version: u32| {
-        let closed = read_until_closed(c, Instant::now());
+    let check = |c: &RawConn, version: u32| {
+        let closed = c.read_until_closed(Instant::now());
         assert_eq!(closed.answers.len(), 1, "{closed:?}");
-        let (kind, msg) = error_of(&closed.answers[0]);
+        let (kind, msg) = answer_error(&closed.answers[0]);
         assert_eq!(kind, ErrorKind::Incompatible, "{msg}");
         assert!(msg.contains(&format!("this client speaks protocol {version}")), "{msg}");
         assert!(msg.contains(&format!("speaks protocol {PROTOCOL_VERSION}")), "{msg}");
@@ -541,27 +432,27 @@ fn a_foreign_protocol_version_gets_incompatible_with_advice() {
     };
     // A newer client whose Hello still decodes.
     let c = s.connect();
-    send_bytes(&c, &frame_of(&hello_request(99, "from-the-future"))).unwrap();
+    c.send_bytes(&frame_of(&Request::Hello(Hello { protocol: 99, ..hello("from-the-future") }))).unwrap();
     check(&c, 99);
     // An older client whose Hello body does not decode as today's Hello: variant 0,
     // protocol 2, then fields this version does not know.
     let c = s.connect();
-    send_bytes(&c, &raw_frame(&[0, 2, 0xFF, 0xFE, 0xFD, 9, 9, 9, 9])).unwrap();
+    c.send_bytes(&raw_frame(&[0, 2, 0xFF, 0xFE, 0xFD, 9, 9, 9, 9])).unwrap();
     check(&c, 2);
     // Today's version with a broken body is a protocol error, not "incompatible".
     let c = s.connect();
-    send_bytes(&c, &raw_frame(&[0, PROTOCOL_VERSION as u8, 0xFF, 0xFE])).unwrap();
-    let closed = read_until_closed(&c, Instant::now());
+    c.send_bytes(&raw_frame(&[0, PROTOCOL_VERSION as u8, 0xFF, 0xFE])).unwrap();
+    let closed = c.read_until_closed(Instant::now());
     assert_eq!(closed.answers.len(), 1, "{closed:?}");
-    let (kind, msg) = error_of(&closed.answers[0]);
+    let (kind, msg) = answer_error(&closed.answers[0]);
     assert_eq!(kind, ErrorKind::Protocol, "{msg}");
     assert!(msg.contains("expected a handshake"), "{msg}");
     // A request before any handshake.
     let c = s.connect();
-    send_bytes(&c, &frame_of(&Request::Ping)).unwrap();
-    let closed = read_until_closed(&c, Instant::now());
+    c.send_bytes(&frame_of(&Request::Ping)).unwrap();
+    let closed = c.read_until_closed(Instant::now());
     assert_eq!(closed.answers.len(), 1, "{closed:?}");
-    let (kind, msg) = error_of(&closed.answers[0]);
+    let (kind, msg) = answer_error(&closed.answers[0]);
     assert_eq!(kind, ErrorKind::Protocol);
     assert!(msg.contains("expected a handshake (Hello) as the first frame, got ping"), "{msg}");
 
@@ -596,21 +487,21 @@ fn connection_churn_leaves_no_threads_or_descriptors_behind() {
         match i % 4 {
             0 => {}
             1 => {
-                handshake(&c, "churn");
+                c.handshake("churn");
             }
             2 => {
-                let _ = send_bytes(&c, &[7, 0]);
+                let _ = c.send_bytes(&[7, 0]);
             }
             _ => {
-                handshake(&c, "churn");
-                assert_eq!(round_trip(&c, &Request::Ping), Response::Pong);
+                c.handshake("churn");
+                assert_eq!(c.round_trip(&Request::Ping), Response::Pong);
             }
         }
     }
     // Many at once, all served, then all gone.
-    let held: Vec<Stream> = (0..100).map(|_| s.connect()).collect();
+    let held: Vec<RawConn> = (0..100).map(|_| s.connect()).collect();
     for c in &held {
-        handshake(c, "held");
+        c.handshake("held");
     }
     // The churn's last connections may still be on their way out.
     assert!(

@@ -68,7 +68,7 @@ fn concurrent_callers_apply_a_migration_exactly_once() {
     for c in children {
         let o = c.wait_with_output().unwrap();
         assert_exit(&o, 0);
-        let j: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        let j = json_out(&o);
         assert_eq!(j["to_version"], 2);
         if j["applied"].as_array().unwrap().len() == 2 {
             applied_by += 1;

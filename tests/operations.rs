@@ -9,10 +9,6 @@ use litebroker_client::{Reader, Value};
 use litebroker_tests::*;
 use serde_json::Value as Json;
 
-fn json_of(o: &std::process::Output) -> Json {
-    serde_json::from_str(stdout(o).trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
-}
-
 const ROWS: &str = "CREATE TABLE rows (client INTEGER NOT NULL, seq INTEGER NOT NULL, payload TEXT, PRIMARY KEY (client, seq));";
 
 #[test]
@@ -37,7 +33,7 @@ fn stats_reports_schema_sizes_rows_and_broker_figures() {
     );
     let o = cli(&db, &["--json", "stats"]);
     assert_exit(&o, 0);
-    let j = json_of(&o);
+    let j = json_out(&o);
     assert_eq!(j["schema_version"], 3);
     assert_eq!(j["tables"], 2);
     assert_eq!(j["indices"], 2, "sales_sku plus the automatic index of UNIQUE");
@@ -87,7 +83,7 @@ fn verify_reports_ok_then_each_problem_with_exit_5() {
     assert!(st.success());
     let o = cli(&db, &["--json", "verify"]);
     assert_exit(&o, 5);
-    let j = json_of(&o);
+    let j = json_out(&o);
     assert_eq!(j["ok"], false);
     assert_eq!(j["checked_by"], "broker");
     assert_eq!(j["foreign_key_problems"][0], "c row 2 references a missing row of p");
@@ -137,7 +133,7 @@ fn backup_under_write_load_then_restore_seen_by_other_readers() {
     let acked_before = rows_in(&db);
     let o = cli(&db, &["--json", "backup", "during-load"]);
     assert_exit(&o, 0);
-    let j = json_of(&o);
+    let j = json_out(&o);
     let path = j["path"].as_str().unwrap().to_owned();
     let name = Path::new(&path).file_name().unwrap().to_string_lossy().into_owned();
     assert!(name.starts_with("app_") && name.ends_with("_during-load.db"), "{name}");
@@ -156,7 +152,7 @@ fn backup_under_write_load_then_restore_seen_by_other_readers() {
     // Restore the backup: this process's reader (opened long before) sees it next read.
     let o = cli(&db, &["--json", "restore", &path]);
     assert_exit(&o, 0);
-    let r = json_of(&o);
+    let r = json_out(&o);
     let safety = r["safety_backup"].as_str().unwrap().to_owned();
     assert!(safety.ends_with("_pre-restore.db"), "{safety}");
     assert_eq!(rows_in(Path::new(&safety)).len(), 4500, "the safety backup holds the database as it was");
@@ -170,7 +166,7 @@ fn backup_under_write_load_then_restore_seen_by_other_readers() {
 
     let o = cli(&db, &["--json", "backups"]);
     assert_exit(&o, 0);
-    assert_eq!(json_of(&o)["backups"].as_array().unwrap().len(), 2, "the backup and the safety copy");
+    assert_eq!(json_out(&o)["backups"].as_array().unwrap().len(), 2, "the backup and the safety copy");
 }
 
 #[test]
@@ -226,21 +222,21 @@ fn checkpoint_reports_frames_and_readers_that_block_it() {
     );
     let o = cli(&db, &["--json", "checkpoint", "truncate"]);
     assert_exit(&o, 0);
-    let j = json_of(&o);
+    let j = json_out(&o);
     assert_eq!(j["mode"], "TRUNCATE");
     assert_eq!(j["blocked_by_readers"], true, "{j}");
     assert!(j["wal_frames"].as_i64().unwrap() > 0);
     assert!(j["wal_bytes_after"].as_u64().unwrap() > 50_000);
     // The WAL stays over the (lowered) threshold: warned in the log and in stats.
     assert!(b.log().contains("readers are keeping it pinned"), "{}", b.log());
-    let s = json_of(&cli(&db, &["--json", "stats"]));
+    let s = json_out(&cli(&db, &["--json", "stats"]));
     assert!(s["warnings"][0].as_str().unwrap().contains("pinned"), "{s}");
     assert_eq!(s["broker"]["last_checkpoint"]["blocked"], true);
 
     reader.kill9();
     let o = cli(&db, &["--json", "checkpoint"]);
     assert_exit(&o, 0);
-    let j = json_of(&o);
+    let j = json_out(&o);
     assert_eq!(j["blocked_by_readers"], false, "{j}");
     assert_eq!(j["wal_bytes_after"], 0);
     let o = cli(&db, &["checkpoint", "passive"]);
@@ -261,7 +257,7 @@ fn idle_broker_truncates_the_wal_by_itself() {
         "no idle checkpoint:\n{}",
         b.log()
     );
-    let s = json_of(&cli(&db, &["--json", "stats"]));
+    let s = json_out(&cli(&db, &["--json", "stats"]));
     assert_eq!(s["broker"]["last_checkpoint"]["mode"], "TRUNCATE");
 }
 
@@ -275,7 +271,7 @@ fn backups_keep_only_the_newest() {
         assert_exit(&cli(&db, &["backup", label, "--keep", "2"]), 0);
     }
     let o = cli(&db, &["--json", "backups"]);
-    let list = json_of(&o)["backups"].as_array().unwrap().clone();
+    let list = json_out(&o)["backups"].as_array().unwrap().clone();
     assert_eq!(list.len(), 2);
     assert!(list[0]["path"].as_str().unwrap().ends_with("_two.db"), "{list:?}");
     assert!(list[1]["path"].as_str().unwrap().ends_with("_three.db"), "{list:?}");
@@ -291,7 +287,7 @@ fn doctor_is_healthy_with_a_broker_and_reports_a_stopped_one() {
     assert_exit(&cli(&db, &["backup"]), 0);
     let o = cli(&db, &["--json", "doctor"]);
     assert_exit(&o, 0);
-    let j = json_of(&o);
+    let j = json_out(&o);
     assert_eq!(j["healthy"], true, "{j}");
     let status = |j: &Json, check: &str| {
         j["findings"].as_array().unwrap().iter().find(|f| f["check"] == check).map(|f| f["status"].clone())
@@ -305,7 +301,7 @@ fn doctor_is_healthy_with_a_broker_and_reports_a_stopped_one() {
     b.wait_exit(Duration::from_secs(20)).expect("broker stops");
     let o = cli(&db, &["--json", "doctor"]);
     assert_exit(&o, 3);
-    let j = json_of(&o);
+    let j = json_out(&o);
     assert_eq!(j["broker_running"], false);
     assert_eq!(status(&j, "broker"), Some(Json::from("problem")));
     assert_eq!(status(&j, "quick_check"), Some(Json::from("ok")), "the other checks still ran");
@@ -372,7 +368,7 @@ fn a_backup_cut_by_kill_9_is_never_listed_and_its_debris_is_swept() {
     // Listed: nothing. Deleted: all of it (its writer is gone).
     let o = cli(&db, &["--json", "backups"]);
     assert_exit(&o, 0);
-    let j = json_of(&o);
+    let j = json_out(&o);
     assert_eq!(j["backups"], serde_json::json!([]), "{j}");
     let mut removed: Vec<String> = j["removed_debris"]
         .as_array()
@@ -389,8 +385,8 @@ fn a_backup_cut_by_kill_9_is_never_listed_and_its_debris_is_swept() {
     assert_exit(&cli(&db, &["exec", "DELETE FROM big WHERE id > 100"]), 0);
     let o = cli(&db, &["--json", "backup", "after"]);
     assert_exit(&o, 0);
-    let path = json_of(&o)["path"].as_str().unwrap().to_owned();
-    let listed = json_of(&cli(&db, &["--json", "backups"]))["backups"].clone();
+    let path = json_out(&o)["path"].as_str().unwrap().to_owned();
+    let listed = json_out(&cli(&db, &["--json", "backups"]))["backups"].clone();
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed[0]["path"], path.as_str());
     assert_exit(&cli(&db, &["exec", "DELETE FROM big"]), 0);

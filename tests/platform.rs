@@ -4,64 +4,16 @@
 //! or named pipe. Unix-only behaviour (signals, socket files) is tested in
 //! `foundation.rs`.
 
-use std::io::{Read, Write};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use interprocess::local_socket::Stream;
-use litebroker_protocol::{
-    read_frame, write_frame, ErrorKind, Hello, Request, Response, Statement, WriteOptions, HARD_MAX_FRAME,
-    PROTOCOL_MINOR, PROTOCOL_VERSION,
-};
+use litebroker_protocol::{ErrorKind, Hello, Request, Response, Statement, WriteOptions};
 use litebroker_tests::*;
-use serde_json::Value as Json;
 
-fn send(stream: &Stream, req: &Request) {
-    let mut buf = Vec::new();
-    write_frame(&mut &*stream, req, &mut buf, HARD_MAX_FRAME).expect("send a frame");
-}
-
-fn recv(stream: &Stream) -> Option<Response> {
-    let mut buf = Vec::new();
-    read_frame(&mut &*stream, HARD_MAX_FRAME, &mut buf).expect("read a frame")
-}
-
-fn hello(stream: &Stream, pid: u32) -> litebroker_protocol::HelloAck {
-    send(
-        stream,
-        &Request::Hello(Hello {
-            protocol: PROTOCOL_VERSION,
-            minor: PROTOCOL_MINOR,
-            client_name: "platform-test".into(),
-            pid,
-            expected_schema: None,
-        }),
-    );
-    match recv(stream) {
-        Some(Response::Hello(ack)) => ack,
-        other => panic!("expected a handshake answer, got {other:?}"),
-    }
-}
-
-/// Reads until the broker closes the connection, in a thread (pipes have no read
-/// timeouts); true when that happened within `timeout`.
-fn closed_within(stream: Stream, timeout: Duration) -> bool {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = (&stream).read_to_end(&mut sink);
-        let _ = tx.send(());
-    });
-    rx.recv_timeout(timeout).is_ok()
-}
-
-fn error_kind(resp: Option<Response>) -> ErrorKind {
-    match resp {
-        Some(Response::Error(e)) => e.kind,
-        other => panic!("expected an error answer, got {other:?}"),
-    }
+/// The kind of an error answer.
+fn error_kind(resp: Response) -> ErrorKind {
+    answer_error(&resp).0
 }
 
 fn create_rows_table(db: &std::path::Path) {
@@ -108,7 +60,7 @@ fn many_client_processes_write_and_read_at_once() {
         .collect();
     for w in writers {
         let o = w.wait_with_output().unwrap();
-        let j: Json = serde_json::from_str(stdout(&o).trim()).unwrap_or_else(|_| panic!("{}", stdout(&o)));
+        let j = json_out(&o);
         assert!(o.status.success(), "writer failed: {j}");
         assert_eq!(j["ok"], ROWS, "{j}");
         assert_eq!(j["stale_reads"], 0, "a writer did not see its own acknowledged write: {j}");
@@ -116,7 +68,7 @@ fn many_client_processes_write_and_read_at_once() {
     std::fs::write(&stop, b"").unwrap();
     for r in readers {
         let o = r.wait_with_output().unwrap();
-        let j: Json = serde_json::from_str(stdout(&o).trim()).unwrap_or_else(|_| panic!("{}", stdout(&o)));
+        let j = json_out(&o);
         assert!(o.status.success(), "reader failed: {j}");
     }
     assert_eq!(query_i64(&t.db(), "SELECT count(*) FROM rows"), WRITERS * ROWS);
@@ -132,10 +84,10 @@ fn shutdown_request_stops_the_broker_cleanly_and_frees_the_database() {
     create_rows_table(&t.db());
     assert_exit(&cli(&t.db(), &["exec", "INSERT INTO rows (client, seq) VALUES (1, 1)"]), 0);
     // An app instance that stays connected, idle, does not hold the shutdown up.
-    let idle = connect_raw(&b.socket);
-    hello(&idle, std::process::id());
+    let idle = RawConn::connect(&b.socket);
+    idle.handshake("platform-test");
     assert_exit(&b.request_shutdown(), 0);
-    assert!(closed_within(idle, Duration::from_secs(20)), "the idle connection was not closed");
+    assert!(idle.closed_within(Duration::from_secs(20)), "the idle connection was not closed");
     let status = b.wait_exit(Duration::from_secs(20)).expect("broker exits after the shutdown request");
     assert_eq!(status.code(), Some(0), "log:\n{}", b.log());
     let log = b.log();
@@ -157,31 +109,30 @@ fn hostile_bytes_get_answers_and_hurt_nobody() {
     create_rows_table(&t.db());
 
     // Gibberish instead of a handshake: an error answer, then the broker closes.
-    let s = connect_raw(&b.socket);
-    (&s).write_all(&[16, 0, 0, 0]).unwrap();
-    (&s).write_all(&[0xff; 16]).unwrap();
-    assert_eq!(error_kind(recv(&s)), ErrorKind::Protocol);
-    assert!(closed_within(s, Duration::from_secs(10)), "connection left open after a bad handshake");
+    let s = RawConn::connect(&b.socket);
+    s.send_bytes(&[16, 0, 0, 0]).unwrap();
+    s.send_bytes(&[0xff; 16]).unwrap();
+    assert_eq!(error_kind(s.recv()), ErrorKind::Protocol);
+    assert!(s.closed_within(Duration::from_secs(10)), "connection left open after a bad handshake");
 
     // A forged length far beyond the limit: refused before anything is allocated.
-    let s = connect_raw(&b.socket);
-    (&s).write_all(&u32::MAX.to_le_bytes()).unwrap();
-    assert_eq!(error_kind(recv(&s)), ErrorKind::LimitExceeded);
-    assert!(closed_within(s, Duration::from_secs(10)), "connection left open after a forged length");
+    let s = RawConn::connect(&b.socket);
+    s.send_bytes(&u32::MAX.to_le_bytes()).unwrap();
+    assert_eq!(error_kind(s.recv()), ErrorKind::LimitExceeded);
+    assert!(s.closed_within(Duration::from_secs(10)), "connection left open after a forged length");
 
     // Half a frame, then gone; a connection that says nothing and leaves.
-    let s = connect_raw(&b.socket);
-    (&s).write_all(&[100, 0, 0, 0, 1, 2, 3]).unwrap();
+    let s = RawConn::connect(&b.socket);
+    s.send_bytes(&[100, 0, 0, 0, 1, 2, 3]).unwrap();
     drop(s);
-    drop(connect_raw(&b.socket));
+    drop(RawConn::connect(&b.socket));
 
     // After a good handshake, a garbage frame is answered and the connection lives on.
-    let s = connect_raw(&b.socket);
-    hello(&s, std::process::id());
-    (&s).write_all(&[5, 0, 0, 0, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe]).unwrap();
-    assert_eq!(error_kind(recv(&s)), ErrorKind::Protocol);
-    send(&s, &Request::Ping);
-    assert!(matches!(recv(&s), Some(Response::Pong)));
+    let s = RawConn::connect(&b.socket);
+    s.handshake("platform-test");
+    s.send_bytes(&[5, 0, 0, 0, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe]).unwrap();
+    assert_eq!(error_kind(s.recv()), ErrorKind::Protocol);
+    assert!(matches!(s.round_trip(&Request::Ping), Response::Pong));
     drop(s);
 
     // Everyone else is served as before.
@@ -198,21 +149,18 @@ fn stalled_clients_are_cut_off_without_blocking_others() {
     create_rows_table(&t.db());
 
     // A: stops in the middle of a frame.
-    let a = connect_raw(&b.socket);
-    hello(&a, std::process::id());
-    (&a).write_all(&[200, 0, 0, 0, 1, 2, 3, 4]).unwrap();
+    let a = RawConn::connect(&b.socket);
+    a.handshake("platform-test");
+    a.send_bytes(&[200, 0, 0, 0, 1, 2, 3, 4]).unwrap();
 
     // B: asks for a 4 MB answer and never reads it (larger than any socket or
     // pipe buffer, so the broker's write blocks).
-    let big = connect_raw(&b.socket);
-    hello(&big, std::process::id());
-    send(
-        &big,
-        &Request::Execute {
-            stmt: Statement::new("SELECT randomblob(4000000)", vec![]),
-            opts: WriteOptions::default(),
-        },
-    );
+    let big = RawConn::connect(&b.socket);
+    big.handshake("platform-test");
+    big.send(&Request::Execute {
+        stmt: Statement::new("SELECT randomblob(4000000)", vec![]),
+        opts: WriteOptions::default(),
+    });
 
     // Others are served meanwhile, at once.
     let started = std::time::Instant::now();
@@ -220,7 +168,7 @@ fn stalled_clients_are_cut_off_without_blocking_others() {
     assert!(started.elapsed() < Duration::from_secs(5), "a write waited {:?}", started.elapsed());
 
     // Both stalled connections are cut off soon after the 1 s I/O timeout.
-    assert!(closed_within(a, Duration::from_secs(10)), "the mid-frame staller was not disconnected");
+    assert!(a.closed_within(Duration::from_secs(10)), "the mid-frame staller was not disconnected");
     let cut = wait_until(Duration::from_secs(10), || {
         b.log().matches("stalled in the middle of a frame").count() >= 2
     });
@@ -228,7 +176,7 @@ fn stalled_clients_are_cut_off_without_blocking_others() {
     drop(big);
     let o = cli(&t.db(), &["--json", "status"]);
     assert_exit(&o, 0);
-    let j: Json = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let j = json_out(&o);
     assert_eq!(j["clients"], 1, "only the status client itself is left: {j}");
 }
 
@@ -236,9 +184,9 @@ fn stalled_clients_are_cut_off_without_blocking_others() {
 fn a_silent_connection_is_closed_after_the_handshake_timeout() {
     let t = TestDir::new();
     let b = Broker::start(&t.db(), &[]);
-    let s = connect_raw(&b.socket);
+    let s = RawConn::connect(&b.socket);
     // The broker allows 5 s for the handshake.
-    assert!(closed_within(s, Duration::from_secs(15)), "a connection without a handshake was kept open");
+    assert!(s.closed_within(Duration::from_secs(15)), "a connection without a handshake was kept open");
     assert_exit(&cli(&t.db(), &["status"]), 0);
 }
 
@@ -284,10 +232,11 @@ fn a_silent_broker_does_not_hang_the_client() {
 fn the_peer_pid_comes_from_the_os_not_from_the_handshake() {
     let t = TestDir::new();
     let b = Broker::start(&t.db(), &[]);
-    let s = connect_raw(&b.socket);
-    let ack = hello(&s, 4_000_000_000);
-    send(&s, &Request::Connections);
-    let Some(Response::Connections(list)) = recv(&s) else { panic!("no connections answer") };
+    let s = RawConn::connect(&b.socket);
+    let ack = s.handshake_with(Hello { pid: 4_000_000_000, ..hello("platform-test") });
+    let Response::Connections(list) = s.round_trip(&Request::Connections) else {
+        panic!("no connections answer")
+    };
     let me = list.iter().find(|c| c.id == ack.client_id).expect("this connection is listed");
     assert_eq!(me.pid, std::process::id(), "the claimed pid was believed: {list:?}");
 }

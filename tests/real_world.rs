@@ -83,10 +83,6 @@ impl Drop for NoStrayBrokers {
     }
 }
 
-fn json_of(o: &Output) -> Json {
-    serde_json::from_str(stdout(o).trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
-}
-
 #[cfg(target_os = "linux")]
 #[test]
 fn ten_instances_started_at_once_share_the_one_broker_they_started() {
@@ -152,7 +148,7 @@ fn ten_instances_started_at_once_share_the_one_broker_they_started() {
     );
     let status = cli(&db, &["--json", "status"]);
     assert_exit(&status, 0);
-    assert_eq!(json_of(&status)["pid"], pid);
+    assert_eq!(json_out(&status)["pid"], pid);
 
     // Detached: its own session, not the test's child, stdio on /dev/null and its log.
     let stat = proc_stat(pid).expect("broker stat");
@@ -324,7 +320,7 @@ fn launchd_plist_is_a_valid_property_list() {
     drop(py.stdin.take());
     let o = wait_output(py, Duration::from_secs(30), "plistlib");
     assert_exit(&o, 0);
-    let p = json_of(&o);
+    let p = json_out(&o);
     assert!(p["Label"].as_str().unwrap().starts_with("io.litebroker.litebrokerd-app-"), "{p}");
     assert_eq!(
         p["ProgramArguments"],

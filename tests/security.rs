@@ -5,7 +5,6 @@
 
 #![cfg_attr(not(unix), allow(unused))]
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,61 +12,15 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use interprocess::local_socket::prelude::*;
-use interprocess::local_socket::Stream;
 use litebroker_client::{Client, ClientError, ConnectOptions, ErrorKind, Statement, Value};
-use litebroker_protocol::rendezvous::socket_name;
-use litebroker_protocol::{
-    encode_frame, read_frame, Hello, Request, Response, WriteOptions, HARD_MAX_FRAME, PROTOCOL_MINOR,
-    PROTOCOL_VERSION,
-};
+use litebroker_protocol::{Request, Response, WriteOptions};
 use litebroker_tests::*;
-use serde_json::Value as Json;
-
-fn json_out(o: &Output) -> Json {
-    serde_json::from_str(stdout(o).trim())
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", stdout(o), stderr(o)))
-}
 
 fn broker_error(r: Result<impl std::fmt::Debug, ClientError>) -> (ErrorKind, String) {
     match r {
         Err(ClientError::Broker(info)) => (info.kind, info.message),
         other => panic!("expected an error answer from the broker, got {other:?}"),
     }
-}
-
-// ----- raw connections ---------------------------------------------------------------
-
-fn raw_connect(socket: &str) -> Stream {
-    let s = Stream::connect(socket_name(socket).expect("socket name")).expect("connect to the broker");
-    let _ = s.set_recv_timeout(Some(Duration::from_secs(10)));
-    let _ = s.set_send_timeout(Some(Duration::from_secs(10)));
-    s
-}
-
-fn frame_of(req: &Request) -> Vec<u8> {
-    let mut buf = Vec::new();
-    encode_frame(req, &mut buf, HARD_MAX_FRAME).unwrap();
-    buf
-}
-
-fn recv(s: &Stream) -> Response {
-    match read_frame::<_, Response>(&mut &*s, HARD_MAX_FRAME, &mut Vec::new()) {
-        Ok(Some(r)) => r,
-        other => panic!("expected an answer from the broker, got {other:?}"),
-    }
-}
-
-fn handshake(s: &Stream, name: &str) {
-    let hello = Request::Hello(Hello {
-        protocol: PROTOCOL_VERSION,
-        minor: PROTOCOL_MINOR,
-        client_name: name.into(),
-        pid: std::process::id(),
-        expected_schema: None,
-    });
-    (&*s).write_all(&frame_of(&hello)).unwrap();
-    assert!(matches!(recv(s), Response::Hello(_)), "handshake refused");
 }
 
 fn execute(sql: &str, params: Vec<Value>) -> Request {
@@ -83,12 +36,6 @@ fn listed(db: &Path, name: &str) -> bool {
 fn mode_of(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
-}
-
-#[cfg(unix)]
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 // ----- who may connect -----------------------------------------------------------------
@@ -205,11 +152,9 @@ fn cli_as_nobody(t: &TestDir, socket: &str, args: &[&str]) -> Output {
 
 #[cfg(unix)]
 #[test]
+#[cfg_attr(litebroker_not_root, ignore = "needs root: runs the CLI as another user (uid 65534)")]
 fn a_peer_of_another_user_is_refused_by_its_credentials_and_logged() {
-    if !is_root() {
-        eprintln!("not root: cannot run a client as another user; skipped");
-        return;
-    }
+    require_root();
     let t = TestDir::new();
     let b = reachable_broker(&t, &[]);
     assert_exit(&cli(&t.db(), &["--socket", &b.socket, "exec", "CREATE TABLE t (x)"]), 0);
@@ -230,11 +175,9 @@ fn a_peer_of_another_user_is_refused_by_its_credentials_and_logged() {
 
 #[cfg(unix)]
 #[test]
+#[cfg_attr(litebroker_not_root, ignore = "needs root: runs the CLI as another user (uid 65534)")]
 fn allow_uid_admits_that_user() {
-    if !is_root() {
-        eprintln!("not root: cannot run a client as another user; skipped");
-        return;
-    }
+    require_root();
     let t = TestDir::new();
     let b = reachable_broker(&t, &["--allow-uid", "65534"]);
     assert_exit(&cli(&t.db(), &["--socket", &b.socket, "exec", "CREATE TABLE t (x)"]), 0);
@@ -338,9 +281,9 @@ fn a_runaway_statement_is_interrupted_and_only_its_request_rolls_back() {
             (o, started.elapsed())
         })
     };
-    assert!(wait_until(Duration::from_secs(10), || status.status().unwrap().queue_depth >= 1));
+    wait_queued(&mut status, 1);
     let writer = spawn_lbtool(&t.db(), &["write", "--client", "1", "--count", "300"]);
-    assert!(wait_until(Duration::from_secs(10), || status.status().unwrap().queue_depth >= 2));
+    wait_queued(&mut status, 2);
     session.send("commit");
     let (o, took) = runaway.join().unwrap();
     assert_exit(&o, 4);
@@ -458,16 +401,16 @@ fn pipelined_requests_are_taken_one_at_a_time_and_answered_in_order() {
     let t = TestDir::new();
     let b = Broker::start(&t.db(), &[]);
     assert_exit(&cli(&t.db(), &["exec", "CREATE TABLE t (id INTEGER PRIMARY KEY, n INT)"]), 0);
-    let s = raw_connect(&b.socket);
-    handshake(&s, "pipeliner");
+    let s = RawConn::connect(&b.socket);
+    s.handshake("pipeliner");
     let n = 500;
     let frames: Vec<u8> = (1..=n)
         .flat_map(|i| frame_of(&execute("INSERT INTO t (n) VALUES (?)", vec![Value::Integer(i)])))
         .collect();
     // About 30 KiB: fits in the socket's buffers, so one write sends them all.
-    (&s).write_all(&frames).unwrap();
+    s.send_bytes(&frames).unwrap();
     for i in 1..=n {
-        match recv(&s) {
+        match s.recv() {
             Response::Executed(r) => assert_eq!(r.last_insert_rowid, i, "answer {i} out of order"),
             other => panic!("answer {i}: {other:?}"),
         }
@@ -507,15 +450,15 @@ fn a_client_that_never_reads_its_answers_is_disconnected_and_stalls_nobody() {
     };
 
     // 200 requests whose answers are 256 KiB each, sent without ever reading.
-    let s = raw_connect(&b.socket);
-    handshake(&s, "never-reads");
+    let s = RawConn::connect(&b.socket);
+    s.handshake("never-reads");
     let req = frame_of(&execute("SELECT zeroblob(262144)", vec![]));
     let sent_at = Instant::now();
     let sender = thread::spawn(move || {
         let mut sent = 0;
         for _ in 0..200 {
             // Blocks once the broker stops reading; fails once it hung up.
-            if (&s).write_all(&req).is_err() {
+            if s.send_bytes(&req).is_err() {
                 break;
             }
             sent += 1;
@@ -560,17 +503,16 @@ fn idle_connections_do_not_keep_the_buffers_of_their_big_frames() {
     let b = Broker::start(&t.db(), &["--max-frame-bytes", "4194304"]);
     let before = rss_kib(b.pid()).unwrap_or(0);
     // Each client sends one 4 MiB request, then idles.
-    let held: Vec<Stream> = (0..24)
+    let held: Vec<RawConn> = (0..24)
         .map(|i| {
-            let s = raw_connect(&b.socket);
-            handshake(&s, "bulk-then-idle");
+            let s = RawConn::connect(&b.socket);
+            s.handshake("bulk-then-idle");
             // Text, not a blob: a debug build decodes blobs byte by byte, slowly.
             let req = execute(
                 "SELECT length(?), ?",
                 vec![Value::Text("x".repeat(4 * 1024 * 1024 - 200)), Value::Integer(i)],
             );
-            (&s).write_all(&frame_of(&req)).unwrap();
-            assert!(matches!(recv(&s), Response::Executed(_)));
+            assert!(matches!(s.round_trip(&req), Response::Executed(_)));
             s
         })
         .collect();

@@ -1,6 +1,9 @@
-//! The operational notes' four STOP CONDITIONS, moved onto the broker, plus lease
-//! expiry and disconnect rollback of write sessions. Real broker process, real
-//! client processes, the real `sqlite3` CLI holding locks.
+//! The four stop conditions of litebroker's writes, which must hold whatever the
+//! load: (1) two writers never see "database is locked"; (2) an external lock is
+//! waited out with the backoff, then reported; (3) connections are tracked and
+//! return to zero (`connection_tracking.rs`, a binary of its own); (4) integrity
+//! holds after a lock. Plus lease expiry and disconnect rollback of write sessions.
+//! Real broker process, real client processes, the real `sqlite3` CLI holding locks.
 
 use std::path::Path;
 use std::process::Command;
@@ -42,8 +45,11 @@ fn sqlite3_holding(db: &Path, hold: f64, ext: &str) -> Proc {
     p
 }
 
+/// Stop condition 1: two writers never see "database is locked". Two sessions
+/// started at once take turns; a waiter whose timeout runs out is told who holds
+/// the writer, and nothing of its own is applied.
 #[test]
-fn stop_condition_1_two_writers() {
+fn two_writers_take_turns_and_never_see_database_is_locked() {
     let (t, b) = setup(&[]);
     let db = t.db();
 
@@ -60,7 +66,7 @@ fn stop_condition_1_two_writers() {
                 let mut w = f.writer(Some(Duration::from_secs(10))).expect("writer");
                 let got = Instant::now();
                 w.execute("INSERT INTO skus (sku, description) VALUES (?1, 'Test')", &[sku.into()]).unwrap();
-                thread::sleep(Duration::from_secs(2)); // the notes' test: hold the writer for 2 s
+                thread::sleep(Duration::from_secs(2)); // hold the writer: the other must wait
                 let waited = w.waited();
                 // The broker can hand the writer on only after it got this commit, so
                 // the next session cannot have started before this moment.
@@ -108,15 +114,21 @@ fn stop_condition_1_two_writers() {
     assert_exit(&cli(&db, &["status"]), 0);
 }
 
+/// Stop condition 2: an external lock is waited out with the backoff, then
+/// reported. Busy_timeout first, then retries after 0.5 s, 1 s and 2 s (doubling,
+/// capped at 5 s, 3 retries); a lock that outlasts them all is "Database is
+/// locked" with what to do (exit 4) and nothing applied; one released in time
+/// lets the write through.
 #[test]
 #[cfg_attr(litebroker_wine, ignore = "needs the sqlite3 CLI, a Linux program that Wine cannot start")]
-fn stop_condition_2_external_lock() {
+fn an_external_lock_is_waited_out_with_the_backoff_then_reported() {
     // Short busy_timeout so the whole schedule takes seconds, not the default 23.5 s:
     // 1 s busy wait, then 0.5 s, 1 s, 2 s backoff with a 1 s busy wait after each.
     let (t, b) = setup(&["--busy-timeout-ms", "1000", "--lock-retries", "3"]);
     let db = t.db();
 
-    // (a) Held longer than the whole retry budget: exit 4 with the notes' text.
+    // (a) Held longer than the whole retry budget: exit 4, and the locked text says
+    // what happened, the likely causes and what to do.
     let mut sq = sqlite3_holding(&db, 30.0, "ext-a");
     let t0 = Instant::now();
     let o = cli(&db, &["exec", "INSERT INTO skus (sku) VALUES ('mine-a')"]);
@@ -146,18 +158,17 @@ fn stop_condition_2_external_lock() {
     assert_eq!(sq.line(Duration::from_secs(20)).as_deref(), Some("RELEASED"));
     sq.wait_exit(Duration::from_secs(10));
 
-    let skus: Vec<String> = {
-        let c = open_ro(&db);
-        let mut st = c.prepare("SELECT sku FROM skus ORDER BY sku").unwrap();
-        st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
-    };
+    let skus = query_texts(&db, "SELECT sku FROM skus ORDER BY sku");
     assert_eq!(skus, ["ext-b", "mine-b"], "(a) must leave nothing, (b) both writers' rows");
     assert_eq!(integrity(&db), "ok");
 }
 
+/// Stop condition 4: integrity holds after a lock. A write stopped by another
+/// process's lock, a session killed half-way and a write that breaks a foreign key
+/// leave no partial rows, and `integrity_check` and `foreign_key_check` pass.
 #[test]
 #[cfg_attr(litebroker_wine, ignore = "needs the sqlite3 CLI, a Linux program that Wine cannot start")]
-fn stop_condition_4_integrity_after_lock() {
+fn integrity_holds_after_a_lock_a_killed_session_and_a_broken_foreign_key() {
     let (t, b) = setup(&["--busy-timeout-ms", "200", "--lock-retries", "1", "--retry-base-ms", "100"]);
     let db = t.db();
     let parent_and_children = "INSERT INTO skus (sku) VALUES ('P1');

@@ -17,26 +17,11 @@ use std::time::{Duration, Instant};
 use litebroker_client::{Client, ClientError, ConnectOptions, Untrusted};
 use litebroker_protocol::rendezvous::socket_file_name;
 use litebroker_tests::*;
-use serde_json::Value as Json;
 
 /// The victim and the other user of the two-user tests: uids without accounts, so
 /// that nothing of a real user's (their `/tmp/litebroker-<uid>`) is touched.
 const VICTIM: u32 = 64_101;
 const OTHER: u32 = 64_102;
-
-fn json_out(o: &Output) -> Json {
-    serde_json::from_str(stdout(o).trim())
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", stdout(o), stderr(o)))
-}
-
-/// The kind and message of a CLI failure printed with `--json`.
-fn json_error(o: &Output) -> (String, String) {
-    let j = json_out(o);
-    (
-        j["error"]["kind"].as_str().unwrap_or("").to_owned(),
-        j["error"]["message"].as_str().unwrap_or("").to_owned(),
-    )
-}
 
 #[track_caller]
 fn assert_has(text: &str, needles: &[&str]) {
@@ -112,7 +97,7 @@ fn a_socket_folder_others_can_write_to_is_refused_before_connecting() {
     chmod(&folder, 0o777);
     let o = cli_env(&t.db(), &env, &["--json", "exec", "INSERT INTO t VALUES (1)"]);
     assert_exit(&o, 3);
-    let (kind, msg) = json_error(&o);
+    let (kind, msg) = error_of(&o);
     assert_eq!(kind, "untrusted_broker", "{msg}");
     let chmod_hint = format!("chmod 700 {}", folder.display());
     assert_has(
@@ -143,7 +128,7 @@ fn a_broker_of_another_database_gets_nothing() {
     // Given explicitly.
     let o = cli(&mine, &["--json", "--socket", &socket, "exec", "CREATE TABLE notes (x)"]);
     assert_exit(&o, 3);
-    let (kind, msg) = json_error(&o);
+    let (kind, msg) = error_of(&o);
     assert_eq!(kind, "untrusted_broker", "{msg}");
     let (want, served) = (canonical(&dir).join("mine.db"), canonical(&dir).join("theirs.db"));
     assert_has(
@@ -161,7 +146,7 @@ fn a_broker_of_another_database_gets_nothing() {
     fs::write(dir.join("mine.db-broker.lock"), info.to_string()).unwrap();
     let o = cli(&mine, &["--json", "exec", "CREATE TABLE notes (x)"]);
     assert_exit(&o, 3);
-    assert_has(&json_error(&o).1, &[&format!("serves {}", served.display())]);
+    assert_has(&error_of(&o).1, &[&format!("serves {}", served.display())]);
     assert!(!has_table(&theirs, "notes"), "the other database got the write");
 }
 
@@ -317,6 +302,7 @@ struct TwoUsers {
 impl TwoUsers {
     fn new() -> TwoUsers {
         require_root();
+        require_setpriv();
         let t = TestDir::new();
         chmod(t.path(), 0o755);
         let tmp = t.path().join("tmp");
@@ -421,7 +407,7 @@ fn an_impostor_in_the_victims_socket_folder_gets_nothing() {
         &[],
     );
     assert_exit(&o, 3);
-    let (kind, msg) = json_error(&o);
+    let (kind, msg) = error_of(&o);
     assert_eq!(kind, "untrusted_broker", "{msg}");
     assert_has(
         &msg,
@@ -482,7 +468,7 @@ fn a_listener_of_another_user_is_refused_unless_trusted() {
         ["--json", "--db", &s(&svc_db), "--socket", &socket, "exec", "INSERT INTO t VALUES ('victim')"];
     let o = u.run(VICTIM, "litebroker", &insert, &[]);
     assert_exit(&o, 3);
-    let (kind, msg) = json_error(&o);
+    let (kind, msg) = error_of(&o);
     assert_eq!(kind, "untrusted_broker", "{msg}");
     assert_has(
         &msg,
@@ -516,7 +502,7 @@ fn a_listener_of_another_user_is_refused_unless_trusted() {
         &trust,
     );
     assert_exit(&o, 3);
-    assert_has(&json_error(&o).1, &[&format!("serves {}", canonical(&svc_db).display())]);
+    assert_has(&error_of(&o).1, &[&format!("serves {}", canonical(&svc_db).display())]);
     assert!(!has_table(&svc_db, "notes"));
 
     // The victim's broker on that socket: the untrusted listener is left alone.
@@ -566,7 +552,7 @@ fn a_socket_recorded_by_another_user_is_refused() {
         &[],
     );
     assert_exit(&o, 3);
-    let (kind, msg) = json_error(&o);
+    let (kind, msg) = error_of(&o);
     assert_eq!(kind, "untrusted_broker", "{msg}");
     assert_has(&msg, &[&other_home.display().to_string(), "it belongs to another user"]);
     assert!(!has_table(&evil_db, "notes"), "the victim's write reached the other user's broker");

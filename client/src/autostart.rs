@@ -23,25 +23,20 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use litebroker_protocol::backoff::{jitter, Backoff};
+use litebroker_protocol::rendezvous::Location;
 use tracing::{debug, info, warn};
 
-use crate::client::{Client, ConnectOptions};
+use crate::connect::{connect, Connected};
+pub use crate::env::BROKER_ENV;
+pub use crate::error::AutoStartError;
 use crate::error::{ClientError, Result};
-use litebroker_protocol::rendezvous::Location;
-
-/// Environment variable naming the `litebrokerd` executable to start.
-pub const BROKER_ENV: &str = "LITEBROKERD";
-
-/// How long [`connect_or_start`] waits by default for a started broker to answer.
-/// Generous: a debug build on a loaded 2-vCPU machine starting ten brokers at once
-/// takes well under a second, but a cold disk can take longer.
-pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(15);
+use crate::options::ConnectOptions;
+pub use crate::options::{AutoStart, DEFAULT_START_TIMEOUT};
 
 /// Exit code of a `litebrokerd` that found another broker serving the database.
 const EXIT_ALREADY_RUNNING: i32 = 3;
@@ -54,58 +49,7 @@ const POLL: Backoff = Backoff::new(Duration::from_millis(5), Duration::from_mill
 /// trying to connect in case a broker started by someone else is about to answer.
 const FAILED_GRACE: Duration = Duration::from_secs(1);
 
-/// Opt-in settings of the on-demand start (see the module docs).
-#[derive(Debug, Clone)]
-pub struct AutoStart {
-    /// The `litebrokerd` to start; `None` searches as [`find_broker`] describes.
-    pub broker_path: Option<PathBuf>,
-    /// Extra arguments after `--db <db>` (e.g. `--synchronous full`).
-    pub extra_args: Vec<OsString>,
-    /// Where the broker's stderr is appended; `None` means `<db>-broker.log` next to
-    /// the database (beside its `<db>-broker.lock`).
-    pub log_file: Option<PathBuf>,
-    /// How long to wait for a started broker to answer.
-    pub start_timeout: Duration,
-}
-
-impl Default for AutoStart {
-    fn default() -> Self {
-        AutoStart {
-            broker_path: None,
-            extra_args: Vec::new(),
-            log_file: None,
-            start_timeout: DEFAULT_START_TIMEOUT,
-        }
-    }
-}
-
-impl AutoStart {
-    /// Start this `litebrokerd` instead of searching for one.
-    pub fn broker_path(mut self, path: impl Into<PathBuf>) -> Self {
-        self.broker_path = Some(path.into());
-        self
-    }
-
-    /// Passes one more argument to the broker.
-    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
-        self.extra_args.push(arg.into());
-        self
-    }
-
-    /// Appends the broker's log to this file.
-    pub fn log_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.log_file = Some(path.into());
-        self
-    }
-
-    /// Sets how long to wait for a started broker.
-    pub fn start_timeout(mut self, timeout: Duration) -> Self {
-        self.start_timeout = timeout;
-        self
-    }
-}
-
-/// How [`connect_or_start`] came to be connected.
+/// How [`crate::connect_or_start`] came to be connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartOutcome {
     /// A broker already served the database; nothing was started.
@@ -128,84 +72,23 @@ impl StartOutcome {
     }
 }
 
-/// Why the on-demand start could not produce a connection.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum AutoStartError {
-    /// No `litebrokerd` executable was found.
-    #[error(
-        "cannot start a broker: no litebrokerd executable found (looked at: {}); \
-         set {BROKER_ENV} to its path, put it on PATH, or install it next to this program",
-        list(searched)
-    )]
-    NotFound {
-        /// Every path tried, in order.
-        searched: Vec<PathBuf>,
-    },
-    /// The executable could not be started (or its log file not opened).
-    #[error("cannot start the broker {}: {source}", path.display())]
-    Spawn {
-        /// The broker executable (or the log file, when that failed).
-        path: PathBuf,
-        /// The failure.
-        #[source]
-        source: io::Error,
-    },
-    /// The started broker exited with a failure and no other broker answers.
-    #[error(
-        "the started broker {} exited with {status} and no other broker serves the database; \
-         the end of its log {}:\n{tail}",
-        path.display(), log.display()
-    )]
-    Failed {
-        /// The broker executable.
-        path: PathBuf,
-        /// How it exited.
-        status: ExitStatus,
-        /// Its log file.
-        log: PathBuf,
-        /// The last lines of that log.
-        tail: String,
-    },
-    /// No broker answered within [`AutoStart::start_timeout`].
-    #[error(
-        "no broker answered for {} within {waited:?} after starting {}; see its log {}",
-        db.display(), path.display(), log.display()
-    )]
-    NotReady {
-        /// The database.
-        db: PathBuf,
-        /// The broker executable.
-        path: PathBuf,
-        /// How long was waited.
-        waited: Duration,
-        /// Its log file.
-        log: PathBuf,
-    },
-}
-
-fn list(paths: &[PathBuf]) -> String {
-    if paths.is_empty() {
-        return "nothing: no PATH and no program folder".into();
-    }
-    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-}
-
 /// Connects to the broker of `opts.db`, starting one first when none is running
-/// (see the module docs), and tells how. `opts.autostart` is ignored: `auto` rules.
+/// (see the module docs), and tells how: a plain connect first, and only when
+/// nothing listens, a start and plain connects until the new broker (or one started
+/// at the same moment elsewhere) answers. `opts.autostart` plays no part: `auto`
+/// rules.
 ///
 /// # Errors
 /// [`ClientError::AutoStart`] when no broker could be started or none answered in
-/// time; any other connect error (an incompatible broker, …) as
-/// [`Client::connect_with`] returns it.
-pub fn connect_or_start(opts: &ConnectOptions, auto: &AutoStart) -> Result<(Client, StartOutcome)> {
-    let plain = ConnectOptions { autostart: None, ..opts.clone() };
+/// time; any other connect error (an incompatible broker, …) as a plain connect
+/// returns it.
+pub(crate) fn connect_or_start(opts: &ConnectOptions, auto: &AutoStart) -> Result<(Connected, StartOutcome)> {
     // The broker would create the folder itself, but the client must resolve the
     // database's canonical path (which needs the folder) before it can start it.
     if let Some(parent) = opts.db.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent)?;
     }
-    match Client::connect_with(&plain) {
+    match connect(opts) {
         Err(ClientError::NotRunning { .. }) => {}
         other => return other.map(|c| (c, StartOutcome::AlreadyRunning)),
     }
@@ -219,32 +102,32 @@ pub fn connect_or_start(opts: &ConnectOptions, auto: &AutoStart) -> Result<(Clie
         "no broker serves the database; starting one"
     );
     let child = spawn_detached(&broker, &location, opts.socket.as_deref(), &auto.extra_args, &log)?;
-    wait_for_broker(&plain, auto, child, &broker, &location.db_path, &log)
+    wait_for_broker(opts, auto, child, &broker, &location.db_path, &log)
 }
 
 fn wait_for_broker(
-    plain: &ConnectOptions,
+    opts: &ConnectOptions,
     auto: &AutoStart,
     mut child: Child,
     broker: &Path,
     db: &Path,
     log: &Path,
-) -> Result<(Client, StartOutcome)> {
+) -> Result<(Connected, StartOutcome)> {
     let child_pid = child.id();
     let started = Instant::now();
     let mut deadline = started + auto.start_timeout;
     let mut polls = 0;
     let mut exited: Option<ExitStatus> = None;
     loop {
-        match Client::connect_with(plain) {
-            Ok(client) => {
-                let outcome = if client.hello().pid == child_pid {
+        match connect(opts) {
+            Ok(conn) => {
+                let outcome = if conn.hello.pid == child_pid {
                     StartOutcome::StartedHere
                 } else {
                     StartOutcome::StartedElsewhere
                 };
                 info!(
-                    broker_pid = client.hello().pid,
+                    broker_pid = conn.hello.pid,
                     outcome = outcome.as_str(),
                     waited_ms = started.elapsed().as_millis() as u64,
                     "connected to the broker"
@@ -252,7 +135,7 @@ fn wait_for_broker(
                 if exited.is_none() {
                     reap_in_background(child);
                 }
-                return Ok((client, outcome));
+                return Ok((conn, outcome));
             }
             Err(ClientError::NotRunning { .. }) => {}
             Err(e) => {
@@ -399,7 +282,7 @@ fn detach(cmd: &mut Command) {
     unsafe {
         cmd.pre_exec(|| {
             if libc::setsid() == -1 {
-                return Err(io::Error::last_os_error());
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });

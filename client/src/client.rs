@@ -1,128 +1,46 @@
-//! A connection to the broker: handshake, requests, write sessions.
+//! A connection to the broker: requests, reconnecting, write sessions.
+//!
+//! One file for [`Client`] and its [`WriteSession`] (over 600 lines): a session is a
+//! mode of one connection, run through the connection's own request path, and the
+//! client hands sessions out; apart, each would have to import the other.
 
 use std::borrow::BorrowMut;
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use litebroker_protocol::backoff::{jitter, Backoff};
-use litebroker_protocol::host::pid_alive;
-use litebroker_protocol::rendezvous::{BrokerInfo, Location};
+use litebroker_protocol::rendezvous::Location;
 use litebroker_protocol::stream::{ExchangeError, FrameStream};
 use litebroker_protocol::{
     BackupReport, BrokerStatus, CheckpointMode, CheckpointReport, ClientInfo, DbStats, ErrorInfo, ErrorKind,
-    ExecResult, HealthReport, HelloAck, Request, Response, RestoreReport, Statement, Value, VerifyReport,
-    WriteOptions, PROTOCOL_VERSION,
+    ExecResult, HealthReport, HelloAck, Migration, MigrationReport, Request, Response, RestoreReport,
+    Statement, Value, VerifyReport, WriteOptions,
 };
 
-use crate::autostart::AutoStart;
-use crate::error::{ClientError, Result};
+use crate::autostart::{self, StartOutcome};
+use crate::connect::{connect, Connected};
+use crate::error::{exchange_error, unexpected, ClientError, Result};
+use crate::options::{AutoStart, ConnectOptions};
 use crate::tracking::Tracked;
-use crate::trust;
-use litebroker_protocol::{Migration, MigrationReport};
 
-/// The notes' total wait: how long a request may take by default.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The notes' default wait for the writer in `factory.writer()`.
+/// The default wait for the writer of a write session from `factory.writer()`.
 pub const DEFAULT_WRITER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Extra time the client waits beyond a request's own timeout, so that the broker's
 /// typed answer ("locked", "timeout") arrives before the client gives up.
 const ANSWER_GRACE: Duration = Duration::from_secs(5);
 
-/// How to reach the broker of a database.
-#[derive(Debug, Clone)]
-pub struct ConnectOptions {
-    /// The database file (the broker is found from it).
-    pub db: PathBuf,
-    /// An explicit socket path (Unix) or pipe name (Windows) instead of the derived one.
-    pub socket: Option<String>,
-    /// Name shown in the broker's `connections` list.
-    pub client_name: String,
-    /// Schema version this client was built for, if it cares.
-    pub expected_schema: Option<u32>,
-    /// Time allowed for connecting and the handshake.
-    pub connect_timeout: Duration,
-    /// Default timeout of each request.
-    pub request_timeout: Duration,
-    /// Give every write that is not marked idempotent a request id, so that it can
-    /// be resent after a lost answer and still apply exactly once (default on).
-    pub auto_request_ids: bool,
-    /// Reconnect and resend when the broker goes away in the middle of a one-shot
-    /// request, within the request's timeout (default on). Only requests that cannot
-    /// apply twice are resent: never sent, idempotent, or carrying a request id.
-    pub reconnect: bool,
-    /// Opt-in on-demand start: when no broker runs, start one (see [`crate::autostart`]).
-    pub autostart: Option<AutoStart>,
-    /// Unix: more users whose broker this client talks to, besides its own user and
-    /// root (the counterpart of the broker's `--allow-uid`). Starts with the uids in
-    /// [`crate::TRUST_UID_ENV`]. Ignored on Windows, where the pipe's owner must be
-    /// this user or the system.
-    pub trusted_broker_uids: Vec<u32>,
-}
-
-impl ConnectOptions {
-    /// Options for `db` with defaults: derived socket, the program's name, 5 s to
-    /// connect, 30 s per request.
-    pub fn new(db: impl AsRef<Path>) -> Self {
-        ConnectOptions {
-            db: db.as_ref().to_path_buf(),
-            socket: None,
-            client_name: default_client_name(),
-            expected_schema: None,
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: DEFAULT_TIMEOUT,
-            auto_request_ids: true,
-            reconnect: true,
-            autostart: None,
-            trusted_broker_uids: crate::trust::trusted_uids_from_env(),
-        }
-    }
-
-    /// Also talks to a broker run by `uid` (e.g. a service user's broker started with
-    /// `--allow-uid <this user>`); by default only this user's and root's are trusted.
-    pub fn trust_broker_uid(mut self, uid: u32) -> Self {
-        self.trusted_broker_uids.push(uid);
-        self
-    }
-
-    /// Sets an explicit socket (or pipe) name.
-    pub fn socket(mut self, socket: impl Into<String>) -> Self {
-        self.socket = Some(socket.into());
-        self
-    }
-
-    /// Sets the client name shown by the broker.
-    pub fn client_name(mut self, name: impl Into<String>) -> Self {
-        self.client_name = name.into();
-        self
-    }
-
-    /// Sets the default request timeout.
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
-        self
-    }
-
-    /// Sets the schema version this client was built for.
-    pub fn expected_schema(mut self, version: u32) -> Self {
-        self.expected_schema = Some(version);
-        self
-    }
-
-    /// Starts a broker when none runs (opt-in; see [`crate::autostart`]).
-    pub fn autostart(mut self, auto: AutoStart) -> Self {
-        self.autostart = Some(auto);
-        self
-    }
-}
-
-fn default_client_name() -> String {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "client".to_owned())
+/// Connects to the broker of `opts.db`, starting one first when none is running
+/// (see [`crate::autostart`]), and tells how. `opts.autostart` is ignored: `auto`
+/// rules.
+///
+/// # Errors
+/// [`ClientError::AutoStart`] when no broker could be started or none answered in
+/// time; any other connect error (an incompatible broker, …) as
+/// [`Client::connect_with`] returns it.
+pub fn connect_or_start(opts: &ConnectOptions, auto: &AutoStart) -> Result<(Client, StartOutcome)> {
+    let (conn, outcome) = autostart::connect_or_start(opts, auto)?;
+    Ok((Client::over(conn, opts), outcome))
 }
 
 /// A connection to the broker of one database.
@@ -159,79 +77,26 @@ impl Client {
     /// # Errors
     /// As [`Client::connect`]; [`ClientError::AutoStart`] when starting one failed.
     pub fn connect_with(opts: &ConnectOptions) -> Result<Client> {
-        if let Some(auto) = &opts.autostart {
-            return crate::autostart::connect_or_start(opts, auto).map(|(client, _)| client);
-        }
-        let location = Location::resolve(&opts.db, opts.socket.as_deref())?;
-        // A socket the user did not name may sit where another user could have put
-        // theirs: its folder is checked before anything connects to it.
-        if !location.explicit_socket {
-            trust::check_socket_folder(&location.socket)?;
-        }
-        let (stream, socket) = match FrameStream::connect(&location.socket) {
-            Ok(s) => (s, location.socket.clone()),
-            Err(first) => {
-                // A broker started with another TMPDIR or XDG_RUNTIME_DIR listens
-                // elsewhere; it recorded where in its lock file.
-                let recorded = location.read_info().filter(|_| !location.explicit_socket);
-                match recorded {
-                    Some(info) if info.socket != location.socket && pid_alive(info.pid) => {
-                        if info.protocol != PROTOCOL_VERSION {
-                            return Err(incompatible_recorded(&location, &info));
-                        }
-                        // The lock file is no more trusted than the folder it is in.
-                        trust::check_socket_folder(&info.socket)?;
-                        let stream =
-                            FrameStream::connect(&info.socket).map_err(|source| ClientError::NotRunning {
-                                db: location.db_path.clone(),
-                                socket: info.socket.clone(),
-                                source,
-                            })?;
-                        (stream, info.socket)
-                    }
-                    Some(info) if info.protocol != PROTOCOL_VERSION && pid_alive(info.pid) => {
-                        return Err(incompatible_recorded(&location, &info));
-                    }
-                    _ => {
-                        return Err(ClientError::NotRunning {
-                            db: location.db_path.clone(),
-                            socket: location.socket.clone(),
-                            source: first,
-                        })
-                    }
-                }
-            }
+        let conn = match &opts.autostart {
+            Some(auto) => autostart::connect_or_start(opts, auto)?.0,
+            None => connect(opts)?,
         };
-        // Before the hello: even a handshake tells the listener who connects, and
-        // what follows it would be this user's data.
-        trust::check_peer(&stream, &socket, &opts.trusted_broker_uids)?;
-        let mut client = Client {
+        Ok(Client::over(conn, opts))
+    }
+
+    /// The client of a connection made with `opts`.
+    fn over(conn: Connected, opts: &ConnectOptions) -> Client {
+        let Connected { stream, hello, location } = conn;
+        Client {
             stream,
-            hello: HelloAck {
-                protocol: 0,
-                minor: 0,
-                broker_version: String::new(),
-                db_path: String::new(),
-                socket: String::new(),
-                pid: 0,
-                client_id: 0,
-                schema_version: 0,
-            },
+            hello,
             location,
             timeout: opts.request_timeout,
             broken: false,
             opts: opts.clone(),
             reconnects: 0,
             _tracked: Tracked::new(),
-        };
-        let answer = client.stream.handshake(&opts.client_name, opts.expected_schema, opts.connect_timeout);
-        match client.settle(answer)? {
-            Response::Hello(ack) => client.hello = ack,
-            other => return Err(unexpected("hello", &other)),
         }
-        // Dropping `client` on a mismatch closes the connection with nothing more sent.
-        trust::check_database(&socket, &client.location.db_path, &client.hello)?;
-        Ok(client)
     }
 
     /// How many times this client reconnected after losing its broker.
@@ -241,7 +106,8 @@ impl Client {
 
     /// Replaces a broken connection with a new one, retrying with jittered
     /// exponential backoff (50 ms doubling, capped at 2 s) until `deadline`: the
-    /// broker may be restarting.
+    /// broker may be restarting. Reconnecting is a plain connect: it never starts a
+    /// broker, also where [`ConnectOptions::autostart`] is set.
     ///
     /// # Errors
     /// The last connect error once the deadline passes, or at once for errors a
@@ -253,7 +119,7 @@ impl Client {
             let mut opts = self.opts.clone();
             opts.connect_timeout =
                 opts.connect_timeout.min(deadline.saturating_duration_since(Instant::now()));
-            match Client::connect_with(&opts) {
+            match connect(&opts).map(|conn| Client::over(conn, &opts)) {
                 Ok(mut fresh) => {
                     fresh.timeout = self.timeout;
                     fresh.reconnects = self.reconnects + 1;
@@ -678,7 +544,7 @@ impl Client {
     }
 }
 
-/// An exclusive write session (the notes' `factory.writer()`): the broker runs
+/// An exclusive write session (what `factory.writer()` hands out): the broker runs
 /// `BEGIN IMMEDIATE` for it, then every statement sent here, until [`commit`] or
 /// [`rollback`]. Dropping it without committing rolls back.
 ///
@@ -777,55 +643,10 @@ impl<C: BorrowMut<Client>> Drop for WriteSession<C> {
     }
 }
 
-fn incompatible_recorded(location: &Location, info: &BrokerInfo) -> ClientError {
-    ClientError::Broker(ErrorInfo::new(
-        ErrorKind::Incompatible,
-        format!(
-            "the broker serving {} (litebrokerd {}, pid {}, socket {}) speaks protocol {}, \
-             this client speaks protocol {PROTOCOL_VERSION}: use a litebroker client of the \
-             broker's version, or stop that broker and start litebrokerd {}",
-            location.db_path.display(),
-            info.version,
-            info.pid,
-            info.socket,
-            info.protocol,
-            env!("CARGO_PKG_VERSION"),
-        ),
-    ))
-}
-
 /// Connect failures worth retrying while a broker may be (re)starting.
 fn is_transient(e: &ClientError) -> bool {
     matches!(e, ClientError::NotRunning { .. } | ClientError::ConnectionLost { .. })
         || matches!(e.kind(), Some(ErrorKind::ShuttingDown))
-}
-
-fn describe_io(e: &io::Error) -> String {
-    match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "no answer from the broker in time".to_owned(),
-        _ => e.to_string(),
-    }
-}
-
-/// A failed exchange in this library's terms; `sent` tells the retry rules
-/// whether the broker can have seen the request.
-fn exchange_error(e: ExchangeError) -> ClientError {
-    let lost = |sent, reason| ClientError::ConnectionLost { sent, reason };
-    match e {
-        ExchangeError::Encode(f) | ExchangeError::Malformed(f) => ClientError::Frame(f),
-        ExchangeError::Refused(info) => ClientError::Broker(info),
-        ExchangeError::Send(io) => lost(false, describe_io(&io)),
-        ExchangeError::Receive(io) => lost(true, describe_io(&io)),
-        ExchangeError::Closed => lost(true, "the broker closed the connection before answering".into()),
-        ExchangeError::Truncated(f) => lost(true, f.to_string()),
-        ExchangeError::TimedOut { sent } => lost(sent, "no answer from the broker in time".into()),
-        // A variant added later: the stream's state is unknown, as for the others.
-        other => lost(true, other.to_string()),
-    }
-}
-
-fn unexpected(what: &str, resp: &Response) -> ClientError {
-    ClientError::Unexpected(format!("{what} answered with {resp:?}"))
 }
 
 fn millis(d: Duration) -> u32 {

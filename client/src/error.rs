@@ -1,13 +1,21 @@
-//! The client library's error type.
+//! The client library's errors: [`ClientError`], and the two kinds of failure it
+//! carries whole, [`Untrusted`] (whom the client refused to talk to) and
+//! [`AutoStartError`] (why a broker could not be started on demand). They are here,
+//! below the code that raises them, so that the error type names them without
+//! importing from above.
 
 use std::io;
 use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
 
-use litebroker_protocol::{ErrorInfo, ErrorKind, FrameError};
+use litebroker_protocol::stream::ExchangeError;
+use litebroker_protocol::{ErrorInfo, ErrorKind, FrameError, Response};
 
-use crate::trust::TRUST_UID_ENV;
+use crate::env::{BROKER_ENV, TRUST_UID_ENV};
 
-/// The notes' user text for a database locked by someone else.
+/// What the user is told when another process held the database locked through
+/// the whole retry schedule: what happened, the likely causes, what to do.
 pub const LOCKED_USER_TEXT: &str = "Error: Database is locked
 
 This may occur if:
@@ -61,7 +69,7 @@ pub enum ClientError {
     /// No broker ran and starting one on demand failed (see [`crate::autostart`]).
     /// Boxed: its paths and log excerpt would otherwise make every `Result` large.
     #[error("{0}")]
-    AutoStart(Box<crate::autostart::AutoStartError>),
+    AutoStart(Box<AutoStartError>),
     /// What listens on the broker's socket (or pipe) is not this user's broker of this
     /// database; the connection was dropped before any request was sent.
     /// Boxed for the same reason as [`ClientError::AutoStart`].
@@ -153,14 +161,77 @@ pub enum Untrusted {
     },
 }
 
+/// Why the on-demand start could not produce a connection (see [`crate::autostart`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AutoStartError {
+    /// No `litebrokerd` executable was found.
+    #[error(
+        "cannot start a broker: no litebrokerd executable found (looked at: {}); \
+         set {BROKER_ENV} to its path, put it on PATH, or install it next to this program",
+        list(searched)
+    )]
+    NotFound {
+        /// Every path tried, in order.
+        searched: Vec<PathBuf>,
+    },
+    /// The executable could not be started (or its log file not opened).
+    #[error("cannot start the broker {}: {source}", path.display())]
+    Spawn {
+        /// The broker executable (or the log file, when that failed).
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: io::Error,
+    },
+    /// The started broker exited with a failure and no other broker answers.
+    #[error(
+        "the started broker {} exited with {status} and no other broker serves the database; \
+         the end of its log {}:\n{tail}",
+        path.display(), log.display()
+    )]
+    Failed {
+        /// The broker executable.
+        path: PathBuf,
+        /// How it exited.
+        status: ExitStatus,
+        /// Its log file.
+        log: PathBuf,
+        /// The last lines of that log.
+        tail: String,
+    },
+    /// No broker answered within [`crate::AutoStart::start_timeout`].
+    #[error(
+        "no broker answered for {} within {waited:?} after starting {}; see its log {}",
+        db.display(), path.display(), log.display()
+    )]
+    NotReady {
+        /// The database.
+        db: PathBuf,
+        /// The broker executable.
+        path: PathBuf,
+        /// How long was waited.
+        waited: Duration,
+        /// Its log file.
+        log: PathBuf,
+    },
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    if paths.is_empty() {
+        return "nothing: no PATH and no program folder".into();
+    }
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+}
+
 impl From<Untrusted> for ClientError {
     fn from(e: Untrusted) -> Self {
         ClientError::Untrusted(Box::new(e))
     }
 }
 
-impl From<crate::autostart::AutoStartError> for ClientError {
-    fn from(e: crate::autostart::AutoStartError) -> Self {
+impl From<AutoStartError> for ClientError {
+    fn from(e: AutoStartError) -> Self {
         ClientError::AutoStart(Box::new(e))
     }
 }
@@ -203,4 +274,33 @@ impl ClientError {
     pub fn never_reached_broker(&self) -> bool {
         matches!(self, ClientError::NotRunning { .. } | ClientError::ConnectionLost { sent: false, .. })
     }
+}
+
+/// A failed exchange in this library's terms; `sent` tells the retry rules
+/// whether the broker can have seen the request.
+pub(crate) fn exchange_error(e: ExchangeError) -> ClientError {
+    let lost = |sent, reason| ClientError::ConnectionLost { sent, reason };
+    match e {
+        ExchangeError::Encode(f) | ExchangeError::Malformed(f) => ClientError::Frame(f),
+        ExchangeError::Refused(info) => ClientError::Broker(info),
+        ExchangeError::Send(io) => lost(false, describe_io(&io)),
+        ExchangeError::Receive(io) => lost(true, describe_io(&io)),
+        ExchangeError::Closed => lost(true, "the broker closed the connection before answering".into()),
+        ExchangeError::Truncated(f) => lost(true, f.to_string()),
+        ExchangeError::TimedOut { sent } => lost(sent, "no answer from the broker in time".into()),
+        // A variant added later: the stream's state is unknown, as for the others.
+        other => lost(true, other.to_string()),
+    }
+}
+
+fn describe_io(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "no answer from the broker in time".to_owned(),
+        _ => e.to_string(),
+    }
+}
+
+/// The broker answered `what` with a valid answer of another kind.
+pub(crate) fn unexpected(what: &str, resp: &Response) -> ClientError {
+    ClientError::Unexpected(format!("{what} answered with {resp:?}"))
 }

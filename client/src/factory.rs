@@ -1,12 +1,13 @@
-//! The notes' `ConnectionFactory`, moved onto the broker: `reader()` opens the
+//! The `ConnectionFactory` an app asks for its connections: `reader()` opens the
 //! app's own read-only connection, `writer()` an exclusive write session at the
 //! broker.
 
 use std::path::Path;
 use std::time::Duration;
 
-use crate::client::{Client, ConnectOptions, WriteSession, DEFAULT_WRITER_TIMEOUT};
+use crate::client::{Client, WriteSession, DEFAULT_WRITER_TIMEOUT};
 use crate::error::Result;
+use crate::options::ConnectOptions;
 use crate::reader::Reader;
 
 /// Hands out readers and writers for one database.
@@ -57,8 +58,8 @@ impl ConnectionFactory {
         Client::connect_with(&self.opts)
     }
 
-    /// An exclusive write session, waiting up to `timeout` (default 10 s, as in the
-    /// notes) for the writer.
+    /// An exclusive write session, waiting up to `timeout` (default 10 s) for the
+    /// writer.
     ///
     /// # Errors
     /// As [`Client::session`].

@@ -5,7 +5,7 @@
 //! (`litebrokerd`) as request frames through [`Client`] or a [`WriteSession`];
 //! reads go through the app's own read-only connection, [`Reader`], so they never
 //! wait for the broker and keep working when no broker runs.
-//! [`ConnectionFactory`] bundles both in the shape of the notes' factory, and
+//! [`ConnectionFactory`] hands out both (`reader()`, `writer()`, `client()`), and
 //! [`active_connections_count`] tracks what this process has open.
 //! [`ConnectOptions::autostart`] (opt-in) starts a detached broker when none runs.
 //!
@@ -34,17 +34,18 @@
 //!             sku TEXT NOT NULL REFERENCES skus(sku), qty INTEGER NOT NULL, UNIQUE (date, sku))"),
 //!     ])?;
 //!
-//!     // Several writes that must land together: a write session (the notes'
-//!     // `factory.writer()`); dropping it without commit() rolls everything back.
+//!     // Several writes that must land together: a write session
+//!     // (`factory.writer()`); dropping it without commit() rolls everything back.
 //!     let mut w = factory.writer(Some(Duration::from_secs(10)))?;
 //!     w.execute("INSERT INTO skus (sku) VALUES (?1) ON CONFLICT DO NOTHING", &["A1".into()])?;
 //!     w.execute("UPDATE skus SET qty = qty + 10 WHERE sku = ?1", &["A1".into()])?;
 //!     w.commit()?;
 //!
-//!     // One atomic write, retried with the notes' backoff when the database is
-//!     // locked. It adds to the quantity, so a repeat would count twice: one request
-//!     // id kept across attempts makes it exactly-once (the broker answers a repeat
-//!     // from its record instead of applying it again).
+//!     // One atomic write, retried when the database is locked (backoff 0.5 s,
+//!     // doubling, capped at 5 s, 3 retries). It adds to the quantity, so a repeat
+//!     // would count twice: one request id kept across attempts makes it
+//!     // exactly-once (the broker answers a repeat from its record instead of
+//!     // applying it again).
 //!     let sale = Statement::new(
 //!         "INSERT INTO sales (date, sku, qty) VALUES (?1, ?2, ?3) \
 //!          ON CONFLICT(date, sku) DO UPDATE SET qty = qty + excluded.qty",
@@ -68,17 +69,21 @@
 
 pub mod autostart;
 mod client;
+mod connect;
+mod env;
 mod error;
 mod factory;
 mod ids;
 pub mod migrate;
+mod options;
 mod reader;
 mod retry;
 mod tracking;
 mod trust;
 
-pub use autostart::{connect_or_start, AutoStart, StartOutcome};
-pub use client::{Client, ConnectOptions, WriteSession, DEFAULT_TIMEOUT, DEFAULT_WRITER_TIMEOUT};
+pub use autostart::StartOutcome;
+pub use client::{connect_or_start, Client, WriteSession, DEFAULT_WRITER_TIMEOUT};
+pub use env::TRUST_UID_ENV;
 pub use error::{ClientError, Result, Untrusted, LOCKED_USER_TEXT};
 pub use factory::ConnectionFactory;
 pub use ids::{new_request_id, request_id_millis};
@@ -86,7 +91,7 @@ pub use litebroker_protocol as protocol;
 pub use litebroker_protocol::rendezvous::{Location, DEFAULT_DB};
 pub use litebroker_protocol::{ErrorKind, ExecResult, Statement, Value, WriteOptions};
 pub use migrate::{migrations_from_dir, Migration, MigrationReport};
+pub use options::{AutoStart, ConnectOptions, DEFAULT_TIMEOUT};
 pub use reader::{Reader, Rows, READER_BUSY_TIMEOUT};
 pub use retry::{is_retryable, retry_on_locked, Idempotency, RetryPolicy};
 pub use tracking::active_connections_count;
-pub use trust::TRUST_UID_ENV;

@@ -11,8 +11,9 @@ use rusqlite::{Connection, OpenFlags};
 use crate::error::{ClientError, Result};
 use crate::tracking::Tracked;
 
-/// The notes' busy_timeout, also used by readers: WAL readers can still meet a
-/// lock in rare cases (recovery, the last connection cleaning up).
+/// The busy_timeout of every connection to the database (5 s), readers too: WAL
+/// readers can still meet a lock in rare cases (recovery, the last connection
+/// cleaning up).
 pub const READER_BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
 
 /// Column names and rows of a query.

@@ -1,7 +1,7 @@
-//! The notes' `@retry_on_locked`: retry with exponential backoff, only where a
-//! retry cannot apply a write twice.
+//! [`retry_on_locked`]: retry with exponential backoff, only where a retry cannot
+//! apply a write twice.
 //!
-//! # Idempotency rules (from the operational notes)
+//! # Idempotency rules
 //! - **Reads** are always safe to retry.
 //! - An **UPSERT with a unique key**
 //!   (`INSERT … ON CONFLICT(date, sku) DO UPDATE SET qty = excluded.qty`) is
@@ -17,7 +17,7 @@
 //! - Other errors (SQL errors, constraint violations) are returned at once: a retry
 //!   would fail the same way.
 //!
-//! Beware the notes' own UPSERT example, `ON CONFLICT(date, sku) DO UPDATE SET
+//! Beware the usual sales UPSERT, `ON CONFLICT(date, sku) DO UPDATE SET
 //! qty = qty + excluded.qty`: it adds on every application, so it is *not*
 //! idempotent. Send it like any other write (with [`crate::Client::execute`] it gets
 //! a request id and is exactly-once), not with `execute_idempotent`.
@@ -34,10 +34,11 @@ use litebroker_protocol::ErrorKind;
 use crate::error::{ClientError, Result};
 
 /// Backoff schedule: `base_delay` doubling per retry, capped at `max_delay`.
-/// The defaults are the notes': 3 retries, 0.5 s, 1 s, 2 s (cap 5 s).
+/// The defaults: 3 retries, after 0.5 s, 1 s and 2 s (doubling, capped at 5 s), the
+/// schedule the broker itself follows for another process's lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Retries after the first attempt (the notes' `max_attempts`: "retry up to 3 times").
+    /// Retries after the first attempt (default 3).
     pub max_attempts: u32,
     /// Delay before the first retry.
     pub base_delay: Duration,
@@ -150,7 +151,7 @@ mod tests {
     }
 
     #[test]
-    fn schedule_is_the_notes_table() {
+    fn the_default_schedule_doubles_from_half_a_second_up_to_5_s() {
         let p = RetryPolicy::default();
         let got: Vec<u128> = (1..=6).map(|r| p.delay(r).as_millis()).collect();
         assert_eq!(got, [500, 1000, 2000, 4000, 5000, 5000]);

@@ -1,6 +1,6 @@
-//! Connection tracking (the notes' `get_active_connections_count()`): every open
-//! [`crate::Client`] and [`crate::Reader`] of this process is counted, so a leak shows
-//! as a count that never returns to zero.
+//! Connection tracking ([`active_connections_count`]): every open [`crate::Client`]
+//! and [`crate::Reader`] of this process is counted, so a leak shows as a count that
+//! never returns to zero.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

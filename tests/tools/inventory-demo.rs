@@ -1,10 +1,10 @@
-//! `inventory-demo`: one instance of the operational notes' inventory application,
-//! written the way a real app links litebroker.
+//! `inventory-demo`: one instance of an inventory application (SKUs, stock
+//! transactions, daily sales), written the way a real app links litebroker.
 //!
 //! It connects to the database's broker (optionally starting one on demand),
 //! migrates the schema (`skus`, `transactions`, `sales`) through it, then runs a
 //! mix of operations: reads through its own read-only connection, single writes
-//! through the broker (the notes' sales UPSERT, retried with `retry_on_locked`
+//! through the broker (a sales UPSERT that adds quantities, retried with `retry_on_locked`
 //! under one request id so it counts once), and multi-step changes in write
 //! sessions. It prints one JSON
 //! summary line on stdout, which `scripts/launch-instances.sh` adds up and compares
@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use litebroker_client::{
-    autostart, new_request_id, retry_on_locked, AutoStart, Client, ClientError, ConnectOptions, Idempotency,
-    Migration, Reader, RetryPolicy, StartOutcome, Statement, Value, WriteOptions, DEFAULT_WRITER_TIMEOUT,
+    new_request_id, retry_on_locked, AutoStart, Client, ClientError, ConnectOptions, Idempotency, Migration,
+    Reader, RetryPolicy, StartOutcome, Statement, Value, WriteOptions, DEFAULT_WRITER_TIMEOUT,
 };
 use serde_json::json;
 
@@ -104,7 +104,7 @@ fn migrations() -> Vec<Migration> {
     ]
 }
 
-/// The notes' UPSERT: one row per (date, sku), quantities added up.
+/// The sales UPSERT: one row per (date, sku), quantities added up.
 const SALE_UPSERT: &str = "INSERT INTO sales (date, sku, qty) VALUES (?1, ?2, ?3) \
                            ON CONFLICT(date, sku) DO UPDATE SET qty = qty + excluded.qty";
 
@@ -252,7 +252,7 @@ struct Stats {
     stock_delta: i64,
     reads: u64,
     retries: u64,
-    /// Retries after an answer was lost once the request had been sent: the notes'
+    /// Retries after an answer was lost once the request had been sent: the sales
     /// UPSERT adds quantities, so such a retry may count a sale twice.
     errors: u64,
     first_error: Option<String>,
@@ -274,7 +274,7 @@ impl App {
         let (client, outcome) = if args.autostart {
             let auto = AutoStart { broker_path: args.broker.clone(), ..AutoStart::default() };
             opts = opts.autostart(auto.clone());
-            autostart::connect_or_start(&opts, &auto)
+            litebroker_client::connect_or_start(&opts, &auto)
         } else {
             Client::connect_with(&opts).map(|c| (c, StartOutcome::AlreadyRunning))
         }
@@ -282,8 +282,9 @@ impl App {
         Ok(App { client, opts, outcome, policy: RetryPolicy::default(), stats: Stats::default() })
     }
 
-    /// Runs a broker request with the notes' retry rules, reconnecting when the
-    /// previous attempt broke the connection.
+    /// Runs a broker request with the retry rules of `retry_on_locked` (retry only
+    /// what cannot apply twice, with the backoff: 0.5 s doubling, capped at 5 s, 3
+    /// retries), reconnecting when the previous attempt broke the connection.
     fn with_retry<T>(
         &mut self,
         what: Idempotency,
@@ -406,9 +407,7 @@ fn pick_sku(reader: &Reader, rng: &mut Rng) -> anyhow::Result<String> {
 /// Today and the days before it (UTC, `YYYY-MM-DD`): sales of several instances
 /// land on the same few days, so their UPSERTs meet on the same rows.
 fn recent_dates(n: i64) -> Vec<String> {
-    let days = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64 / 86_400);
+    let days = (litebroker_client::protocol::host::unix_ms() / 86_400_000) as i64;
     (0..n).map(|back| civil_date(days - back)).collect()
 }
 

@@ -1,4 +1,4 @@
-//! `doctor`: the notes' troubleshooting steps, automated. Each finding comes with a
+//! `doctor`: the troubleshooting steps, automated. Each finding comes with a
 //! suggested action.
 
 use std::collections::BTreeMap;
@@ -68,7 +68,7 @@ pub fn doctor(cli: &Cli) -> Result<(), Failure> {
                 ),
                 None,
             ));
-            // 2. Active connections (the notes: more than 5 per app suggests a leak).
+            // 2. Active connections: more than 5 per app suggests a leak.
             let mut per_pid: BTreeMap<u32, (String, usize)> = BTreeMap::new();
             for c in &clients {
                 per_pid.entry(c.pid).or_insert_with(|| (c.name.clone(), 0)).1 += 1;
@@ -136,7 +136,7 @@ pub fn doctor(cli: &Cli) -> Result<(), Failure> {
         return report(cli, &db, findings, broker_running);
     }
 
-    // 3. WAL size (the notes: a large app.db-wal, > 100 MB, means checkpoints are blocked).
+    // 3. WAL size: a large app.db-wal, > 100 MB, means checkpoints are blocked.
     let wal = ops::file_size(&ops::wal_path(&db));
     if wal > DEFAULT_WAL_WARN_BYTES {
         findings.push(finding(
@@ -154,7 +154,7 @@ pub fn doctor(cli: &Cli) -> Result<(), Failure> {
 
     findings.push(hard_links(&db));
 
-    // 5. Network filesystem (the notes: WAL needs all processes on one host).
+    // 5. Network filesystem: WAL needs all processes on one host.
     findings.push(filesystem(&db));
 
     // 6. quick_check.
@@ -175,7 +175,7 @@ pub fn doctor(cli: &Cli) -> Result<(), Failure> {
             "backups",
             Level::Warning,
             "no backups yet",
-            Some("litebroker backup manual (before risky operations, as the notes advise)".into()),
+            Some("litebroker backup manual (before risky operations: a copy to go back to)".into()),
         )),
         Ok(list) => {
             let last = list.last().map(|b| b.path.display().to_string()).unwrap_or_default();

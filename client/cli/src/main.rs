@@ -40,7 +40,8 @@ struct Cli {
     /// Print one JSON document on stdout.
     #[arg(long, global = true)]
     json: bool,
-    /// Seconds to wait for the broker (the notes' total wait).
+    /// Seconds to wait for the broker: the total wait of a request, waiting for the
+    /// writer and any lock included.
     #[arg(long, global = true, default_value_t = 30.0)]
     timeout: f64,
     #[command(subcommand)]
@@ -116,7 +117,7 @@ enum Command {
         /// The folder of migration files.
         dir: PathBuf,
     },
-    /// The notes' troubleshooting steps, automated: broker, connections, WAL size,
+    /// The troubleshooting steps, automated: broker, connections, WAL size,
     /// permissions, network filesystem, quick_check, backups. Exit 0 when healthy,
     /// 3 when only the broker is missing, 5 when another check failed.
     Doctor,

@@ -385,7 +385,7 @@ pub fn checkpoint(cli: &Cli, mode: CheckpointMode) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `1234567` → `1,234,567` (the notes' sample output).
+/// `1234567` → `1,234,567`, as row counts and sizes are printed for people.
 fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);

@@ -4,36 +4,16 @@
 //! never hangs on a broker that stops answering; it reports what it did as JSON.
 
 use std::collections::VecDeque;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use interprocess::local_socket::prelude::*;
-use interprocess::local_socket::Stream;
-use litebroker_protocol::rendezvous::{socket_name, Location};
+use litebroker_protocol::rendezvous::Location;
 use litebroker_protocol::{
-    encode_frame, read_frame, CheckpointMode, Hello, Request, Response, Statement, Value, WriteOptions,
-    HARD_MAX_FRAME, PROTOCOL_MINOR, PROTOCOL_VERSION,
+    CheckpointMode, Request, Response, Statement, Value, WriteOptions, HARD_MAX_FRAME,
 };
+use litebroker_tests::{frame_of, hello, RawConn, Rng};
 use serde_json::json;
-
-/// Deterministic xorshift64*: a failure can be replayed from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| (self.next() >> 56) as u8).collect()
-    }
-}
 
 const ACTIONS: [&str; 9] = [
     "garbage",
@@ -55,27 +35,11 @@ struct Attack {
     connect_failures: u64,
     first_failure: Option<String>,
     answers: u64,
-    stalled: VecDeque<Stream>,
+    stalled: VecDeque<RawConn>,
 }
 
 fn is_shutdown(payload: &[u8]) -> bool {
     matches!(litebroker_protocol::decode_payload::<Request>(payload), Ok(Request::Shutdown))
-}
-
-fn frame(req: &Request) -> Vec<u8> {
-    let mut buf = Vec::new();
-    encode_frame(req, &mut buf, HARD_MAX_FRAME).expect("encode");
-    buf
-}
-
-fn hello(name: &str) -> Request {
-    Request::Hello(Hello {
-        protocol: PROTOCOL_VERSION,
-        minor: PROTOCOL_MINOR,
-        client_name: name.into(),
-        pid: std::process::id(),
-        expected_schema: None,
-    })
 }
 
 fn execute(sql: &str, params: Vec<Value>) -> Request {
@@ -83,27 +47,18 @@ fn execute(sql: &str, params: Vec<Value>) -> Request {
 }
 
 /// Sends bytes, ignoring failures: the broker may hang up first, which is fine.
-fn send(s: &Stream, bytes: &[u8]) -> bool {
-    let mut w = s;
-    w.write_all(bytes).and_then(|()| w.flush()).is_ok()
+fn send(s: &RawConn, bytes: &[u8]) -> bool {
+    s.send_bytes(bytes).is_ok()
 }
 
 impl Attack {
-    fn connect(&mut self) -> Option<Stream> {
+    fn connect(&mut self) -> Option<RawConn> {
         self.connects += 1;
-        let name = match socket_name(&self.socket) {
-            Ok(n) => n,
-            Err(e) => {
-                self.connect_failures += 1;
-                self.first_failure.get_or_insert_with(|| e.to_string());
-                return None;
-            }
-        };
-        match Stream::connect(name) {
+        match RawConn::try_connect(&self.socket) {
             Ok(s) => {
                 // Short: many actions leave the broker nothing to answer.
-                let _ = s.set_recv_timeout(Some(Duration::from_millis(300)));
-                let _ = s.set_send_timeout(Some(Duration::from_secs(2)));
+                s.set_recv_timeout(Some(Duration::from_millis(300)));
+                s.set_send_timeout(Some(Duration::from_secs(2)));
                 Some(s)
             }
             Err(e) => {
@@ -116,22 +71,20 @@ impl Attack {
 
     /// Reads up to `n` answers until the broker closes, stops sending, or sends
     /// bytes that are no answer.
-    fn drain(&mut self, s: &Stream, n: usize) {
-        let mut buf = Vec::new();
+    fn drain(&mut self, s: &RawConn, n: usize) {
         for _ in 0..n {
-            match read_frame::<_, Response>(&mut &*s, HARD_MAX_FRAME, &mut buf) {
+            match s.try_recv() {
                 Ok(Some(_)) => self.answers += 1,
                 _ => return,
             }
         }
     }
 
-    fn handshake(&mut self, s: &Stream) -> bool {
-        if !send(s, &frame(&hello("lbtool-hostile"))) {
+    fn handshake(&mut self, s: &RawConn) -> bool {
+        if !send(s, &frame_of(&Request::Hello(hello("lbtool-hostile")))) {
             return false;
         }
-        let mut buf = Vec::new();
-        matches!(read_frame::<_, Response>(&mut &*s, HARD_MAX_FRAME, &mut buf), Ok(Some(Response::Hello(_))))
+        matches!(s.try_recv(), Ok(Some(Response::Hello(_))))
     }
 
     /// A valid request of some kind, to mutate or send out of order. Its SQL only
@@ -141,7 +94,7 @@ impl Attack {
             0 => Request::Ping,
             1 => execute(
                 "INSERT INTO hostile_junk (x) VALUES (?)",
-                vec![Value::Integer(self.rng.next() as i64)],
+                vec![Value::Integer(self.rng.next_u64() as i64)],
             ),
             2 => Request::Batch {
                 statements: vec![
@@ -176,7 +129,7 @@ impl Attack {
                 if self.rng.below(2) == 0 && !self.handshake(&s) {
                     return action;
                 }
-                let full = frame(&self.some_request());
+                let full = frame_of(&self.some_request());
                 let cut = self.rng.below(full.len() as u64) as usize;
                 send(&s, &full[..cut]);
             }
@@ -220,22 +173,29 @@ impl Attack {
             4 => {
                 let Some(s) = self.connect() else { return action };
                 let frames: Vec<Vec<u8>> = match self.rng.below(6) {
-                    0 => vec![frame(&Request::Ping)],
-                    1 => vec![frame(&execute("INSERT INTO hostile_junk VALUES (1)", vec![]))],
-                    2 => vec![frame(&hello("twice")), frame(&hello("twice"))],
+                    0 => vec![frame_of(&Request::Ping)],
+                    1 => vec![frame_of(&execute("INSERT INTO hostile_junk VALUES (1)", vec![]))],
+                    2 => vec![
+                        frame_of(&Request::Hello(hello("twice"))),
+                        frame_of(&Request::Hello(hello("twice"))),
+                    ],
                     3 => {
-                        vec![frame(&hello("no-session")), frame(&Request::Commit), frame(&Request::Rollback)]
+                        vec![
+                            frame_of(&Request::Hello(hello("no-session"))),
+                            frame_of(&Request::Commit),
+                            frame_of(&Request::Rollback),
+                        ]
                     }
                     // A session opened, then the connection dropped: rolled back.
                     4 => vec![
-                        frame(&hello("session-dropper")),
-                        frame(&Request::BeginSession { timeout_ms: 500 }),
-                        frame(&execute("CREATE TABLE hostile_junk (x)", vec![])),
+                        frame_of(&Request::Hello(hello("session-dropper"))),
+                        frame_of(&Request::BeginSession { timeout_ms: 500 }),
+                        frame_of(&execute("CREATE TABLE hostile_junk (x)", vec![])),
                     ],
                     _ => vec![
-                        frame(&hello("denied")),
-                        frame(&execute("ATTACH '/tmp/hostile.db' AS h", vec![])),
-                        frame(&execute("PRAGMA synchronous = OFF", vec![])),
+                        frame_of(&Request::Hello(hello("denied"))),
+                        frame_of(&execute("ATTACH '/tmp/hostile.db' AS h", vec![])),
+                        frame_of(&execute("PRAGMA synchronous = OFF", vec![])),
                     ],
                 };
                 let n = frames.len();
@@ -247,7 +207,7 @@ impl Attack {
                 if self.rng.below(2) == 0 && !self.handshake(&s) {
                     return action;
                 }
-                let full = frame(&self.some_request());
+                let full = frame_of(&self.some_request());
                 send(&s, &full[..full.len() / 2]);
                 // Held open, silent, until pushed out by newer ones (or the broker's
                 // io timeout drops them first).
@@ -267,7 +227,7 @@ impl Attack {
                     return action;
                 }
                 for _ in 0..4 {
-                    let mut f = frame(&self.some_request());
+                    let mut f = frame_of(&self.some_request());
                     for _ in 0..=self.rng.below(4) {
                         // Mostly the payload; sometimes the length prefix too.
                         let i = self.rng.below(f.len() as u64) as usize;
@@ -283,7 +243,7 @@ impl Attack {
                         return action;
                     }
                     // A mutated length may leave the broker waiting for more bytes.
-                    let _ = s.set_recv_timeout(Some(Duration::from_millis(200)));
+                    s.set_recv_timeout(Some(Duration::from_millis(200)));
                     self.drain(&s, 1);
                 }
             }
@@ -292,7 +252,7 @@ impl Attack {
                 if !self.handshake(&s) {
                     return action;
                 }
-                let req = frame(&execute("SELECT zeroblob(65536)", vec![]));
+                let req = frame_of(&execute("SELECT zeroblob(65536)", vec![]));
                 for _ in 0..32 {
                     if !send(&s, &req) {
                         break;
@@ -319,7 +279,7 @@ pub fn run(
     };
     let mut a = Attack {
         socket,
-        rng: Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
+        rng: Rng::new(seed),
         max_frame,
         connects: 0,
         connect_failures: 0,
@@ -341,7 +301,7 @@ pub fn run(
     let mut leftover = 0;
     for s in a.stalled.drain(..) {
         let mut b = [0u8; 1];
-        if (&s).read(&mut b).is_err() {
+        if s.stream().read(&mut b).is_err() {
             leftover += 1;
         }
     }

@@ -1,0 +1,135 @@
+//! What is measured: the scenarios (how the rows are written), the `synchronous`
+//! settings, the row every scenario writes, and the plan of a run.
+
+use clap::ValueEnum;
+
+/// The statement every scenario runs.
+pub const INSERT: &str = "INSERT INTO bench (v) VALUES (?1)";
+/// The table every scenario writes.
+pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS bench (id INTEGER PRIMARY KEY, v TEXT NOT NULL)";
+/// Rows per transaction of the bulk scenarios.
+pub const BULK_ROWS: usize = 100_000;
+/// Bytes of each row's text.
+const ROW_BYTES: usize = 96;
+
+/// PRAGMA synchronous of a measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SyncMode {
+    Normal,
+    Full,
+}
+
+impl SyncMode {
+    /// Its name in PRAGMAs, flags and the report.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::Normal => "normal",
+            SyncMode::Full => "full",
+        }
+    }
+}
+
+/// How the rows are written (the module docs of `lbbench` describe each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    Inprocess,
+    InprocessBulk,
+    DirectImmediate,
+    DirectDeferred,
+    Broker,
+    /// `broker` with request ids off (`--request-id-retention-hours 0`): what
+    /// recording them costs.
+    #[value(name = "broker-noids")]
+    BrokerNoIds,
+    BrokerBulk,
+}
+
+impl Mode {
+    /// The scenario name in the report.
+    pub fn scenario(self) -> &'static str {
+        match self {
+            Mode::Inprocess | Mode::InprocessBulk => "inprocess",
+            Mode::DirectImmediate => "direct-immediate",
+            Mode::DirectDeferred => "direct-deferred",
+            Mode::Broker => "broker",
+            Mode::BrokerNoIds => "broker-noids",
+            Mode::BrokerBulk => "broker-bulk",
+        }
+    }
+
+    /// Its name on a worker's command line.
+    pub fn worker_arg(self) -> &'static str {
+        match self {
+            Mode::Inprocess => "inprocess",
+            Mode::InprocessBulk => "inprocess-bulk",
+            Mode::DirectImmediate => "direct-immediate",
+            Mode::DirectDeferred => "direct-deferred",
+            Mode::Broker => "broker",
+            Mode::BrokerNoIds => "broker-noids",
+            Mode::BrokerBulk => "broker-bulk",
+        }
+    }
+
+    /// Rows per transaction.
+    pub fn batch(self) -> usize {
+        if self.is_bulk() {
+            BULK_ROWS
+        } else {
+            1
+        }
+    }
+
+    pub fn is_bulk(self) -> bool {
+        matches!(self, Mode::InprocessBulk | Mode::BrokerBulk)
+    }
+
+    pub fn uses_broker(self) -> bool {
+        matches!(self, Mode::Broker | Mode::BrokerNoIds | Mode::BrokerBulk)
+    }
+}
+
+/// The 96-byte text a worker writes in every row.
+pub fn payload(client: usize) -> String {
+    let mut s = format!("lbbench client {client} ");
+    while s.len() < ROW_BYTES {
+        s.push((b'a' + (s.len() % 26) as u8) as char);
+    }
+    s
+}
+
+/// Every measurement of a run, in order: for each `synchronous` setting the floors,
+/// the multi-client scenarios for each client count, then the bulk scenarios last.
+/// `only` keeps the scenarios named there (by report or worker name).
+pub fn plan(only: &[String], syncs: &[SyncMode], clients: &[usize]) -> Vec<(Mode, SyncMode, usize)> {
+    let mut v = Vec::new();
+    let wanted = |m: Mode| only.is_empty() || only.iter().any(|o| o == m.scenario() || o == m.worker_arg());
+    for &sync in syncs {
+        if wanted(Mode::Inprocess) {
+            v.push((Mode::Inprocess, sync, 1));
+        }
+        for mode in [Mode::DirectImmediate, Mode::DirectDeferred, Mode::Broker] {
+            if wanted(mode) {
+                for &n in clients {
+                    v.push((mode, sync, n));
+                }
+            }
+        }
+        // An extra row, NORMAL only (with FULL the fsync hides it): the
+        // headline `broker` rows run with the broker's defaults.
+        if sync == SyncMode::Normal && wanted(Mode::BrokerNoIds) {
+            for &n in clients {
+                v.push((Mode::BrokerNoIds, sync, n));
+            }
+        }
+    }
+    // The bulk scenarios come last: the write-back of their large WAL files and
+    // checkpoints would otherwise slow the fsyncs of whatever runs next.
+    for &sync in syncs {
+        for mode in [Mode::InprocessBulk, Mode::BrokerBulk] {
+            if wanted(mode) {
+                v.push((mode, sync, 1));
+            }
+        }
+    }
+    v
+}
