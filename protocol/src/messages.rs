@@ -560,7 +560,7 @@ pub struct WriterFigures {
     pub deduplicated: u64,
 }
 
-/// Database figures (the notes' `db.py stats`), plus the broker's when a broker
+/// Database figures (size, pages, WAL, tables and their row counts), plus the broker's when a broker
 /// served the request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DbStats {

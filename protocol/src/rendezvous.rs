@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::host::current_uid;
 use crate::PROTOCOL_VERSION;
 
-/// The default database, relative to the working directory (the notes' layout).
+/// The default database, relative to the working directory: an app keeps its data in `data/app.db`.
 pub const DEFAULT_DB: &str = "data/app.db";
 
 /// Environment variable that overrides the default database path.
