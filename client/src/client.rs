@@ -561,16 +561,27 @@ pub struct WriteSession<C: BorrowMut<Client>> {
     waited: Duration,
 }
 
-impl<C: BorrowMut<Client>> WriteSession<C> {
-    fn begin(mut client: C, timeout: Duration) -> Result<Self> {
-        let c = client.borrow_mut();
+impl Client {
+    /// Opens a write session at the broker on this connection; returns how long it
+    /// waited for the writer. [`WriteSession::opened`] then holds it.
+    pub(crate) fn begin_session(&mut self, timeout: Duration) -> Result<Duration> {
         let req = Request::BeginSession { timeout_ms: millis(timeout) };
-        match c.call(&req, timeout)? {
-            Response::SessionStarted { waited_ms } => {
-                Ok(WriteSession { client, open: true, waited: Duration::from_millis(waited_ms) })
-            }
+        match self.call(&req, timeout)? {
+            Response::SessionStarted { waited_ms } => Ok(Duration::from_millis(waited_ms)),
             other => Err(unexpected("begin-session", &other)),
         }
+    }
+}
+
+impl<C: BorrowMut<Client>> WriteSession<C> {
+    fn begin(mut client: C, timeout: Duration) -> Result<Self> {
+        let waited = client.borrow_mut().begin_session(timeout)?;
+        Ok(WriteSession::opened(client, waited))
+    }
+
+    /// Holds a session that [`Client::begin_session`] opened on `client`.
+    pub(crate) fn opened(client: C, waited: Duration) -> Self {
+        WriteSession { client, open: true, waited }
     }
 
     /// How long the session waited for the writer.

@@ -75,6 +75,18 @@ pub enum ClientError {
     /// Boxed for the same reason as [`ClientError::AutoStart`].
     #[error("{0}")]
     Untrusted(Box<Untrusted>),
+    /// A parameter could not be given to the statement (a `u64` above `i64::MAX`,
+    /// a name the statement does not have, a parameter left without a value).
+    #[error("parameter: {0}")]
+    Parameter(String),
+    /// A column of a row could not be read as asked (no such column, a value of
+    /// another type or out of range).
+    #[error("column: {0}")]
+    Column(String),
+    /// Every broker connection of a [`crate::Db`] stayed busy until the call's
+    /// deadline.
+    #[error("{0}")]
+    PoolExhausted(String),
 }
 
 /// Why the client refused to talk to what listens on the socket: every check runs
@@ -266,6 +278,23 @@ impl ClientError {
                 Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
             ),
             _ => false,
+        }
+    }
+
+    /// True when no broker could serve the call: none runs, it is shutting down,
+    /// refuses writes, or the connection to it broke. Reads still work then.
+    pub fn is_broker_unavailable(&self) -> bool {
+        matches!(self, ClientError::NotRunning { .. } | ClientError::ConnectionLost { .. })
+            || matches!(self.kind(), Some(ErrorKind::ShuttingDown | ErrorKind::WritesStopped))
+    }
+
+    /// SQLite's extended result code, when SQLite reported the failure (at the
+    /// broker or on this process's read connection).
+    pub fn sqlite_code(&self) -> Option<i32> {
+        match self {
+            ClientError::Broker(info) => info.sqlite.map(|c| c.extended),
+            ClientError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => Some(e.extended_code),
+            _ => None,
         }
     }
 

@@ -70,19 +70,23 @@
 pub mod autostart;
 mod client;
 mod connect;
+mod db;
 mod env;
 mod error;
 mod factory;
 mod ids;
 pub mod migrate;
 mod options;
+mod params;
 mod reader;
 mod retry;
+mod row;
 mod tracking;
 mod trust;
 
 pub use autostart::StartOutcome;
 pub use client::{connect_or_start, Client, WriteSession, DEFAULT_WRITER_TIMEOUT};
+pub use db::{named_params, params, Call, Db, DbBuilder, Executed, Tx};
 pub use env::TRUST_UID_ENV;
 pub use error::{ClientError, Result, Untrusted, LOCKED_USER_TEXT};
 pub use factory::ConnectionFactory;
@@ -92,6 +96,13 @@ pub use litebroker_protocol::rendezvous::{Location, DEFAULT_DB};
 pub use litebroker_protocol::{ErrorKind, ExecResult, Statement, Value, WriteOptions};
 pub use migrate::{migrations_from_dir, Migration, MigrationReport};
 pub use options::{AutoStart, ConnectOptions, DEFAULT_TIMEOUT};
+pub use params::{Bound, Params};
 pub use reader::{Reader, Rows, READER_BUSY_TIMEOUT};
 pub use retry::{is_retryable, retry_on_locked, Idempotency, RetryPolicy};
+pub use row::{ColumnIndex, Row};
+/// rusqlite, as this library uses it: its `Row`, `FromSql`/`ToSql` and `Connection`
+/// in [`Db::read`], [`Db::query_row`] and parameters.
+pub use rusqlite;
+pub use rusqlite::types::FromSql;
+pub use rusqlite::ToSql;
 pub use tracking::active_connections_count;

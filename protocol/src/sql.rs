@@ -2,7 +2,7 @@
 //! shared by the client's reader and the broker.
 
 use crate::Value;
-use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, ValueRef};
 use rusqlite::ToSql;
 
 /// Borrows a wire value as a SQLite parameter.
@@ -70,4 +70,31 @@ pub fn collect_rows(
         out.push(r);
     }
     Ok((columns, out))
+}
+
+/// A wire value binds like any other SQLite value.
+impl ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self {
+            Value::Null => ValueRef::Null,
+            Value::Integer(i) => ValueRef::Integer(*i),
+            Value::Real(r) => ValueRef::Real(*r),
+            Value::Text(s) => ValueRef::Text(s.as_bytes()),
+            Value::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
+}
+
+impl FromSql for Value {
+    /// Text that is not valid UTF-8 (SQLite does not enforce it) is converted
+    /// lossily rather than failing the read.
+    fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
+        Ok(match v {
+            ValueRef::Null => Value::Null,
+            ValueRef::Integer(i) => Value::Integer(i),
+            ValueRef::Real(r) => Value::Real(r),
+            ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+            ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+        })
+    }
 }
