@@ -177,6 +177,33 @@ fn threads_share_one_db_and_every_write_lands_once() {
     assert!((1..=5).contains(&mine), "{mine} broker connections for one Db (pool of 4 + the admin one)");
 }
 
+/// 8 processes × 8 threads, each process with one `Db`: no error, every row once.
+#[test]
+fn eight_processes_of_eight_threads_each_write_every_row_once() {
+    let t = TestDir::new();
+    let (_b, db) = setup(&t);
+    db.execute(
+        "CREATE TABLE db_rows (process INT, thread INT, seq INT, PRIMARY KEY (process, thread, seq))",
+        (),
+    )
+    .unwrap();
+    let procs: Vec<_> = (0..8)
+        .map(|p| {
+            spawn_lbtool(
+                &t.db(),
+                &["db-writes", "--process", &p.to_string(), "--threads", "8", "--count", "50"],
+            )
+        })
+        .collect();
+    for (p, child) in procs.into_iter().enumerate() {
+        let s = json_summary(&wait_output(child, Duration::from_secs(120), &format!("process {p}")));
+        assert_eq!(s["errors"], 0, "{s}");
+        assert_eq!(s["ok"], 400, "{s}");
+    }
+    let n: i64 = db.query_row("SELECT count(*) FROM db_rows", (), |r| r.get(0)).unwrap();
+    assert_eq!(n, 8 * 8 * 50);
+}
+
 /// A broker killed and restarted while a `Db` is writing: writes go on after
 /// the handle reconnects and resends, none lost or applied twice (the primary
 /// key turns a doubled write into an error, which fails the test).

@@ -79,6 +79,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Broker connections a handle keeps at most, by default.
+const DEFAULT_CONNECTIONS: usize = 4;
+
 /// Readers kept for reuse; more are opened while threads read at once.
 const IDLE_READERS: usize = 8;
 
@@ -197,18 +200,7 @@ impl DbBuilder {
     /// When the database's folder does not exist.
     pub fn open(self) -> Result<Db> {
         litebroker_protocol::rendezvous::canonical_db_path(&self.opts.db)?;
-        Ok(Db {
-            inner: Arc::new(Inner {
-                pool: Pool {
-                    state: Mutex::new(PoolState::default()),
-                    freed: Condvar::new(),
-                    max: self.connections,
-                },
-                opts: self.opts,
-                policy: self.policy,
-                readers: Mutex::new(Vec::new()),
-            }),
-        })
+        Ok(Db::new(self.opts, self.policy, self.connections))
     }
 }
 
@@ -262,9 +254,34 @@ impl Db {
         Db::builder(path).open()
     }
 
+    /// A handle with explicit connect options; the database's folder is checked
+    /// when the handle is first used.
+    pub fn from_options(opts: ConnectOptions) -> Db {
+        Db::new(opts, RetryPolicy::default(), DEFAULT_CONNECTIONS)
+    }
+
+    fn new(opts: ConnectOptions, policy: RetryPolicy, connections: usize) -> Db {
+        Db {
+            inner: Arc::new(Inner {
+                pool: Pool {
+                    state: Mutex::new(PoolState::default()),
+                    freed: Condvar::new(),
+                    max: connections,
+                },
+                opts,
+                policy,
+                readers: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
     /// A builder for options beyond the defaults.
     pub fn builder(path: impl AsRef<Path>) -> DbBuilder {
-        DbBuilder { opts: ConnectOptions::new(path), policy: RetryPolicy::default(), connections: 4 }
+        DbBuilder {
+            opts: ConnectOptions::new(path),
+            policy: RetryPolicy::default(),
+            connections: DEFAULT_CONNECTIONS,
+        }
     }
 
     /// The canonical path of the database and how its broker is reached.

@@ -26,6 +26,24 @@ This may occur if:
 Action: Close all other connections and retry. If issue persists, restart the application.";
 
 /// Anything that can go wrong talking to the broker or reading the database.
+///
+/// Act on its class, not its text: [`ClientError::is_locked`] (another program
+/// held the database through the whole retry schedule; nothing was applied),
+/// [`ClientError::is_broker_unavailable`] (no broker serves writes now; reads still
+/// work), [`ClientError::kind`] and [`ClientError::sqlite_code`] for the rest.
+///
+/// ```no_run
+/// use litebroker_client::{Db, ErrorKind};
+/// let db = Db::open("data/app.db")?;
+/// match db.execute("INSERT INTO skus (sku, qty) VALUES (?1, ?2)", ("A1", 5)) {
+///     Ok(done) => println!("row {}", done.last_insert_rowid),
+///     Err(e) if e.is_locked() => eprintln!("{e}"), // "Database is locked: …"
+///     Err(e) if e.is_broker_unavailable() => eprintln!("read-only for now: {e}"),
+///     Err(e) if e.kind() == Some(ErrorKind::Constraint) => eprintln!("A1 exists already"),
+///     Err(e) => return Err(e),
+/// }
+/// # Ok::<(), litebroker_client::ClientError>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {

@@ -1,16 +1,19 @@
-//! The `ConnectionFactory` an app asks for its connections: `reader()` opens the
-//! app's own read-only connection, `writer()` an exclusive write session at the
-//! broker.
+//! `ConnectionFactory`: the shape of a connection factory many apps were written
+//! against (`reader()` for reads, `writer()` for an exclusive write), as a thin
+//! layer over [`Db`]: `reader()` opens this process's own read-only connection,
+//! `writer()` an exclusive write session at the broker.
 
 use std::path::Path;
 use std::time::Duration;
 
 use crate::client::{Client, WriteSession, DEFAULT_WRITER_TIMEOUT};
+use crate::db::Db;
 use crate::error::Result;
 use crate::options::ConnectOptions;
 use crate::reader::Reader;
 
-/// Hands out readers and writers for one database.
+/// Hands out readers and writers for one database. New code can use [`Db`]
+/// directly; [`ConnectionFactory::db`] gives the handle this factory wraps.
 ///
 /// ```no_run
 /// use litebroker_client::ConnectionFactory;
@@ -23,23 +26,29 @@ use crate::reader::Reader;
 /// ```
 #[derive(Debug, Clone)]
 pub struct ConnectionFactory {
-    opts: ConnectOptions,
+    db: Db,
 }
 
 impl ConnectionFactory {
     /// A factory for `db` with default connect options.
     pub fn new(db: impl AsRef<Path>) -> Self {
-        ConnectionFactory { opts: ConnectOptions::new(db) }
+        Self::with_options(ConnectOptions::new(db))
     }
 
-    /// A factory with explicit connect options.
+    /// A factory with explicit connect options. The folder is checked when the
+    /// first reader or connection is opened.
     pub fn with_options(opts: ConnectOptions) -> Self {
-        ConnectionFactory { opts }
+        ConnectionFactory { db: Db::from_options(opts) }
+    }
+
+    /// The [`Db`] handle behind this factory.
+    pub fn db(&self) -> &Db {
+        &self.db
     }
 
     /// The connect options in use.
     pub fn options(&self) -> &ConnectOptions {
-        &self.opts
+        self.db.options()
     }
 
     /// A read-only connection of this process (works without a broker).
@@ -47,7 +56,7 @@ impl ConnectionFactory {
     /// # Errors
     /// When the database cannot be opened.
     pub fn reader(&self) -> Result<Reader> {
-        Reader::open(&self.opts.db)
+        Reader::open(&self.options().db)
     }
 
     /// A new broker connection for one-shot writes and admin requests.
@@ -55,7 +64,7 @@ impl ConnectionFactory {
     /// # Errors
     /// As [`Client::connect_with`].
     pub fn client(&self) -> Result<Client> {
-        Client::connect_with(&self.opts)
+        self.db.client()
     }
 
     /// An exclusive write session, waiting up to `timeout` (default 10 s) for the

@@ -1,68 +1,53 @@
 #![warn(missing_docs)]
 //! Client library of litebroker.
 //!
-//! App instances link this crate. Writes go to the database's one broker
-//! (`litebrokerd`) as request frames through [`Client`] or a [`WriteSession`];
-//! reads go through the app's own read-only connection, [`Reader`], so they never
-//! wait for the broker and keep working when no broker runs.
-//! [`ConnectionFactory`] hands out both (`reader()`, `writer()`, `client()`), and
-//! [`active_connections_count`] tracks what this process has open.
-//! [`ConnectOptions::autostart`] (opt-in) starts a detached broker when none runs.
+//! App instances link this crate and open one [`Db`]: writes go to the
+//! database's one broker (`litebrokerd`), exactly once, with retries of a
+//! locked database handled for them; reads run on the app's own read-only
+//! connections with rusqlite's API, so they never wait for the broker and keep
+//! working when no broker runs. [`Db::write`] holds the writer for a closure (a
+//! write session). The lower-level [`Client`] carries admin requests (status,
+//! stats, backup, …); [`ConnectionFactory`] keeps the `reader()`/`writer()` shape
+//! over a `Db`; [`active_connections_count`] tracks what this process has open;
+//! [`DbBuilder::autostart`] (opt-in) starts a detached broker when none runs.
 //!
 //! # An app instance
-//! (The README's "Use it in your app" shows the same code.)
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use litebroker_client::{
-//!     new_request_id, retry_on_locked, AutoStart, ConnectOptions, ConnectionFactory, Idempotency,
-//!     Migration, RetryPolicy, Statement, WriteOptions,
-//! };
+//! use litebroker_client::{params, AutoStart, Db, Migration};
 //!
 //! fn main() -> Result<(), litebroker_client::ClientError> {
-//!     let opts = ConnectOptions::new("data/app.db")
+//!     let db = Db::builder("data/app.db")
 //!         .client_name("inventory") // shown by `litebroker connections`
 //!         .expected_schema(2) // the broker refuses this app's writes below version 2
-//!         .autostart(AutoStart::default()); // opt-in: start litebrokerd when none runs
-//!     let factory = ConnectionFactory::with_options(opts);
+//!         .autostart(AutoStart::default()) // opt-in: start litebrokerd when none runs
+//!         .timeout(Duration::from_secs(30)) // each call, waits and retries included
+//!         .open()?;
 //!
-//!     // Applied once, by whichever instance asks first; the others find nothing to do.
-//!     let mut client = factory.client()?;
-//!     client.migrate(&[
+//!     // Applied once, by whichever instance asks first.
+//!     db.migrate(&[
 //!         Migration::new(1, "skus", "CREATE TABLE skus (sku TEXT PRIMARY KEY, qty INTEGER NOT NULL DEFAULT 0)"),
 //!         Migration::new(2, "sales", "CREATE TABLE sales (date TEXT NOT NULL, \
 //!             sku TEXT NOT NULL REFERENCES skus(sku), qty INTEGER NOT NULL, UNIQUE (date, sku))"),
 //!     ])?;
 //!
-//!     // Several writes that must land together: a write session
-//!     // (`factory.writer()`); dropping it without commit() rolls everything back.
-//!     let mut w = factory.writer(Some(Duration::from_secs(10)))?;
-//!     w.execute("INSERT INTO skus (sku) VALUES (?1) ON CONFLICT DO NOTHING", &["A1".into()])?;
-//!     w.execute("UPDATE skus SET qty = qty + 10 WHERE sku = ?1", &["A1".into()])?;
-//!     w.commit()?;
-//!
-//!     // One atomic write, retried when the database is locked (backoff 0.5 s,
-//!     // doubling, capped at 5 s, 3 retries). It adds to the quantity, so a repeat
-//!     // would count twice: one request id kept across attempts makes it
-//!     // exactly-once (the broker answers a repeat from its record instead of
-//!     // applying it again).
-//!     let sale = Statement::new(
+//!     // Adds to a total, so applying it twice would count twice: the handle sends
+//!     // it with a request id kept across its resends and retries — exactly once.
+//!     db.execute(
 //!         "INSERT INTO sales (date, sku, qty) VALUES (?1, ?2, ?3) \
 //!          ON CONFLICT(date, sku) DO UPDATE SET qty = qty + excluded.qty",
-//!         vec!["2026-11-28".into(), "A1".into(), 2_i64.into()],
-//!     );
-//!     let once = WriteOptions { request_id: Some(new_request_id()), ..WriteOptions::default() };
-//!     retry_on_locked(&RetryPolicy::default(), Idempotency::WithRequestId, |_| {
-//!         if client.is_broken() {
-//!             client = factory.client()?;
-//!         }
-//!         client.execute_with(sale.clone(), once.clone())
+//!         params!["2026-11-28", "A1", 2],
+//!     )?;
+//!
+//!     // Several writes that must land together.
+//!     db.write(|tx| {
+//!         tx.execute("INSERT INTO skus (sku) VALUES (?1) ON CONFLICT DO NOTHING", ["A1"])?;
+//!         tx.execute("UPDATE skus SET qty = qty + 10 WHERE sku = ?1", ["A1"])
 //!     })?;
 //!
-//!     // Reads: this process's own read-only connection; they work without a broker.
-//!     let reader = factory.reader()?;
-//!     let rows = reader.query("SELECT sku, qty FROM skus WHERE qty > ?1", &[0_i64.into()])?;
-//!     println!("{} SKUs in stock", rows.rows.len());
+//!     let in_stock: i64 = db.query_row("SELECT count(*) FROM skus WHERE qty > ?1", [0], |r| r.get(0))?;
+//!     println!("{in_stock} SKUs in stock");
 //!     Ok(())
 //! }
 //! ```
@@ -106,3 +91,8 @@ pub use rusqlite;
 pub use rusqlite::types::FromSql;
 pub use rusqlite::ToSql;
 pub use tracking::active_connections_count;
+
+/// The README's example compiles against this library.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExample;

@@ -1,12 +1,12 @@
 //! `inventory-demo`: one instance of an inventory application (SKUs, stock
 //! transactions, daily sales), written the way a real app links litebroker.
 //!
-//! It connects to the database's broker (optionally starting one on demand),
-//! migrates the schema (`skus`, `transactions`, `sales`) through it, then runs a
-//! mix of operations: reads through its own read-only connection, single writes
-//! through the broker (a sales UPSERT that adds quantities, retried with `retry_on_locked`
-//! under one request id so it counts once), and multi-step changes in write
-//! sessions. It prints one JSON
+//! It opens one `Db` (optionally starting a broker on demand), migrates the
+//! schema (`skus`, `transactions`, `sales`) through it, then runs a mix of
+//! operations: reads through its own read-only connection, single writes through
+//! the broker (a sales UPSERT that adds, which the handle makes exactly-once with
+//! a request id kept across its resends and retries), and multi-step changes in
+//! write sessions. It prints one JSON
 //! summary line on stdout, which `scripts/launch-instances.sh` adds up and compares
 //! with the database.
 
@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use litebroker_client::{
-    new_request_id, retry_on_locked, AutoStart, Client, ClientError, ConnectOptions, Idempotency, Migration,
-    Reader, RetryPolicy, StartOutcome, Statement, Value, WriteOptions, DEFAULT_WRITER_TIMEOUT,
+    params, AutoStart, Client, ClientError, ConnectOptions, Db, Migration, StartOutcome,
 };
 use serde_json::json;
 
@@ -147,9 +146,7 @@ fn run(args: &Args) -> anyhow::Result<(serde_json::Value, bool)> {
     }
     let started = Instant::now();
     let mut app = App::connect(args)?;
-    let report =
-        app.client.migrate(&migrations()).with_context(|| format!("migrating {}", args.db.display()))?;
-    let reader = Reader::open(&args.db).context("opening the read-only connection")?;
+    let report = app.db.migrate(&migrations()).with_context(|| format!("migrating {}", args.db.display()))?;
     let mut rng = Rng::new(args.seed.unwrap_or(u64::from(args.instance)));
     let dates = recent_dates(3);
     for n in 0..args.ops {
@@ -157,9 +154,9 @@ fn run(args: &Args) -> anyhow::Result<(serde_json::Value, bool)> {
         let kind = if n == 0 { Op::AddSku } else { Op::pick(&mut rng) };
         let result = match kind {
             Op::AddSku => app.add_sku(&mut rng),
-            Op::Sale => app.sale(&reader, &mut rng, &dates),
-            Op::Movement => app.movement(&reader, &mut rng, args.instance),
-            Op::Read => app.read_check(&reader),
+            Op::Sale => app.sale(&mut rng, &dates),
+            Op::Movement => app.movement(&mut rng, args.instance),
+            Op::Read => app.read_check(),
         };
         *app.stats.ops.entry(kind.name()).or_default() += 1;
         if let Err(e) = result {
@@ -251,18 +248,18 @@ struct Stats {
     movements: u64,
     stock_delta: i64,
     reads: u64,
+    /// Retries are the `Db` handle's job now (locks, lost answers); the field stays
+    /// in the summary for the launcher, always 0.
     retries: u64,
-    /// Retries after an answer was lost once the request had been sent: the sales
-    /// UPSERT adds quantities, so such a retry may count a sale twice.
     errors: u64,
     first_error: Option<String>,
 }
 
 struct App {
+    db: Db,
+    /// The connection that found (or started) the broker: admin facts only.
     client: Client,
-    opts: ConnectOptions,
     outcome: StartOutcome,
-    policy: RetryPolicy,
     stats: Stats,
 }
 
@@ -279,53 +276,28 @@ impl App {
             Client::connect_with(&opts).map(|c| (c, StartOutcome::AlreadyRunning))
         }
         .with_context(|| format!("connecting to the broker of {}", args.db.display()))?;
-        Ok(App { client, opts, outcome, policy: RetryPolicy::default(), stats: Stats::default() })
-    }
-
-    /// Runs a broker request with the retry rules of `retry_on_locked` (retry only
-    /// what cannot apply twice, with the backoff: 0.5 s doubling, capped at 5 s, 3
-    /// retries), reconnecting when the previous attempt broke the connection.
-    fn with_retry<T>(
-        &mut self,
-        what: Idempotency,
-        mut op: impl FnMut(&mut Client) -> litebroker_client::Result<T>,
-    ) -> litebroker_client::Result<T> {
-        let (client, opts, stats) = (&mut self.client, &self.opts, &mut self.stats);
-        retry_on_locked(&self.policy, what, |attempt| {
-            if attempt > 1 {
-                stats.retries += 1;
-            }
-            if client.is_broken() {
-                *client = Client::connect_with(opts)?;
-            }
-            op(client)
-        })
+        Ok(App { db: Db::from_options(opts), client, outcome, stats: Stats::default() })
     }
 
     fn add_sku(&mut self, rng: &mut Rng) -> anyhow::Result<()> {
         let n = rng.below(CATALOG);
-        let params = [Value::Text(format!("SKU-{n:03}")), Value::Text(format!("Catalog item {n}"))];
         // DO NOTHING on a known SKU: applying it twice has no further effect.
-        let r = self.with_retry(Idempotency::Idempotent, |c| {
-            c.execute_idempotent(
-                "INSERT INTO skus (sku, description) VALUES (?1, ?2) ON CONFLICT(sku) DO NOTHING",
-                &params,
-            )
-        })?;
+        let r = self.db.idempotent().execute(
+            "INSERT INTO skus (sku, description) VALUES (?1, ?2) ON CONFLICT(sku) DO NOTHING",
+            (format!("SKU-{n:03}"), format!("Catalog item {n}")),
+        )?;
         self.stats.skus_added += r.changes;
         Ok(())
     }
 
-    fn sale(&mut self, reader: &Reader, rng: &mut Rng, dates: &[String]) -> anyhow::Result<()> {
-        let sku = pick_sku(reader, rng)?;
+    fn sale(&mut self, rng: &mut Rng, dates: &[String]) -> anyhow::Result<()> {
+        let sku = self.pick_sku(rng)?;
         let date = dates[rng.below(dates.len() as u64) as usize].clone();
         let qty = 1 + rng.below(5) as i64;
-        let params = [Value::Text(date.clone()), Value::Text(sku.clone()), Value::Integer(qty)];
-        // The UPSERT adds to the quantity, so a repeat would count twice: one request
-        // id across the attempts lets the broker answer a repeat from its record.
-        let sale = Statement::new(SALE_UPSERT, params.to_vec());
-        let once = WriteOptions { request_id: Some(new_request_id()), ..WriteOptions::default() };
-        self.with_retry(Idempotency::WithRequestId, |c| c.execute_with(sale.clone(), once.clone()))?;
+        // The UPSERT adds to the quantity, so a repeat would count twice: the handle
+        // sends it with one request id across its attempts, and the broker answers
+        // a repeat from its record.
+        self.db.execute(SALE_UPSERT, params![date, sku, qty])?;
         self.stats.units_sold += qty;
         *self.stats.sold.entry((date, sku)).or_default() += qty;
         Ok(())
@@ -333,38 +305,26 @@ impl App {
 
     /// A stock movement is two writes that must land together: the ledger row and the
     /// SKU's quantity. One write session makes them atomic; if anything fails the
-    /// session is rolled back (dropping it does that) and neither is visible.
-    fn movement(&mut self, reader: &Reader, rng: &mut Rng, instance: u32) -> anyhow::Result<()> {
-        let sku = pick_sku(reader, rng)?;
+    /// session is rolled back and neither is visible.
+    fn movement(&mut self, rng: &mut Rng, instance: u32) -> anyhow::Result<()> {
+        let sku = self.pick_sku(rng)?;
         let (kind, delta) = if rng.below(10) < 7 {
             ("receipt", 1 + rng.below(10) as i64)
         } else {
             ("adjustment", -(1 + rng.below(3) as i64))
         };
-        // Not idempotent (a second run would move the stock twice): retried only when
-        // the broker never saw it.
-        self.with_retry(Idempotency::NonIdempotent, |c| {
-            let mut s = c.session(DEFAULT_WRITER_TIMEOUT)?;
-            s.execute(
+        self.db.write(|tx| {
+            tx.execute(
                 "INSERT INTO transactions (sku, delta, kind, instance) VALUES (?1, ?2, ?3, ?4)",
-                &[
-                    Value::Text(sku.clone()),
-                    Value::Integer(delta),
-                    kind.into(),
-                    Value::Integer(instance.into()),
-                ],
+                params![sku, delta, kind, instance],
             )?;
-            let updated = s.execute(
-                "UPDATE skus SET qty = qty + ?1 WHERE sku = ?2",
-                &[Value::Integer(delta), Value::Text(sku.clone())],
-            )?;
+            let updated = tx.execute("UPDATE skus SET qty = qty + ?1 WHERE sku = ?2", params![delta, sku])?;
             if updated.changes != 1 {
-                // Cannot happen with the foreign key in place; roll back rather than
-                // commit half a movement if it ever does.
-                s.rollback()?;
+                // Cannot happen with the foreign key in place; an error rolls back
+                // rather than commit half a movement if it ever does.
                 return Err(ClientError::Unexpected(format!("SKU {sku} vanished during a movement")));
             }
-            s.commit()
+            Ok(())
         })?;
         self.stats.movements += 1;
         self.stats.stock_delta += delta;
@@ -374,33 +334,27 @@ impl App {
     /// Reads through this instance's own connection, never the broker. Every
     /// movement is atomic, so any snapshot has each SKU's quantity equal to the sum
     /// of its ledger; a mismatch would be a torn (half-committed) movement.
-    fn read_check(&mut self, reader: &Reader) -> anyhow::Result<()> {
-        let torn = retry_on_locked(&self.policy, Idempotency::Read, |_| {
-            reader.query_value(
-                "SELECT count(*) FROM skus s \
-                 WHERE s.qty <> (SELECT coalesce(sum(delta), 0) FROM transactions t WHERE t.sku = s.sku)",
-                &[],
-            )
-        })?;
+    fn read_check(&mut self) -> anyhow::Result<()> {
+        let torn: i64 = self.db.query_row(
+            "SELECT count(*) FROM skus s \
+             WHERE s.qty <> (SELECT coalesce(sum(delta), 0) FROM transactions t WHERE t.sku = s.sku)",
+            (),
+            |r| r.get(0),
+        )?;
         self.stats.reads += 1;
-        match torn {
-            Some(Value::Integer(0)) => Ok(()),
-            other => bail!("stock does not match the ledger for {other:?} SKUs"),
+        if torn != 0 {
+            bail!("stock does not match the ledger for {torn} SKUs");
         }
+        Ok(())
     }
-}
 
-/// A SKU that exists, chosen through this instance's own read-only connection.
-fn pick_sku(reader: &Reader, rng: &mut Rng) -> anyhow::Result<String> {
-    let rows = retry_on_locked(&RetryPolicy::default(), Idempotency::Read, |_| {
-        reader.query("SELECT sku FROM skus ORDER BY sku", &[])
-    })?;
-    if rows.rows.is_empty() {
-        bail!("no SKU exists yet");
-    }
-    match &rows.rows[rng.below(rows.rows.len() as u64) as usize][0] {
-        Value::Text(s) => Ok(s.clone()),
-        other => bail!("unexpected SKU value {other:?}"),
+    /// A SKU that exists, chosen through this instance's own read-only connection.
+    fn pick_sku(&self, rng: &mut Rng) -> anyhow::Result<String> {
+        let skus = self.db.query_map("SELECT sku FROM skus ORDER BY sku", (), |r| r.get::<_, String>(0))?;
+        if skus.is_empty() {
+            bail!("no SKU exists yet");
+        }
+        Ok(skus[rng.below(skus.len() as u64) as usize].clone())
     }
 }
 

@@ -25,6 +25,16 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// THREADS threads of this process share one `Db` handle and each inserts COUNT
+    /// rows `(process, thread, seq)` into table `db_rows` through it.
+    DbWrites {
+        #[arg(long)]
+        process: i64,
+        #[arg(long, default_value_t = 8)]
+        threads: i64,
+        #[arg(long)]
+        count: i64,
+    },
     /// Insert COUNT rows `(client, seq, payload)` into table `rows`, one request
     /// each; after each acknowledged write, check this process's own reader sees it.
     Write {
@@ -111,6 +121,7 @@ fn main() -> ExitCode {
         Cmd::Hostile { secs, seed, max_frame, socket } => {
             hostile::run(&args.db, socket.as_deref(), secs, seed, max_frame)
         }
+        Cmd::DbWrites { process, threads, count } => db_writes(&args.db, process, threads, count),
     };
     println!("{summary}");
     if ok {
@@ -332,4 +343,38 @@ fn increments(
         }),
         errors == 0,
     )
+}
+
+fn db_writes(db: &Path, process: i64, threads: i64, count: i64) -> (serde_json::Value, bool) {
+    let handle = match litebroker_client::Db::builder(db).client_name("lbtool-db").open() {
+        Ok(h) => h,
+        Err(e) => return (json!({ "ok": 0, "errors": 1, "first_error": e.to_string() }), false),
+    };
+    let workers: Vec<_> = (0..threads)
+        .map(|thread| {
+            let handle = handle.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut first_error) = (0, None);
+                for seq in 0..count {
+                    match handle.execute("INSERT INTO db_rows VALUES (?1, ?2, ?3)", (process, thread, seq)) {
+                        Ok(_) => ok += 1,
+                        Err(e) => {
+                            first_error.get_or_insert(e.to_string());
+                        }
+                    }
+                }
+                (ok, first_error)
+            })
+        })
+        .collect();
+    let (mut ok, mut first_error) = (0, None);
+    for w in workers {
+        let (n, e) = w.join().unwrap_or((0, Some("a thread panicked".into())));
+        ok += n;
+        if first_error.is_none() {
+            first_error = e;
+        }
+    }
+    let errors = threads * count - ok;
+    (json!({ "ok": ok, "errors": errors, "first_error": first_error }), errors == 0)
 }
