@@ -17,6 +17,8 @@
 //!   records in `_litebroker_requests` in the same transaction (exactly-once).
 //! - `broker-noids` (NORMAL only): the same with request ids off
 //!   (`--request-id-retention-hours 0`), to show what recording them costs.
+//! - `db-api` (NORMAL only): `broker`'s write through the app-facing `Db` handle
+//!   (`db.execute(INSERT, [&text])`) instead of a raw `Client`: what the handle adds.
 //! - `broker-bulk`: one client sending 100,000 one-row INSERTs as one batch.
 //!
 //! Latency figures are those of the worst client: for p50, p99 and max, the largest

@@ -172,6 +172,19 @@ fn targets(all: &[Summary], rtt_p50: f64) -> Vec<Json> {
             p50 - rtt_p50 <= 20.0,
         );
     }
+    for n in [1, 8] {
+        if let (Some(b), Some(d)) =
+            (find(all, Mode::Broker, SyncMode::Normal, n), find(all, Mode::DbApi, SyncMode::Normal, n))
+        {
+            let extra = d.med(|s| s.p50_us) - b.med(|s| s.p50_us);
+            push(
+                format!("normal {n} client(s): db-api p50 - broker (raw Client) p50, µs"),
+                extra,
+                "<= 5".into(),
+                extra <= 5.0,
+            );
+        }
+    }
     for sync in [SyncMode::Normal, SyncMode::Full] {
         if let (Some(b), Some(i)) =
             (find(all, Mode::BrokerBulk, sync, 1), find(all, Mode::InprocessBulk, sync, 1))

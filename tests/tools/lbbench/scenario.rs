@@ -42,6 +42,11 @@ pub enum Mode {
     #[value(name = "broker-noids")]
     BrokerNoIds,
     BrokerBulk,
+    /// `broker`'s one-row write through the app-facing `Db` handle (pool,
+    /// parameters through `ToSql`, the handle's request id and retry policy)
+    /// instead of a raw `Client`: what the friendlier API costs.
+    #[value(name = "db-api")]
+    DbApi,
 }
 
 impl Mode {
@@ -54,6 +59,7 @@ impl Mode {
             Mode::Broker => "broker",
             Mode::BrokerNoIds => "broker-noids",
             Mode::BrokerBulk => "broker-bulk",
+            Mode::DbApi => "db-api",
         }
     }
 
@@ -67,6 +73,7 @@ impl Mode {
             Mode::Broker => "broker",
             Mode::BrokerNoIds => "broker-noids",
             Mode::BrokerBulk => "broker-bulk",
+            Mode::DbApi => "db-api",
         }
     }
 
@@ -84,7 +91,7 @@ impl Mode {
     }
 
     pub fn uses_broker(self) -> bool {
-        matches!(self, Mode::Broker | Mode::BrokerNoIds | Mode::BrokerBulk)
+        matches!(self, Mode::Broker | Mode::BrokerNoIds | Mode::BrokerBulk | Mode::DbApi)
     }
 }
 
@@ -114,11 +121,13 @@ pub fn plan(only: &[String], syncs: &[SyncMode], clients: &[usize]) -> Vec<(Mode
                 }
             }
         }
-        // An extra row, NORMAL only (with FULL the fsync hides it): the
+        // Extra rows, NORMAL only (with FULL the fsync hides them): the
         // headline `broker` rows run with the broker's defaults.
-        if sync == SyncMode::Normal && wanted(Mode::BrokerNoIds) {
-            for &n in clients {
-                v.push((Mode::BrokerNoIds, sync, n));
+        for mode in [Mode::BrokerNoIds, Mode::DbApi] {
+            if sync == SyncMode::Normal && wanted(mode) {
+                for &n in clients {
+                    v.push((mode, sync, n));
+                }
             }
         }
     }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use litebroker_client::{Client, ClientError, ConnectOptions, Statement, Value};
+use litebroker_client::{Client, ClientError, ConnectOptions, Db, Statement, Value};
 use rusqlite::Connection;
 use serde_json::{json, Value as Json};
 
@@ -268,6 +268,28 @@ pub fn worker(mode: Mode, db: &Path, sync: SyncMode, client: usize) -> Result<()
                             c = connect(db, client)?;
                         }
                     }
+                }
+            }
+        }
+        Mode::DbApi => {
+            let d = Db::builder(db).client_name(format!("lbbench-{client}")).open()?;
+            for _ in 0..WARMUP {
+                d.execute(INSERT, [&text])?;
+            }
+            let (_, end) = await_go()?;
+            loop {
+                let t0 = Instant::now();
+                if t0 >= end {
+                    break;
+                }
+                let r = d.execute(INSERT, [&text]);
+                let done = Instant::now();
+                t.lat.push((done - t0).as_nanos() as u64);
+                match r {
+                    Ok(_) if done <= end => t.writes += 1,
+                    Ok(_) => {}
+                    // The handle reconnects by itself on its next call.
+                    Err(e) => t.error(client_kind(&e)),
                 }
             }
         }
