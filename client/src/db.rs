@@ -3,7 +3,7 @@
 //! and retries of a locked database are the handle's job, not the caller's.
 
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use litebroker_protocol::{ExecResult, Statement, Value, WriteOptions};
@@ -13,6 +13,7 @@ use crate::client::{Client, WriteSession};
 use crate::error::{ClientError, Result};
 use crate::options::ConnectOptions;
 use crate::params::{bind_all, Bound, Params};
+use crate::pool::{Pool, Pooled};
 use crate::reader::Reader;
 use crate::retry::RetryPolicy;
 use crate::row::Row;
@@ -31,47 +32,6 @@ pub struct Executed {
 impl From<&ExecResult> for Executed {
     fn from(r: &ExecResult) -> Self {
         Executed { changes: r.changes, last_insert_rowid: r.last_insert_rowid }
-    }
-}
-
-/// The broker connections a [`Db`] keeps (at most `max`, opened when first
-/// needed, dropped when they break).
-#[derive(Debug)]
-struct Pool {
-    state: Mutex<PoolState>,
-    freed: Condvar,
-    max: usize,
-}
-
-#[derive(Debug, Default)]
-struct PoolState {
-    idle: Vec<Client>,
-    open: usize,
-}
-
-/// A broker connection taken from the pool; it goes back when dropped (also
-/// when the caller panics), unless it broke.
-struct Pooled<'a> {
-    client: Option<Client>,
-    pool: &'a Pool,
-}
-
-impl Pooled<'_> {
-    fn client(&mut self) -> &mut Client {
-        self.client.as_mut().expect("a pooled connection is present until dropped")
-    }
-}
-
-impl Drop for Pooled<'_> {
-    fn drop(&mut self) {
-        let Some(c) = self.client.take() else { return };
-        let mut st = lock(&self.pool.state);
-        if c.is_broken() {
-            st.open -= 1;
-        } else {
-            st.idle.push(c);
-        }
-        self.pool.freed.notify_one();
     }
 }
 
@@ -263,11 +223,7 @@ impl Db {
     fn new(opts: ConnectOptions, policy: RetryPolicy, connections: usize) -> Db {
         Db {
             inner: Arc::new(Inner {
-                pool: Pool {
-                    state: Mutex::new(PoolState::default()),
-                    freed: Condvar::new(),
-                    max: connections,
-                },
+                pool: Pool::new(connections),
                 opts,
                 policy,
                 readers: Mutex::new(Vec::new()),
@@ -458,34 +414,7 @@ impl Db {
     }
 
     fn checkout(&self, deadline: Instant) -> Result<Pooled<'_>> {
-        let pool = &self.inner.pool;
-        let mut st = lock(&pool.state);
-        loop {
-            if let Some(c) = st.idle.pop() {
-                return Ok(Pooled { client: Some(c), pool });
-            }
-            if st.open < pool.max {
-                st.open += 1;
-                drop(st);
-                return match Client::connect_with(&self.inner.opts) {
-                    Ok(c) => Ok(Pooled { client: Some(c), pool }),
-                    Err(e) => {
-                        lock(&pool.state).open -= 1;
-                        pool.freed.notify_one();
-                        Err(e)
-                    }
-                };
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(ClientError::PoolExhausted(format!(
-                    "all {} broker connections of this Db stayed busy until the deadline; raise \
-                     DbBuilder::connections or the timeout",
-                    pool.max
-                )));
-            }
-            st = pool.freed.wait_timeout(st, left).unwrap_or_else(std::sync::PoisonError::into_inner).0;
-        }
+        self.inner.pool.checkout(&self.inner.opts, deadline)
     }
 
     // ----- reads -------------------------------------------------------------------

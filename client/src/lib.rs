@@ -63,6 +63,7 @@ mod ids;
 pub mod migrate;
 mod options;
 mod params;
+mod pool;
 mod reader;
 mod retry;
 mod row;

@@ -2,6 +2,10 @@
 //!
 //! Every [`Request`] variant's documentation names the [`Response`] variant that
 //! answers it; any request may also be answered with [`Response::Error`].
+//!
+//! Over 600 lines on purpose: this is the whole wire contract, and the order of
+//! each enum's variants is its encoding (append only), which is easiest to keep
+//! when every message is read in one place.
 
 use std::fmt;
 
