@@ -180,25 +180,7 @@ tuple_params!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11);
 
 /// Binds wire values to a statement of this process's own connection.
 pub(crate) fn bind_all(stmt: &mut rusqlite::Statement<'_>, values: &[Value]) -> Result<()> {
-    for (i, v) in values.iter().enumerate() {
-        stmt.raw_bind_parameter(i + 1, ValueParam(v))?;
-    }
-    Ok(())
-}
-
-/// Borrows a wire value as a rusqlite parameter.
-struct ValueParam<'a>(&'a Value);
-
-impl ToSql for ValueParam<'_> {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::Borrowed(match self.0 {
-            Value::Null => ValueRef::Null,
-            Value::Integer(i) => ValueRef::Integer(*i),
-            Value::Real(r) => ValueRef::Real(*r),
-            Value::Text(s) => ValueRef::Text(s.as_bytes()),
-            Value::Blob(b) => ValueRef::Blob(b),
-        }))
-    }
+    Ok(litebroker_protocol::sql::bind_params(stmt, values)?)
 }
 
 #[cfg(test)]

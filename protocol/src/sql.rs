@@ -11,13 +11,7 @@ pub struct Param<'a>(pub &'a Value);
 
 impl ToSql for Param<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::Borrowed(match self.0 {
-            Value::Null => ValueRef::Null,
-            Value::Integer(i) => ValueRef::Integer(*i),
-            Value::Real(r) => ValueRef::Real(*r),
-            Value::Text(s) => ValueRef::Text(s.as_bytes()),
-            Value::Blob(b) => ValueRef::Blob(b),
-        }))
+        self.0.to_sql()
     }
 }
 
@@ -89,12 +83,6 @@ impl FromSql for Value {
     /// Text that is not valid UTF-8 (SQLite does not enforce it) is converted
     /// lossily rather than failing the read.
     fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
-        Ok(match v {
-            ValueRef::Null => Value::Null,
-            ValueRef::Integer(i) => Value::Integer(i),
-            ValueRef::Real(r) => Value::Real(r),
-            ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
-            ValueRef::Blob(b) => Value::Blob(b.to_vec()),
-        })
+        Ok(from_value_ref(v))
     }
 }
