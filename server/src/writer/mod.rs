@@ -278,8 +278,13 @@ pub struct WriterHandle {
 }
 
 impl WriterHandle {
-    /// Shares `writer`.
-    pub fn new(writer: Writer) -> WriterHandle {
+    /// Starts `writer` ([`Writer::start`]) and shares it. Starting here, before
+    /// any thread can reach it, matters: a connection thread may serve a write
+    /// itself ([`WriterHandle::send_and_serve`]) before the writer thread first
+    /// runs, and a write served before request-id recording is on would not be
+    /// recorded, so its resend would be applied twice.
+    pub fn new(mut writer: Writer) -> WriterHandle {
+        writer.start();
         let (queue, shared) = (writer.queue.clone(), writer.core.shared.clone());
         WriterHandle { writer: Mutex::new(writer), queue, shared }
     }
@@ -362,8 +367,8 @@ impl WriterHandle {
     /// holding the writer, so that connection threads can serve their writes
     /// meanwhile.
     pub fn run(&self, at_stop: fn(&mut Writer)) {
+        // `Writer::start` ran in `WriterHandle::new`.
         let mut w = lock(&self.writer);
-        w.start();
         loop {
             match w.next_ready() {
                 Some(job) if matches!(job.kind, JobKind::Stop) => {
