@@ -13,14 +13,16 @@ use litebroker_protocol::rendezvous::Location;
 use litebroker_protocol::stream::{ExchangeError, FrameStream};
 use litebroker_protocol::{
     BackupReport, BrokerStatus, CheckpointMode, CheckpointReport, ClientInfo, DbStats, ErrorInfo, ErrorKind,
-    ExecResult, HealthReport, HelloAck, Migration, MigrationReport, Request, Response, RestoreReport,
-    Statement, Value, VerifyReport, WriteOptions,
+    ExecResult, HealthReport, HelloAck, ManySummary, Migration, MigrationReport, Request, Response,
+    RestoreReport, Statement, Value, VerifyReport, WriteOptions,
 };
 
 use crate::autostart::{self, StartOutcome};
 use crate::connect::{connect, Connected};
 use crate::error::{exchange_error, unexpected, ClientError, Result};
+use crate::many::Chunker;
 use crate::options::{AutoStart, ConnectOptions};
+use crate::params::{Bound, Params};
 use crate::tracking::Tracked;
 
 /// The default wait for the writer of a write session from `factory.writer()`.
@@ -345,6 +347,127 @@ impl Client {
         }
     }
 
+    /// Runs `sql`, one statement, once per row of `rows`, in one transaction at
+    /// the broker (a streamed executemany): the rows are sent in chunks as the
+    /// iterator yields them, and run while they arrive, so a million rows never
+    /// sit in memory whole. Answers with a summary, not one result per row.
+    /// Each row's parameters convert as [`Client::execute`]'s do (positional
+    /// only here: [`crate::Db::execute_many`] takes named ones).
+    ///
+    /// # Errors
+    /// [`ClientError::RowFailed`] naming the first failing row (counting from 0);
+    /// [`ClientError::Parameter`] for a row that does not convert; a broker too
+    /// old for executemany (protocol minor below 2); the errors of
+    /// [`Client::execute`]. Nothing of the rows is applied then.
+    pub fn execute_many<P: Params>(
+        &mut self,
+        sql: &str,
+        rows: impl IntoIterator<Item = P>,
+    ) -> Result<ManySummary> {
+        let rows = rows.into_iter().map(|p| p.bind().and_then(Bound::into_positional));
+        self.execute_many_with(sql, rows, WriteOptions::default())
+    }
+
+    /// [`Client::execute_many`] with rows already converted, and explicit options:
+    /// the timeout covers the whole stream, and the request id the whole stream
+    /// (a new one unless given). The first `Err` row abandons the stream (nothing
+    /// applied) and is returned.
+    ///
+    /// Not resent after a lost connection (the rows were consumed): when the
+    /// answer was lost after the whole stream was sent, the error says so;
+    /// sending the same rows again with the same request id is then answered
+    /// from the broker's record if the first attempt committed, and applies them
+    /// once if it did not.
+    ///
+    /// # Errors
+    /// As [`Client::execute_many`].
+    pub fn execute_many_with(
+        &mut self,
+        sql: &str,
+        rows: impl IntoIterator<Item = Result<Vec<Value>>>,
+        mut opts: WriteOptions,
+    ) -> Result<ManySummary> {
+        if self.hello.minor < MANY_MINOR {
+            return Err(ClientError::Broker(ErrorInfo::new(
+                ErrorKind::Incompatible,
+                format!(
+                    "this broker speaks protocol {}.{}, and executemany needs {}.{MANY_MINOR}: upgrade the broker",
+                    self.hello.protocol, self.hello.minor, self.hello.protocol
+                ),
+            )));
+        }
+        let wait = timeout_of(&mut opts, self.timeout);
+        let deadline = Instant::now() + wait;
+        self.assign_request_id(&mut opts);
+        let id = opts.request_id;
+        self.send_part(&Request::ManyBegin { sql: sql.to_owned(), opts })?;
+        let mut chunks = Chunker::default();
+        let mut failure = None;
+        for row in rows {
+            match row {
+                Ok(row) => {
+                    if let Some(chunk) = chunks.push(row) {
+                        self.send_part(&Request::ManyRows { rows: chunk })?;
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(chunk) = chunks.rest().filter(|_| failure.is_none()) {
+            self.send_part(&Request::ManyRows { rows: chunk })?;
+        }
+        let end = Request::ManyEnd { rows: chunks.total, commit: failure.is_none() };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let answer = self.round_trip(&end, left + ANSWER_GRACE);
+        if let Some(e) = failure {
+            // Abandoned: the broker rolled the stream back (or the connection broke
+            // before it committed anything).
+            return Err(e);
+        }
+        match answer {
+            Ok(Response::ExecutedMany(s)) => Ok(s),
+            Ok(Response::ManyFailed { row, error }) => Err(ClientError::RowFailed { row, error }),
+            Ok(other) => Err(unexpected("executemany", &other)),
+            Err(ClientError::ConnectionLost { sent: true, reason }) => Err(ClientError::ConnectionLost {
+                sent: true,
+                reason: match id {
+                    Some(id) => format!(
+                        "{reason}; an executemany is not resent by the client: send the same rows again with \
+                         request id {} and the broker applies them once",
+                        hex(&id)
+                    ),
+                    None => reason,
+                },
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends a frame of a stream (see [`FrameStream::send`]). Nothing of the
+    /// stream can have been applied when this fails: only its last frame commits.
+    fn send_part(&mut self, req: &Request) -> Result<()> {
+        if self.broken {
+            return Err(ClientError::ConnectionLost {
+                sent: false,
+                reason: "this connection failed earlier; connect again".into(),
+            });
+        }
+        self.stream.send(req).map_err(|e| {
+            if !matches!(e, ExchangeError::Encode(_)) {
+                self.broken = true;
+            }
+            match exchange_error(e) {
+                ClientError::ConnectionLost { reason, .. } => {
+                    ClientError::ConnectionLost { sent: false, reason }
+                }
+                other => other,
+            }
+        })
+    }
+
     fn assign_request_id(&self, opts: &mut WriteOptions) {
         if self.opts.auto_request_ids && !opts.idempotent && opts.request_id.is_none() {
             opts.request_id = Some(crate::ids::new_request_id());
@@ -658,6 +781,14 @@ impl<C: BorrowMut<Client>> Drop for WriteSession<C> {
 fn is_transient(e: &ClientError) -> bool {
     matches!(e, ClientError::NotRunning { .. } | ClientError::ConnectionLost { .. })
         || matches!(e.kind(), Some(ErrorKind::ShuttingDown))
+}
+
+/// The protocol minor that brought the streamed executemany.
+const MANY_MINOR: u32 = 2;
+
+/// A request id as lower-case hex, for messages.
+fn hex(id: &[u8]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn millis(d: Duration) -> u32 {

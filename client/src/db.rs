@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use litebroker_protocol::{ExecResult, Statement, Value, WriteOptions};
+use litebroker_protocol::{ExecResult, ManySummary, Statement, Value, WriteOptions};
 
 use crate::autostart::AutoStart;
 use crate::client::{Client, WriteSession};
@@ -203,6 +203,28 @@ impl Call<'_> {
         let r = self.db.send(sql, Bound::Positional(Vec::new()), &self)?;
         Ok(Executed::from(&r))
     }
+
+    /// As [`Db::execute_many`].
+    ///
+    /// # Errors
+    /// As [`Db::execute_many`].
+    pub fn execute_many<P: Params>(
+        self,
+        sql: &str,
+        rows: impl IntoIterator<Item = P>,
+    ) -> Result<ManySummary> {
+        let deadline = Instant::now() + self.timeout;
+        let opts = WriteOptions {
+            timeout_ms: u32::try_from(self.timeout.as_millis()).unwrap_or(u32::MAX).max(1),
+            // The stream is exactly-once whatever `idempotent` says: it is never resent.
+            request_id: Some(crate::ids::new_request_id()),
+            idempotent: false,
+        };
+        let db = self.db;
+        let rows = rows.into_iter().map(|p| p.bind().and_then(|b| db.positional(sql, b)));
+        let mut pooled = db.checkout(deadline)?;
+        pooled.client().execute_many_with(sql, rows, opts)
+    }
 }
 
 impl Db {
@@ -285,6 +307,33 @@ impl Db {
     /// As [`Db::execute`]; nothing is applied when any statement fails.
     pub fn execute_batch(&self, sql: &str) -> Result<Executed> {
         self.call().execute_batch(sql)
+    }
+
+    /// Runs `sql`, one statement, once per row of `rows` as one transaction,
+    /// exactly once: the rows stream to the broker in chunks while the iterator
+    /// yields them (a million rows never sit in memory whole) and the answer is a
+    /// summary. Each row converts as [`Db::execute`]'s parameters do. Not retried
+    /// when the database is locked, nor resent after a lost answer: the rows were
+    /// consumed (see [`Client::execute_many_with`]).
+    ///
+    /// # Errors
+    /// [`ClientError::RowFailed`] naming the first failing row, counting from 0;
+    /// otherwise as [`Db::execute`]. Nothing of the rows is applied then.
+    ///
+    /// ```no_run
+    /// # use litebroker_client::{Db, Value};
+    /// # let db = Db::open("data/app.db")?;
+    /// let rows = (0..1_000_000i64).map(|i| vec![Value::from(format!("sku-{i}")), Value::from(i % 7)]);
+    /// let done = db.execute_many("INSERT INTO skus (sku, qty) VALUES (?1, ?2)", rows)?;
+    /// assert_eq!(done.rows, 1_000_000);
+    /// # Ok::<(), litebroker_client::ClientError>(())
+    /// ```
+    pub fn execute_many<P: Params>(
+        &self,
+        sql: &str,
+        rows: impl IntoIterator<Item = P>,
+    ) -> Result<ManySummary> {
+        self.call().execute_many(sql, rows)
     }
 
     /// Runs a write whose rows come back (`… RETURNING …`), exactly once, and maps

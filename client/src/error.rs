@@ -105,6 +105,15 @@ pub enum ClientError {
     /// deadline.
     #[error("{0}")]
     PoolExhausted(String),
+    /// A row of an executemany failed at the broker: nothing of the executemany
+    /// was applied. `row` counts from 0 in the order the rows were given.
+    #[error("{error}")]
+    RowFailed {
+        /// Index of the failing row, counting from 0.
+        row: u64,
+        /// The broker's error for it (SQLite's message, prefixed with the row).
+        error: ErrorInfo,
+    },
 }
 
 /// Why the client refused to talk to what listens on the socket: every check runs
@@ -273,7 +282,7 @@ impl ClientError {
     /// The broker's error class, when the broker reported the failure.
     pub fn kind(&self) -> Option<ErrorKind> {
         match self {
-            ClientError::Broker(info) => Some(info.kind),
+            ClientError::Broker(info) | ClientError::RowFailed { error: info, .. } => Some(info.kind),
             _ => None,
         }
     }
@@ -281,7 +290,7 @@ impl ClientError {
     /// The broker's error details, when the broker reported the failure.
     pub fn info(&self) -> Option<&ErrorInfo> {
         match self {
-            ClientError::Broker(info) => Some(info),
+            ClientError::Broker(info) | ClientError::RowFailed { error: info, .. } => Some(info),
             _ => None,
         }
     }
@@ -310,7 +319,9 @@ impl ClientError {
     /// broker or on this process's read connection).
     pub fn sqlite_code(&self) -> Option<i32> {
         match self {
-            ClientError::Broker(info) => info.sqlite.map(|c| c.extended),
+            ClientError::Broker(info) | ClientError::RowFailed { error: info, .. } => {
+                info.sqlite.map(|c| c.extended)
+            }
             ClientError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => Some(e.extended_code),
             _ => None,
         }

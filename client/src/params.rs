@@ -34,6 +34,22 @@ impl Bound {
         }
     }
 
+    /// The values by position, for a caller that has no statement to number
+    /// named ones by (a [`crate::Client`]).
+    ///
+    /// # Errors
+    /// Named parameters.
+    pub fn into_positional(self) -> Result<Vec<Value>> {
+        match self {
+            Bound::Positional(v) => Ok(v),
+            Bound::Named(_) => Err(ClientError::Parameter(
+                "named parameters are numbered on a read connection: use positional ones with a Client, or \
+                 the Db handle"
+                    .into(),
+            )),
+        }
+    }
+
     /// The values by position. Named ones are placed where SQLite numbers them in
     /// `stmt`, a statement prepared from the same SQL.
     ///

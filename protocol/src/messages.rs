@@ -212,6 +212,33 @@ pub enum Request {
     /// whether it still accepts writes at all. Protocol minor 1. Answered by
     /// [`Response::Health`].
     Health,
+    /// Opens a streamed executemany (protocol minor 2): `sql`, one statement, runs
+    /// once per parameter row; the rows follow in [`Request::ManyRows`] frames and
+    /// [`Request::ManyEnd`] closes the stream, all in one transaction holding the
+    /// writer. Not answered on its own: the stream has one answer, sent after
+    /// `ManyEnd`: [`Response::ExecutedMany`], [`Response::ManyFailed`] or an error.
+    /// The client sends the whole stream without waiting for an answer.
+    ManyBegin {
+        /// The one statement (no transaction control, no second statement).
+        sql: String,
+        /// Timeout of the whole stream, request id, idempotency.
+        opts: WriteOptions,
+    },
+    /// The next chunk of a streamed executemany's parameter rows, in order (each
+    /// row holds the statement's positional parameters). Not answered on its own.
+    ManyRows {
+        /// The rows of this chunk.
+        rows: Vec<Vec<Value>>,
+    },
+    /// Ends a streamed executemany: `rows` is how many rows the client sent (the
+    /// broker checks it), `commit` false abandons the stream (nothing applied).
+    /// Answered by [`Response::ExecutedMany`], [`Response::ManyFailed`] or an error.
+    ManyEnd {
+        /// Rows sent in all the stream's [`Request::ManyRows`] frames.
+        rows: u64,
+        /// Commit (true) or abandon (false) the stream.
+        commit: bool,
+    },
 }
 
 impl Request {
@@ -235,6 +262,9 @@ impl Request {
             Request::Restore { .. } => "restore",
             Request::Migrate { .. } => "migrate",
             Request::Health => "health",
+            Request::ManyBegin { .. } => "many-begin",
+            Request::ManyRows { .. } => "many-rows",
+            Request::ManyEnd { .. } => "many-end",
         }
     }
 }
@@ -483,6 +513,17 @@ pub enum Response {
     Migrated(MigrationReport),
     /// Answer to [`Request::Health`].
     Health(HealthReport),
+    /// Answer to a streamed executemany ([`Request::ManyEnd`]): what the whole
+    /// stream did, committed. Protocol minor 2.
+    ExecutedMany(ManySummary),
+    /// Answer to a streamed executemany whose row `row` failed: nothing of the
+    /// stream was applied. Protocol minor 2.
+    ManyFailed {
+        /// Index of the failing row in the stream, counting from 0.
+        row: u64,
+        /// SQLite's error for that row (its message names the row too).
+        error: ErrorInfo,
+    },
 }
 
 impl Response {
@@ -490,6 +531,17 @@ impl Response {
     pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
         Response::Error(ErrorInfo::new(kind, message))
     }
+}
+
+/// What a streamed executemany did, in place of one result per row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManySummary {
+    /// Rows inserted, updated or deleted, summed over every parameter row.
+    pub changes: u64,
+    /// `last_insert_rowid()` after the last row ran.
+    pub last_insert_rowid: i64,
+    /// Parameter rows applied (each ran the statement once).
+    pub rows: u64,
 }
 
 /// `PRAGMA wal_checkpoint` modes.

@@ -174,6 +174,26 @@ impl FrameStream {
         resp
     }
 
+    /// Sends `req` without reading an answer: a frame of a stream the broker
+    /// answers once at its end (a streamed executemany's `ManyBegin` and
+    /// `ManyRows`). Blocks while the socket is full, which is how the broker
+    /// paces the stream.
+    ///
+    /// # Errors
+    /// [`ExchangeError::Encode`]; [`ExchangeError::Refused`] when the broker
+    /// closed the connection with a reason; else [`ExchangeError::Send`].
+    pub fn send(&mut self, req: &Request) -> Result<(), ExchangeError> {
+        let stream = self.reader.get_ref();
+        match write_frame(&mut &*stream, req, &mut self.wbuf, HARD_MAX_FRAME) {
+            Ok(()) => Ok(()),
+            Err(FrameError::Io(e)) => match self.read_response() {
+                Ok(Response::Error(info)) => Err(ExchangeError::Refused(info)),
+                _ => Err(ExchangeError::Send(e)),
+            },
+            Err(other) => Err(ExchangeError::Encode(other)),
+        }
+    }
+
     fn send_and_read(&mut self, req: &Request) -> Result<Response, ExchangeError> {
         let stream = self.reader.get_ref();
         match write_frame(&mut &*stream, req, &mut self.wbuf, HARD_MAX_FRAME) {

@@ -136,6 +136,16 @@ fn all_requests() -> Vec<Request> {
         },
         Request::Migrate { migrations: Vec::new(), timeout_ms: 0 },
         Request::Health,
+        Request::ManyBegin { sql: "INSERT INTO t VALUES (?1, ?2)".into(), opts: WriteOptions::default() },
+        Request::ManyRows { rows: Vec::new() },
+        Request::ManyRows {
+            rows: vec![
+                vec![Value::Integer(i64::MIN), Value::Text("é\n\"".into())],
+                vec![Value::Blob(vec![0; 3])],
+            ],
+        },
+        Request::ManyEnd { rows: 0, commit: false },
+        Request::ManyEnd { rows: u64::MAX, commit: true },
         Request::Migrate {
             migrations: vec![
                 Migration { version: 1, name: "init".into(), sql: "CREATE TABLE skus (sku TEXT);".into() },
@@ -282,6 +292,19 @@ fn all_responses() -> Vec<Response> {
             exactly_once_off: Some("disabled".into()),
             writes_stopped: Some("the -wal file was deleted".into()),
         }),
+        Response::ExecutedMany(ManySummary::default()),
+        Response::ExecutedMany(ManySummary {
+            changes: 1 << 40,
+            last_insert_rowid: i64::MIN,
+            rows: 1_000_000,
+        }),
+        Response::ManyFailed {
+            row: 500_000,
+            error: ErrorInfo::new(
+                ErrorKind::Constraint,
+                "row 500000 (counting from 0): UNIQUE constraint failed",
+            ),
+        },
     ];
     v.extend(all_error_kinds().into_iter().map(|k| Response::error(k, format!("a {k} failure"))));
     v

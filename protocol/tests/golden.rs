@@ -66,6 +66,9 @@ fn request_index(r: &Request) -> u8 {
         Request::Restore { .. } => 14,
         Request::Migrate { .. } => 15,
         Request::Health => 16,
+        Request::ManyBegin { .. } => 17,
+        Request::ManyRows { .. } => 18,
+        Request::ManyEnd { .. } => 19,
     }
 }
 
@@ -89,6 +92,8 @@ fn response_index(r: &Response) -> u8 {
         Response::Restored(_) => 15,
         Response::Migrated(_) => 16,
         Response::Health(_) => 17,
+        Response::ExecutedMany(_) => 18,
+        Response::ManyFailed { .. } => 19,
     }
 }
 
@@ -172,6 +177,24 @@ fn golden_requests() -> Vec<(Request, &'static str)> {
         ),
         // Protocol minor 1.
         (Request::Health, "0100000010"),
+        // Protocol minor 2 (bulk).
+        (
+            Request::ManyBegin {
+                sql: "INSERT INTO t VALUES (?, ?)".into(),
+                opts: WriteOptions { timeout_ms: 30_000, request_id: Some([9; 16]), idempotent: false },
+            },
+            "3200000011 1b494e5345525420494e544f20742056414c55455320283f2c203f29 fb3075 0109090909090909090909090909090909 00",
+        ),
+        (
+            Request::ManyRows {
+                rows: vec![
+                    vec![Value::Integer(1), Value::Text("a".into())],
+                    vec![Value::Null, Value::Real(2.5)],
+                ],
+            },
+            "1300000012 02 02 0102 030161 02 00 020000000000000440",
+        ),
+        (Request::ManyEnd { rows: 300, commit: true }, "0500000013 fb2c01 01"),
     ]
 }
 
@@ -335,6 +358,19 @@ fn golden_responses() -> Vec<(Response, &'static str)> {
                 writes_stopped: None,
             }),
             "0800000011 00 01 036f6666 00",
+        ),
+        // Protocol minor 2 (bulk).
+        (Response::ExecutedMany(ManySummary { changes: 300, last_insert_rowid: -1, rows: 300 }), "0800000012 fb2c01 01 fb2c01"),
+        (
+            Response::ManyFailed {
+                row: 5,
+                error: ErrorInfo {
+                    kind: ErrorKind::Constraint,
+                    message: "row 5".into(),
+                    sqlite: Some(SqliteCode { primary: 19, extended: 2067 }),
+                },
+            },
+            "0e00000013 05 01 05726f772035 01 26 fb2610",
         ),
     ]
 }

@@ -21,7 +21,7 @@ use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use litebroker_protocol::{CheckpointMode, ErrorKind, Migration, Response, Statement, WriteOptions};
+use litebroker_protocol::{CheckpointMode, ErrorKind, Migration, Response, Statement, Value, WriteOptions};
 
 use crate::shared::{ClientEntry, Shared};
 use crate::texts;
@@ -50,6 +50,24 @@ pub enum JobKind {
     Migrate(Vec<Migration>),
     /// Finish what is queued and stop. Not answered.
     Stop,
+    /// Open a streamed executemany for the job's client: `BEGIN IMMEDIATE`, the
+    /// statement prepared, the writer held for the stream (see `writer::session`).
+    /// Answered `SessionStarted` when open, or with the recorded summary when the
+    /// request id already committed.
+    ManyBegin {
+        /// The one statement.
+        sql: String,
+    },
+    /// The next chunk of the client's stream. Answered `ExecutedMany` with the
+    /// running total, or `ManyFailed`.
+    ManyRows(Vec<Vec<Value>>),
+    /// The end of the client's stream: commit (when `rows` arrived) or abandon.
+    ManyEnd {
+        /// Rows the client says it sent.
+        rows: u64,
+        /// Commit (true) or abandon.
+        commit: bool,
+    },
 }
 
 /// The statements of a write request.

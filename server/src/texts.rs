@@ -168,6 +168,76 @@ pub fn session_commit_failed(mut cause: ErrorInfo) -> ErrorInfo {
     cause
 }
 
+// ----- streamed executemany ---------------------------------------------------------
+
+/// Row `row` (counting from 0) of a streamed executemany failed: SQLite's error,
+/// its message prefixed with the row; the whole stream was rolled back.
+pub fn many_row_failed(row: u64, cause: ErrorInfo) -> ErrorInfo {
+    ErrorInfo {
+        message: format!(
+            "row {row} (counting from 0) failed: {}; nothing of the executemany was applied",
+            cause.message
+        ),
+        ..cause
+    }
+}
+
+/// The SQL of an executemany is not one ordinary statement.
+pub fn many_needs_one_statement() -> ErrorInfo {
+    ErrorInfo::new(
+        ErrorKind::NotAllowed,
+        "executemany takes one ordinary statement (no second statement, transaction control, savepoint,          PRAGMA or schema-version write); nothing was applied",
+    )
+}
+
+/// A stream frame (`ManyRows`, `ManyEnd`) outside a stream, or another request
+/// inside one.
+pub fn many_out_of_place(got: &str) -> ErrorInfo {
+    ErrorInfo::new(
+        ErrorKind::Protocol,
+        format!(
+            "{got} is out of place: a streamed executemany is ManyBegin, ManyRows…, ManyEnd with nothing              else between; nothing of the stream was applied"
+        ),
+    )
+}
+
+/// `ManyEnd` counted other rows than the stream carried.
+pub fn many_row_count(announced: u64, arrived: u64) -> ErrorInfo {
+    ErrorInfo::new(
+        ErrorKind::Protocol,
+        format!(
+            "the executemany announced {announced} rows but {arrived} arrived; nothing of it was applied"
+        ),
+    )
+}
+
+/// The client abandoned its stream (`ManyEnd` without commit).
+pub fn many_abandoned() -> ErrorInfo {
+    ErrorInfo::new(
+        ErrorKind::SessionState,
+        "the executemany was abandoned by its client; nothing was applied",
+    )
+}
+
+/// The stream's transaction was rolled back by the broker before it ended: its
+/// deadline passed, or the broker is stopping.
+pub fn many_rolled_back() -> ErrorInfo {
+    ErrorInfo::new(
+        ErrorKind::Timeout,
+        "the executemany timed out: it was not complete within its deadline (or the broker is shutting \
+         down or failed inside), so the broker rolled it back and released the writer; nothing of it was \
+         applied",
+    )
+}
+
+/// An executemany inside a write session.
+pub fn many_in_session() -> ErrorInfo {
+    ErrorInfo::new(
+        ErrorKind::SessionState,
+        "executemany runs in a transaction of its own: end this connection's write session first",
+    )
+}
+
 // ----- transaction control in a request (what SQLite reports, see sql::exec) -------
 
 /// A transaction-control statement the broker cannot honour where it stands.

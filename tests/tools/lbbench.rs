@@ -19,7 +19,8 @@
 //!   (`--request-id-retention-hours 0`), to show what recording them costs.
 //! - `db-api` (NORMAL only): `broker`'s write through the app-facing `Db` handle
 //!   (`db.execute(INSERT, [&text])`) instead of a raw `Client`: what the handle adds.
-//! - `broker-bulk`: one client sending 100,000 one-row INSERTs as one batch.
+//! - `broker-bulk`: one client sending 100,000 rows for one INSERT as one streamed
+//!   executemany (`Client::execute_many_with`): one transaction, one summary.
 //!
 //! Latency figures are those of the worst client: for p50, p99 and max, the largest
 //! value any client saw. Fairness is the smallest per-client write count divided by

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use litebroker_client::{Client, ConnectOptions, Reader, Statement, Value};
+use litebroker_client::{Client, ConnectOptions, Reader, Statement, Value, WriteOptions};
 use serde_json::json;
 
 #[path = "lbtool/hostile.rs"]
@@ -89,6 +89,20 @@ enum Cmd {
         #[arg(long, default_value_t = 600)]
         max_secs: u64,
     },
+    /// A streamed executemany of ROWS rows `(seq, payload)` into table `many`:
+    /// `INSERT INTO many (seq, payload) VALUES (?1, ?2)`, seq counting from 0.
+    /// With --stall-at K, prints `{"stalled":K}` when row K is due and then
+    /// waits for stdin to close before going on (tests kill it there to play a
+    /// client that dies mid-stream, or leave it to stall past its deadline).
+    Many {
+        #[arg(long)]
+        rows: u64,
+        #[arg(long)]
+        stall_at: Option<u64>,
+        /// Seconds the whole stream may take.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+    },
     /// For SECS seconds, attack the broker the way a buggy or hostile client of the
     /// same user could: random, truncated, oversized, forged and out-of-order
     /// frames, stalls mid-frame, pipelining without reading, connection churn.
@@ -122,6 +136,7 @@ fn main() -> ExitCode {
             hostile::run(&args.db, socket.as_deref(), secs, seed, max_frame)
         }
         Cmd::DbWrites { process, threads, count } => db_writes(&args.db, process, threads, count),
+        Cmd::Many { rows, stall_at, timeout } => many(&args.db, rows, stall_at, timeout),
     };
     println!("{summary}");
     if ok {
@@ -166,6 +181,29 @@ fn write(db: &Path, client_no: i64, count: i64, verify_reads: bool) -> (serde_js
     }
     let good = errors == 0 && stale_reads == 0;
     (json!({ "ok": ok, "errors": errors, "stale_reads": stale_reads, "first_error": first_error }), good)
+}
+
+fn many(db: &Path, rows: u64, stall_at: Option<u64>, timeout: f64) -> (serde_json::Value, bool) {
+    let opts = ConnectOptions::new(db).client_name("lbtool-many");
+    let mut client = match Client::connect_with(&opts) {
+        Ok(c) => c,
+        Err(e) => return (json!({ "ok": false, "error": e.to_string() }), false),
+    };
+    let stream = (0..rows).map(|seq| {
+        if Some(seq) == stall_at {
+            println!("{}", json!({ "stalled": seq }));
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+        }
+        Ok(vec![Value::Integer(seq as i64), Value::Text(format!("row {seq}"))])
+    });
+    let wopts = WriteOptions { timeout_ms: (timeout * 1000.0) as u32, ..WriteOptions::default() };
+    match client.execute_many_with("INSERT INTO many (seq, payload) VALUES (?1, ?2)", stream, wopts) {
+        Ok(s) => (json!({ "ok": true, "rows": s.rows, "changes": s.changes }), true),
+        Err(e) => {
+            (json!({ "ok": false, "kind": e.kind().map(|k| k.as_str()), "error": e.to_string() }), false)
+        }
+    }
 }
 
 fn read_loop(db: &Path, until: &Path, max_secs: u64) -> (serde_json::Value, bool) {

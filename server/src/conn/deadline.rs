@@ -15,7 +15,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use litebroker_protocol::{Response, WriteOptions};
+use litebroker_protocol::{ErrorInfo, Response, WriteOptions};
 
 use crate::config::Config;
 use crate::job::{Job, JobKind, JobLine, Reply};
@@ -123,8 +123,26 @@ impl Jobs {
         opts: WriteOptions,
         timeout: Duration,
     ) -> Response {
+        match self.hand_over(client, kind, opts, timeout) {
+            Ok(sent) => self.answer_of(sent),
+            Err(refused) => Response::Error(refused),
+        }
+    }
+
+    /// Hands a job to the writer without waiting for it: its answer is then
+    /// awaited with [`Jobs::answer_of`] before the connection's next job.
+    ///
+    /// # Errors
+    /// `shutting_down` when the job could not be queued.
+    pub(super) fn hand_over(
+        &mut self,
+        client: &Arc<ClientEntry>,
+        kind: JobKind,
+        opts: WriteOptions,
+        timeout: Duration,
+    ) -> Result<Sent, ErrorInfo> {
         if self.shared.is_shutting_down() {
-            return Response::Error(texts::shutting_down());
+            return Err(texts::shutting_down());
         }
         let deadline = Instant::now() + timeout;
         let job = self.line.next(kind, opts, client, deadline);
@@ -135,8 +153,15 @@ impl Jobs {
             self.writer.send(job)
         };
         if queued.is_err() {
-            return Response::Error(texts::shutting_down());
+            return Err(texts::shutting_down());
         }
+        Ok(Sent { seq, deadline, timeout })
+    }
+
+    /// Waits for the answer of a job handed over, until its deadline (see the
+    /// module's doc).
+    pub(super) fn answer_of(&mut self, sent: Sent) -> Response {
+        let Sent { seq, deadline, timeout } = sent;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.replies.recv_timeout(left.clamp(Duration::from_millis(1), Duration::from_secs(1))) {
@@ -154,4 +179,12 @@ impl Jobs {
             }
         }
     }
+}
+
+/// A job handed to the writer whose answer is still to be awaited.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Sent {
+    seq: u64,
+    deadline: Instant,
+    timeout: Duration,
 }

@@ -1,7 +1,8 @@
 //! One thread per client connection: it reads frames ([`io`]), identifies the
 //! client ([`handshake`]), routes each request ([`route`]) to an answer, to the
 //! writer as a job awaited within its deadline ([`deadline`]), or to the
-//! answer-on-the-socket shortcut ([`direct`]), and writes the answers.
+//! answer-on-the-socket shortcut ([`direct`]), and writes the answers. A
+//! streamed executemany reads the frames of its stream itself ([`many`]).
 //!
 //! A failure serving one client (a panic) disconnects that client only; its
 //! write session, if it held one, is rolled back by the writer.
@@ -10,6 +11,7 @@ mod deadline;
 mod direct;
 mod handshake;
 mod io;
+mod many;
 mod route;
 
 use std::sync::atomic::Ordering;
@@ -116,7 +118,16 @@ impl Conn {
                 }
                 None => (req, in_flight),
             };
-            let (resp, keep_open) = self.handle(req);
+            let (resp, keep_open) = match (req, self.client.clone()) {
+                (Request::ManyBegin { sql, opts }, Some(client)) => {
+                    client.requests.fetch_add(1, Ordering::Relaxed);
+                    match many::serve(self, &client, sql, opts)? {
+                        Some(resp) => (resp, true),
+                        None => return Ok(()),
+                    }
+                }
+                (req, _) => self.handle(req),
+            };
             let sent = self.io.send(&resp);
             drop(in_flight);
             sent?;

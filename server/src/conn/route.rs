@@ -11,6 +11,7 @@
 //! | `Execute`, `Batch` | a `Write` job, or a `SessionWrite` job when this client holds a session |
 //! | `BeginSession`, `Commit`, `Rollback` | `BeginSession`, `EndSession` jobs |
 //! | `Checkpoint`, `Migrate`, `Restore` | jobs of their own |
+//! | `ManyBegin` | the stream, served by `conn::many` (never here); `ManyRows`, `ManyEnd` here are out of place |
 //!
 //! Checked here, before anything is queued: parameters (`--max-params`), batch
 //! size (`--max-batch-statements`), migration order, the restore source, the
@@ -102,6 +103,10 @@ pub(super) fn route(req: Request, client: &Arc<ClientEntry>, shared: &Shared) ->
                 return job(JobKind::Restore(p), timeout_of(timeout_ms, config));
             }
         },
+        // A stream's frames are read by `conn::many` once `ManyBegin` opened it.
+        Request::ManyBegin { .. } | Request::ManyRows { .. } | Request::ManyEnd { .. } => {
+            Response::Error(texts::many_out_of_place(req.kind()))
+        }
         Request::Commit | Request::Rollback => {
             let commit = matches!(req, Request::Commit);
             match session_state(client, config) {

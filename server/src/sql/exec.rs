@@ -19,7 +19,7 @@
 use std::time::Instant;
 
 use litebroker_protocol::sql::{bind_params, from_value_ref};
-use litebroker_protocol::{ErrorInfo, ErrorKind, ExecResult, SqliteCode, Statement, Value};
+use litebroker_protocol::{ErrorInfo, ErrorKind, ExecResult, ManySummary, SqliteCode, Statement, Value};
 use rusqlite::fallible_iterator::FallibleIterator;
 use rusqlite::{Batch, CachedStatement, Connection};
 
@@ -347,6 +347,56 @@ pub fn run_batch(
         }
         out.push(r);
     }
+    Ok(())
+}
+
+/// The statement of a streamed executemany: one ordinary statement, prepared and
+/// authorized once and kept in the statement cache, so that every chunk of rows
+/// runs the same prepared statement.
+///
+/// # Errors
+/// SQLite's error; `not_allowed` for text that is not one ordinary statement
+/// (several statements, transaction control, a savepoint, a schema-version
+/// write, VACUUM), which an executemany cannot hold.
+pub fn prepare_many<'c>(conn: &'c Connection, sql: &str) -> Result<CachedStatement<'c>, ErrorInfo> {
+    check_no_nul(sql)?;
+    prepare_single(conn, sql)?.ok_or_else(texts::many_needs_one_statement)
+}
+
+/// Runs `stmt` once per row of `rows`, adding what it did to `sum`. Rows a
+/// statement returns (`RETURNING`) are stepped through and dropped: an
+/// executemany answers with a summary only.
+///
+/// # Errors
+/// The index in `rows` of the first failing row, with its error; the caller
+/// rolls the whole stream back.
+pub fn run_rows(
+    conn: &Connection,
+    stmt: &mut rusqlite::Statement<'_>,
+    rows: &[Vec<Value>],
+    sum: &mut ManySummary,
+) -> Result<(), (usize, ErrorInfo)> {
+    let wanted = stmt.parameter_count();
+    let returns_rows = stmt.column_count() > 0;
+    for (i, row) in rows.iter().enumerate() {
+        if row.len() != wanted {
+            return Err((i, texts::param_count(wanted, row.len())));
+        }
+        bind_params(stmt, row).map_err(|e| (i, sql_error(&e)))?;
+        let before = conn.total_changes();
+        if returns_rows {
+            let mut out = stmt.raw_query();
+            while out.next().map_err(|e| (i, sql_error(&e)))?.is_some() {}
+        } else {
+            stmt.raw_execute().map_err(|e| (i, sql_error(&e)))?;
+        }
+        // As in `run_one`: sqlite3_changes() is only trusted when this row changed something.
+        if conn.total_changes() > before {
+            sum.changes += conn.changes();
+        }
+        sum.rows += 1;
+    }
+    sum.last_insert_rowid = conn.last_insert_rowid();
     Ok(())
 }
 

@@ -26,6 +26,7 @@ mod failpoints;
 mod group;
 mod lock_wait;
 mod maintenance;
+mod many;
 mod migrate;
 pub(crate) mod open;
 mod recover;
@@ -144,7 +145,13 @@ impl Writer {
             JobKind::SessionWrite(_) | JobKind::EndSession { .. } => {
                 self.sessions.refuse_stale(&self.core, job)
             }
+            JobKind::ManyRows(_) | JobKind::ManyEnd { .. } if mine => {
+                many::run(&mut self.core, &mut self.sessions, job)
+            }
+            // The stream was rolled back (deadline, shutdown) after the client sent this.
+            JobKind::ManyRows(_) | JobKind::ManyEnd { .. } => many::refuse_stale(&self.core, job),
             _ if holder.is_some() => self.sessions.park(job),
+            JobKind::ManyBegin { .. } => many::begin(&mut self.core, &mut self.sessions, job, self.stopping),
             JobKind::Write(_) => self.group.run(&mut self.core, &mut self.sessions, &self.queue, job),
             JobKind::BeginSession => self.sessions.begin(&mut self.core, job, self.stopping),
             JobKind::Checkpoint(mode) => {

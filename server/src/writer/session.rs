@@ -26,6 +26,7 @@ use litebroker_protocol::{ErrorInfo, Response};
 use tracing::{debug, info, warn};
 
 use super::core::{run_body, Core};
+use super::many::ManyStream;
 use crate::guard;
 use crate::job::{set_in_doubt, Job, JobKind};
 use crate::shared::{session_state, ClientEntry, Holder};
@@ -38,6 +39,10 @@ struct ActiveSession {
     lease_deadline: Instant,
     /// No call ran in the session yet (a leading `BEGIN` is then a no-op).
     fresh: bool,
+    /// Set when the writer is held by a streamed executemany rather than a
+    /// session (see `many`): its end is answered by the stream, so the client is
+    /// never told `lease_expired` later.
+    many: Option<ManyStream>,
 }
 
 /// The parked jobs, as a group sees them.
@@ -120,20 +125,33 @@ impl Sessions {
         match core.begin_immediate(job.deadline) {
             Err(e) => job.answer(Response::Error(e)),
             Ok(()) => {
-                let now = Instant::now();
-                client.session.store(session_state::ACTIVE, Ordering::SeqCst);
-                core.shared.set_holder(Some(Holder { client: client.clone(), since: now }));
-                debug!("write session opened by {}", client.describe());
-                self.active = Some(ActiveSession {
-                    client,
-                    started: now,
-                    lease_deadline: now + core.shared.config.lease,
-                    fresh: true,
-                });
+                let lease_deadline = Instant::now() + core.shared.config.lease;
+                self.open(core, client, lease_deadline, None);
                 job.answer(Response::SessionStarted { waited_ms: job.enqueued.elapsed().as_millis() as u64 });
             }
         }
         core.finished(1);
+    }
+
+    /// Records `client` as the holder of the writer (its transaction is open)
+    /// until `lease_deadline`; `many` is set for a streamed executemany.
+    pub(super) fn open(
+        &mut self,
+        core: &Core,
+        client: Arc<ClientEntry>,
+        lease_deadline: Instant,
+        many: Option<ManyStream>,
+    ) {
+        let now = Instant::now();
+        client.session.store(session_state::ACTIVE, Ordering::SeqCst);
+        core.shared.set_holder(Some(Holder { client: client.clone(), since: now }));
+        debug!("write session opened by {}", client.describe());
+        self.active = Some(ActiveSession { client, started: now, lease_deadline, fresh: true, many });
+    }
+
+    /// The open streamed executemany, if a stream holds the writer.
+    pub(super) fn many_mut(&mut self) -> Option<&mut ManyStream> {
+        self.active.as_mut().and_then(|s| s.many.as_mut())
     }
 
     /// A call or the end of the holder's session.
@@ -217,7 +235,7 @@ impl Sessions {
 
     /// Commits or rolls back the session and releases the writer. A failed commit
     /// rolls back. `state_after` is what the client's connection learns.
-    fn end(&mut self, core: &mut Core, commit: bool, state_after: u8) -> Result<(), ErrorInfo> {
+    pub(super) fn end(&mut self, core: &mut Core, commit: bool, state_after: u8) -> Result<(), ErrorInfo> {
         let r = if commit {
             // Pending deferred violations fail the COMMIT, as SQLite's own would;
             // then the setting a session may have turned on can go, and the
@@ -256,6 +274,8 @@ impl Sessions {
     pub(super) fn drop_session(&mut self, core: &Core, state_after: u8) {
         core.db.rollback_if_open();
         if let Some(s) = self.active.take() {
+            // A stream answers its own end; its client holds nothing afterwards.
+            let state_after = if s.many.is_some() { session_state::NONE } else { state_after };
             s.client.session.store(state_after, Ordering::SeqCst);
             debug!(
                 "write session of {} ended after {:.3} s",
@@ -272,11 +292,15 @@ impl Sessions {
         if Instant::now() < s.lease_deadline {
             return;
         }
-        warn!(
-            "write session of {} held the writer longer than the {} s lease; rolled back",
-            s.client.describe(),
-            core.shared.config.lease.as_secs_f64()
-        );
+        if s.many.is_some() {
+            warn!("the executemany of {} was not complete by its deadline; rolled back", s.client.describe());
+        } else {
+            warn!(
+                "write session of {} held the writer longer than the {} s lease; rolled back",
+                s.client.describe(),
+                core.shared.config.lease.as_secs_f64()
+            );
+        }
         self.drop_session(core, session_state::EXPIRED);
     }
 

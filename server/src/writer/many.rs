@@ -1,0 +1,187 @@
+//! Streamed executemany: one statement run once per parameter row, the rows
+//! arriving in chunks while the statement runs, all in one transaction.
+//!
+//! The stream holds the writer the way a write session does (`session`): its
+//! `ManyBegin` job runs `BEGIN IMMEDIATE` (waiting out other processes' locks as
+//! any write does), prepares the statement once (kept in the statement cache, so
+//! every chunk runs the same prepared statement), and records the client as the
+//! holder; every other job is parked until the stream ends. Its lease is the
+//! request's own deadline, not `--lease-secs`: the writer thread sleeps at most
+//! until then and rolls back a stream that is not complete by it, so a client
+//! that stalls never keeps the writer from the others past its deadline. A
+//! client that disconnects is rolled back as a session is.
+//!
+//! - **Exactly once.** A request id covers the whole stream: `ManyBegin` looks it
+//!   up first, and a recorded id is answered with its recorded summary at once
+//!   (the connection then drains the stream's frames and runs none of them); at
+//!   the end the id is recorded with the summary in the stream's transaction.
+//! - **A failing row** rolls the whole stream back and frees the writer; the
+//!   answer names the row's index in the stream (counting from 0).
+//! - **Memory.** A chunk is one frame; the connection hands the writer one chunk
+//!   at a time and decodes the next meanwhile, so the broker holds at most two
+//!   chunks of a stream.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use litebroker_protocol::host::unix_ms;
+use litebroker_protocol::{ManySummary, RequestId, Response, Value};
+use tracing::warn;
+
+use super::core::Core;
+use super::session::Sessions;
+use crate::job::{Job, JobKind};
+use crate::request_ids;
+use crate::sql::exec::{prepare_many, run_rows, sql_error};
+use crate::texts;
+
+/// What the writer keeps of an open stream.
+#[derive(Debug)]
+pub(super) struct ManyStream {
+    sql: String,
+    request_id: Option<RequestId>,
+    sum: ManySummary,
+}
+
+/// Opens the stream of the job's client (see the module's doc); refused while
+/// stopping. The job is answered `SessionStarted` when the stream is open.
+pub(super) fn begin(core: &mut Core, sessions: &mut Sessions, job: Job, stopping: bool) {
+    if !job.claim() {
+        core.finished(1);
+        return;
+    }
+    let JobKind::ManyBegin { sql } = &job.kind else { unreachable!("only ManyBegin comes here") };
+    let Some(client) = job.client.clone() else {
+        core.finished(1);
+        return;
+    };
+    let r = if stopping {
+        Err(texts::shutting_down())
+    } else if let Some(e) = core.writes_refused() {
+        Err(e)
+    } else {
+        core.begin_immediate(job.deadline)
+    };
+    if let Err(e) = r {
+        job.answer(Response::Error(e));
+        core.finished(1);
+        return;
+    }
+    let request_id = job.opts.request_id.filter(|_| core.upkeep.request_ids());
+    let opened = request_id
+        .as_ref()
+        .map_or(Ok(None), |id| request_ids::lookup(core.db.conn(), id).map_err(|e| sql_error(&e)))
+        .and_then(|stored| match stored {
+            // Committed before: its recorded answer is the answer; nothing runs.
+            Some(stored) => Ok(Some(stored)),
+            None => prepare_many(core.db.conn(), sql).map(|_| None),
+        });
+    match opened {
+        Ok(None) => {
+            let stream = ManyStream { sql: sql.clone(), request_id, sum: ManySummary::default() };
+            sessions.open(core, Arc::clone(&client), job.deadline, Some(stream));
+            job.answer(Response::SessionStarted { waited_ms: job.enqueued.elapsed().as_millis() as u64 });
+        }
+        Ok(Some(stored)) => {
+            core.db.rollback().ok();
+            core.shared.counters.deduplicated.fetch_add(1, Ordering::Relaxed);
+            job.answer(stored);
+        }
+        Err(e) => {
+            core.db.rollback().ok();
+            job.answer(Response::Error(e));
+        }
+    }
+    core.finished(1);
+}
+
+/// A chunk or the end of the holder's stream.
+pub(super) fn run(core: &mut Core, sessions: &mut Sessions, job: Job) {
+    if !job.claim() {
+        core.finished(1);
+        return;
+    }
+    let answer = match &job.kind {
+        JobKind::ManyRows(rows) => chunk(core, sessions, rows, job.deadline),
+        JobKind::ManyEnd { rows, commit } => end(core, sessions, *rows, *commit),
+        _ => unreachable!("only stream jobs come here"),
+    };
+    job.answer(answer);
+    core.finished(1);
+}
+
+/// A chunk of a stream the broker already ended (deadline passed, shutdown, an
+/// internal failure): nothing of the stream was applied.
+pub(super) fn refuse_stale(core: &Core, job: Job) {
+    if job.claim() {
+        job.answer(Response::Error(texts::many_rolled_back()));
+    }
+    core.finished(1);
+}
+
+/// Runs one chunk; a failing row ends the stream (rolled back, writer freed).
+fn chunk(core: &mut Core, sessions: &mut Sessions, rows: &[Vec<Value>], deadline: Instant) -> Response {
+    if let Some(e) = core.writes_refused() {
+        sessions.drop_session(core, crate::shared::session_state::NONE);
+        return Response::Error(e);
+    }
+    let Some(stream) = sessions.many_mut() else { return Response::Error(texts::many_rolled_back()) };
+    let cfg = &core.shared.config;
+    let deadline = deadline.min(Instant::now() + cfg.max_statement_time);
+    let first = stream.sum.rows;
+    core.db.arm_deadline(Some(deadline));
+    let ran = prepare_many(core.db.conn(), &stream.sql)
+        .map_err(|e| (0, e))
+        .and_then(|mut stmt| run_rows(core.db.conn(), &mut stmt, rows, &mut stream.sum));
+    core.db.arm_deadline(None);
+    match ran {
+        Ok(()) => Response::ExecutedMany(stream.sum),
+        Err((i, mut e)) => {
+            if e.kind == litebroker_protocol::ErrorKind::Timeout {
+                e.message = texts::statement_interrupted(cfg.max_statement_time);
+            }
+            let row = first + i as u64;
+            sessions.drop_session(core, crate::shared::session_state::NONE);
+            Response::ManyFailed { row, error: texts::many_row_failed(row, e) }
+        }
+    }
+}
+
+/// Ends the stream: abandoned, or the row count checked, the request id recorded
+/// with the summary, and committed (as a session's commit: deferred foreign
+/// keys, the connection's state, then `COMMIT`).
+fn end(core: &mut Core, sessions: &mut Sessions, announced: u64, commit: bool) -> Response {
+    let Some(stream) = sessions.many_mut() else { return Response::Error(texts::many_rolled_back()) };
+    let sum = stream.sum;
+    let id = stream.request_id;
+    let refused = if !commit {
+        Some(texts::many_abandoned())
+    } else if announced != sum.rows {
+        Some(texts::many_row_count(announced, sum.rows))
+    } else {
+        None
+    };
+    if let Some(e) = refused {
+        sessions.drop_session(core, crate::shared::session_state::NONE);
+        return Response::Error(e);
+    }
+    let answer = Response::ExecutedMany(sum);
+    if let Some(id) = &id {
+        let mut buf = Vec::new();
+        if let Err(e) = request_ids::record(core.db.conn(), id, &answer, unix_ms(), &mut buf) {
+            sessions.drop_session(core, crate::shared::session_state::NONE);
+            return Response::Error(sql_error(&e));
+        }
+    }
+    match sessions.end(core, true, crate::shared::session_state::NONE) {
+        Ok(()) => {
+            core.failpoints.after_commit();
+            answer
+        }
+        Err(e) => {
+            warn!("an executemany's commit failed, nothing of it applied: {}", e.message);
+            Response::Error(e)
+        }
+    }
+}
