@@ -117,6 +117,10 @@ enum Command {
         /// The folder of migration files.
         dir: PathBuf,
     },
+    /// Import a CSV, TSV or JSON Lines file (or stdin with `-`) into table T as one
+    /// atomic transaction: `imported N rows into T`. A malformed line or a refused
+    /// row fails it (exit 1, naming the line), and nothing is imported.
+    Import(import::ImportArgs),
     /// The troubleshooting steps, automated: broker, connections, WAL size,
     /// permissions, network filesystem, quick_check, backups. Exit 0 when healthy,
     /// 3 when only the broker is missing, 5 when another check failed.
@@ -132,6 +136,7 @@ enum ModeArg {
 }
 
 mod doctor;
+mod import;
 mod ops;
 
 /// A failure with its exit code.
@@ -517,6 +522,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             };
             ops::checkpoint(cli, mode)?;
         }
+        Command::Import(args) => import::run(cli, args)?,
         Command::Doctor => doctor::doctor(cli)?,
         Command::Migrate { dir } => {
             let migrations = litebroker_client::migrations_from_dir(dir).map_err(|e| {
