@@ -6,5 +6,5 @@
 # Extra arguments go to `lbbench run` (see `target/release/lbbench run --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p litebroker-server --bin litebrokerd -p litebroker-tests --bin lbbench
+cargo build --release -p litebroker-server --bin litebrokerd -p litebroker-cli --bin litebroker -p litebroker-tests --bin lbbench
 exec target/release/lbbench run "$@"

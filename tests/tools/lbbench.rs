@@ -21,6 +21,10 @@
 //!   (`db.execute(INSERT, [&text])`) instead of a raw `Client`: what the handle adds.
 //! - `broker-bulk`: one client sending 100,000 rows for one INSERT as one streamed
 //!   executemany (`Client::execute_many_with`): one transaction, one summary.
+//! - `import` (the synchronous setting NORMAL, or the first asked for): a
+//!   1,000,000-row CSV loaded by `litebroker import` and by the sqlite3 CLI's
+//!   `.import`, same file, same run: rows/s of both, their ratio, the broker's
+//!   peak RSS (module `import`).
 //!
 //! Latency figures are those of the worst client: for p50, p99 and max, the largest
 //! value any client saw. Fairness is the smallest per-client write count divided by
@@ -38,6 +42,9 @@
 #[cfg(unix)]
 #[path = "lbbench/broker.rs"]
 mod broker;
+#[cfg(unix)]
+#[path = "lbbench/import.rs"]
+mod import;
 #[cfg(unix)]
 #[path = "lbbench/measure.rs"]
 mod measure;

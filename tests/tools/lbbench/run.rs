@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 
+use crate::import::measure_import;
 use crate::measure::measure;
 use crate::probes::{broker_ping, fsync_probe, socket_rtt};
 use crate::quiet::{wait_quiet, Foreign, QUIET};
@@ -137,6 +138,14 @@ pub fn run(a: RunArgs) -> Result<()> {
             sum.samples.push(s);
         }
     }
+    // The import scenario last: its large files would slow whatever runs next.
+    let import = if a.only.is_empty() || a.only.iter().any(|o| o == "import") {
+        let sync = if a.sync.contains(&SyncMode::Normal) { SyncMode::Normal } else { a.sync[0] };
+        wait_quiet(patience(a.max_quiet_wait));
+        Some(measure_import(&work, sync, repeats).context("import")?)
+    } else {
+        None
+    };
     let fsync_after = fsync_probe(&work)?;
     let run = Run {
         machine: &machine,
@@ -149,6 +158,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         ping,
         fsync: (fsync_before, fsync_after),
         redone,
+        import: import.as_ref(),
     };
     publish(&run, &out)?;
     std::fs::remove_dir_all(&work).ok();
