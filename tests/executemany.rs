@@ -119,7 +119,25 @@ fn a_client_stalled_past_its_deadline_is_rolled_back_and_frees_the_writer() {
     assert_eq!(end["kind"], "timeout", "{end}");
     assert!(tool.wait_exit(Duration::from_secs(10)).is_some());
     assert_eq!(count(&db), 0);
-    assert!(b.log().contains("was not complete by its deadline; rolled back"), "{}", b.log());
+    assert!(b.log().contains("or was not complete by its deadline; rolled back"), "{}", b.log());
+}
+
+#[test]
+fn a_stream_that_sends_no_rows_for_a_lease_is_rolled_back_whatever_deadline_it_asked_for() {
+    let t = TestDir::new();
+    let db = t.db();
+    let b = Broker::start(&db, &["--lease-secs", "2"]);
+    assert_exit(&cli(&db, &["exec", SCHEMA]), 0);
+    // The stream asks for ten minutes, then stalls after its first chunks.
+    let mut tool = Proc::lbtool(&db, &["many", "--rows", "10000", "--stall-at", "5000", "--timeout", "600"]);
+    assert_eq!(tool.json_line(Duration::from_secs(30))["stalled"], 5000);
+    // The broker's lease (2 s without a chunk) frees the writer for the next writer.
+    assert_exit(&cli(&db, &["--timeout", "30", "exec", "INSERT INTO other VALUES (1)"]), 0);
+    tool.close_stdin();
+    let end = tool.json_line(Duration::from_secs(30));
+    assert_eq!((end["ok"].clone(), end["kind"].clone()), (false.into(), "timeout".into()), "{end}");
+    assert_eq!(count(&db), 0);
+    assert!(b.log().contains("or was not complete by its deadline; rolled back"), "{}", b.log());
 }
 
 #[test]

@@ -220,13 +220,13 @@ pub fn many_abandoned() -> ErrorInfo {
 }
 
 /// The stream's transaction was rolled back by the broker before it ended: its
-/// deadline passed, or the broker is stopping.
+/// deadline passed, it sent no rows for a lease, or the broker is stopping.
 pub fn many_rolled_back() -> ErrorInfo {
     ErrorInfo::new(
         ErrorKind::Timeout,
-        "the executemany timed out: it was not complete within its deadline (or the broker is shutting \
-         down or failed inside), so the broker rolled it back and released the writer; nothing of it was \
-         applied",
+        "the executemany timed out: it was not complete within its deadline or sent no rows for the \
+         broker's lease (--lease-secs), or the broker is shutting down or failed inside; the broker rolled \
+         it back and released the writer; nothing of it was applied",
     )
 }
 

@@ -5,11 +5,13 @@
 //! `ManyBegin` job runs `BEGIN IMMEDIATE` (waiting out other processes' locks as
 //! any write does), prepares the statement once (kept in the statement cache, so
 //! every chunk runs the same prepared statement), and records the client as the
-//! holder; every other job is parked until the stream ends. Its lease is the
-//! request's own deadline, not `--lease-secs`: the writer thread sleeps at most
-//! until then and rolls back a stream that is not complete by it, so a client
-//! that stalls never keeps the writer from the others past its deadline. A
-//! client that disconnects is rolled back as a session is.
+//! holder; every other job is parked until the stream ends. Its lease runs to
+//! the earlier of the request's own deadline and `--lease-secs` from its last
+//! chunk (renewed by each chunk): the writer thread sleeps at most until then and
+//! rolls back a stream that is not complete by it, so a client that stalls keeps
+//! the writer from the others neither past its deadline nor, whatever deadline
+//! it asked for, longer than one lease without sending rows. A client that
+//! disconnects is rolled back as a session is.
 //!
 //! - **Exactly once.** A request id covers the whole stream: `ManyBegin` looks it
 //!   up first, and a recorded id is answered with its recorded summary at once
@@ -42,6 +44,13 @@ pub(super) struct ManyStream {
     sql: String,
     request_id: Option<RequestId>,
     sum: ManySummary,
+    /// The request's deadline: no lease renewal goes past it.
+    deadline: Instant,
+}
+
+/// The stream's lease from now: `--lease-secs`, within its request's deadline.
+fn lease(core: &Core, deadline: Instant) -> Instant {
+    deadline.min(Instant::now() + core.shared.config.lease)
 }
 
 /// Opens the stream of the job's client (see the module's doc); refused while
@@ -79,8 +88,13 @@ pub(super) fn begin(core: &mut Core, sessions: &mut Sessions, job: Job, stopping
         });
     match opened {
         Ok(None) => {
-            let stream = ManyStream { sql: sql.clone(), request_id, sum: ManySummary::default() };
-            sessions.open(core, Arc::clone(&client), job.deadline, Some(stream));
+            let stream = ManyStream {
+                sql: sql.clone(),
+                request_id,
+                sum: ManySummary::default(),
+                deadline: job.deadline,
+            };
+            sessions.open(core, Arc::clone(&client), lease(core, job.deadline), Some(stream));
             job.answer(Response::SessionStarted { waited_ms: job.enqueued.elapsed().as_millis() as u64 });
         }
         Ok(Some(stored)) => {
@@ -136,7 +150,11 @@ fn chunk(core: &mut Core, sessions: &mut Sessions, rows: &[Vec<Value>], deadline
         .and_then(|mut stmt| run_rows(core.db.conn(), &mut stmt, rows, &mut stream.sum));
     core.db.arm_deadline(None);
     match ran {
-        Ok(()) => Response::ExecutedMany(stream.sum),
+        Ok(()) => {
+            let (sum, renewed) = (stream.sum, lease(core, stream.deadline));
+            sessions.renew_lease(renewed);
+            Response::ExecutedMany(sum)
+        }
         Err((i, mut e)) => {
             if e.kind == litebroker_protocol::ErrorKind::Timeout {
                 e.message = texts::statement_interrupted(cfg.max_statement_time);

@@ -149,6 +149,13 @@ impl Sessions {
         self.active = Some(ActiveSession { client, started: now, lease_deadline, fresh: true, many });
     }
 
+    /// Moves the lease of the session holding the writer to `deadline`.
+    pub(super) fn renew_lease(&mut self, deadline: Instant) {
+        if let Some(s) = self.active.as_mut() {
+            s.lease_deadline = deadline;
+        }
+    }
+
     /// The open streamed executemany, if a stream holds the writer.
     pub(super) fn many_mut(&mut self) -> Option<&mut ManyStream> {
         self.active.as_mut().and_then(|s| s.many.as_mut())
@@ -293,7 +300,12 @@ impl Sessions {
             return;
         }
         if s.many.is_some() {
-            warn!("the executemany of {} was not complete by its deadline; rolled back", s.client.describe());
+            warn!(
+                "the executemany of {} sent no rows for the {} s lease or was not complete by its deadline; \
+                 rolled back",
+                s.client.describe(),
+                core.shared.config.lease.as_secs_f64()
+            );
         } else {
             warn!(
                 "write session of {} held the writer longer than the {} s lease; rolled back",
