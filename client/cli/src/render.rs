@@ -103,9 +103,16 @@ fn blob_display(b: &[u8]) -> String {
     }
 }
 
+/// A REAL as text that reads back to the same value: the shortest decimal
+/// form, with a `.0` on whole numbers (Rust prints 1.0 as "1"; SQLite keeps the
+/// point so a REAL reads as one), and an exponent for very large or small ones.
 fn real_text(r: f64) -> String {
-    // Rust prints 1.0 as "1": keep the point so a REAL reads as one, as SQLite does.
-    if r.is_finite() && r.fract() == 0.0 && r.abs() < 1e16 {
+    let a = r.abs();
+    if !r.is_finite() {
+        r.to_string()
+    } else if a != 0.0 && !(1e-5..1e16).contains(&a) {
+        format!("{r:e}")
+    } else if r.fract() == 0.0 {
         format!("{r:.1}")
     } else {
         r.to_string()
