@@ -58,8 +58,10 @@ struct Cli {
     #[arg(long, global = true, value_name = "COLS")]
     width: Option<usize>,
     /// A write with no broker running starts one (detached, race-safe: of several
-    /// started at once, one serves) instead of exiting 3.
-    #[arg(long, global = true, env = "LITEBROKER_AUTOSTART")]
+    /// started at once, one serves) instead of exiting 3. The environment variable
+    /// takes 1/0, true/false, yes/no, on/off.
+    #[arg(long, global = true, env = "LITEBROKER_AUTOSTART",
+          value_parser = clap::builder::BoolishValueParser::new())]
     autostart: bool,
     #[command(subcommand)]
     command: Option<Command>,
