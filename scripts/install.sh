@@ -3,7 +3,11 @@
 # installs both where cargo installs programs: ~/.cargo/bin, which rustup puts on
 # the PATH (or DIR/bin with --root DIR; env CARGO_INSTALL_ROOT as for cargo).
 #
-#   scripts/install.sh [--root DIR] [--uninstall]
+#   scripts/install.sh [--root DIR] [--debug] [--uninstall]
+#
+# --debug installs a debug build instead: quicker to build, slower to run (the
+# quick-start test uses it to reuse the test suite's build; cargo's environment,
+# e.g. CARGO_TARGET_DIR and CARGO_NET_OFFLINE, applies as to any cargo command).
 #
 # It runs, from this repository, one command per program:
 #   cargo install --locked --path server       # litebrokerd
@@ -16,10 +20,12 @@ set -euo pipefail
 die() { echo "install: $*" >&2; exit 2; }
 
 root=()
+profile=()
 uninstall=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     --root) [[ $# -ge 2 ]] || die "--root needs a folder"; root=(--root "$2"); shift 2 ;;
+    --debug) profile=(--debug); shift ;;
     --uninstall) uninstall=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
@@ -34,8 +40,8 @@ if [[ $uninstall == 1 ]]; then
   exit 0
 fi
 
-cargo install --locked "${root[@]}" --path server
-cargo install --locked "${root[@]}" --path client/cli
+cargo install --locked "${root[@]}" "${profile[@]}" --path server
+cargo install --locked "${root[@]}" "${profile[@]}" --path client/cli
 
 # Where cargo put them: --root, else CARGO_INSTALL_ROOT, else CARGO_HOME (~/.cargo).
 if [[ ${#root[@]} -gt 0 ]]; then
