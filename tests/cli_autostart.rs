@@ -12,7 +12,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use litebroker_tests::*;
-use serde_json::Value as Json;
 
 #[test]
 fn ten_clis_writing_at_once_with_autostart_start_one_broker_and_every_write_lands() {
@@ -37,14 +36,14 @@ fn ten_clis_writing_at_once_with_autostart_start_one_broker_and_every_write_land
     assert!(broker_pids(&db).is_empty(), "a CLI without --autostart started a broker");
 
     // Ten at once, half with the flag, half with the environment variable. Each
-    // waits behind a shell until the file `go` appears, so that all look for a
-    // broker in the same few milliseconds. The broker is found next to the CLI,
-    // as an installed pair would be.
+    // waits behind a shell until the file `go` appears (60 s at most, should the
+    // test fail before making it), so that all look for a broker in the same few
+    // milliseconds. The broker is found next to the CLI, as an installed pair would be.
     let go = t.path().join("go");
     let children: Vec<_> = (0..10)
         .map(|i| {
             let mut cmd = Command::new("sh");
-            cmd.args(["-c", r#"until [ -e "$1" ]; do sleep 0.005; done; shift; exec "$@""#, "sh"])
+            cmd.args(["-c", r#"n=0; until [ -e "$1" ] || [ $n -ge 12000 ]; do sleep 0.005; n=$((n+1)); done; shift; exec "$@""#, "sh"])
                 .arg(&go)
                 .arg(bin("litebroker"))
                 .arg("--db")
@@ -87,7 +86,7 @@ fn ten_clis_writing_at_once_with_autostart_start_one_broker_and_every_write_land
     );
     let o = cli(&db, &["--json", "status"]);
     assert_exit(&o, 0);
-    let status: Json = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let status = json_out(&o);
     assert_eq!(pids.into_iter().next().map(u64::from), status["pid"].as_u64(), "{status}");
     let log =
         std::fs::read_to_string(db.with_file_name("app.db-broker.log")).expect("the started broker's log");

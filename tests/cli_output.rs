@@ -8,16 +8,10 @@
 //! (then review the diff).
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use litebroker_tests::*;
 use serde_json::{json, Value as Json};
 use unicode_width::UnicodeWidthStr;
-
-fn json_of(o: &Output) -> Json {
-    serde_json::from_str(stdout(o).trim())
-        .unwrap_or_else(|e| panic!("not one JSON document ({e}): {}", stdout(o)))
-}
 
 /// `quote(v), typeof(v)` of the rows of `t`, in insertion order.
 fn typed_rows(db: &Path) -> Vec<(String, String)> {
@@ -72,11 +66,10 @@ fn parameters_are_values_even_when_they_look_like_flags_and_named_ones_go_where_
     // Reads take them the same way, on the local connection.
     let o = cli(&db, &["--json", "query", "SELECT k FROM t WHERE v = $v OR k = @k", "@k=a=b", "$v=-3"]);
     assert_exit(&o, 0);
-    assert_eq!(json_of(&o)["rows"], json!([["B2"], ["a=b"]]));
+    assert_eq!(json_out(&o)["rows"], json!([["B2"], ["a=b"]]));
     // A name the SQL does not have is a usage error that says how to pass such text.
     let o = cli(&db, &["--json", "exec", "INSERT INTO t VALUES (?, 1)", ":nope=1"]);
-    assert_exit(&o, 2);
-    let msg = json_of(&o)["error"]["message"].as_str().unwrap().to_owned();
+    let msg = assert_json_error(&o, 2, "usage");
     assert!(msg.contains("no parameter named :nope") && msg.contains(r#"'":nope=1"'"#), "{msg}");
     let o = cli(&db, &["exec", "INSERT INTO t VALUES (?, 1)", r#"":nope=1""#]);
     assert_exit(&o, 0);
@@ -169,7 +162,7 @@ fn every_format_prints_nulls_blobs_unicode_and_long_cells_as_its_golden_file() {
     // A write without rows is its counters, as one row of the format.
     let o = cli(&db, &["--format", "jsonl", "exec", "DELETE FROM g WHERE id = 99"]);
     assert_exit(&o, 0);
-    let counters: Json = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let counters = json_out(&o);
     assert_eq!(counters["changes"], 0, "{counters}");
     assert!(counters["last_insert_rowid"].is_i64(), "{counters}");
     let o = cli(&db, &["--format", "csv", "connections"]);
@@ -183,12 +176,11 @@ fn every_format_prints_nulls_blobs_unicode_and_long_cells_as_its_golden_file() {
     assert_exit(&cli(&db, &["backup", "fmt"]), 0);
     let o = cli(&db, &["--format", "jsonl", "backups"]);
     assert_exit(&o, 0);
-    let b: Json = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let b = json_out(&o);
     assert!(b["path"].as_str().unwrap().ends_with("_fmt.db") && b["bytes"].as_u64().unwrap() > 0, "{b}");
     // --json stays one document and does not mix with --format.
     let o = cli(&db, &["--json", "--format", "csv", "query", "SELECT 1"]);
-    assert_exit(&o, 2);
-    assert_eq!(json_of(&o)["error"]["kind"], "usage");
+    assert_json_error(&o, 2, "usage");
 }
 
 #[test]
@@ -251,8 +243,7 @@ fn a_bare_litebroker_without_a_terminal_stays_a_usage_error() {
     assert_exit(&o, 2);
     assert!(stderr(&o).contains("litebroker shell"), "{}", stderr(&o));
     let o = cli(&t.db(), &["--json"]);
-    assert_exit(&o, 2);
-    assert_eq!(json_of(&o)["error"]["kind"], "usage");
+    assert_json_error(&o, 2, "usage");
 }
 
 #[test]

@@ -136,7 +136,7 @@ fn count(db: &Path, table: &str) -> i64 {
 fn writer_holder(db: &Path) -> Json {
     let o = cli(db, &["--json", "status"]);
     assert_exit(&o, 0);
-    serde_json::from_str::<Json>(stdout(&o).trim()).expect("status JSON")["writer_holder"].clone()
+    json_out(&o)["writer_holder"].clone()
 }
 
 #[test]
