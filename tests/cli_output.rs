@@ -1,8 +1,9 @@
 //! What `litebroker` prints and takes, as a user of the `sqlite3` shell would try
 //! it: parameters that look like flags or huge numbers, named parameters, every
 //! `--format` on one result (golden files in `tests/golden/formats/`), a piped
-//! script that stops at its first error, completions for the four shells, and the
-//! examples at the end of each `--help`.
+//! script that stops at its first error, the dot-commands in a script (`.import`,
+//! `.read`, `.output`, `.headers`, `.nullvalue`, `.timer`, `.status`), completions
+//! for the four shells, and the examples at the end of each `--help`.
 //!
 //! `LITEBROKER_BLESS=1` rewrites the golden files from the output of the binary
 //! (then review the diff).
@@ -234,6 +235,111 @@ INSERT INTO s (v) VALUES ('never');
     assert_exit(&o, 3);
     assert!(stdout(&o).contains("n\n-\n3\n"), "{}", stdout(&o));
     assert!(stderr(&o).contains("stdin line 2: no broker is serving"), "{}", stderr(&o));
+}
+
+#[test]
+fn dot_commands_in_a_script_import_read_redirect_and_report() {
+    let t = TestDir::new();
+    let db = t.db();
+    let _b = Broker::start(&db, &[]);
+    let dir = t.path();
+    let file = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let csv_in = file("in.csv", "sku,qty,note\nA1,5,first\n\"B,2\",7,\n");
+    let more = file("more.tsv", "C3\t1\tthird\n");
+    let bad = file("bad.csv", "D4,1,x\nE5,2\n");
+    let sub =
+        file("sub.sql", "SELECT 'from read' AS r;\n\n-- line 3\nSELECT nope FROM skus;\nSELECT 'never';\n");
+    let out = dir.join("out.csv");
+    let script = format!(
+        "\
+.import {csv_in} skus
+.import --tsv {more} skus
+.import {bad} skus
+"
+    );
+    // .import: a missing table is created from the header row; rows go in through
+    // the broker in one transaction; a row of the wrong width imports nothing.
+    let o = cli_with_stdin(&db, &["shell"], Some(&script));
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains("stdin line 3: ")
+            && stderr(&o).contains("line 2: 2 fields, skus takes 3; nothing was imported"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        query_texts(&db, "SELECT sku || '|' || qty || '|' || note FROM skus ORDER BY sku"),
+        ["A1|5|first", "B,2|7|", "C3|1|third"]
+    );
+
+    let script = format!(
+        "\
+.headers off
+SELECT sku, qty FROM skus ORDER BY sku LIMIT 1;
+.headers on
+.nullvalue (none)
+SELECT sku, nullif(note, '') AS note FROM skus WHERE sku < 'C' ORDER BY sku;
+.timer on
+SELECT count(*) AS n FROM skus;
+INSERT INTO skus VALUES ('F6', 0, NULL);
+.timer off
+.output {out}
+.mode csv
+SELECT sku, qty FROM skus ORDER BY sku;
+.output
+.mode line
+SELECT sku FROM skus WHERE sku = 'F6';
+.status
+.read {sub}
+SELECT 'not run either';
+",
+        out = out.display()
+    );
+    let o = cli_with_stdin(&db, &["shell"], Some(&script));
+    assert_exit(&o, 1);
+    // .headers off: rows without the header and rule; .nullvalue: NULL's text;
+    // .output: the csv went to the file, and back to stdout after; .read: the
+    // file's statements in order, its first error named by file and line, the
+    // script stopped there.
+    let text = stdout(&o);
+    let (before_status, status) = text.split_once("database: ").expect("the .status report");
+    assert_eq!(
+        before_status,
+        "A1  5\n(1 row)\nsku  note\n---  ------\nA1   first\nB,2  (none)\n(2 rows)\nn\n-\n3\n(1 row)\nsku = F6\n"
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "sku,qty\r\nA1,5\r\n\"B,2\",7\r\nC3,1\r\nF6,0\r\n");
+    // .status: the database, its broker, the session, the output settings.
+    let pid = json_out(&cli(&db, &["--json", "status"]))["pid"].clone();
+    assert!(status.starts_with(&format!("{}\nbroker:   pid {pid} on ", db.display())), "{status}");
+    assert!(status.contains("session:  none (each write commits on its own)\n"), "{status}");
+    assert!(
+        status.contains("output:   stdout, mode line, headers on, null \"(none)\", timer off\n"),
+        "{status}"
+    );
+    assert!(status.contains("history:  off (not a terminal)\n"), "{status}");
+    assert!(status.ends_with("history:  off (not a terminal)\nr = from read\n"), "{status}");
+    // .timer: each statement's time and where it ran, on stderr.
+    let err = stderr(&o);
+    let timers: Vec<&str> = err.lines().filter(|l| l.starts_with("Run Time: ")).collect();
+    assert_eq!(timers.len(), 2, "{err}");
+    assert!(timers[0].ends_with(" ms (read on the local connection)"), "{err}");
+    assert!(timers[1].ends_with(" ms (write through the broker)"), "{err}");
+    assert!(err.contains(&format!("stdin line 17: {sub} line 4: no such column: nope")), "{err}");
+    assert!(!text.contains("never") && !text.contains("not run either"), "{text}");
+
+    // A broker-less .status says so; reads still work.
+    drop(_b);
+    let o = cli_with_stdin(&db, &["shell"], Some(".status\nSELECT count(*) AS n FROM skus;\n"));
+    assert_exit(&o, 0);
+    assert!(
+        stdout(&o).contains("broker:   none (") && stdout(&o).ends_with("n\n-\n4\n(1 row)\n"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]

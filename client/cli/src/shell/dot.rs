@@ -323,10 +323,13 @@ impl Shell<'_> {
             if self.style.headers { "on" } else { "off" },
             if self.timer { "on" } else { "off" },
         ));
-        text.push_str(&format!(
-            "history:  {}\n",
-            history_path().map_or_else(|| "off".to_owned(), |p| p.display().to_string())
-        ));
+        let history = match history_path() {
+            // Script mode reads no history and keeps none.
+            _ if !self.interactive => "off (not a terminal)".to_owned(),
+            Some(p) => p.display().to_string(),
+            None => "off".to_owned(),
+        };
+        text.push_str(&format!("history:  {history}\n"));
         self.write_out(|o| o.write_all(text.as_bytes()))
     }
 }
