@@ -164,6 +164,17 @@ fn on_a_terminal_multi_line_statements_dot_commands_ctrl_c_history_and_ctrl_d_wo
         s.split_once(".tables\n")
             .is_some_and(|(_, after)| after.lines().next().unwrap_or("").contains("skus"))
     });
+    // A 200-character cell is cut with `…` to fit the 120 columns, never wrapped
+    // (the screen is read with wrapped lines joined).
+    tm.type_line(
+        "SELECT sku, replace(hex(zeroblob(100)), '0', 'x') AS wide, qty FROM skus WHERE sku = 'A1';",
+    );
+    let s =
+        tm.wait_for("the wide row", |s| s.split_once("AS wide").is_some_and(|(_, r)| r.contains("(1 row)")));
+    let row = s.lines().rev().find(|l| l.starts_with("A1 ")).expect("the wide row");
+    assert!(row.ends_with("…  5") && row.chars().count() <= 120, "not fitted to 120 columns: {row:?}");
+    tm.wait_prompt();
+
     tm.type_line(".mode csv");
     tm.type_line("SELECT sku, qty FROM skus ORDER BY sku;");
     tm.wait_for("CSV rows", |s| s.contains("sku,qty\nA1,5\nB2,7\nC3,0"));
