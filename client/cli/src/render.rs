@@ -91,16 +91,35 @@ pub(crate) fn to_json(v: &Value) -> Json {
     }
 }
 
+/// Blobs up to this many bytes are shown whole in display formats.
+const BLOB_WHOLE: usize = 16;
+/// Of a longer blob, this many first bytes are shown, then its length.
+const BLOB_SHOWN: usize = 8;
+
 /// A blob in a display format: whole when short, else its first bytes and its
 /// length, so one big blob does not fill the screen.
 fn blob_display(b: &[u8]) -> String {
-    const WHOLE: usize = 16;
-    const SHOWN: usize = 8;
-    if b.len() <= WHOLE {
+    if b.len() <= BLOB_WHOLE {
         format!("x'{}'", hex(b))
     } else {
-        format!("x'{}…' ({} bytes)", hex(&b[..SHOWN]), b.len())
+        format!("x'{}…' ({} bytes)", hex(&b[..BLOB_SHOWN]), b.len())
     }
+}
+
+/// A display cell cut to `max` columns: a blob keeps its length and loses hex
+/// digits (`x'0a1b…' (40 bytes)`), anything else is cut at its end.
+fn cut(value: Option<&Value>, text: &str, max: usize) -> String {
+    if let Some(Value::Blob(b)) = value {
+        if width_of(text) > max {
+            let tail = format!("…' ({} bytes)", b.len());
+            // Whole bytes only: two hex digits each.
+            let digits = max.saturating_sub(2 + width_of(&tail)) / 2 * 2;
+            if digits > 0 {
+                return format!("x'{}{tail}", &hex(&b[..(digits / 2).min(b.len())]));
+            }
+        }
+    }
+    truncate(text, max)
 }
 
 /// A REAL as text that reads back to the same value: the shortest decimal
@@ -281,16 +300,21 @@ fn display_grid(
 
 fn table(out: &mut dyn Write, columns: &[String], rows: &[Vec<Value>], style: &Style) -> io::Result<()> {
     let (header, cells, widths) = display_grid(columns, rows, style, 2 * columns.len().saturating_sub(1));
-    let mut line = |vals: &[String]| -> io::Result<()> {
-        let parts: Vec<String> = vals.iter().zip(&widths).map(|(v, w)| pad(&truncate(v, *w), *w)).collect();
+    let mut line = |vals: &[String], values: Option<&[Value]>| -> io::Result<()> {
+        let parts: Vec<String> = vals
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (v, w))| pad(&cut(values.and_then(|r| r.get(i)), v, *w), *w))
+            .collect();
         writeln!(out, "{}", parts.join("  ").trim_end())
     };
     if style.headers {
-        line(&header)?;
-        line(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>())?;
+        line(&header, None)?;
+        line(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>(), None)?;
     }
-    for r in &cells {
-        line(r)?;
+    for (r, values) in cells.iter().zip(rows) {
+        line(r, Some(values))?;
     }
     writeln!(out, "({} row{})", rows.len(), if rows.len() == 1 { "" } else { "s" })
 }
@@ -303,17 +327,22 @@ fn boxed(out: &mut dyn Write, columns: &[String], rows: &[Vec<Value>], style: &S
         let parts: Vec<String> = widths.iter().map(|w| "─".repeat(w + 2)).collect();
         format!("{l}{}{r}", parts.join(m))
     };
-    let line = |vals: &[String]| {
-        let parts: Vec<String> = vals.iter().zip(&widths).map(|(v, w)| pad(&truncate(v, *w), *w)).collect();
+    let line = |vals: &[String], values: Option<&[Value]>| {
+        let parts: Vec<String> = vals
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (v, w))| pad(&cut(values.and_then(|r| r.get(i)), v, *w), *w))
+            .collect();
         format!("│ {} │", parts.join(" │ "))
     };
     writeln!(out, "{}", rule("┌", "┬", "┐"))?;
     if style.headers {
-        writeln!(out, "{}", line(&header))?;
+        writeln!(out, "{}", line(&header, None))?;
         writeln!(out, "{}", rule("├", "┼", "┤"))?;
     }
-    for r in &cells {
-        writeln!(out, "{}", line(r))?;
+    for (r, values) in cells.iter().zip(rows) {
+        writeln!(out, "{}", line(r, Some(values)))?;
     }
     writeln!(out, "{}", rule("└", "┴", "┘"))
 }
@@ -329,7 +358,7 @@ fn line_mode(out: &mut dyn Write, columns: &[String], rows: &[Vec<Value>], style
         }
         for (n, v) in names.iter().zip(r) {
             let text = display_text(v, null);
-            let text = value_w.map_or_else(|| text.clone(), |w| truncate(&text, w));
+            let text = value_w.map_or_else(|| text.clone(), |w| cut(Some(v), &text, w));
             writeln!(out, "{}{n} = {text}", " ".repeat(name_w - width_of(n)))?;
         }
     }
@@ -413,6 +442,17 @@ mod tests {
         assert_eq!(fit_widths(&[2, 50, 100], 40), vec![2, 19, 19]);
         assert_eq!(fit_widths(&[2, 5], 40), vec![2, 5]);
         assert_eq!(fit_widths(&[10, 10, 10], 6), vec![4, 4, 4], "too narrow: the minimum, overflowing");
+        // A blob cut to fit keeps its length and whole bytes of its start.
+        let blob = Value::Blob((0..40).collect());
+        let shown = blob_display(&[0; 40]);
+        assert_eq!(shown, "x'0000000000000000…' (40 bytes)");
+        assert_eq!(cut(Some(&blob), &shown, 23), "x'00010203…' (40 bytes)");
+        assert_eq!(cut(Some(&blob), &shown, 20), "x'0001…' (40 bytes)");
+        assert_eq!(cut(Some(&blob), &shown, 18), "x'00…' (40 bytes)");
+        assert_eq!(cut(Some(&blob), &shown, 16), "x'0000000000000…", "no room for a byte: cut as text");
+        let short = Value::Blob(vec![0xab; 16]);
+        assert_eq!(cut(Some(&short), &blob_display(&[0xab; 16]), 24), "x'abababab…' (16 bytes)");
+        assert_eq!(cut(None, "abcdef", 4), "abc…");
     }
 
     #[test]
