@@ -17,14 +17,16 @@ use serde_json::{json, Value as Json};
 use render::{Format, Style};
 
 /// Writes through the database's broker, reads through a local read-only
-/// connection, and operates the broker.
+/// connection, and operates the broker. Without a command, on a terminal: the
+/// interactive shell (`litebroker shell`).
 ///
 /// Parameters of exec and query: everything after the SQL is a parameter, never a
 /// flag (also `-5`, `-`, `--`, `--x`), so give flags such as --json before the SQL. A
 /// parameter is a JSON literal (42, 4.5, -1.5e3, null, true, "text") or, when not
 /// valid JSON, text; an integer outside the 64-bit range stays text exactly as
 /// typed (never a rounded REAL). Pass text that looks like a number or a flag as a
-/// JSON string: '"007"', '"--x"'.
+/// JSON string: '"007"', '"--x"'. `:name=value`, `@name=value` and `$name=value`
+/// give the SQL's named parameters.
 ///
 /// Exit codes: 0 ok, 1 SQL error, 2 usage, 3 broker not running or unreachable, or
 /// refusing writes (reads still work), 4 database locked or timed out, 5
