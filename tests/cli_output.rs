@@ -331,6 +331,22 @@ SELECT 'not run either';
     assert!(err.contains(&format!("stdin line 17: {sub} line 4: no such column: nope")), "{err}");
     assert!(!text.contains("never") && !text.contains("not run either"), "{text}");
 
+    // .schema and .indexes of one table, and .help listing every dot-command.
+    assert_exit(&cli(&db, &["exec", "CREATE INDEX skus_qty ON skus (qty)"]), 0);
+    let o = cli_with_stdin(&db, &["shell"], Some(".schema skus\n.indexes skus\n.help\n"));
+    assert_exit(&o, 0);
+    let text = stdout(&o);
+    assert!(
+        text.starts_with(
+            "CREATE TABLE \"skus\" (\"sku\" TEXT, \"qty\" TEXT, \"note\" TEXT);\n\
+             CREATE INDEX skus_qty ON skus (qty);\nskus_qty\n.help "
+        ),
+        "{text}"
+    );
+    for dot in [".tables", ".mode", ".headers", ".timer", ".read", ".import", ".output", ".status", ".quit"] {
+        assert!(text.contains(&format!("\n{dot} ")), ".help does not list {dot}:\n{text}");
+    }
+
     // A broker-less .status says so; reads still work.
     drop(_b);
     let o = cli_with_stdin(&db, &["shell"], Some(".status\nSELECT count(*) AS n FROM skus;\n"));
