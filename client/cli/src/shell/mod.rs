@@ -46,7 +46,8 @@ enum Txn {
     None,
     /// Between BEGIN and COMMIT/ROLLBACK: every statement runs in the session.
     Open {
-        session: WriteSession<Client>,
+        /// Boxed: a client is large, and `Txn` is mostly `None`.
+        session: Box<WriteSession<Client>>,
         since: Instant,
         /// Where the BEGIN was (`stdin line 3`, `the terminal`), for messages.
         begun: String,
@@ -376,7 +377,8 @@ impl<'a> Shell<'a> {
                         session.waited().as_millis()
                     );
                 }
-                self.txn = Txn::Open { session, since: Instant::now(), begun: place.to_owned() };
+                self.txn =
+                    Txn::Open { session: Box::new(session), since: Instant::now(), begun: place.to_owned() };
                 "BEGIN: write session at the broker"
             }
             (Some(Kind::Begin), Txn::Open { begun, .. }) => {
