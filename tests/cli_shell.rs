@@ -59,16 +59,25 @@ impl Tmux {
     }
 
     /// Types `text` literally (tmux reads a `;` ending an argument as a command
-    /// separator unless it is escaped).
+    /// separator unless it is escaped) and waits for its echo on the last line.
+    ///
+    /// Nothing is typed ahead: the line editor reads the terminal in chunks, and
+    /// what a chunk holds after the Enter that ends an entry is dropped with it. So
+    /// keys are sent once the prompt they are for shows ([`Tmux::wait_prompt`]), and
+    /// Enter once the entry's text is seen, which also makes the prompt that
+    /// follows tell apart from the one before.
+    #[track_caller]
     fn type_text(&self, text: &str) {
         let escaped = match text.strip_suffix(';') {
             Some(head) => format!("{head}\\;"),
             None => text.to_owned(),
         };
         self.run(&["send-keys", "-t", "lb", "-l", &escaped]);
+        self.wait_last_line(&format!("the echo of {text:?}"), |l| l.ends_with(text.trim_end()));
     }
 
     /// Types a line and presses Enter.
+    #[track_caller]
     fn type_line(&self, text: &str) {
         self.type_text(text);
         self.keys(&["Enter"]);
@@ -110,15 +119,30 @@ impl Tmux {
         panic!("the screen never showed {what}:\n{screen}");
     }
 
-    /// Waits for the prompt on the last line, outside a transaction.
+    /// Waits for the prompt on the last line, outside a transaction. Keys are
+    /// sent only once it shows: the line editor switches the terminal to raw mode
+    /// for each entry, and what is typed before may be lost.
     #[track_caller]
     fn wait_prompt(&self) {
+        self.wait_last_line("an empty prompt", |l| l == "litebroker>");
+    }
+
+    /// Waits for the prompt of a write session (`litebroker [txn 3s]>`), nothing typed after it.
+    #[track_caller]
+    fn wait_txn_prompt(&self) {
+        self.wait_last_line("an empty session prompt", |l| {
+            l.starts_with("litebroker [txn ") && l.ends_with("]>")
+        });
+    }
+
+    #[track_caller]
+    fn wait_last_line(&self, what: &str, ok: impl Fn(&str) -> bool) {
         let mut last = String::new();
         if !wait_until(ANSWER, || {
             last = self.last_line();
-            last == "litebroker>"
+            ok(&last)
         }) {
-            panic!("no empty prompt; the last line is {last:?}; the screen:\n{}", self.screen());
+            panic!("no {what}; the last line is {last:?}; the screen:\n{}", self.screen());
         }
     }
 }
@@ -164,6 +188,7 @@ fn on_a_terminal_multi_line_statements_dot_commands_ctrl_c_history_and_ctrl_d_wo
         s.split_once(".tables\n")
             .is_some_and(|(_, after)| after.lines().next().unwrap_or("").contains("skus"))
     });
+    tm.wait_prompt();
     // A 200-character cell is cut with `…` to fit the 120 columns, never wrapped
     // (the screen is read with wrapped lines joined).
     tm.type_line(
@@ -176,6 +201,7 @@ fn on_a_terminal_multi_line_statements_dot_commands_ctrl_c_history_and_ctrl_d_wo
     tm.wait_prompt();
 
     tm.type_line(".mode csv");
+    tm.wait_prompt();
     tm.type_line("SELECT sku, qty FROM skus ORDER BY sku;");
     tm.wait_for("CSV rows", |s| s.contains("sku,qty\nA1,5\nB2,7\nC3,0"));
     tm.wait_prompt();
@@ -188,6 +214,7 @@ fn on_a_terminal_multi_line_statements_dot_commands_ctrl_c_history_and_ctrl_d_wo
     tm.wait_prompt();
     tm.type_line("SELECT count(*) AS n FROM skus;");
     tm.wait_for("the count", |s| s.contains("SELECT count(*) AS n FROM skus;\nn\n3"));
+    tm.wait_prompt();
     assert!(!tm.screen().contains("Error"), "{}", tm.screen());
     assert_eq!(count(&db, "skus"), 3);
 
@@ -240,10 +267,11 @@ fn a_pasted_transaction_holds_the_writer_until_commit_and_another_process_sees_a
     tm.wait_prompt();
 
     // Pasted without its COMMIT: the session is open, the prompt says so.
-    let began = Instant::now();
     tm.paste("BEGIN;\nINSERT INTO items (v) VALUES ('a');\nINSERT INTO items (v) VALUES ('b');\n");
     tm.keys(&["Enter"]);
-    tm.wait_for("the session's prompt", |_| tm.last_line().starts_with("litebroker [txn "));
+    tm.wait_txn_prompt();
+    // The session began before its prompt showed.
+    let began = Instant::now();
     // Another process sees nothing of it; the broker names the shell as the writer's holder.
     let o = cli(&db, &["--json", "query", "SELECT count(*) FROM items"]);
     assert_exit(&o, 0);
@@ -268,6 +296,7 @@ fn a_pasted_transaction_holds_the_writer_until_commit_and_another_process_sees_a
 
     // A whole pasted transaction of 200 inserts, while this process reads in a loop:
     // it sees the rows before it or all of them, never a part.
+    let (first_read, first_read_done) = std::sync::mpsc::channel();
     let reader = {
         let db = db.clone();
         std::thread::spawn(move || {
@@ -278,6 +307,9 @@ fn a_pasted_transaction_holds_the_writer_until_commit_and_another_process_sees_a
             while Instant::now() < deadline {
                 let n: i64 = c.query_row("SELECT count(*) FROM items", [], |r| r.get(0)).unwrap();
                 seen.insert(n);
+                if polls == 0 {
+                    let _ = first_read.send(());
+                }
                 polls += 1;
                 if n == 202 {
                     break;
@@ -286,6 +318,8 @@ fn a_pasted_transaction_holds_the_writer_until_commit_and_another_process_sees_a
             (seen, polls)
         })
     };
+    // The paste starts once the reader has seen the rows before it.
+    first_read_done.recv_timeout(ANSWER).expect("the reader's first read");
     let mut script = String::from("BEGIN;\n");
     for i in 0..200 {
         script.push_str(&format!("INSERT INTO items (v) VALUES ('p{i}');\n"));
@@ -300,9 +334,10 @@ fn a_pasted_transaction_holds_the_writer_until_commit_and_another_process_sees_a
 
     // Ctrl-D inside a transaction rolls it back and still exits 0.
     tm.type_line("BEGIN;");
-    tm.wait_for("the session's prompt", |_| tm.last_line().starts_with("litebroker [txn "));
+    tm.wait_txn_prompt();
     tm.type_line("DELETE FROM items;");
     tm.wait_for("the delete's counters", |s| s.contains("changes: 202"));
+    tm.wait_txn_prompt();
     tm.keys(&["C-d"]);
     let s = tm.wait_for("the exit status", |s| s.contains("[exit 0]"));
     assert!(s.contains("was rolled back: nothing of it was committed"), "{s}");
