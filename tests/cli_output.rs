@@ -254,6 +254,7 @@ fn dot_commands_in_a_script_import_read_redirect_and_report() {
     let sub =
         file("sub.sql", "SELECT 'from read' AS r;\n\n-- line 3\nSELECT nope FROM skus;\nSELECT 'never';\n");
     let out = dir.join("out.csv");
+    let once = dir.join("once.txt");
     let script = format!(
         "\
 .import {csv_in} skus
@@ -293,25 +294,32 @@ SELECT sku, qty FROM skus ORDER BY sku;
 .output
 .mode line
 SELECT sku FROM skus WHERE sku = 'F6';
+.once {once}
+SELECT 'once' AS o;
+SELECT 'after' AS a;
 .status
 .read {sub}
 SELECT 'not run either';
 ",
-        out = out.display()
+        out = out.display(),
+        once = once.display()
     );
     let o = cli_with_stdin(&db, &["shell"], Some(&script));
     assert_exit(&o, 1);
     // .headers off: rows without the header and rule; .nullvalue: NULL's text;
-    // .output: the csv went to the file, and back to stdout after; .read: the
+    // .output: the csv went to the file, and back to stdout after; .once: one
+    // statement's results to a file; .read: the
     // file's statements in order, its first error named by file and line, the
     // script stopped there.
     let text = stdout(&o);
     let (before_status, status) = text.split_once("database: ").expect("the .status report");
     assert_eq!(
         before_status,
-        "A1  5\n(1 row)\nsku  note\n---  ------\nA1   first\nB,2  (none)\n(2 rows)\nn\n-\n3\n(1 row)\nsku = F6\n"
+        "A1  5\n(1 row)\nsku  note\n---  ------\nA1   first\nB,2  (none)\n(2 rows)\nn\n-\n3\n(1 row)\nsku = F6\na = after\n"
     );
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "sku,qty\r\nA1,5\r\n\"B,2\",7\r\nC3,1\r\nF6,0\r\n");
+    // .once: the next statement's results only.
+    assert_eq!(std::fs::read_to_string(&once).unwrap(), "o = once\n");
     // .status: the database, its broker, the session, the output settings.
     let pid = json_out(&cli(&db, &["--json", "status"]))["pid"].clone();
     assert!(status.starts_with(&format!("{}\nbroker:   pid {pid} on ", db.display())), "{status}");
@@ -328,7 +336,7 @@ SELECT 'not run either';
     assert_eq!(timers.len(), 2, "{err}");
     assert!(timers[0].ends_with(" ms (read on the local connection)"), "{err}");
     assert!(timers[1].ends_with(" ms (write through the broker)"), "{err}");
-    assert!(err.contains(&format!("stdin line 17: {sub} line 4: no such column: nope")), "{err}");
+    assert!(err.contains(&format!("stdin line 20: {sub} line 4: no such column: nope")), "{err}");
     assert!(!text.contains("never") && !text.contains("not run either"), "{text}");
 
     // .schema and .indexes of one table, and .help listing every dot-command.

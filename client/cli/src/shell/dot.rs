@@ -126,6 +126,10 @@ impl Shell<'_> {
                 self.style.null = Some(args.first().cloned().ok_or_else(|| usage(".nullvalue TEXT"))?);
             }
             ".output" | ".once" => {
+                let once = cmd == ".once";
+                if once && args.is_empty() {
+                    return Err(usage(".once FILE"));
+                }
                 self.flush_out();
                 self.out = match args.first().map(String::as_str) {
                     None | Some("stdout") => Out::Stdout,
@@ -135,6 +139,7 @@ impl Shell<'_> {
                         Out::File(BufWriter::new(f), PathBuf::from(path))
                     }
                 };
+                self.once = once && matches!(self.out, Out::File(..));
             }
             ".read" => {
                 let [path] = args else { return Err(usage(".read FILE")) };

@@ -29,6 +29,7 @@ pub(crate) const DOT_COMMANDS: &[(&str, &str)] = &[
         "rows of FILE into TABLE in one transaction (TABLE created from the header row when missing)",
     ),
     (".output [FILE]", "results into FILE (truncated first); no argument: back to stdout"),
+    (".once FILE", "the next statement's results into FILE (truncated first)"),
     (".status", "the broker, this shell's write session, output settings"),
     (".quit", "leave (also .exit and Ctrl-D); an open transaction is rolled back"),
 ];

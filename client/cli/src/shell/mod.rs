@@ -87,6 +87,8 @@ pub(crate) struct Shell<'a> {
     style: Style,
     timer: bool,
     out: Out,
+    /// `.once FILE`: the file takes the next statement's results only.
+    once: bool,
 }
 
 impl<'a> Shell<'a> {
@@ -106,6 +108,7 @@ impl<'a> Shell<'a> {
             style,
             timer: false,
             out: Out::Stdout,
+            once: false,
         }
     }
 
@@ -345,8 +348,18 @@ impl<'a> Shell<'a> {
         Ok(self.client.as_mut().expect("just connected"))
     }
 
-    /// Runs one statement where it belongs.
+    /// Runs one statement where it belongs; after it, output set by `.once`
+    /// goes back to stdout.
     fn statement(&mut self, sql: &str, place: &str) -> Result<(), Failure> {
+        let r = self.run_statement(sql, place);
+        if std::mem::take(&mut self.once) {
+            self.flush_out();
+            self.out = Out::Stdout;
+        }
+        r
+    }
+
+    fn run_statement(&mut self, sql: &str, place: &str) -> Result<(), Failure> {
         let started = Instant::now();
         let in_session = matches!(self.txn, Txn::Open { .. });
         let kind = match self.local()? {
