@@ -312,7 +312,9 @@ SELECT 'not run either';
     // file's statements in order, its first error named by file and line, the
     // script stopped there.
     let text = stdout(&o);
-    let (before_status, status) = text.split_once("database: ").expect("the .status report");
+    let Some((before_status, status)) = text.split_once("database: ") else {
+        panic!("no .status report\nstdout:\n{text}\nstderr:\n{}", stderr(&o))
+    };
     assert_eq!(
         before_status,
         "A1  5\n(1 row)\nsku  note\n---  ------\nA1   first\nB,2  (none)\n(2 rows)\nn\n-\n3\n(1 row)\nsku = F6\na = after\n"
