@@ -6,9 +6,9 @@
 //! debug build (`scripts/install.sh --debug`: the same two `cargo install --locked
 //! --path …`, debug profile), with `CARGO_TARGET_DIR` the suite's own target folder
 //! and `CARGO_NET_OFFLINE=true`, so cargo reuses the dependencies the suite already
-//! built and compiles only the two programs (about 20 s on 2 shared vCPUs on
-//! 2026-12-03). The release build the README's line runs took 278 s cold there; it
-//! differs only in the profile. The programs go to a temporary `CARGO_INSTALL_ROOT`;
+//! built and compiles only the two programs: the test took 19 s alone and 38-47 s
+//! within `scripts/test.sh` on 2 shared vCPUs on 2026-12-03. The release build the
+//! README's line runs took 278 s cold there; it differs only in the profile. The programs go to a temporary `CARGO_INSTALL_ROOT`;
 //! the user's `~/.cargo/bin` is not touched.
 //!
 //! Unix only: the quick start is a POSIX shell session (on Windows the README names
