@@ -222,3 +222,27 @@ pub fn wait_queued(status_client: &mut Client, n: u32) {
     let ok = wait_until(READY_TIMEOUT, || depth(status_client) >= n);
     assert!(ok, "{n} requests never queued: {:?}", status_client.status());
 }
+
+/// Brokers of a test's database that are not the test's children (started on
+/// demand): dropping this stops any left, even when the test fails, so no stray
+/// process outlives it.
+#[cfg(unix)]
+pub struct NoStrayBrokers(pub PathBuf);
+
+#[cfg(unix)]
+impl Drop for NoStrayBrokers {
+    fn drop(&mut self) {
+        if crate::broker_pids(&self.0).is_empty() {
+            return;
+        }
+        let _ = cli(&self.0, &["--timeout", "5", "shutdown"]);
+        if !wait_until(Duration::from_secs(10), || crate::broker_pids(&self.0).is_empty()) {
+            for pid in crate::broker_pids(&self.0) {
+                // SAFETY: kill(2) on a broker of this test's own temp database.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}

@@ -4,7 +4,8 @@
 //! folders and waited for with deadlines, never bare sleeps:
 //!
 //! - [`Broker`]: a running `litebrokerd`, its log in a file, ready once it logs
-//!   `listening on`;
+//!   `listening on`; [`broker_pids`] and [`NoStrayBrokers`] for the brokers a test
+//!   did not start itself (an app's or a CLI's on-demand start; Unix);
 //! - [`Proc`]: any other process whose stdout lines are awaited with deadlines
 //!   (an `lbtool` client, the `sqlite3` CLI holding a lock), and [`wait_output`]
 //!   for one that runs to completion;
@@ -49,6 +50,8 @@ pub use system::owner_only_pipe_descriptor;
 #[cfg(unix)]
 pub use system::{as_user, is_root, require_root, require_setpriv};
 pub use system::{fd_count, proc_status_field, rss_kib};
+#[cfg(unix)]
+pub use {broker::NoStrayBrokers, system::broker_pids};
 
 /// The folder holding the workspace's binaries for the current build profile.
 pub fn bin_dir() -> PathBuf {

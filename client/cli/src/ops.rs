@@ -4,11 +4,11 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 use litebroker_client::protocol::{CheckpointMode, DbStats, HealthReport, VerifyReport};
-use litebroker_client::{Client, ClientError, Location};
+use litebroker_client::{Client, ClientError, Location, Value};
 use litebroker_server::ops;
 use serde_json::json;
 
-use crate::{client_failure, connect, fail, ms_to_text, reported, Cli, Failure};
+use crate::{client_failure, connect, fail, ms_to_text, print_rows, reported, style, Cli, Failure};
 
 /// Connects, or reports that no broker runs (so the caller can fall back to a
 /// local read-only operation).
@@ -310,6 +310,24 @@ pub fn backups(cli: &Cli) -> Result<(), Failure> {
         let debris: Vec<_> = debris.iter().map(|p| p.to_string_lossy()).collect();
         println!("{}", json!({ "backups": items, "removed_debris": debris }));
         return Ok(());
+    }
+    if cli.format.is_some() {
+        // --format prints the fields of --json, in that format (debris goes to stderr).
+        for p in &debris {
+            eprintln!("removed {} (left by an interrupted backup)", p.display());
+        }
+        let columns = ["path", "bytes", "modified_unix"].map(String::from);
+        let rows: Vec<Vec<Value>> = list
+            .iter()
+            .map(|b| {
+                vec![
+                    Value::Text(b.path.to_string_lossy().into_owned()),
+                    Value::Integer(b.bytes as i64),
+                    Value::Integer(b.modified_unix as i64),
+                ]
+            })
+            .collect();
+        return print_rows(&columns, &rows, &style(cli));
     }
     for p in &debris {
         println!("removed {} (left by an interrupted backup)", p.display());
