@@ -25,7 +25,9 @@ struct Tmux {
 
 impl Tmux {
     /// Runs `litebroker --db <db> <args>` in a new 120x40 session; when it exits,
-    /// the session prints `[exit N]` and stays, so the status can be read.
+    /// the session prints `[exit N]` and stays, so the status can be read. The
+    /// wrapping `sh` traps Ctrl-C (the terminal sends it to the whole foreground
+    /// group) so that only the shell under test reacts to it.
     fn start(dir: &Path, db: &Path, args: &[&str], history: &Path) -> Tmux {
         static STARTED: AtomicUsize = AtomicUsize::new(0);
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
@@ -34,7 +36,12 @@ impl Tmux {
         cmd.args(["new-session", "-d", "-x", "120", "-y", "40", "-s", "lb"])
             .arg("-e")
             .arg(format!("LITEBROKER_HISTORY={}", history.display()))
-            .args(["sh", "-c", r#"p=$1; shift; "$p" "$@"; echo "[exit $?]"; exec sleep 600"#, "sh"])
+            .args([
+                "sh",
+                "-c",
+                r#"trap : INT; p=$1; shift; "$p" "$@"; echo "[exit $?]"; exec sleep 600"#,
+                "sh",
+            ])
             .arg(bin("litebroker"))
             .arg("--db")
             .arg(db)
@@ -343,4 +350,36 @@ fn a_pasted_transaction_holds_the_writer_until_commit_and_another_process_sees_a
     assert!(s.contains("was rolled back: nothing of it was committed"), "{s}");
     assert_eq!(count(&db, "items"), 202);
     assert_eq!(writer_holder(&db), Json::Null);
+}
+
+#[test]
+fn ctrl_c_while_a_read_runs_stops_that_read_and_the_shell_goes_on() {
+    let t = TestDir::new();
+    let db = t.db();
+    let _b = Broker::start(&db, &[]);
+    assert_exit(&cli(&db, &["exec", "CREATE TABLE skus (sku TEXT PRIMARY KEY, qty INT)"]), 0);
+    let history = t.path().join("history");
+    let tm = Tmux::start(t.path(), &db, &["shell"], &history);
+    tm.wait_prompt();
+
+    // A read that never ends on its own.
+    tm.type_line("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c;");
+    // The key may reach the shell before the query is under way (then it is
+    // ignored): press again until the query reports its interruption.
+    let stopped = wait_until(ANSWER, || {
+        tm.keys(&["C-c"]);
+        wait_until(Duration::from_secs(2), || tm.screen().contains("interrupted"))
+    });
+    assert!(stopped, "the read was not interrupted:\n{}", tm.screen());
+    tm.wait_prompt();
+    assert!(!tm.screen().contains("[exit"), "the shell ended:\n{}", tm.screen());
+
+    // The shell, its reader and its broker connection still work.
+    tm.type_line("INSERT INTO skus VALUES ('A1', 5);");
+    tm.wait_prompt();
+    tm.type_line("SELECT count(*) AS n FROM skus;");
+    tm.wait_for("the count", |s| s.contains("SELECT count(*) AS n FROM skus;\nn\n-\n1\n(1 row)"));
+    tm.wait_prompt();
+    tm.keys(&["C-d"]);
+    tm.wait_for("the exit status", |s| s.contains("[exit 0]"));
 }

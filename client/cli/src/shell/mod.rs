@@ -6,6 +6,7 @@
 
 mod dot;
 mod editor;
+mod interrupt;
 
 use std::fs::File;
 use std::io::{BufRead, BufWriter, IsTerminal, Write};
@@ -17,6 +18,7 @@ use rustyline::error::ReadlineError;
 use rustyline::history::FileHistory;
 use rustyline::{Config, Editor};
 
+use self::interrupt::CtrlC;
 use crate::render::{self, Format, Style};
 use crate::statements::{has_statements, is_complete, split_complete, Classifier, Kind};
 use crate::{client_failure, connect_for_write, fail, output_width, Cli, Failure};
@@ -89,6 +91,8 @@ pub(crate) struct Shell<'a> {
     out: Out,
     /// `.once FILE`: the file takes the next statement's results only.
     once: bool,
+    /// Ctrl-C while a statement runs (interactive only).
+    ctrl_c: Option<CtrlC>,
 }
 
 impl<'a> Shell<'a> {
@@ -109,6 +113,7 @@ impl<'a> Shell<'a> {
             timer: false,
             out: Out::Stdout,
             once: false,
+            ctrl_c: None,
         }
     }
 
@@ -122,6 +127,7 @@ impl<'a> Shell<'a> {
     }
 
     fn interactive(&mut self) -> Result<(), Failure> {
+        self.ctrl_c = CtrlC::install();
         let config = Config::builder()
             .max_history_size(1000)
             .and_then(|b| b.history_ignore_dups(true))
@@ -361,6 +367,7 @@ impl<'a> Shell<'a> {
 
     fn run_statement(&mut self, sql: &str, place: &str) -> Result<(), Failure> {
         let started = Instant::now();
+        let ctrl_c = self.ctrl_c.clone();
         let in_session = matches!(self.txn, Txn::Open { .. });
         let kind = match self.local()? {
             Some(local) => match local.classifier.prepare(sql) {
@@ -382,7 +389,8 @@ impl<'a> Shell<'a> {
                     Some(c) if !c.is_broken() => c,
                     _ => connect_for_write(self.cli)?,
                 };
-                let session = client.into_session(timeout).map_err(|e| self.failure(&e))?;
+                let session =
+                    as_write(&ctrl_c, || client.into_session(timeout)).map_err(|e| self.failure(&e))?;
                 if self.interactive {
                     eprintln!(
                         "write session open: the broker's writer is held for this shell until COMMIT or \
@@ -405,14 +413,14 @@ impl<'a> Shell<'a> {
                 let Txn::Open { session, .. } = std::mem::replace(&mut self.txn, Txn::None) else {
                     unreachable!()
                 };
-                session.commit().map_err(|e| self.failure(&e))?;
+                as_write(&ctrl_c, || session.commit()).map_err(|e| self.failure(&e))?;
                 "COMMIT: write session committed"
             }
             (Some(Kind::Rollback), Txn::Open { .. }) => {
                 let Txn::Open { session, .. } = std::mem::replace(&mut self.txn, Txn::None) else {
                     unreachable!()
                 };
-                session.rollback().map_err(|e| self.failure(&e))?;
+                as_write(&ctrl_c, || session.rollback()).map_err(|e| self.failure(&e))?;
                 "ROLLBACK: write session rolled back"
             }
             (Some(Kind::Commit | Kind::Rollback), Txn::Aborted(why)) => {
@@ -440,7 +448,7 @@ impl<'a> Shell<'a> {
                 ));
             }
             (_, Txn::Open { session, .. }) => {
-                let r = session.execute(sql, &[]);
+                let r = as_write(&ctrl_c, || session.execute(sql, &[]));
                 match r {
                     Ok(r) => {
                         self.show_exec(&r)?;
@@ -462,7 +470,11 @@ impl<'a> Shell<'a> {
             (Some(Kind::Read), Txn::None) => {
                 let rows = {
                     let local = self.local.as_ref().expect("classified on the local connection");
-                    local.reader.query(sql, &[])
+                    let query = || local.reader.query(sql, &[]);
+                    match &ctrl_c {
+                        Some(c) => c.read(local.reader.connection().get_interrupt_handle(), query),
+                        None => query(),
+                    }
                 };
                 let rows = rows.map_err(|e| self.failure(&e))?;
                 if !rows.columns.is_empty() {
@@ -471,7 +483,8 @@ impl<'a> Shell<'a> {
                 "read on the local connection"
             }
             (Some(Kind::Write) | None, Txn::None) => {
-                let r = self.client()?.execute(sql, &[]);
+                let client = self.client()?;
+                let r = as_write(&ctrl_c, || client.execute(sql, &[]));
                 let r = r.map_err(|e| self.failure(&e))?;
                 self.show_exec(&r)?;
                 "write through the broker"
@@ -537,6 +550,14 @@ impl<'a> Shell<'a> {
 }
 
 /// `failure` located at `line` of `source`.
+/// Runs `f`, a call to the broker, telling a Ctrl-C meanwhile why it waits.
+fn as_write<T>(ctrl_c: &Option<CtrlC>, f: impl FnOnce() -> T) -> T {
+    match ctrl_c {
+        Some(c) => c.write(f),
+        None => f(),
+    }
+}
+
 fn at(mut failure: Failure, source: &str, line: usize) -> Located {
     failure.message = format!("{source} line {line}: {}", failure.message);
     Located { failure }
