@@ -310,6 +310,15 @@ pub fn expected_hello(got: &str) -> ErrorInfo {
     ErrorInfo::new(ErrorKind::Protocol, format!("expected a handshake (Hello) as the first frame, got {got}"))
 }
 
+/// `Watch` from a client holding a write session: the connection would become a
+/// stream and the session could never end.
+pub fn watch_in_session() -> ErrorInfo {
+    ErrorInfo::new(
+        ErrorKind::SessionState,
+        "cannot watch on a connection that holds a write session: watch on a connection of its own",
+    )
+}
+
 /// A second handshake on one connection.
 pub fn handshake_again() -> ErrorInfo {
     ErrorInfo::new(ErrorKind::Protocol, "handshake already done on this connection")
