@@ -267,6 +267,18 @@ impl Client {
         }
     }
 
+    /// Waits up to `wait` for the next frame of a stream (a watch): `Ok(None)`
+    /// when none came; an error answer is returned as [`Response::Error`].
+    pub(crate) fn next_response(&mut self, wait: Duration) -> Result<Option<Response>> {
+        match self.stream.next_response(wait) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.broken = true;
+                Err(exchange_error(e))
+            }
+        }
+    }
+
     fn call(&mut self, req: &Request, timeout: Duration) -> Result<Response> {
         self.round_trip(req, timeout + ANSWER_GRACE)
     }
