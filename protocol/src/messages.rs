@@ -806,9 +806,9 @@ impl fmt::Display for ResyncReason {
 pub struct ChangeEvent {
     /// The event's position: resume after it with [`Request::Watch`]'s `since`.
     pub cursor: Cursor,
-    /// When the transaction committed (or the resync was decided), milliseconds
-    /// since the Unix epoch.
-    pub committed_unix_ms: u64,
+    /// When the transaction's COMMIT returned (or the resync was decided),
+    /// microseconds since the Unix epoch.
+    pub committed_unix_us: u64,
     /// The watched tables the transaction changed (empty for a resync).
     pub tables: Vec<TableChange>,
     /// Set for a resync: what the watcher knows may be stale; reload.

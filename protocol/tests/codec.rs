@@ -291,7 +291,7 @@ fn all_responses() -> Vec<Response> {
         Response::Watching { cursor: Cursor { epoch: 1, seq: u64::MAX } },
         Response::Change(ChangeEvent {
             cursor: Cursor { epoch: 1, seq: 2 },
-            committed_unix_ms: u64::MAX,
+            committed_unix_us: u64::MAX,
             tables: vec![TableChange {
                 table: "skus".into(),
                 inserted: 3,
@@ -304,7 +304,7 @@ fn all_responses() -> Vec<Response> {
         }),
         Response::Change(ChangeEvent {
             cursor: Cursor { epoch: 1, seq: 3 },
-            committed_unix_ms: 0,
+            committed_unix_us: 0,
             tables: Vec::new(),
             resync: Some(ResyncReason::ExternalWrite),
         }),

@@ -352,7 +352,7 @@ fn golden_responses() -> Vec<(Response, &'static str)> {
         (
             Response::Change(ChangeEvent {
                 cursor: Cursor { epoch: 7, seq: 1 },
-                committed_unix_ms: 1000,
+                committed_unix_us: 1000,
                 tables: vec![TableChange {
                     table: "skus".into(),
                     inserted: 1,
@@ -508,7 +508,7 @@ fn resync_reason_indexes_are_unchanged() {
     // A resync event: no tables, the reason's index after the `Some` tag.
     let resync = Response::Change(ChangeEvent {
         cursor: Cursor { epoch: 7, seq: 2 },
-        committed_unix_ms: 1001,
+        committed_unix_us: 1001,
         tables: vec![],
         resync: Some(ResyncReason::FellBehind),
     });

@@ -99,9 +99,9 @@ fn change_event() -> impl Strategy<Value = ChangeEvent> {
         Just(Some(ResyncReason::FellBehind)),
     ];
     (any::<(u64, u64, u64)>(), proptest::collection::vec(table, 0..3), reason).prop_map(
-        |((epoch, seq, committed_unix_ms), tables, resync)| ChangeEvent {
+        |((epoch, seq, committed_unix_us), tables, resync)| ChangeEvent {
             cursor: Cursor { epoch, seq },
-            committed_unix_ms,
+            committed_unix_us,
             tables,
             resync,
         },

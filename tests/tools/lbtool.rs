@@ -477,7 +477,7 @@ fn watch(
                         "deleted": t.deleted, "rowids": t.rowids, "rowids_capped": t.rowids_capped,
                     })).collect::<Vec<_>>(),
                     "received_unix_ms": litebroker_protocol::host::unix_ms(),
-                    "committed_unix_ms": e.committed_unix_ms,
+                    "committed_unix_us": e.committed_unix_us,
                 }});
                 println!("{line}");
                 let _ = std::io::stdout().flush();

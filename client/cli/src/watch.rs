@@ -127,7 +127,7 @@ pub(crate) fn event_json(e: &ChangeEvent) -> Json {
             }),
         );
     }
-    json!({ "cursor": e.cursor.to_string(), "committed_at": utc_text(e.committed_unix_ms), "tables": tables })
+    json!({ "cursor": e.cursor.to_string(), "committed_at": utc_text(e.committed_unix_us / 1000), "tables": tables })
 }
 
 /// One event as a line of text: `<cursor> <time> skus +1 ~0 -0 [7]; …`.
@@ -144,7 +144,7 @@ fn event_text(e: &ChangeEvent) -> String {
             format!("{} +{} ~{} -{} [{}{more}]", t.table, t.inserted, t.updated, t.deleted, ids.join(","))
         })
         .collect();
-    format!("{} {} {}", e.cursor, utc_text(e.committed_unix_ms), tables.join("; "))
+    format!("{} {} {}", e.cursor, utc_text(e.committed_unix_us / 1000), tables.join("; "))
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` of a time in ms since the Unix epoch.

@@ -136,7 +136,7 @@ impl Changes {
 pub struct Capture {
     request: Changes,
     txn: Changes,
-    committed: Vec<Changes>,
+    committed: Vec<(u64, Changes)>,
     cap: usize,
 }
 
@@ -212,39 +212,45 @@ impl Capture {
         self.txn.0.clear();
     }
 
-    /// The COMMIT succeeded: the transaction's changes wait to be published.
-    pub fn commit(&mut self) {
+    /// The COMMIT succeeded (at `at_us`, µs since the Unix epoch): the
+    /// transaction's changes wait to be published.
+    pub fn commit(&mut self, at_us: u64) {
         self.keep();
         let txn = std::mem::take(&mut self.txn);
         if !txn.0.is_empty() {
-            self.committed.push(txn);
+            self.committed.push((at_us, txn));
         }
     }
 
-    /// The committed transactions not yet published, oldest first, each as the
-    /// event's tables. `without_rowid` says whether a table has no rowids (asked
+    /// The committed transactions not yet published, oldest first, each as its
+    /// commit time and the event's tables. `without_rowid` says whether a table has no rowids (asked
     /// only for tables where a rowid 0 was seen, which is what the hook reports
     /// for `WITHOUT ROWID` tables).
-    pub fn take_committed(&mut self, mut without_rowid: impl FnMut(&str) -> bool) -> Vec<Vec<TableChange>> {
+    pub fn take_committed(
+        &mut self,
+        mut without_rowid: impl FnMut(&str) -> bool,
+    ) -> Vec<(u64, Vec<TableChange>)> {
         std::mem::take(&mut self.committed)
             .into_iter()
-            .map(|c| {
-                c.0.into_iter()
-                    .map(|mut a| {
-                        if a.rowids.contains(&0) && without_rowid(&a.table) {
-                            a.rowids.clear();
-                            a.capped = true;
-                        }
-                        TableChange {
-                            table: a.table,
-                            inserted: a.inserted,
-                            updated: a.updated,
-                            deleted: a.deleted,
-                            rowids: a.rowids,
-                            rowids_capped: a.capped,
-                        }
-                    })
-                    .collect()
+            .map(|(at, c)| {
+                let tables =
+                    c.0.into_iter()
+                        .map(|mut a| {
+                            if a.rowids.contains(&0) && without_rowid(&a.table) {
+                                a.rowids.clear();
+                                a.capped = true;
+                            }
+                            TableChange {
+                                table: a.table,
+                                inserted: a.inserted,
+                                updated: a.updated,
+                                deleted: a.deleted,
+                                rowids: a.rowids,
+                                rowids_capped: a.capped,
+                            }
+                        })
+                        .collect();
+                (at, tables)
             })
             .collect()
     }

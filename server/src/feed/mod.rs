@@ -25,19 +25,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use litebroker_protocol::host::unix_ms;
 use litebroker_protocol::{ChangeEvent, Cursor, FeedFigures, ResyncReason, TableChange};
 
 use crate::config::Config;
 use crate::shared::lock;
+
+/// Now, in microseconds since the Unix epoch.
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
 
 /// One published event, shared by the ring and the subscribers' buffers.
 #[derive(Debug)]
 pub struct Event {
     /// Sequence number within the epoch (from 1).
     pub seq: u64,
-    /// Commit time, ms since the Unix epoch.
-    pub at_ms: u64,
+    /// Commit time, µs since the Unix epoch.
+    pub at_us: u64,
     /// What the transaction changed (empty for a resync).
     pub tables: Vec<TableChange>,
     /// Set for a resync.
@@ -174,24 +178,25 @@ impl Feed {
         lock(&self.inner).subscribers.len()
     }
 
-    /// Publishes one committed transaction's changes (nothing when empty).
-    pub fn publish(&self, tables: Vec<TableChange>) {
+    /// Publishes one committed transaction's changes (nothing when empty);
+    /// `at_us` is when its COMMIT returned.
+    pub fn publish(&self, at_us: u64, tables: Vec<TableChange>) {
         if !tables.is_empty() {
-            self.push(tables, None);
+            self.push(at_us, tables, None);
         }
     }
 
     /// Publishes a resync for every subscriber (another program wrote the file, a
     /// restore).
     pub fn publish_resync(&self, reason: ResyncReason) {
-        self.push(Vec::new(), Some(reason));
+        self.push(unix_us(), Vec::new(), Some(reason));
     }
 
-    fn push(&self, tables: Vec<TableChange>, resync: Option<ResyncReason>) {
+    fn push(&self, at_us: u64, tables: Vec<TableChange>, resync: Option<ResyncReason>) {
         let bytes = 64 + tables.iter().map(|t| 64 + t.table.len() + 8 * t.rowids.len()).sum::<usize>();
         let mut inner = lock(&self.inner);
         inner.head += 1;
-        let event = Arc::new(Event { seq: inner.head, at_ms: unix_ms(), tables, resync, bytes });
+        let event = Arc::new(Event { seq: inner.head, at_us, tables, resync, bytes });
         inner.ring_bytes += bytes;
         inner.ring.push_back(event.clone());
         while inner.ring.len() > 1
@@ -273,7 +278,7 @@ impl Feed {
             .collect();
         ChangeEvent {
             cursor: Cursor { epoch: self.epoch, seq: event.seq },
-            committed_unix_ms: event.at_ms,
+            committed_unix_us: event.at_us,
             tables,
             resync: event.resync,
         }
@@ -283,7 +288,7 @@ impl Feed {
     pub fn resync_event(&self, seq: u64, reason: ResyncReason) -> ChangeEvent {
         ChangeEvent {
             cursor: Cursor { epoch: self.epoch, seq },
-            committed_unix_ms: unix_ms(),
+            committed_unix_us: unix_us(),
             tables: Vec::new(),
             resync: Some(reason),
         }
@@ -339,15 +344,15 @@ mod tests {
     fn since_replays_exactly_what_came_after_it_filtered() {
         let f = feed(100, 100);
         for t in ["a", "b", "a", "a"] {
-            f.publish(change(t));
+            f.publish(1, change(t));
         }
         let (sub, start) = f.subscribe(vec!["A".into()], Some(Cursor { epoch: f.epoch(), seq: 1 }));
         assert_eq!(start.seq, 1);
         let b = sub.take(Duration::ZERO);
         assert!(b.resync.is_none());
         assert_eq!(seqs(&b), [3, 4]);
-        f.publish(change("b"));
-        f.publish(change("a"));
+        f.publish(1, change("b"));
+        f.publish(1, change("a"));
         assert_eq!(seqs(&sub.take(Duration::ZERO)), [6]);
     }
 
@@ -355,7 +360,7 @@ mod tests {
     fn old_cursor_or_other_epoch_gets_one_resync_at_the_head() {
         let f = feed(2, 100);
         for _ in 0..5 {
-            f.publish(change("a"));
+            f.publish(1, change("a"));
         }
         let (sub, start) = f.subscribe(vec![], Some(Cursor { epoch: f.epoch(), seq: 1 }));
         assert_eq!(start.seq, 5);
@@ -374,7 +379,7 @@ mod tests {
         let f = feed(100, 3);
         let (sub, _) = f.subscribe(vec![], None);
         for _ in 0..5 {
-            f.publish(change("a"));
+            f.publish(1, change("a"));
         }
         let b = sub.take(Duration::ZERO);
         assert_eq!(b.resync, Some((4, ResyncReason::FellBehind)));

@@ -61,8 +61,8 @@ impl Core {
     /// Publishes what the transactions committed since the last call changed
     /// (one event each; after their COMMIT succeeded).
     pub(super) fn publish(&mut self) {
-        for tables in self.db.take_committed() {
-            self.shared.feed.publish(tables);
+        for (at_us, tables) in self.db.take_committed() {
+            self.shared.feed.publish(at_us, tables);
         }
     }
 

@@ -85,7 +85,7 @@ impl WriterDb {
 
     /// The changes of the transactions committed since the last call, oldest
     /// first, ready to publish.
-    pub(super) fn take_committed(&self) -> Vec<Vec<litebroker_protocol::TableChange>> {
+    pub(super) fn take_committed(&self) -> Vec<(u64, Vec<litebroker_protocol::TableChange>)> {
         let mut out = Vec::new();
         capture::with(&self.capture, |c| {
             out = c.take_committed(|table| {
@@ -149,7 +149,8 @@ impl WriterDb {
     /// published (see [`WriterDb::take_committed`]).
     pub(super) fn commit(&self) -> rusqlite::Result<()> {
         self.exec_internal(COMMIT_SQL)?;
-        capture::with(&self.capture, Capture::commit);
+        let at = crate::feed::unix_us();
+        capture::with(&self.capture, |c| c.commit(at));
         Ok(())
     }
 
