@@ -267,6 +267,19 @@ impl Client {
         }
     }
 
+    /// The change feed's figures: subscribers, the ring of recent events, what
+    /// was published (protocol minor 2).
+    ///
+    /// # Errors
+    /// [`ClientError::Broker`] (kind `protocol`) from a broker too old for the feed.
+    pub fn feed_stats(&mut self) -> Result<litebroker_protocol::FeedFigures> {
+        let timeout = self.timeout();
+        match self.call(&Request::FeedStats, timeout)? {
+            Response::FeedStats(f) => Ok(f),
+            other => Err(unexpected("feed-stats", &other)),
+        }
+    }
+
     /// Waits up to `wait` for the next frame of a stream (a watch): `Ok(None)`
     /// when none came; an error answer is returned as [`Response::Error`].
     pub(crate) fn next_response(&mut self, wait: Duration) -> Result<Option<Response>> {

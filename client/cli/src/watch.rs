@@ -11,8 +11,8 @@
 use std::io::Write;
 use std::time::Duration;
 
-use litebroker_client::protocol::{ChangeEvent, Cursor, Request, Response};
-use litebroker_client::{ClientError, ConnectOptions, Watch};
+use litebroker_client::protocol::{ChangeEvent, Cursor};
+use litebroker_client::{ConnectOptions, Watch};
 use serde_json::{json, Value as Json};
 
 use crate::{client_failure, fail, Cli, Failure};
@@ -69,12 +69,7 @@ pub(crate) fn run(
 
 fn print_stats(cli: &Cli) -> Result<(), Failure> {
     let mut client = crate::connect(cli)?;
-    let wait = client.timeout();
-    let f = match client.round_trip(&Request::FeedStats, wait) {
-        Ok(Response::FeedStats(f)) => f,
-        Ok(other) => return Err(client_failure(&ClientError::Unexpected(format!("{other:?}")), Some(cli))),
-        Err(e) => return Err(client_failure(&e, Some(cli))),
-    };
+    let f = client.feed_stats().map_err(|e| client_failure(&e, Some(cli)))?;
     if cli.json {
         println!(
             "{}",

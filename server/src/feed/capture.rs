@@ -27,16 +27,20 @@
 //! ([`Capture::keep`]) when the request's savepoint is released and drops it
 //! ([`Capture::discard`]) when it is rolled back to; `BEGIN` and `ROLLBACK`
 //! forget everything, and only a COMMIT that succeeded hands the transaction's
-//! changes over ([`Capture::commit`]) to be published.
+//! changes over ([`Capture::commit`]) to be published. A client's own
+//! savepoints inside its request are followed too ([`client_savepoint`], told by
+//! the statement loop from what the authorizer reported): `ROLLBACK TO` restores
+//! the record as it was when the savepoint was opened.
 
 use std::collections::HashSet;
 use std::ffi::{c_char, c_int, c_void, CStr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use litebroker_protocol::TableChange;
 use rusqlite::{ffi, Connection};
 
 use crate::shared::lock;
+use crate::sql::authorizer::SavepointOp;
 use crate::sql::text::{has_prefix, RESERVED_PREFIX};
 
 extern "C" {
@@ -108,7 +112,7 @@ impl Acc {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Changes(Vec<Acc>);
 
 impl Changes {
@@ -135,6 +139,9 @@ impl Changes {
 #[derive(Debug)]
 pub struct Capture {
     request: Changes,
+    /// The client's own savepoints open in the running request, each with the
+    /// request's record when it was opened.
+    savepoints: Vec<(String, Changes)>,
     txn: Changes,
     committed: Vec<(u64, Changes)>,
     cap: usize,
@@ -146,6 +153,7 @@ impl Capture {
     pub(crate) fn install(conn: &Connection, cap: usize) -> Arc<Mutex<Capture>> {
         let capture = Arc::new(Mutex::new(Capture {
             request: Changes::default(),
+            savepoints: Vec::new(),
             txn: Changes::default(),
             committed: Vec::new(),
             cap,
@@ -153,9 +161,13 @@ impl Capture {
         // SAFETY: the argument points into the Arc the writer keeps for as long as
         // the connection lives (see `uninstall`); the callback only runs on the
         // thread stepping a statement on this connection.
-        unsafe {
+        let handle = unsafe {
             sqlite3_preupdate_hook(conn.handle(), Some(on_preupdate), Arc::as_ptr(&capture) as *mut c_void);
-        }
+            conn.handle() as usize
+        };
+        let mut registry = lock(&REGISTRY);
+        registry.retain(|(_, w)| w.strong_count() > 0);
+        registry.push((handle, Arc::downgrade(&capture)));
         capture
     }
 
@@ -193,6 +205,7 @@ impl Capture {
     /// The running request's changes belong to the transaction (its savepoint was
     /// released, or it runs without one).
     pub fn keep(&mut self) {
+        self.savepoints.clear();
         let req = std::mem::take(&mut self.request);
         if self.txn.0.is_empty() {
             self.txn = req;
@@ -203,11 +216,13 @@ impl Capture {
 
     /// The running request was rolled back: its changes never happened.
     pub fn discard(&mut self) {
+        self.savepoints.clear();
         self.request.0.clear();
     }
 
     /// BEGIN or ROLLBACK: nothing of the transaction counts.
     pub fn clear(&mut self) {
+        self.savepoints.clear();
         self.request.0.clear();
         self.txn.0.clear();
     }
@@ -253,6 +268,36 @@ impl Capture {
                 (at, tables)
             })
             .collect()
+    }
+}
+
+/// The captures of the writer connections of this process, by connection
+/// handle, for [`client_savepoint`] (the statement loop knows the connection only).
+static REGISTRY: Mutex<Vec<(usize, Weak<Mutex<Capture>>)>> = Mutex::new(Vec::new());
+
+/// A client's savepoint statement ran on `conn`: `ROLLBACK TO` forgets what was
+/// recorded since the savepoint was opened, as SQLite undid it; `RELEASE` closes
+/// it (and those opened after it). A client savepoint never outlives the request:
+/// the broker's own savepoint (or transaction) encloses it.
+pub(crate) fn client_savepoint(conn: &Connection, op: SavepointOp, name: &str) {
+    // SAFETY: only the handle's address is read, as a key.
+    let key = unsafe { conn.handle() } as usize;
+    // A closed connection's address may be reused: only a live capture counts.
+    let live = lock(&REGISTRY).iter().filter(|(k, _)| *k == key).find_map(|(_, w)| w.upgrade());
+    let Some(capture) = live else { return };
+    let mut c = lock(&capture);
+    let at = c.savepoints.iter().rposition(|(n, _)| n.eq_ignore_ascii_case(name));
+    match (op, at) {
+        (SavepointOp::Begin, _) => {
+            let snapshot = c.request.clone();
+            c.savepoints.push((name.to_owned(), snapshot));
+        }
+        (SavepointOp::Release, Some(i)) => c.savepoints.truncate(i),
+        (SavepointOp::RollbackTo, Some(i)) => {
+            c.request = c.savepoints[i].1.clone();
+            c.savepoints.truncate(i + 1);
+        }
+        _ => {}
     }
 }
 

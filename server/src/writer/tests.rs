@@ -329,3 +329,16 @@ fn feed_resyncs_after_another_program_writes_the_file() {
     want.extend(one("t", 1, 0, 0, &[3], false));
     assert_eq!(events(&sub), want);
 }
+
+#[test]
+fn feed_forgets_what_a_client_rolled_back_to_its_own_savepoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, sub) = watched(dir.path(), "CREATE TABLE t (id INTEGER PRIMARY KEY)");
+    plain(
+        &mut w,
+        &["INSERT INTO t VALUES (1); SAVEPOINT a; INSERT INTO t VALUES (2); SAVEPOINT b; INSERT INTO t VALUES (3);
+           ROLLBACK TO a; INSERT INTO t VALUES (4); RELEASE a; INSERT INTO t VALUES (5)"],
+    );
+    assert_eq!(events(&sub), one("t", 3, 0, 0, &[1, 4, 5], false));
+    assert_eq!(count(&w, "SELECT count(*) FROM t"), 3);
+}
