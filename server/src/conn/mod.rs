@@ -118,6 +118,11 @@ impl Conn {
                 None => (req, in_flight),
             };
             if let (Request::Watch { tables, since }, Some(client)) = (&req, self.client.clone()) {
+                if client.minor < texts::FEED_MINOR {
+                    // Its answers would be variants this client cannot decode.
+                    self.io.send(&Response::Error(texts::needs_minor("watch", client.minor)))?;
+                    continue;
+                }
                 if route::session_state(&client, &self.shared.config) == Ok(true) {
                     self.io.send(&Response::Error(texts::watch_in_session()))?;
                     continue;

@@ -104,6 +104,9 @@ pub(super) fn route(req: Request, client: &Arc<ClientEntry>, shared: &Shared) ->
                 return job(JobKind::Restore(p), timeout_of(timeout_ms, config));
             }
         },
+        Request::FeedStats if client.minor < texts::FEED_MINOR => {
+            Response::Error(texts::needs_minor("feed-stats", client.minor))
+        }
         Request::FeedStats => Response::FeedStats(shared.feed.figures()),
         // Served by the connection (`conn::watch`) before routing.
         Request::Watch { .. } => Response::Error(texts::watch_in_session()),
