@@ -331,9 +331,17 @@ fn watcher(db: &Path, client: usize) -> Result<()> {
     let mut w = d.watch_all();
     w.subscribe().context("subscribe")?;
     let (start, end) = await_go()?;
+    // The window's ends on the wall clock the broker stamps commits with.
     let window_us = |i: Instant| {
-        let now_us = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |x| x.as_micros() as u64);
-        now_us.saturating_sub(Instant::now().saturating_duration_since(i).as_micros() as u64)
+        let (now, now_us) = (
+            Instant::now(),
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |x| x.as_micros() as u64),
+        );
+        if i >= now {
+            now_us + (i - now).as_micros() as u64
+        } else {
+            now_us.saturating_sub((now - i).as_micros() as u64)
+        }
     };
     let (from_us, to_us) = (window_us(start), window_us(end));
     let (mut lat, mut events, mut resyncs) = (Vec::new(), 0u64, 0u64);
@@ -355,6 +363,7 @@ fn watcher(db: &Path, client: usize) -> Result<()> {
         json!({
             "watcher": true,
             "events": events,
+            "measured": lat.len(),
             "resyncs": resyncs,
             "p50_ns": percentile(&lat, 50.0),
             "p99_ns": percentile(&lat, 99.0),
