@@ -267,6 +267,31 @@ impl Client {
         }
     }
 
+    /// The change feed's figures: subscribers, the ring of recent events, what
+    /// was published (protocol minor 2).
+    ///
+    /// # Errors
+    /// [`ClientError::Broker`] (kind `protocol`) from a broker too old for the feed.
+    pub fn feed_stats(&mut self) -> Result<litebroker_protocol::FeedFigures> {
+        let timeout = self.timeout();
+        match self.call(&Request::FeedStats, timeout)? {
+            Response::FeedStats(f) => Ok(f),
+            other => Err(unexpected("feed-stats", &other)),
+        }
+    }
+
+    /// Waits up to `wait` for the next frame of a stream (a watch): `Ok(None)`
+    /// when none came; an error answer is returned as [`Response::Error`].
+    pub(crate) fn next_response(&mut self, wait: Duration) -> Result<Option<Response>> {
+        match self.stream.next_response(wait) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.broken = true;
+                Err(exchange_error(e))
+            }
+        }
+    }
+
     fn call(&mut self, req: &Request, timeout: Duration) -> Result<Response> {
         self.round_trip(req, timeout + ANSWER_GRACE)
     }

@@ -353,6 +353,18 @@ impl Db {
         self.checkout(deadline)?.client().migrate(migrations)
     }
 
+    /// Watches `tables` through the change feed: a blocking iterator of the
+    /// committed transactions that touched them, on a broker connection of its
+    /// own (not the pool's), reconnecting by itself (see [`crate::watch`]).
+    pub fn watch(&self, tables: &[&str]) -> crate::Watch {
+        crate::Watch::new(self.inner.opts.clone(), tables.iter().map(|t| (*t).to_owned()).collect())
+    }
+
+    /// Watches every table (see [`Db::watch`]).
+    pub fn watch_all(&self) -> crate::Watch {
+        crate::Watch::new(self.inner.opts.clone(), Vec::new())
+    }
+
     /// A broker connection of its own, for admin calls (status, stats, backup…).
     ///
     /// # Errors

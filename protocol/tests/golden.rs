@@ -66,6 +66,8 @@ fn request_index(r: &Request) -> u8 {
         Request::Restore { .. } => 14,
         Request::Migrate { .. } => 15,
         Request::Health => 16,
+        Request::Watch { .. } => 17,
+        Request::FeedStats => 18,
     }
 }
 
@@ -89,6 +91,9 @@ fn response_index(r: &Response) -> u8 {
         Response::Restored(_) => 15,
         Response::Migrated(_) => 16,
         Response::Health(_) => 17,
+        Response::Watching { .. } => 18,
+        Response::Change(_) => 19,
+        Response::FeedStats(_) => 20,
     }
 }
 
@@ -172,6 +177,12 @@ fn golden_requests() -> Vec<(Request, &'static str)> {
         ),
         // Protocol minor 1.
         (Request::Health, "0100000010"),
+        // Protocol minor 2.
+        (
+            Request::Watch { tables: vec!["skus".into()], since: Some(Cursor { epoch: 7, seq: 300 }) },
+            "0c00000011 01 04736b75 73 01 07 fb2c01",
+        ),
+        (Request::FeedStats, "0100000012"),
     ]
 }
 
@@ -336,6 +347,40 @@ fn golden_responses() -> Vec<(Response, &'static str)> {
             }),
             "0800000011 00 01 036f6666 00",
         ),
+        // Protocol minor 2.
+        (Response::Watching { cursor: Cursor { epoch: 7, seq: 0 } }, "0300000012 07 00"),
+        (
+            Response::Change(ChangeEvent {
+                cursor: Cursor { epoch: 7, seq: 1 },
+                committed_unix_us: 1000,
+                tables: vec![TableChange {
+                    table: "skus".into(),
+                    inserted: 1,
+                    updated: 2,
+                    deleted: 0,
+                    rowids: vec![7, -1],
+                    rowids_capped: false,
+                }],
+                resync: None,
+            }),
+            "1400000013 07 01 fbe803 01 04736b7573 01 02 00 02 0e01 00 00",
+        ),
+        (
+            Response::FeedStats(FeedFigures {
+                epoch: 7,
+                head: Cursor { epoch: 7, seq: 2 },
+                subscribers: 3,
+                ring_events: 2,
+                ring_bytes: 200,
+                ring_max_events: 10,
+                ring_max_bytes: 1000,
+                oldest: Some(Cursor { epoch: 7, seq: 1 }),
+                published: 2,
+                resyncs: 1,
+                dropped_backlogs: 1,
+            }),
+            "1100000014 07 07 02 03 02 c80a fbe803 01 0701 02 01 01",
+        ),
     ]
 }
 
@@ -443,4 +488,29 @@ fn handshake_prefix_is_frozen() {
     }));
     assert_eq!(bytes[FRAME_HEADER_LEN], 0);
     assert_eq!(u32::from(bytes[FRAME_HEADER_LEN + 1]), PROTOCOL_VERSION);
+}
+
+#[test]
+fn resync_reason_indexes_are_unchanged() {
+    let all = [
+        ResyncReason::CursorTooOld,
+        ResyncReason::OtherEpoch,
+        ResyncReason::ExternalWrite,
+        ResyncReason::Restore,
+        ResyncReason::FellBehind,
+    ];
+    for (i, r) in all.iter().enumerate() {
+        let mut buf = Vec::new();
+        encode_frame(r, &mut buf, HARD_MAX_FRAME).unwrap();
+        assert_eq!(buf[FRAME_HEADER_LEN..], [i as u8], "index of {r:?}");
+    }
+    assert!(decode_payload::<ResyncReason>(&[all.len() as u8]).is_err());
+    // A resync event: no tables, the reason's index after the `Some` tag.
+    let resync = Response::Change(ChangeEvent {
+        cursor: Cursor { epoch: 7, seq: 2 },
+        committed_unix_us: 1001,
+        tables: vec![],
+        resync: Some(ResyncReason::FellBehind),
+    });
+    check(&resync, &compact("0900000013 07 02 fbe903 00 01 04"), 19);
 }

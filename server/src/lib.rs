@@ -10,6 +10,7 @@ mod accept;
 mod admin;
 pub mod config;
 mod conn;
+mod feed;
 mod guard;
 mod instance;
 mod job;

@@ -92,6 +92,20 @@ struct Args {
     /// of big rows, a huge value) fails with an "out of memory" error instead.
     #[arg(long, default_value_t = 1024)]
     max_memory_mb: u64,
+    /// Most events the change feed's ring keeps, so that a watcher that reconnects with
+    /// `--since` gets what it missed.
+    #[arg(long, default_value_t = 10_000)]
+    feed_ring_events: usize,
+    /// Most memory the change feed's ring may take, in MiB.
+    #[arg(long, default_value_t = 16)]
+    feed_ring_mb: usize,
+    /// Most events waiting for one watcher; one further behind has its backlog dropped
+    /// and gets a resync.
+    #[arg(long, default_value_t = 4096)]
+    watch_buffer_events: usize,
+    /// Most rowids listed per table and transaction in a change event.
+    #[arg(long, default_value_t = 1000)]
+    feed_rowids_cap: usize,
     /// Another user id allowed to connect (repeatable); by default only the broker's own user may.
     #[arg(long = "allow-uid")]
     allow_uids: Vec<u32>,
@@ -138,6 +152,19 @@ fn config(a: Args) -> Result<Config, BrokerError> {
         }
     }
     c.max_group_requests = a.max_group_requests;
+    for (name, v) in [
+        ("feed-ring-events", a.feed_ring_events),
+        ("feed-ring-mb", a.feed_ring_mb),
+        ("watch-buffer-events", a.watch_buffer_events),
+    ] {
+        if v == 0 {
+            return Err(BrokerError::Config(format!("--{name} must be at least 1")));
+        }
+    }
+    c.feed_ring_events = a.feed_ring_events;
+    c.feed_ring_bytes = a.feed_ring_mb.saturating_mul(1024 * 1024);
+    c.watch_buffer_events = a.watch_buffer_events;
+    c.feed_rowids_cap = a.feed_rowids_cap;
     c.max_batch_statements = a.max_batch_statements;
     c.max_params = a.max_params;
     c.max_rows = a.max_rows;

@@ -144,6 +144,8 @@ pub struct Shared {
     pub connections: AtomicUsize,
     /// Whether the writer records request ids (exactly-once writes).
     pub request_ids: AtomicBool,
+    /// The change feed.
+    pub feed: crate::feed::Feed,
     clients: Mutex<BTreeMap<u64, Arc<ClientEntry>>>,
     next_client_id: AtomicU64,
     holder: Mutex<Option<Holder>>,
@@ -163,6 +165,7 @@ impl Shared {
     /// Shared state for a broker that serves `db_path` on `socket`.
     pub fn new(config: Config, db_path: String, socket: String, stop_tx: Sender<StopReason>) -> Shared {
         Shared {
+            feed: crate::feed::Feed::new(&config),
             config,
             db_path,
             socket,

@@ -310,6 +310,29 @@ pub fn expected_hello(got: &str) -> ErrorInfo {
     ErrorInfo::new(ErrorKind::Protocol, format!("expected a handshake (Hello) as the first frame, got {got}"))
 }
 
+/// The protocol minor that brought the change feed (`Watch`, `FeedStats`).
+pub const FEED_MINOR: u32 = 2;
+
+/// A request whose answer a client of `minor` could not decode.
+pub fn needs_minor(request: &str, minor: u32) -> ErrorInfo {
+    ErrorInfo::new(
+        ErrorKind::Protocol,
+        format!(
+            "'{request}' needs protocol minor {FEED_MINOR} or later; this client speaks {}.{minor}",
+            litebroker_protocol::PROTOCOL_VERSION
+        ),
+    )
+}
+
+/// `Watch` from a client holding a write session: the connection would become a
+/// stream and the session could never end.
+pub fn watch_in_session() -> ErrorInfo {
+    ErrorInfo::new(
+        ErrorKind::SessionState,
+        "cannot watch on a connection that holds a write session: watch on a connection of its own",
+    )
+}
+
 /// A second handshake on one connection.
 pub fn handshake_again() -> ErrorInfo {
     ErrorInfo::new(ErrorKind::Protocol, "handshake already done on this connection")

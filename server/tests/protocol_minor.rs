@@ -68,7 +68,18 @@ fn an_unknown_request_from_a_newer_minor_is_answered_naming_both_versions() {
     assert!(e.message.starts_with("malformed frame") && !e.message.contains("this broker"), "{e:?}");
     assert_eq!(same.round_trip(&Request::Ping, WAIT).unwrap(), Response::Pong);
 
-    drop((c, same));
+    // The change feed's requests from a minor-1 client (which could only have
+    // forged them): an error it can decode, never a stream of variants it cannot.
+    let mut old = FrameStream::connect(&ready.socket).unwrap();
+    assert!(matches!(old.round_trip(&hello(1), WAIT).unwrap(), Response::Hello(_)));
+    for req in [Request::Watch { tables: vec![], since: None }, Request::FeedStats] {
+        let Response::Error(e) = old.round_trip(&req, WAIT).unwrap() else { panic!("{req:?} answered") };
+        assert_eq!(e.kind, ErrorKind::Protocol, "{e:?}");
+        assert!(e.message.contains("needs protocol minor 2"), "{e:?}");
+    }
+    assert_eq!(old.round_trip(&Request::Ping, WAIT).unwrap(), Response::Pong);
+
+    drop((c, same, old));
     ready.stopper.stop(StopReason::Signal);
     broker.join().unwrap().unwrap();
 }

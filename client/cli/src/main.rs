@@ -196,6 +196,24 @@ enum Command {
         /// The folder of migration files.
         dir: PathBuf,
     },
+    /// Print the change feed: one line per committed transaction that touched a
+    /// watched table (all tables when none is named), flushed at once; `--json`: one
+    /// JSON object per line. Exits 0 after --count events or on Ctrl-C; 3 when no
+    /// broker runs.
+    Watch {
+        /// Tables to watch (none: all).
+        tables: Vec<String>,
+        /// Resume after this cursor (`<epoch>-<seq>`, as printed): missed events are
+        /// replayed, or a resync says they cannot be.
+        #[arg(long)]
+        since: Option<String>,
+        /// Exit after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Print the broker's feed figures (subscribers, the ring) instead.
+        #[arg(long)]
+        stats: bool,
+    },
     /// The troubleshooting steps, automated: broker, connections, WAL size,
     /// permissions, network filesystem, quick_check, backups. Exit 0 when healthy,
     /// 3 when only the broker is missing, 5 when another check failed.
@@ -229,6 +247,7 @@ mod params;
 mod render;
 mod shell;
 mod statements;
+mod watch;
 
 /// A failure with its exit code.
 pub(crate) struct Failure {
@@ -643,6 +662,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             }
         }
         Command::Stats => ops::stats(cli)?,
+        Command::Watch { tables, since, count, stats } => {
+            watch::run(cli, tables, since.as_deref(), *count, *stats)?
+        }
         Command::Verify => ops::verify(cli)?,
         Command::Backup { label, keep } => ops::backup(cli, Some(label), *keep)?,
         Command::Backups => ops::backups(cli)?,

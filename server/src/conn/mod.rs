@@ -11,6 +11,7 @@ mod direct;
 mod handshake;
 mod io;
 mod route;
+mod watch;
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -116,6 +117,21 @@ impl Conn {
                 }
                 None => (req, in_flight),
             };
+            if let (Request::Watch { tables, since }, Some(client)) = (&req, self.client.clone()) {
+                if client.minor < texts::FEED_MINOR {
+                    // Its answers would be variants this client cannot decode.
+                    self.io.send(&Response::Error(texts::needs_minor("watch", client.minor)))?;
+                    continue;
+                }
+                if route::session_state(&client, &self.shared.config) == Ok(true) {
+                    self.io.send(&Response::Error(texts::watch_in_session()))?;
+                    continue;
+                }
+                client.requests.fetch_add(1, Ordering::Relaxed);
+                drop(in_flight);
+                // From here on the connection is a stream of events.
+                return watch::serve(&mut self.io, &self.shared, &client, tables.clone(), *since);
+            }
             let (resp, keep_open) = self.handle(req);
             let sent = self.io.send(&resp);
             drop(in_flight);

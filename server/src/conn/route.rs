@@ -11,6 +11,8 @@
 //! | `Execute`, `Batch` | a `Write` job, or a `SessionWrite` job when this client holds a session |
 //! | `BeginSession`, `Commit`, `Rollback` | `BeginSession`, `EndSession` jobs |
 //! | `Checkpoint`, `Migrate`, `Restore` | jobs of their own |
+//! | `FeedStats` | an answer from the change feed |
+//! | `Watch` | the connection becomes a stream (`conn::watch`), before routing |
 //!
 //! Checked here, before anything is queued: parameters (`--max-params`), batch
 //! size (`--max-batch-statements`), migration order, the restore source, the
@@ -102,6 +104,12 @@ pub(super) fn route(req: Request, client: &Arc<ClientEntry>, shared: &Shared) ->
                 return job(JobKind::Restore(p), timeout_of(timeout_ms, config));
             }
         },
+        Request::FeedStats if client.minor < texts::FEED_MINOR => {
+            Response::Error(texts::needs_minor("feed-stats", client.minor))
+        }
+        Request::FeedStats => Response::FeedStats(shared.feed.figures()),
+        // Served by the connection (`conn::watch`) before routing.
+        Request::Watch { .. } => Response::Error(texts::watch_in_session()),
         Request::Commit | Request::Rollback => {
             let commit = matches!(req, Request::Commit);
             match session_state(client, config) {

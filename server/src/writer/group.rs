@@ -258,6 +258,8 @@ impl GroupCommit {
                 }
                 set_in_doubt(false);
                 self.results = results;
+                // After the answers: the feed never delays a writer.
+                core.publish();
                 core.upkeep.checkpoint_if_large(&mut core.db, &core.shared);
             }
             Err((at, cause)) if !single => {
