@@ -13,8 +13,8 @@ use litebroker_protocol::rendezvous::Location;
 use litebroker_protocol::stream::{ExchangeError, FrameStream};
 use litebroker_protocol::{
     BackupReport, BrokerStatus, CheckpointMode, CheckpointReport, ClientInfo, DbStats, ErrorInfo, ErrorKind,
-    ExecResult, HealthReport, HelloAck, Migration, MigrationReport, Request, Response, RestoreReport,
-    Statement, Value, VerifyReport, WriteOptions,
+    ExecResult, HealthReport, HelloAck, MetricsReport, Migration, MigrationReport, Request, Response,
+    RestoreReport, Statement, Value, VerifyReport, WriteOptions,
 };
 
 use crate::autostart::{self, StartOutcome};
@@ -397,6 +397,26 @@ impl Client {
         match self.call(&Request::Health, self.timeout)? {
             Response::Health(h) => Ok(h),
             other => Err(unexpected("health", &other)),
+        }
+    }
+
+    /// The broker's figures: requests by kind and outcome, latency histograms,
+    /// queue, sessions, locks, WAL, checkpoints, process (the Prometheus data
+    /// model; [`MetricsReport::exposition`] renders the text format).
+    ///
+    /// # Errors
+    /// When the broker does not answer, or is too old to report them (protocol
+    /// minor below 2).
+    pub fn metrics(&mut self) -> Result<MetricsReport> {
+        if self.hello.minor < 2 {
+            return Err(ClientError::Unexpected(format!(
+                "the broker (litebrokerd {}, protocol {}.{}) is too old to report metrics; upgrade it",
+                self.hello.broker_version, self.hello.protocol, self.hello.minor
+            )));
+        }
+        match self.call(&Request::Metrics, self.timeout)? {
+            Response::Metrics(m) => Ok(m),
+            other => Err(unexpected("metrics", &other)),
         }
     }
 

@@ -7,6 +7,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::MetricsReport;
+
 /// A SQLite value as it crosses the wire.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Value {
@@ -208,6 +210,11 @@ pub enum Request {
     /// whether it still accepts writes at all. Protocol minor 1. Answered by
     /// [`Response::Health`].
     Health,
+    /// The broker's figures (requests, latencies, queue, sessions, locks, WAL,
+    /// checkpoints, process) in the Prometheus data model. Protocol minor 2: a
+    /// broker answers it only to clients that said minor 2 or later. Answered by
+    /// [`Response::Metrics`].
+    Metrics,
 }
 
 impl Request {
@@ -231,6 +238,7 @@ impl Request {
             Request::Restore { .. } => "restore",
             Request::Migrate { .. } => "migrate",
             Request::Health => "health",
+            Request::Metrics => "metrics",
         }
     }
 }
@@ -479,6 +487,8 @@ pub enum Response {
     Migrated(MigrationReport),
     /// Answer to [`Request::Health`].
     Health(HealthReport),
+    /// Answer to [`Request::Metrics`]. Protocol minor 2.
+    Metrics(MetricsReport),
 }
 
 impl Response {

@@ -136,6 +136,7 @@ fn all_requests() -> Vec<Request> {
         },
         Request::Migrate { migrations: Vec::new(), timeout_ms: 0 },
         Request::Health,
+        Request::Metrics,
         Request::Migrate {
             migrations: vec![
                 Migration { version: 1, name: "init".into(), sql: "CREATE TABLE skus (sku TEXT);".into() },
@@ -281,6 +282,34 @@ fn all_responses() -> Vec<Response> {
             exactly_once: false,
             exactly_once_off: Some("disabled".into()),
             writes_stopped: Some("the -wal file was deleted".into()),
+        }),
+        Response::Metrics(MetricsReport { at_unix_ms: 0, families: Vec::new() }),
+        Response::Metrics(MetricsReport {
+            at_unix_ms: 1_700_000_000_000,
+            families: vec![
+                MetricFamily {
+                    name: "litebroker_requests_total".into(),
+                    help: "Requests answered.".into(),
+                    kind: MetricKind::Counter,
+                    series: vec![MetricSeries {
+                        labels: vec![("kind".into(), "execute".into()), ("outcome".into(), "ok".into())],
+                        value: MetricValue::Number(1e15),
+                    }],
+                },
+                MetricFamily {
+                    name: "litebroker_write_latency_seconds".into(),
+                    help: "ünïcode ✓ \n".into(),
+                    kind: MetricKind::Histogram,
+                    series: vec![MetricSeries {
+                        labels: Vec::new(),
+                        value: MetricValue::Histogram(HistogramValue {
+                            bounds: vec![1e-5, 0.5, f64::MAX],
+                            counts: vec![0, u64::MAX, 1, 2],
+                            sum: -0.0,
+                        }),
+                    }],
+                },
+            ],
         }),
     ];
     v.extend(all_error_kinds().into_iter().map(|k| Response::error(k, format!("a {k} failure"))));

@@ -66,6 +66,7 @@ fn request_index(r: &Request) -> u8 {
         Request::Restore { .. } => 14,
         Request::Migrate { .. } => 15,
         Request::Health => 16,
+        Request::Metrics => 17,
     }
 }
 
@@ -89,6 +90,7 @@ fn response_index(r: &Response) -> u8 {
         Response::Restored(_) => 15,
         Response::Migrated(_) => 16,
         Response::Health(_) => 17,
+        Response::Metrics(_) => 18,
     }
 }
 
@@ -172,6 +174,8 @@ fn golden_requests() -> Vec<(Request, &'static str)> {
         ),
         // Protocol minor 1.
         (Request::Health, "0100000010"),
+        // Protocol minor 2.
+        (Request::Metrics, "0100000011"),
     ]
 }
 
@@ -335,6 +339,53 @@ fn golden_responses() -> Vec<(Response, &'static str)> {
                 writes_stopped: None,
             }),
             "0800000011 00 01 036f6666 00",
+        ),
+        // Protocol minor 2: one family of each kind, both kinds of value.
+        (
+            Response::Metrics(MetricsReport {
+                at_unix_ms: 1_700_000_000_000,
+                families: vec![
+                    MetricFamily {
+                        name: "a_total".into(),
+                        help: "A.".into(),
+                        kind: MetricKind::Counter,
+                        series: vec![MetricSeries {
+                            labels: vec![("k".into(), "v".into())],
+                            value: MetricValue::Number(3.0),
+                        }],
+                    },
+                    MetricFamily {
+                        name: "g".into(),
+                        help: String::new(),
+                        kind: MetricKind::Gauge,
+                        series: vec![MetricSeries { labels: Vec::new(), value: MetricValue::Number(-0.5) }],
+                    },
+                    MetricFamily {
+                        name: "h_seconds".into(),
+                        help: "H.".into(),
+                        kind: MetricKind::Histogram,
+                        series: vec![MetricSeries {
+                            labels: Vec::new(),
+                            value: MetricValue::Histogram(HistogramValue {
+                                bounds: vec![0.25],
+                                counts: vec![2, 1],
+                                sum: 1.0,
+                            }),
+                        }],
+                    },
+                ],
+            }),
+            // 12 Metrics, at_unix_ms, 3 families; then each family:
+            // "a_total", "A.", 00 Counter, 1 series, 1 label (k, v), 00 Number 3.0;
+            // "g", "", 01 Gauge, 1 series, no labels, 00 Number -0.5;
+            // "h_seconds", "H.", 02 Histogram, 1 series, no labels, 01 Histogram,
+            // bounds [0.25], counts [2, 1], sum 1.0
+            concat!(
+                "5a00000012 fd0068e5cf8b010000 03",
+                "07615f746f74616c 02412e 00 01 01 016b0176 00 0000000000000840",
+                "0167 00 01 01 00 00 000000000000e0bf",
+                "09685f7365636f6e6473 02482e 02 01 00 01 01 000000000000d03f 02 02 01 000000000000f03f"
+            ),
         ),
     ]
 }

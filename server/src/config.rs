@@ -1,5 +1,6 @@
 //! Broker configuration: every limit and policy knob, with its default.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -80,6 +81,9 @@ pub struct Config {
     /// Most memory SQLite may take in the broker process, in bytes (its hard heap
     /// limit): a statement needing more fails instead of growing the broker.
     pub max_memory: u64,
+    /// Where to serve `GET /metrics` (a loopback address; port 0: one the system
+    /// picks), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -110,6 +114,7 @@ impl Config {
             idle_checkpoint_after: Duration::from_secs(1),
             request_id_retention: Some(Duration::from_secs(24 * 3600)),
             max_memory: 1024 * 1024 * 1024,
+            metrics_listen: None,
         }
     }
 

@@ -332,6 +332,19 @@ pub fn malformed(malformed: &dyn std::fmt::Display, client_minor: u32, broker_mi
     ErrorInfo::new(ErrorKind::Protocol, message)
 }
 
+/// A request appended in protocol minor `needed` from a client that said it speaks
+/// an older minor: its answer would be a variant that client cannot decode.
+pub fn needs_minor(kind: &str, needed: u32, client_minor: u32) -> ErrorInfo {
+    ErrorInfo::new(
+        ErrorKind::Protocol,
+        format!(
+            "the {kind} request needs protocol {PROTOCOL_VERSION}.{needed} or later, and this client said it \
+             speaks {PROTOCOL_VERSION}.{client_minor}: its answer is not sent to a client that could not \
+             decode it"
+        ),
+    )
+}
+
 // ----- limits -----------------------------------------------------------------------
 
 /// A request frame longer than `--max-frame-bytes` (answered, then the connection

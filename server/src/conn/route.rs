@@ -4,7 +4,7 @@
 //!
 //! | request | goes to |
 //! |---|---|
-//! | `Ping`, `Health`, `Status`, `Connections` | an answer from shared state |
+//! | `Ping`, `Health`, `Status`, `Connections`, `Metrics` | an answer from shared state |
 //! | `Shutdown` | the stop sequence (`crate::shutdown`), answered `ShuttingDown` |
 //! | `Stats`, `Verify` | `crate::admin`, on this thread |
 //! | `Backup` | `crate::admin`, on this thread, with progress frames |
@@ -28,8 +28,12 @@ use super::deadline::timeout_of;
 use crate::admin;
 use crate::config::Config;
 use crate::job::{JobKind, WriteBody};
+use crate::metrics;
 use crate::shared::{session_state, ClientEntry, Shared, StopReason};
 use crate::texts;
+
+/// The protocol minor that appended `Request::Metrics` and its answer.
+const METRICS_MINOR: u32 = 2;
 
 /// What to do with a request.
 // Built once per request and matched at once.
@@ -63,6 +67,11 @@ pub(super) fn route(req: Request, client: &Arc<ClientEntry>, shared: &Shared) ->
         Request::Hello(_) => Response::Error(texts::handshake_again()),
         Request::Ping => Response::Pong,
         Request::Health => Response::Health(shared.health()),
+        // An answer a client cannot decode is never sent (see `job::for_minor`).
+        Request::Metrics if client.minor < METRICS_MINOR => {
+            Response::Error(texts::needs_minor(req.kind(), METRICS_MINOR, client.minor))
+        }
+        Request::Metrics => Response::Metrics(metrics::report::report(shared)),
         Request::Status => Response::Status(shared.status()),
         Request::Connections => Response::Connections(shared.connections()),
         Request::Shutdown => {

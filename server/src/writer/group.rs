@@ -239,20 +239,35 @@ impl GroupCommit {
                 if committed {
                     core.failpoints.after_commit();
                     core.upkeep.committed();
-                    let c = &core.shared.counters;
+                    let (c, m) = (&core.shared.counters, &core.shared.metrics);
                     c.commits.fetch_add(1, Ordering::Relaxed);
-                    c.group_commits.fetch_add(1, Ordering::Relaxed);
-                    c.committed_requests.fetch_add(group.len() as u64, Ordering::Relaxed);
+                    m.group_size.observe(group.len() as u64);
                     c.max_group.fetch_max(group.len() as u64, Ordering::Relaxed);
-                    let us = commit_time.as_micros() as u64;
-                    c.commit_us.fetch_add(us, Ordering::Relaxed);
-                    c.max_commit_us.fetch_max(us, Ordering::Relaxed);
+                    m.commit.observe_duration(commit_time);
+                    c.max_commit_us.fetch_max(commit_time.as_micros() as u64, Ordering::Relaxed);
+                    if core.upkeep.request_ids() {
+                        // Each request with an id that succeeded was either answered
+                        // from its record or recorded now (one that failed rolled
+                        // back with its savepoint).
+                        let with_ids = group
+                            .iter()
+                            .zip(&results)
+                            .filter(|(j, r)| r.is_ok() && j.opts.request_id.is_some());
+                        let recorded = (with_ids.count() as u64).saturating_sub(self.dedup);
+                        m.request_ids_recorded.fetch_add(recorded, Ordering::Relaxed);
+                    }
                     c.deduplicated.fetch_add(std::mem::take(&mut self.dedup), Ordering::Relaxed);
                     if touches_schema {
                         core.refresh_schema_version();
                     }
                 }
                 self.dedup = 0;
+                // Counted before the answers go out, so that a caller who has its
+                // answer finds its write counted.
+                let answered = Instant::now();
+                for job in group {
+                    core.shared.metrics.write_latency.observe_duration(answered - job.enqueued);
+                }
                 for (job, r) in group.iter().zip(results.drain(..)) {
                     job.answer(r.unwrap_or_else(Response::Error));
                 }
@@ -264,6 +279,7 @@ impl GroupCommit {
                 results.clear();
                 self.results = results;
                 self.dedup = 0;
+                core.shared.metrics.group_reruns.fetch_add(1, Ordering::Relaxed);
                 self.rerun(core, group, at, cause);
             }
             Err((_, cause)) => {
@@ -347,11 +363,10 @@ impl GroupCommit {
     }
 }
 
-/// Counts how long a one-shot write waited in the queue (for `status`).
+/// Counts how long a one-shot write waited in the queue (for `status` and the
+/// metrics).
 fn note_queue_wait(shared: &Shared, job: &Job) {
-    let us = job.enqueued.elapsed().as_micros() as u64;
-    let c = &shared.counters;
-    c.queue_waits.fetch_add(1, Ordering::Relaxed);
-    c.queue_wait_us.fetch_add(us, Ordering::Relaxed);
-    c.max_queue_wait_us.fetch_max(us, Ordering::Relaxed);
+    let waited = job.enqueued.elapsed();
+    shared.metrics.queue_wait.observe_duration(waited);
+    shared.counters.max_queue_wait_us.fetch_max(waited.as_micros() as u64, Ordering::Relaxed);
 }
