@@ -121,6 +121,12 @@ enum Command {
     /// permissions, network filesystem, quick_check, backups. Exit 0 when healthy,
     /// 3 when only the broker is missing, 5 when another check failed.
     Doctor,
+    /// The broker's figures in the Prometheus text format (requests, latency
+    /// histograms, queue, sessions, locks, WAL, checkpoints, memory); --json: one document.
+    Metrics,
+    /// A live view of the broker, refreshed every second: writes/s, p50/p99 latency,
+    /// queue depth, clients, WAL, last checkpoint. Leave with q or Ctrl-C.
+    Top,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -132,7 +138,9 @@ enum ModeArg {
 }
 
 mod doctor;
+mod metrics;
 mod ops;
+mod top;
 
 /// A failure with its exit code.
 pub(crate) struct Failure {
@@ -518,6 +526,8 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             ops::checkpoint(cli, mode)?;
         }
         Command::Doctor => doctor::doctor(cli)?,
+        Command::Metrics => metrics::metrics(cli)?,
+        Command::Top => top::top(cli)?,
         Command::Migrate { dir } => {
             let migrations = litebroker_client::migrations_from_dir(dir).map_err(|e| {
                 fail(2, "usage", format!("cannot read migrations from {}: {e}", dir.display()))
