@@ -96,7 +96,7 @@ struct Args {
     #[arg(long = "allow-uid")]
     allow_uids: Vec<u32>,
     /// Serve the metrics (Prometheus text format) at http://ADDR/metrics; ADDR is
-    /// IP:PORT on a loopback address (127.0.0.1:9187, [::1]:9187, localhost:9187).
+    /// IP:PORT on a loopback address (127.0.0.1:9899, [::1]:9899, localhost:9899).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
 }

@@ -47,7 +47,7 @@ pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
         None => s.parse::<SocketAddr>().ok(),
     };
     let addr = addr.ok_or_else(|| {
-        format!("--metrics-listen takes IP:PORT on a loopback address (e.g. 127.0.0.1:9187), got '{s}'")
+        format!("--metrics-listen takes IP:PORT on a loopback address (e.g. 127.0.0.1:9899), got '{s}'")
     })?;
     check_loopback(addr)?;
     Ok(addr)
@@ -263,17 +263,17 @@ mod tests {
 
     #[test]
     fn only_loopback_addresses_are_accepted() {
-        for ok in ["127.0.0.1:9187", "127.1.2.3:0", "[::1]:9187", "localhost:9187"] {
+        for ok in ["127.0.0.1:9899", "127.1.2.3:0", "[::1]:9899", "localhost:9899"] {
             let addr = parse_listen_addr(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
             assert!(addr.ip().is_loopback());
         }
         for refused in
-            ["0.0.0.0:9187", "[::]:9187", "192.168.1.2:9187", "10.0.0.1:80", "[::ffff:127.0.0.1]:1"]
+            ["0.0.0.0:9899", "[::]:9899", "192.168.1.2:9899", "10.0.0.1:80", "[::ffff:127.0.0.1]:1"]
         {
             let e = parse_listen_addr(refused).unwrap_err();
             assert!(e.contains("not a loopback address"), "{refused}: {e}");
         }
-        for bad in ["9187", "localhost", "example.com:80", "127.0.0.1", "localhost:x"] {
+        for bad in ["9899", "localhost", "example.com:80", "127.0.0.1", "localhost:x"] {
             let e = parse_listen_addr(bad).unwrap_err();
             assert!(e.contains("takes IP:PORT"), "{bad}: {e}");
         }

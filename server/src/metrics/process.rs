@@ -46,9 +46,10 @@ pub(super) fn read() -> ProcessFigures {
     unsafe {
         let me = GetCurrentProcess();
         let mut mem: PROCESS_MEMORY_COUNTERS = std::mem::zeroed();
-        mem.cb = std::mem::size_of::<PROCESS_MEMORY_COUNTERS>() as u32;
+        let size = std::mem::size_of::<PROCESS_MEMORY_COUNTERS>() as u32;
+        mem.cb = size;
         let resident_bytes =
-            (K32GetProcessMemoryInfo(me, &mut mem, mem.cb) != 0).then_some(mem.WorkingSetSize as u64);
+            (K32GetProcessMemoryInfo(me, &mut mem, size) != 0).then_some(mem.WorkingSetSize as u64);
         let mut handles = 0u32;
         let open_fds = (GetProcessHandleCount(me, &mut handles) != 0).then_some(u64::from(handles));
         ProcessFigures { resident_bytes, open_fds, max_fds: None }

@@ -53,7 +53,7 @@ impl Core {
     /// A transaction other than a group committed (a session, a migration, a
     /// restore): counted, and the idle checkpoint is due after it.
     pub(super) fn committed(&mut self) {
-        self.upkeep.committed();
+        self.upkeep.committed(&self.db, &self.shared);
         self.shared.counters.commits.fetch_add(1, Ordering::Relaxed);
     }
 

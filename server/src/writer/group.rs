@@ -238,7 +238,7 @@ impl GroupCommit {
                 let committed = results.iter().any(Result::is_ok);
                 if committed {
                     core.failpoints.after_commit();
-                    core.upkeep.committed();
+                    core.upkeep.committed(&core.db, &core.shared);
                     let (c, m) = (&core.shared.counters, &core.shared.metrics);
                     c.commits.fetch_add(1, Ordering::Relaxed);
                     m.group_size.observe(group.len() as u64);

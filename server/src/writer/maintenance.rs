@@ -184,9 +184,12 @@ impl Maintenance {
         self.last_job = Instant::now();
     }
 
-    /// Something was committed: the idle checkpoint is due after it.
-    pub(super) fn committed(&mut self) {
+    /// Something was committed: the idle checkpoint is due after it, and the WAL's
+    /// size is published for the metrics (here rather than from the WAL hook
+    /// inside the COMMIT; a checkpoint publishes its own).
+    pub(super) fn committed(&mut self, db: &WriterDb, shared: &Shared) {
         self.dirty = true;
+        shared.metrics.wal_frames.store(db.wal_frames(), Ordering::Relaxed);
     }
 
     /// Whether something was committed since the last idle checkpoint.
@@ -242,9 +245,6 @@ impl Maintenance {
     /// running after every commit.
     pub(super) fn checkpoint_if_large(&mut self, db: &mut WriterDb, shared: &Shared) {
         let frames = db.wal_frames();
-        // Published for the metrics here, after every job and group, rather than
-        // from the WAL hook inside each COMMIT.
-        shared.metrics.wal_frames.store(frames, Ordering::Relaxed);
         if frames < self.checkpoint_at {
             if frames < CHECKPOINT_FRAMES {
                 // The WAL was reset (restarted from its beginning).
