@@ -157,8 +157,9 @@ pub struct Metrics {
     requests: [[AtomicU64; N_OUTCOMES]; N_KINDS],
     /// How long one-shot writes waited in the queue for the writer (µs).
     pub queue_wait: Histogram,
-    /// How long the statements of one write request ran, one-shot or in a
-    /// session, each run counted (a group re-run runs them again) (µs).
+    /// A one-shot write's part of its group transaction, from its turn to the
+    /// next request's or the COMMIT: savepoint, request-id lookup and record,
+    /// statements; each run counted (a re-run group runs them again) (µs).
     pub execute: Histogram,
     /// How long the `COMMIT` of a group-commit transaction took (µs).
     pub commit: Histogram,

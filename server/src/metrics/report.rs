@@ -101,7 +101,7 @@ pub(crate) fn report(shared: &Shared) -> MetricsReport {
     );
     r.histogram(
         "litebroker_write_execute_seconds",
-        "How long the statements of one write request ran (one-shot or in a session; a re-run group runs them again).",
+        "A one-shot write's part of its group transaction, from its turn to the next request's or the COMMIT (a re-run group runs it again).",
         &m.execute,
         US,
     );

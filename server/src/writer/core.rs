@@ -113,7 +113,6 @@ pub(super) fn run_body(
     let stmt_deadline = deadline.min(Instant::now() + cfg.max_statement_time);
     let limits = limits(cfg, stmt_deadline);
     db.arm_deadline(Some(stmt_deadline));
-    let started = Instant::now();
     let r = match body {
         WriteBody::Execute(stmt) => {
             let mut out = ExecResult::default();
@@ -129,7 +128,6 @@ pub(super) fn run_body(
         }
     };
     db.arm_deadline(None);
-    shared.metrics.execute.observe_duration(started.elapsed());
     r.map_err(|mut e| {
         if e.kind == ErrorKind::Timeout {
             shared.metrics.interrupted.fetch_add(1, Ordering::Relaxed);
