@@ -10,6 +10,9 @@
 //! they are missing (`.ci/run` installs both). Those and the HTTP ones are Unix
 //! only; the exit-2 refusal and the CLI's counts run everywhere.
 
+// The helpers of the Unix-only tests are unused elsewhere.
+#![cfg_attr(not(unix), allow(unused))]
+
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -81,7 +84,7 @@ fn the_cli_counts_requests_by_kind_and_outcome() {
 #[test]
 fn a_metrics_listen_address_that_is_not_loopback_is_refused_before_the_database_is_touched() {
     let t = TestDir::new();
-    for addr in ["0.0.0.0:0", "[::]:0", "192.0.2.1:9187", "example.com:80"] {
+    for addr in ["0.0.0.0:0", "[::]:0", "192.0.2.1:9899", "example.com:80"] {
         let o = Command::new(bin("litebrokerd"))
             .arg("--db")
             .arg(t.db())
