@@ -8,13 +8,13 @@ use std::borrow::BorrowMut;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use litebroker_protocol::backoff::{jitter, Backoff};
+use litebroker_protocol::backoff::jitter;
 use litebroker_protocol::rendezvous::Location;
 use litebroker_protocol::stream::{ExchangeError, FrameStream};
 use litebroker_protocol::{
     BackupReport, BrokerStatus, CheckpointMode, CheckpointReport, ClientInfo, DbStats, ErrorInfo, ErrorKind,
-    ExecResult, HealthReport, HelloAck, Migration, MigrationReport, Request, Response, RestoreReport,
-    Statement, Value, VerifyReport, WriteOptions,
+    ExecResult, HealthReport, HelloAck, MetricsReport, Migration, MigrationReport, Request, Response,
+    RestoreReport, Statement, Value, VerifyReport, WriteOptions,
 };
 
 use crate::autostart::{self, StartOutcome};
@@ -113,7 +113,7 @@ impl Client {
     /// The last connect error once the deadline passes, or at once for errors a
     /// retry cannot fix (e.g. an incompatible broker).
     pub fn reconnect(&mut self, deadline: Instant) -> Result<()> {
-        let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        let backoff = crate::connect::RECONNECT;
         let mut retry = 0;
         loop {
             let mut opts = self.opts.clone();
@@ -422,6 +422,26 @@ impl Client {
         match self.call(&Request::Health, self.timeout)? {
             Response::Health(h) => Ok(h),
             other => Err(unexpected("health", &other)),
+        }
+    }
+
+    /// The broker's figures: requests by kind and outcome, latency histograms,
+    /// queue, sessions, locks, WAL, checkpoints, process (the Prometheus data
+    /// model; [`MetricsReport::exposition`] renders the text format).
+    ///
+    /// # Errors
+    /// When the broker does not answer, or is too old to report them (protocol
+    /// minor below 2).
+    pub fn metrics(&mut self) -> Result<MetricsReport> {
+        if self.hello.minor < 2 {
+            return Err(ClientError::Unexpected(format!(
+                "the broker (litebrokerd {}, protocol {}.{}) is too old to report metrics; upgrade it",
+                self.hello.broker_version, self.hello.protocol, self.hello.minor
+            )));
+        }
+        match self.call(&Request::Metrics, self.timeout)? {
+            Response::Metrics(m) => Ok(m),
+            other => Err(unexpected("metrics", &other)),
         }
     }
 

@@ -35,13 +35,9 @@ use std::time::{Duration, Instant};
 use litebroker_protocol::{ChangeEvent, Cursor, ErrorKind, Request, Response};
 
 use crate::client::Client;
+use crate::connect::RECONNECT;
 use crate::error::{ClientError, Result};
 use crate::options::ConnectOptions;
-
-/// Longest pause between two connection attempts while no broker answers.
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
-/// First pause after a failed attempt.
-const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
 
 /// A subscription to the change feed (see the module's documentation).
 #[derive(Debug)]
@@ -52,7 +48,8 @@ pub struct Watch {
     last: Option<Cursor>,
     started: Option<Cursor>,
     retry_at: Option<Instant>,
-    delay: Duration,
+    /// Failed attempts since the last subscription (the backoff's step).
+    failures: u32,
     subscriptions: u64,
 }
 
@@ -68,7 +65,7 @@ impl Watch {
             last: None,
             started: None,
             retry_at: None,
-            delay: FIRST_RETRY_DELAY,
+            failures: 0,
             subscriptions: 0,
         }
     }
@@ -117,7 +114,7 @@ impl Watch {
                 self.client = Some(client);
                 self.started = Some(cursor);
                 self.subscriptions += 1;
-                self.delay = FIRST_RETRY_DELAY;
+                self.failures = 0;
                 self.retry_at = None;
                 if self.last.is_none_or(|l| l.epoch == cursor.epoch && l.seq <= cursor.seq) {
                     // A fresh watch, or one that resumes: events after `cursor` follow.
@@ -152,8 +149,8 @@ impl Watch {
                     if !transient(&e) {
                         return Err(e);
                     }
-                    self.retry_at = Some(Instant::now() + self.delay);
-                    self.delay = (self.delay * 2).min(MAX_RETRY_DELAY);
+                    self.retry_at = Some(Instant::now() + RECONNECT.delay(self.failures));
+                    self.failures = self.failures.saturating_add(1);
                     if Instant::now() >= deadline {
                         return Ok(None);
                     }

@@ -11,6 +11,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::MetricsReport;
+
 /// A SQLite value as it crosses the wire.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Value {
@@ -228,6 +230,11 @@ pub enum Request {
     /// The change feed's figures (subscribers, the ring). Answered by
     /// [`Response::FeedStats`]. Protocol minor 2.
     FeedStats,
+    /// The broker's figures (requests, latencies, queue, sessions, locks, WAL,
+    /// checkpoints, process) in the Prometheus data model. Protocol minor 2: a
+    /// broker answers it only to clients that said minor 2 or later. Answered by
+    /// [`Response::Metrics`].
+    Metrics,
 }
 
 impl Request {
@@ -253,6 +260,18 @@ impl Request {
             Request::Health => "health",
             Request::Watch { .. } => "watch",
             Request::FeedStats => "feed-stats",
+            Request::Metrics => "metrics",
+        }
+    }
+
+    /// The protocol minor that appended this request. A broker answers it only
+    /// to a client that said it speaks that minor or later: the answer is a
+    /// variant an older client could not decode.
+    pub fn since_minor(&self) -> u32 {
+        match self {
+            Request::Watch { .. } | Request::FeedStats | Request::Metrics => 2,
+            Request::Health => 1,
+            _ => 0,
         }
     }
 }
@@ -511,6 +530,8 @@ pub enum Response {
     Change(ChangeEvent),
     /// Answer to [`Request::FeedStats`].
     FeedStats(FeedFigures),
+    /// Answer to [`Request::Metrics`]. Protocol minor 2.
+    Metrics(MetricsReport),
 }
 
 impl Response {

@@ -142,6 +142,7 @@ fn all_requests() -> Vec<Request> {
         },
         Request::Watch { tables: Vec::new(), since: None },
         Request::FeedStats,
+        Request::Metrics,
         Request::Migrate {
             migrations: vec![
                 Migration { version: 1, name: "init".into(), sql: "CREATE TABLE skus (sku TEXT);".into() },
@@ -320,6 +321,34 @@ fn all_responses() -> Vec<Response> {
             published: 0,
             resyncs: 0,
             dropped_backlogs: 0,
+        }),
+        Response::Metrics(MetricsReport { at_unix_ms: 0, families: Vec::new() }),
+        Response::Metrics(MetricsReport {
+            at_unix_ms: 1_700_000_000_000,
+            families: vec![
+                MetricFamily {
+                    name: "litebroker_requests_total".into(),
+                    help: "Requests answered.".into(),
+                    kind: MetricKind::Counter,
+                    series: vec![MetricSeries {
+                        labels: vec![("kind".into(), "execute".into()), ("outcome".into(), "ok".into())],
+                        value: MetricValue::Number(1e15),
+                    }],
+                },
+                MetricFamily {
+                    name: "litebroker_write_latency_seconds".into(),
+                    help: "ünïcode ✓ \n".into(),
+                    kind: MetricKind::Histogram,
+                    series: vec![MetricSeries {
+                        labels: Vec::new(),
+                        value: MetricValue::Histogram(HistogramValue {
+                            bounds: vec![1e-5, 0.5, f64::MAX],
+                            counts: vec![0, u64::MAX, 1, 2],
+                            sum: -0.0,
+                        }),
+                    }],
+                },
+            ],
         }),
     ];
     v.extend(all_error_kinds().into_iter().map(|k| Response::error(k, format!("a {k} failure"))));

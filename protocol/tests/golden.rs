@@ -68,6 +68,7 @@ fn request_index(r: &Request) -> u8 {
         Request::Health => 16,
         Request::Watch { .. } => 17,
         Request::FeedStats => 18,
+        Request::Metrics => 19,
     }
 }
 
@@ -94,6 +95,7 @@ fn response_index(r: &Response) -> u8 {
         Response::Watching { .. } => 18,
         Response::Change(_) => 19,
         Response::FeedStats(_) => 20,
+        Response::Metrics(_) => 21,
     }
 }
 
@@ -183,6 +185,7 @@ fn golden_requests() -> Vec<(Request, &'static str)> {
             "0c00000011 01 04736b75 73 01 07 fb2c01",
         ),
         (Request::FeedStats, "0100000012"),
+        (Request::Metrics, "0100000013"),
     ]
 }
 
@@ -380,6 +383,53 @@ fn golden_responses() -> Vec<(Response, &'static str)> {
                 dropped_backlogs: 1,
             }),
             "1100000014 07 07 02 03 02 c80a fbe803 01 0701 02 01 01",
+        ),
+        // Protocol minor 2 (metrics): one family of each kind, both kinds of value.
+        (
+            Response::Metrics(MetricsReport {
+                at_unix_ms: 1_700_000_000_000,
+                families: vec![
+                    MetricFamily {
+                        name: "a_total".into(),
+                        help: "A.".into(),
+                        kind: MetricKind::Counter,
+                        series: vec![MetricSeries {
+                            labels: vec![("k".into(), "v".into())],
+                            value: MetricValue::Number(3.0),
+                        }],
+                    },
+                    MetricFamily {
+                        name: "g".into(),
+                        help: String::new(),
+                        kind: MetricKind::Gauge,
+                        series: vec![MetricSeries { labels: Vec::new(), value: MetricValue::Number(-0.5) }],
+                    },
+                    MetricFamily {
+                        name: "h_seconds".into(),
+                        help: "H.".into(),
+                        kind: MetricKind::Histogram,
+                        series: vec![MetricSeries {
+                            labels: Vec::new(),
+                            value: MetricValue::Histogram(HistogramValue {
+                                bounds: vec![0.25],
+                                counts: vec![2, 1],
+                                sum: 1.0,
+                            }),
+                        }],
+                    },
+                ],
+            }),
+            // 15 Metrics, at_unix_ms, 3 families; then each family:
+            // "a_total", "A.", 00 Counter, 1 series, 1 label (k, v), 00 Number 3.0;
+            // "g", "", 01 Gauge, 1 series, no labels, 00 Number -0.5;
+            // "h_seconds", "H.", 02 Histogram, 1 series, no labels, 01 Histogram,
+            // bounds [0.25], counts [2, 1], sum 1.0
+            concat!(
+                "5a00000015 fd0068e5cf8b010000 03",
+                "07615f746f74616c 02412e 00 01 01 016b0176 00 0000000000000840",
+                "0167 00 01 01 00 00 000000000000e0bf",
+                "09685f7365636f6e6473 02482e 02 01 00 01 01 000000000000d03f 02 02 01 000000000000f03f"
+            ),
         ),
     ]
 }

@@ -61,6 +61,7 @@ fn request() -> impl Strategy<Value = Request> {
             }
         ),
         Just(Request::FeedStats),
+        Just(Request::Metrics),
     ]
 }
 
@@ -108,6 +109,31 @@ fn change_event() -> impl Strategy<Value = ChangeEvent> {
     )
 }
 
+/// A report of up to three families, each of one kind and up to three series
+/// (finite values only: NaN never equals itself, and round trips compare).
+fn metrics_report() -> impl Strategy<Value = MetricsReport> {
+    let value = prop_oneof![
+        (-1e18f64..1e18).prop_map(MetricValue::Number),
+        (
+            proptest::collection::vec(0f64..1e6, 0..4),
+            proptest::collection::vec(any::<u64>(), 0..5),
+            0f64..1e9
+        )
+            .prop_map(|(bounds, counts, sum)| MetricValue::Histogram(HistogramValue {
+                bounds,
+                counts,
+                sum
+            })),
+    ];
+    let kind = prop_oneof![Just(MetricKind::Counter), Just(MetricKind::Gauge), Just(MetricKind::Histogram)];
+    let series = (proptest::collection::vec((".{0,6}", ".{0,6}"), 0..3), value)
+        .prop_map(|(labels, value)| MetricSeries { labels, value });
+    let family = (".{0,20}", ".{0,30}", kind, proptest::collection::vec(series, 0..3))
+        .prop_map(|(name, help, kind, series)| MetricFamily { name, help, kind, series });
+    (any::<u64>(), proptest::collection::vec(family, 0..3))
+        .prop_map(|(at_unix_ms, families)| MetricsReport { at_unix_ms, families })
+}
+
 fn response() -> impl Strategy<Value = Response> {
     prop_oneof![
         (".{0,40}", any::<Option<(i32, i32)>>()).prop_map(|(message, codes)| Response::Error(ErrorInfo {
@@ -124,6 +150,7 @@ fn response() -> impl Strategy<Value = Response> {
         (any::<u64>(), any::<u64>())
             .prop_map(|(epoch, seq)| Response::Watching { cursor: Cursor { epoch, seq } }),
         change_event().prop_map(Response::Change),
+        metrics_report().prop_map(Response::Metrics),
     ]
 }
 

@@ -1,5 +1,6 @@
 //! Broker configuration: every limit and policy knob, with its default.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -90,6 +91,9 @@ pub struct Config {
     pub watch_buffer_events: usize,
     /// Most rowids listed per table and transaction in a change event.
     pub feed_rowids_cap: usize,
+    /// Where to serve `GET /metrics` (a loopback address; port 0: one the system
+    /// picks), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -124,6 +128,7 @@ impl Config {
             feed_ring_bytes: 16 * 1024 * 1024,
             watch_buffer_events: 4096,
             feed_rowids_cap: 1000,
+            metrics_listen: None,
         }
     }
 

@@ -109,6 +109,10 @@ struct Args {
     /// Another user id allowed to connect (repeatable); by default only the broker's own user may.
     #[arg(long = "allow-uid")]
     allow_uids: Vec<u32>,
+    /// Serve the metrics (Prometheus text format) at http://ADDR/metrics; ADDR is
+    /// IP:PORT on a loopback address (127.0.0.1:9899, [::1]:9899, localhost:9899).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 fn secs(name: &str, v: f64) -> Result<Duration, BrokerError> {
@@ -185,6 +189,12 @@ fn config(a: Args) -> Result<Config, BrokerError> {
     }
     c.wal_warn_bytes = (a.wal_warn_mb * 1e6) as u64;
     c.idle_checkpoint_after = Duration::from_millis(a.idle_checkpoint_ms.max(1));
+    c.metrics_listen = a
+        .metrics_listen
+        .as_deref()
+        .map(litebroker_server::parse_metrics_listen)
+        .transpose()
+        .map_err(BrokerError::Config)?;
     c.request_id_retention = match a.request_id_retention_hours {
         0.0 => None,
         h => Some(secs("request-id-retention-hours", h * 3600.0)?),

@@ -12,6 +12,7 @@ use litebroker_protocol::{
 };
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::texts;
 
 /// Why the broker stops.
@@ -85,27 +86,20 @@ pub struct Holder {
     pub since: Instant,
 }
 
-/// Counters reported by `status`.
+/// Counters reported by `status` (and by the metrics, which read them here). The
+/// group-commit figures — transactions, their requests, queue waits and COMMIT
+/// times — are the count and sum of the metrics' histograms
+/// ([`crate::metrics::Metrics`]), shared rather than counted twice.
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Requests served (all kinds).
     pub requests: AtomicU64,
     /// Write transactions committed (groups, sessions, migrations, restores).
     pub commits: AtomicU64,
-    /// Group-commit transactions committed (one-shot writes only).
-    pub group_commits: AtomicU64,
-    /// Write requests committed in them (sum of group sizes).
-    pub committed_requests: AtomicU64,
     /// Largest group committed.
     pub max_group: AtomicU64,
-    /// One-shot writes taken by the writer (their queue wait is measured).
-    pub queue_waits: AtomicU64,
-    /// Sum of their queue waits, µs.
-    pub queue_wait_us: AtomicU64,
     /// Longest queue wait, µs.
     pub max_queue_wait_us: AtomicU64,
-    /// Sum of group `COMMIT` durations, µs.
-    pub commit_us: AtomicU64,
     /// Longest group `COMMIT`, µs.
     pub max_commit_us: AtomicU64,
     /// Jobs in the writer's queue or being run: counted under the queue's lock as
@@ -138,6 +132,8 @@ pub struct Shared {
     pub writer_alive: AtomicBool,
     /// Counters.
     pub counters: Counters,
+    /// The figures only the metrics report, and the histograms `status` shares.
+    pub metrics: Metrics,
     /// `PRAGMA user_version`, refreshed by the writer after commits that touch it.
     pub schema_version: AtomicU32,
     /// Connections accepted and not yet closed (handshake done or not).
@@ -173,6 +169,7 @@ impl Shared {
             shutting_down: AtomicBool::new(false),
             writer_alive: AtomicBool::new(true),
             counters: Counters::default(),
+            metrics: Metrics::default(),
             schema_version: AtomicU32::new(0),
             connections: AtomicUsize::new(0),
             request_ids: AtomicBool::new(false),
@@ -285,6 +282,7 @@ impl Shared {
     /// The answer to `Request::Status`.
     pub fn status(&self) -> BrokerStatus {
         let c = &self.counters;
+        let m = &self.metrics;
         BrokerStatus {
             pid: std::process::id(),
             socket: self.socket.clone(),
@@ -302,13 +300,13 @@ impl Shared {
                 .holder()
                 .map(|h| format!("{} for {:.1} s", h.client.describe(), h.since.elapsed().as_secs_f64())),
             request_ids: self.request_ids.load(Ordering::Relaxed),
-            group_commits: c.group_commits.load(Ordering::Relaxed),
-            group_requests: c.committed_requests.load(Ordering::Relaxed),
+            group_commits: m.group_size.count(),
+            group_requests: m.group_size.sum(),
             max_group: c.max_group.load(Ordering::Relaxed),
-            queue_waits: c.queue_waits.load(Ordering::Relaxed),
-            queue_wait_us: c.queue_wait_us.load(Ordering::Relaxed),
+            queue_waits: m.queue_wait.count(),
+            queue_wait_us: m.queue_wait.sum(),
             max_queue_wait_us: c.max_queue_wait_us.load(Ordering::Relaxed),
-            commit_us: c.commit_us.load(Ordering::Relaxed),
+            commit_us: m.commit.sum(),
             max_commit_us: c.max_commit_us.load(Ordering::Relaxed),
         }
     }

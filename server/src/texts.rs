@@ -310,20 +310,6 @@ pub fn expected_hello(got: &str) -> ErrorInfo {
     ErrorInfo::new(ErrorKind::Protocol, format!("expected a handshake (Hello) as the first frame, got {got}"))
 }
 
-/// The protocol minor that brought the change feed (`Watch`, `FeedStats`).
-pub const FEED_MINOR: u32 = 2;
-
-/// A request whose answer a client of `minor` could not decode.
-pub fn needs_minor(request: &str, minor: u32) -> ErrorInfo {
-    ErrorInfo::new(
-        ErrorKind::Protocol,
-        format!(
-            "'{request}' needs protocol minor {FEED_MINOR} or later; this client speaks {}.{minor}",
-            litebroker_protocol::PROTOCOL_VERSION
-        ),
-    )
-}
-
 /// `Watch` from a client holding a write session: the connection would become a
 /// stream and the session could never end.
 pub fn watch_in_session() -> ErrorInfo {
@@ -353,6 +339,19 @@ pub fn malformed(malformed: &dyn std::fmt::Display, client_minor: u32, broker_mi
         malformed.to_string()
     };
     ErrorInfo::new(ErrorKind::Protocol, message)
+}
+
+/// A request appended in protocol minor `needed` from a client that said it speaks
+/// an older minor: its answer would be a variant that client cannot decode.
+pub fn needs_minor(kind: &str, needed: u32, client_minor: u32) -> ErrorInfo {
+    ErrorInfo::new(
+        ErrorKind::Protocol,
+        format!(
+            "the {kind} request needs protocol {PROTOCOL_VERSION}.{needed} or later, and this client said it \
+             speaks {PROTOCOL_VERSION}.{client_minor}: its answer is not sent to a client that could not \
+             decode it"
+        ),
+    )
 }
 
 // ----- limits -----------------------------------------------------------------------

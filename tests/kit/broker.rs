@@ -127,6 +127,21 @@ impl Broker {
         Client::connect_with(&opts).unwrap_or_else(|e| panic!("connect to the broker as {name}: {e}"))
     }
 
+    /// Where it serves its metrics (`--metrics-listen`), from its log line
+    /// `serving metrics on http://ADDR/metrics`.
+    ///
+    /// # Panics
+    /// When it logged no such line.
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        let log = self.log();
+        let addr = log
+            .lines()
+            .find_map(|l| l.split("serving metrics on http://").nth(1))
+            .and_then(|rest| rest.split("/metrics").next())
+            .unwrap_or_else(|| panic!("the broker logged no metrics address; its log:\n{log}"));
+        addr.parse().unwrap_or_else(|e| panic!("metrics address {addr:?}: {e}"))
+    }
+
     /// The broker's pid.
     pub fn pid(&self) -> u32 {
         self.proc_.child.id()

@@ -8,8 +8,13 @@ use std::path::Path;
 use std::process::Command;
 
 /// A field of `/proc/<pid>/status` (e.g. `VmRSS`, `VmHWM`, `Threads`) as a number
-/// (kB for sizes). None where there is no procfs or the process is gone.
+/// (kB for sizes). None where there is no procfs or the process is gone, and off
+/// Linux: a Windows build under Wine reaches the host's `/proc` through its `Z:`
+/// drive, where the number of a Windows process names some Linux process.
 pub fn proc_status_field(pid: u32, field: &str) -> Option<u64> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
     let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = text.lines().find(|l| l.split(':').next() == Some(field))?;
     line.split(':').nth(1)?.split_whitespace().next()?.parse().ok()
@@ -44,6 +49,9 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 
 /// Open file descriptors of a process (Linux), from `/proc/<pid>/fd`.
 pub fn fd_count(pid: u32) -> Option<usize> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
     Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
 

@@ -231,6 +231,12 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// The broker's figures in the Prometheus text format (requests, latency
+    /// histograms, queue, sessions, locks, WAL, checkpoints, memory); --json: one document.
+    Metrics,
+    /// A live view of the broker, refreshed every second: writes/s, p50/p99 latency,
+    /// queue depth, clients, WAL, last checkpoint. Leave with q or Ctrl-C.
+    Top,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -242,11 +248,13 @@ enum ModeArg {
 }
 
 mod doctor;
+mod metrics;
 mod ops;
 mod params;
 mod render;
 mod shell;
 mod statements;
+mod top;
 mod watch;
 
 /// A failure with its exit code.
@@ -680,6 +688,8 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             ops::checkpoint(cli, mode)?;
         }
         Command::Doctor => doctor::doctor(cli)?,
+        Command::Metrics => metrics::metrics(cli)?,
+        Command::Top => top::top(cli)?,
         Command::Migrate { dir } => {
             let migrations = litebroker_client::migrations_from_dir(dir).map_err(|e| {
                 fail(2, "usage", format!("cannot read migrations from {}: {e}", dir.display()))

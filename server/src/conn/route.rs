@@ -4,7 +4,7 @@
 //!
 //! | request | goes to |
 //! |---|---|
-//! | `Ping`, `Health`, `Status`, `Connections` | an answer from shared state |
+//! | `Ping`, `Health`, `Status`, `Connections`, `Metrics` | an answer from shared state |
 //! | `Shutdown` | the stop sequence (`crate::shutdown`), answered `ShuttingDown` |
 //! | `Stats`, `Verify` | `crate::admin`, on this thread |
 //! | `Backup` | `crate::admin`, on this thread, with progress frames |
@@ -30,6 +30,7 @@ use super::deadline::timeout_of;
 use crate::admin;
 use crate::config::Config;
 use crate::job::{JobKind, WriteBody};
+use crate::metrics;
 use crate::shared::{session_state, ClientEntry, Shared, StopReason};
 use crate::texts;
 
@@ -62,9 +63,14 @@ pub(super) fn route(req: Request, client: &Arc<ClientEntry>, shared: &Shared) ->
     let config = &shared.config;
     let job = |kind, timeout| Route::Submit { kind, opts: WriteOptions::default(), timeout };
     let answer = match req {
+        // An answer a client cannot decode is never sent (see `job::for_minor`).
+        _ if client.minor < req.since_minor() => {
+            Response::Error(texts::needs_minor(req.kind(), req.since_minor(), client.minor))
+        }
         Request::Hello(_) => Response::Error(texts::handshake_again()),
         Request::Ping => Response::Pong,
         Request::Health => Response::Health(shared.health()),
+        Request::Metrics => Response::Metrics(metrics::report::report(shared)),
         Request::Status => Response::Status(shared.status()),
         Request::Connections => Response::Connections(shared.connections()),
         Request::Shutdown => {
@@ -104,9 +110,6 @@ pub(super) fn route(req: Request, client: &Arc<ClientEntry>, shared: &Shared) ->
                 return job(JobKind::Restore(p), timeout_of(timeout_ms, config));
             }
         },
-        Request::FeedStats if client.minor < texts::FEED_MINOR => {
-            Response::Error(texts::needs_minor("feed-stats", client.minor))
-        }
         Request::FeedStats => Response::FeedStats(shared.feed.figures()),
         // Served by the connection (`conn::watch`) before routing.
         Request::Watch { .. } => Response::Error(texts::watch_in_session()),

@@ -48,6 +48,7 @@
 //! any schema change, and asks the authorizer again at that moment.
 
 use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::config::DbConfig;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization, TransactionOperation};
@@ -186,10 +187,24 @@ pub fn take_denial() -> Option<String> {
     DENIAL.with(|d| d.borrow_mut().take())
 }
 
+/// Client statements refused, counted once per statement (the metrics report it).
+/// Process-wide, as the thread-local state above is: a broker has one writer
+/// connection.
+static DENIALS: AtomicU64 = AtomicU64::new(0);
+
+/// Client statements the authorizer refused so far.
+pub fn denials() -> u64 {
+    DENIALS.load(Ordering::Relaxed)
+}
+
 fn record(reason: String) {
     // The first denial names the cause; SQLite may keep parsing and ask again.
     DENIAL.with(|d| {
-        d.borrow_mut().get_or_insert(reason);
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            DENIALS.fetch_add(1, Ordering::Relaxed);
+            *d = Some(reason);
+        }
     });
 }
 

@@ -53,7 +53,7 @@ impl Core {
     /// A transaction other than a group committed (a session, a migration, a
     /// restore): counted, and the idle checkpoint is due after it.
     pub(super) fn committed(&mut self) {
-        self.upkeep.committed();
+        self.upkeep.committed(&self.db, &self.shared);
         self.shared.counters.commits.fetch_add(1, Ordering::Relaxed);
         self.publish();
     }
@@ -151,6 +151,7 @@ pub(super) fn run_body(
     db.arm_deadline(None);
     r.map_err(|mut e| {
         if e.kind == ErrorKind::Timeout {
+            shared.metrics.interrupted.fetch_add(1, Ordering::Relaxed);
             e.message = texts::statement_interrupted(cfg.max_statement_time);
         }
         e

@@ -256,6 +256,7 @@ impl Sessions {
     pub(super) fn drop_session(&mut self, core: &Core, state_after: u8) {
         core.db.rollback_if_open();
         if let Some(s) = self.active.take() {
+            core.shared.metrics.session_hold.observe_duration(s.started.elapsed());
             s.client.session.store(state_after, Ordering::SeqCst);
             debug!(
                 "write session of {} ended after {:.3} s",
@@ -277,6 +278,7 @@ impl Sessions {
             s.client.describe(),
             core.shared.config.lease.as_secs_f64()
         );
+        core.shared.metrics.lease_expiries.fetch_add(1, Ordering::Relaxed);
         self.drop_session(core, session_state::EXPIRED);
     }
 

@@ -77,7 +77,7 @@ fn fail_commits(w: &mut Writer, n: usize) {
 }
 
 fn group_commits(w: &Writer) -> u64 {
-    w.core.shared.counters.group_commits.load(Ordering::Relaxed)
+    w.core.shared.metrics.group_size.count()
 }
 
 #[test]
