@@ -400,6 +400,25 @@ impl Client {
         }
     }
 
+    /// Replication status: the supervised Litestream, the replica's and the local
+    /// positions, lag, the last error (`state` is `Off` without `--replicate`).
+    ///
+    /// # Errors
+    /// When the broker does not answer, or is too old to tell (protocol minor
+    /// below 2): then [`ClientError::Unexpected`].
+    pub fn replication(&mut self) -> Result<litebroker_protocol::replication::ReplicationReport> {
+        if self.hello.minor < 2 {
+            return Err(ClientError::Unexpected(format!(
+                "the broker (litebrokerd {}) is too old to report replication; upgrade it",
+                self.hello.broker_version
+            )));
+        }
+        match self.call(&Request::Replication, self.timeout)? {
+            Response::Replication(r) => Ok(r),
+            other => Err(unexpected("replication", &other)),
+        }
+    }
+
     /// The broker's connected clients.
     ///
     /// # Errors

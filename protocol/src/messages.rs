@@ -212,6 +212,10 @@ pub enum Request {
     /// whether it still accepts writes at all. Protocol minor 1. Answered by
     /// [`Response::Health`].
     Health,
+    /// Replication status: the supervised Litestream process, the replica's and the
+    /// local positions, lag, the last error. Protocol minor 2: a client sends it only
+    /// to a broker that said minor 2 or later. Answered by [`Response::Replication`].
+    Replication,
 }
 
 impl Request {
@@ -235,6 +239,7 @@ impl Request {
             Request::Restore { .. } => "restore",
             Request::Migrate { .. } => "migrate",
             Request::Health => "health",
+            Request::Replication => "replication",
         }
     }
 }
@@ -483,6 +488,8 @@ pub enum Response {
     Migrated(MigrationReport),
     /// Answer to [`Request::Health`].
     Health(HealthReport),
+    /// Answer to [`Request::Replication`]. Protocol minor 2.
+    Replication(crate::replication::ReplicationReport),
 }
 
 impl Response {

@@ -13,6 +13,7 @@
 //! `WriterFigures` (request ids). After a release a
 //! struct gains fields only through a new variant carrying a new struct.
 
+use litebroker_protocol::replication::{ReplicationReport, ReplicationState};
 use litebroker_protocol::*;
 
 fn hex(bytes: &[u8]) -> String {
@@ -66,6 +67,7 @@ fn request_index(r: &Request) -> u8 {
         Request::Restore { .. } => 14,
         Request::Migrate { .. } => 15,
         Request::Health => 16,
+        Request::Replication => 17,
     }
 }
 
@@ -89,6 +91,7 @@ fn response_index(r: &Response) -> u8 {
         Response::Restored(_) => 15,
         Response::Migrated(_) => 16,
         Response::Health(_) => 17,
+        Response::Replication(_) => 18,
     }
 }
 
@@ -172,6 +175,8 @@ fn golden_requests() -> Vec<(Request, &'static str)> {
         ),
         // Protocol minor 1.
         (Request::Health, "0100000010"),
+        // Protocol minor 2.
+        (Request::Replication, "0100000011"),
     ]
 }
 
@@ -335,6 +340,24 @@ fn golden_responses() -> Vec<(Response, &'static str)> {
                 writes_stopped: None,
             }),
             "0800000011 00 01 036f6666 00",
+        ),
+        // Protocol minor 2.
+        (
+            Response::Replication(ReplicationReport {
+                state: ReplicationState::Running,
+                replica_url: "file:///r".into(),
+                program: "ls".into(),
+                pid: Some(7),
+                restarts: 1,
+                local_txid: 5,
+                replica_txid: 4,
+                lag_ms: 250,
+                last_sync_unix_ms: None,
+                last_error: Some("e".into()),
+                last_error_unix_ms: Some(9),
+                sync_interval_ms: 1000,
+            }),
+            "1e00000012 01 0966696c653a2f2f2f72 026c73 0107 01 05 04 fa 00 010165 0109 fbe803",
         ),
     ]
 }

@@ -80,6 +80,8 @@ pub struct Config {
     /// Most memory SQLite may take in the broker process, in bytes (its hard heap
     /// limit): a statement needing more fails instead of growing the broker.
     pub max_memory: u64,
+    /// Off-machine replication through a supervised Litestream (`--replicate`).
+    pub replication: Option<crate::replication::Replication>,
 }
 
 impl Config {
@@ -110,6 +112,7 @@ impl Config {
             idle_checkpoint_after: Duration::from_secs(1),
             request_id_retention: Some(Duration::from_secs(24 * 3600)),
             max_memory: 1024 * 1024 * 1024,
+            replication: None,
         }
     }
 

@@ -15,6 +15,7 @@ mod instance;
 mod job;
 pub mod ops;
 mod queue;
+pub mod replication;
 pub mod request_ids;
 mod shared;
 mod shutdown;
@@ -103,6 +104,13 @@ pub struct Ready {
 /// # Errors
 /// See [`BrokerError`]; each variant has its exit code.
 pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), BrokerError> {
+    let litestream = match &config.replication {
+        None => None,
+        Some(r) => {
+            r.check_url().map_err(BrokerError::Config)?;
+            Some(r.find_program().map_err(BrokerError::Config)?)
+        }
+    };
     let (location, lock) = instance::claim(&config)?;
     let db_path = location.db_path.to_string_lossy().into_owned();
 
@@ -125,6 +133,12 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), BrokerEr
     let acceptor = accept::spawn(listener, shared.clone(), writer.clone())
         .map_err(io_err("cannot start the accept thread"))?;
     lock.record(&location);
+    if let (Some(settings), Some(program)) = (&shared.config.replication, litestream) {
+        // The database exists now, in WAL mode: Litestream may open it.
+        let r = replication::Replicator::start(settings, program, &location, shared.clone())
+            .map_err(BrokerError::Config)?;
+        let _ = shared.replication.set(r);
+    }
 
     // Signal handlers are installed by `on_ready`, before the readiness line that
     // tells supervisors and tests the broker may now be signalled.

@@ -4,7 +4,7 @@
 //!
 //! | request | goes to |
 //! |---|---|
-//! | `Ping`, `Health`, `Status`, `Connections` | an answer from shared state |
+//! | `Ping`, `Health`, `Status`, `Connections`, `Replication` | an answer from shared state |
 //! | `Shutdown` | the stop sequence (`crate::shutdown`), answered `ShuttingDown` |
 //! | `Stats`, `Verify` | `crate::admin`, on this thread |
 //! | `Backup` | `crate::admin`, on this thread, with progress frames |
@@ -63,6 +63,7 @@ pub(super) fn route(req: Request, client: &Arc<ClientEntry>, shared: &Shared) ->
         Request::Hello(_) => Response::Error(texts::handshake_again()),
         Request::Ping => Response::Pong,
         Request::Health => Response::Health(shared.health()),
+        Request::Replication => Response::Replication(crate::replication::report(shared)),
         Request::Status => Response::Status(shared.status()),
         Request::Connections => Response::Connections(shared.connections()),
         Request::Shutdown => {

@@ -241,6 +241,7 @@ impl GroupCommit {
                     core.upkeep.committed();
                     let c = &core.shared.counters;
                     c.commits.fetch_add(1, Ordering::Relaxed);
+                    c.last_commit_unix_ms.store(litebroker_protocol::host::unix_ms(), Ordering::Relaxed);
                     c.group_commits.fetch_add(1, Ordering::Relaxed);
                     c.committed_requests.fetch_add(group.len() as u64, Ordering::Relaxed);
                     c.max_group.fetch_max(group.len() as u64, Ordering::Relaxed);
