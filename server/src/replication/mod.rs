@@ -46,9 +46,10 @@ pub struct Replicator {
     supervisor: Supervisor,
 }
 
-/// Where the broker writes Litestream's configuration: its runtime folder (the
+/// Where the broker writes Litestream's configuration (also read by `litebroker
+/// restore --from-replica`): its runtime folder (the
 /// socket's folder on Unix), named after the socket.
-fn config_path(location: &Location) -> PathBuf {
+pub fn config_path(location: &Location) -> PathBuf {
     let socket = Path::new(&location.socket);
     let dir = if cfg!(unix) {
         socket.parent().map_or_else(litebroker_protocol::rendezvous::default_socket_dir, Path::to_path_buf)
