@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
-use super::config::FINAL_SYNC;
 use super::status::Status;
 use crate::shared::{lock, Shared};
 
@@ -28,8 +27,9 @@ const TICK: Duration = Duration::from_millis(200);
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
 
 /// Longest the broker waits for Litestream to exit after `SIGTERM`: its own
-/// final-sync bound and a little more; then it is killed.
-pub const STOP_WAIT: Duration = Duration::from_secs(FINAL_SYNC.as_secs() + 2);
+/// final-sync bound and a little more; then it is killed. (Windows: killed at once.)
+#[cfg(unix)]
+pub const STOP_WAIT: Duration = Duration::from_secs(super::config::FINAL_SYNC.as_secs() + 2);
 
 /// The running supervisor.
 #[derive(Debug)]
