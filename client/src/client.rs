@@ -396,6 +396,27 @@ impl Client {
         }
     }
 
+    /// Sends `req`, a request appended after protocol minor 0, after checking that
+    /// the broker speaks the minor that appended it (an older broker could not
+    /// decode it).
+    fn call_newer(&mut self, req: Request) -> Result<Response> {
+        if self.hello.minor < req.since_minor() {
+            let h = &self.hello;
+            return Err(ClientError::Unexpected(format!(
+                "the broker (litebrokerd {}, protocol {}.{}) is too old for the {} request, which needs \
+                 protocol {}.{}; upgrade it",
+                h.broker_version,
+                h.protocol,
+                h.minor,
+                req.kind(),
+                h.protocol,
+                req.since_minor()
+            )));
+        }
+        let timeout = self.timeout;
+        self.call(&req, timeout)
+    }
+
     /// The broker's status.
     ///
     /// # Errors
@@ -413,13 +434,7 @@ impl Client {
     /// # Errors
     /// When the broker does not answer, or is too old to tell (protocol minor 0).
     pub fn health(&mut self) -> Result<HealthReport> {
-        if self.hello.minor < 1 {
-            return Err(ClientError::Unexpected(format!(
-                "the broker (litebrokerd {}) is too old to report its health; upgrade it",
-                self.hello.broker_version
-            )));
-        }
-        match self.call(&Request::Health, self.timeout)? {
+        match self.call_newer(Request::Health)? {
             Response::Health(h) => Ok(h),
             other => Err(unexpected("health", &other)),
         }
@@ -433,15 +448,22 @@ impl Client {
     /// When the broker does not answer, or is too old to report them (protocol
     /// minor below 2).
     pub fn metrics(&mut self) -> Result<MetricsReport> {
-        if self.hello.minor < 2 {
-            return Err(ClientError::Unexpected(format!(
-                "the broker (litebrokerd {}, protocol {}.{}) is too old to report metrics; upgrade it",
-                self.hello.broker_version, self.hello.protocol, self.hello.minor
-            )));
-        }
-        match self.call(&Request::Metrics, self.timeout)? {
+        match self.call_newer(Request::Metrics)? {
             Response::Metrics(m) => Ok(m),
             other => Err(unexpected("metrics", &other)),
+        }
+    }
+
+    /// Replication status: the supervised Litestream, the replica's and the local
+    /// positions, lag, the last error (`state` is `Off` without `--replicate`).
+    ///
+    /// # Errors
+    /// When the broker does not answer, or is too old to tell (protocol minor
+    /// below 2): then [`ClientError::Unexpected`].
+    pub fn replication(&mut self) -> Result<litebroker_protocol::replication::ReplicationReport> {
+        match self.call_newer(Request::Replication)? {
+            Response::Replication(r) => Ok(r),
+            other => Err(unexpected("replication", &other)),
         }
     }
 

@@ -33,6 +33,7 @@ pub mod metrics;
 #[cfg(windows)]
 pub mod pipe_deadline;
 pub mod rendezvous;
+pub mod replication;
 #[cfg(feature = "rusqlite")]
 pub mod sql;
 pub mod stream;

@@ -235,6 +235,10 @@ pub enum Request {
     /// broker answers it only to clients that said minor 2 or later. Answered by
     /// [`Response::Metrics`].
     Metrics,
+    /// Replication status: the supervised Litestream process, the replica's and the
+    /// local positions, lag, the last error. Protocol minor 2: a client sends it only
+    /// to a broker that said minor 2 or later. Answered by [`Response::Replication`].
+    Replication,
 }
 
 impl Request {
@@ -261,6 +265,7 @@ impl Request {
             Request::Watch { .. } => "watch",
             Request::FeedStats => "feed-stats",
             Request::Metrics => "metrics",
+            Request::Replication => "replication",
         }
     }
 
@@ -269,7 +274,7 @@ impl Request {
     /// variant an older client could not decode.
     pub fn since_minor(&self) -> u32 {
         match self {
-            Request::Watch { .. } | Request::FeedStats | Request::Metrics => 2,
+            Request::Watch { .. } | Request::FeedStats | Request::Metrics | Request::Replication => 2,
             Request::Health => 1,
             _ => 0,
         }
@@ -532,6 +537,8 @@ pub enum Response {
     FeedStats(FeedFigures),
     /// Answer to [`Request::Metrics`]. Protocol minor 2.
     Metrics(MetricsReport),
+    /// Answer to [`Request::Replication`]. Protocol minor 2.
+    Replication(crate::replication::ReplicationReport),
 }
 
 impl Response {

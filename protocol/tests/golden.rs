@@ -13,6 +13,7 @@
 //! `WriterFigures` (request ids). After a release a
 //! struct gains fields only through a new variant carrying a new struct.
 
+use litebroker_protocol::replication::{ReplicationReport, ReplicationState};
 use litebroker_protocol::*;
 
 fn hex(bytes: &[u8]) -> String {
@@ -69,6 +70,7 @@ fn request_index(r: &Request) -> u8 {
         Request::Watch { .. } => 17,
         Request::FeedStats => 18,
         Request::Metrics => 19,
+        Request::Replication => 20,
     }
 }
 
@@ -96,6 +98,7 @@ fn response_index(r: &Response) -> u8 {
         Response::Change(_) => 19,
         Response::FeedStats(_) => 20,
         Response::Metrics(_) => 21,
+        Response::Replication(_) => 22,
     }
 }
 
@@ -186,6 +189,7 @@ fn golden_requests() -> Vec<(Request, &'static str)> {
         ),
         (Request::FeedStats, "0100000012"),
         (Request::Metrics, "0100000013"),
+        (Request::Replication, "0100000014"),
     ]
 }
 
@@ -430,6 +434,23 @@ fn golden_responses() -> Vec<(Response, &'static str)> {
                 "0167 00 01 01 00 00 000000000000e0bf",
                 "09685f7365636f6e6473 02482e 02 01 00 01 01 000000000000d03f 02 02 01 000000000000f03f"
             ),
+        ),
+        (
+            Response::Replication(ReplicationReport {
+                state: ReplicationState::Running,
+                replica_url: "file:///r".into(),
+                program: "ls".into(),
+                pid: Some(7),
+                restarts: 1,
+                local_txid: 5,
+                replica_txid: 4,
+                lag_ms: 250,
+                last_sync_unix_ms: None,
+                last_error: Some("e".into()),
+                last_error_unix_ms: Some(9),
+                sync_interval_ms: 1000,
+            }),
+            "1e00000016 01 0966696c653a2f2f2f72 026c73 0107 01 05 04 fa 00 010165 0109 fbe803",
         ),
     ]
 }

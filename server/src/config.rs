@@ -94,6 +94,8 @@ pub struct Config {
     /// Where to serve `GET /metrics` (a loopback address; port 0: one the system
     /// picks), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Off-machine replication through a supervised Litestream (`--replicate`).
+    pub replication: Option<crate::replication::Replication>,
 }
 
 impl Config {
@@ -129,6 +131,7 @@ impl Config {
             watch_buffer_events: 4096,
             feed_rowids_cap: 1000,
             metrics_listen: None,
+            replication: None,
         }
     }
 

@@ -17,6 +17,7 @@ mod job;
 mod metrics;
 pub mod ops;
 mod queue;
+pub mod replication;
 pub mod request_ids;
 mod shared;
 mod shutdown;
@@ -114,6 +115,13 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), BrokerEr
     if let Some(addr) = config.metrics_listen {
         metrics::http::check_loopback(addr).map_err(BrokerError::Config)?;
     }
+    let litestream = match &config.replication {
+        None => None,
+        Some(r) => {
+            r.check_url().map_err(BrokerError::Config)?;
+            Some(r.find_program().map_err(BrokerError::Config)?)
+        }
+    };
     let (location, lock) = instance::claim(&config)?;
     let metrics_listener = match config.metrics_listen {
         None => None,
@@ -151,6 +159,12 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), BrokerEr
         }
     };
     lock.record(&location);
+    if let (Some(settings), Some(program)) = (&shared.config.replication, litestream) {
+        // The database exists now, in WAL mode: Litestream may open it.
+        let r = replication::Replicator::start(settings, program, &location, shared.clone())
+            .map_err(BrokerError::Config)?;
+        let _ = shared.replication.set(r);
+    }
 
     // Signal handlers are installed by `on_ready`, before the readiness line that
     // tells supervisors and tests the broker may now be signalled.

@@ -113,6 +113,19 @@ struct Args {
     /// IP:PORT on a loopback address (127.0.0.1:9899, [::1]:9899, localhost:9899).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// Replicate the database off the machine through a supervised Litestream 0.5:
+    /// file:///path, s3://bucket/path[?endpoint=URL&region=R&forcePathStyle=true],
+    /// sftp://user@host/path, … (one replica: Litestream 0.5 takes one per database).
+    /// Credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY;
+    /// `${VAR}` in the URL is expanded by Litestream).
+    #[arg(long, value_name = "URL")]
+    replicate: Option<String>,
+    /// The Litestream binary (default: `litestream` on PATH).
+    #[arg(long, env = "LITESTREAM", value_name = "PATH")]
+    litestream: Option<PathBuf>,
+    /// How often Litestream writes new changes to the replica, in seconds.
+    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+    replicate_sync_interval: f64,
 }
 
 fn secs(name: &str, v: f64) -> Result<Duration, BrokerError> {
@@ -174,6 +187,12 @@ fn config(a: Args) -> Result<Config, BrokerError> {
     c.max_rows = a.max_rows;
     c.max_clients = a.max_clients;
     c.allow_uids = a.allow_uids;
+    if let Some(url) = a.replicate {
+        let mut r = litebroker_server::replication::Replication::new(url);
+        r.program = a.litestream;
+        r.sync_interval = secs("replicate-sync-interval", a.replicate_sync_interval)?;
+        c.replication = Some(r);
+    }
     if a.max_memory_mb < 16 {
         return Err(BrokerError::Config(format!(
             "--max-memory-mb must be at least 16, got {}",

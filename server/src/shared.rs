@@ -96,6 +96,9 @@ pub struct Counters {
     pub requests: AtomicU64,
     /// Write transactions committed (groups, sessions, migrations, restores).
     pub commits: AtomicU64,
+    /// When the last write transaction committed, ms since the epoch (0: none
+    /// yet); replication measures its lag from it.
+    pub last_commit_unix_ms: AtomicU64,
     /// Largest group committed.
     pub max_group: AtomicU64,
     /// Longest queue wait, µs.
@@ -149,6 +152,8 @@ pub struct Shared {
     degraded: Mutex<Degraded>,
     last_checkpoint: Mutex<Option<CheckpointReport>>,
     stop_tx: Mutex<Option<Sender<StopReason>>>,
+    /// Replication, when the broker was started with `--replicate`.
+    pub replication: std::sync::OnceLock<crate::replication::Replicator>,
 }
 
 /// Locks a mutex, recovering from poisoning: the data behind these mutexes stays
@@ -179,6 +184,7 @@ impl Shared {
             degraded: Mutex::new(Degraded::default()),
             last_checkpoint: Mutex::new(None),
             stop_tx: Mutex::new(Some(stop_tx)),
+            replication: std::sync::OnceLock::new(),
         }
     }
 

@@ -25,8 +25,11 @@
 //!    client later gets `lease_expired`); the queue is closed, so later jobs are
 //!    refused at once; what was queued before runs in FIFO order (one-shot writes,
 //!    checkpoints and migrations run; new sessions and restores are refused).
-//! 5. **Final checkpoint.** A `TRUNCATE` checkpoint, waiting up to busy_timeout
-//!    for readers, moves every committed write into the database file.
+//! 5. **Final checkpoint.** When replicating, Litestream is first asked to stop
+//!    (`SIGTERM`: it syncs the replica one last time, bounded by 10 s, and is
+//!    killed after 12 s). A `TRUNCATE` checkpoint (`PASSIVE` when replicating, so
+//!    the next Litestream finds its WAL), waiting up to busy_timeout for readers,
+//!    moves every committed write into the database file.
 //! 6. **Closes the database**; the writer thread ends.
 //! 7. **Flushes answers.** Up to [`FLUSH_ANSWERS`] for connection threads to write
 //!    the answers of what was queued (the requests still counted in flight).
@@ -170,7 +173,9 @@ pub(crate) fn finish_writer(w: &mut Writer) {
     w.begin_stopping();
     w.close_queue();
     w.finish_queued();
-    // 5.
+    // 5. Litestream, when replicating, syncs one last time and stops (within
+    // `replication::supervise::STOP_WAIT`); then the final checkpoint.
+    w.stop_replication();
     w.final_checkpoint();
     // 6.
     w.close_database();

@@ -171,13 +171,29 @@ enum Command {
     Backups,
     /// Replace the database's content with FILE: verified first (exit 5 when corrupt or
     /// not SQLite), a safety backup taken, then copied while the broker holds the writer.
+    /// With --from-replica, FILE is fetched first through `litestream restore` (from
+    /// URL, or from the replica the broker replicates to) into a temporary file next
+    /// to the database; with no broker running it goes into the database file
+    /// directly when no process has it open.
     #[command(after_help = "Examples:
   litebroker restore data/backups/app_20261202_202911_manual.db
-  litebroker --timeout 300 restore big-copy.db")]
+  litebroker --timeout 300 restore big-copy.db
+  litebroker restore --from-replica --at 2026-12-03T10:00:00Z")]
     Restore {
         /// The SQLite file to restore from.
-        file: PathBuf,
+        #[arg(required_unless_present = "from_replica")]
+        file: Option<PathBuf>,
+        /// Restore from the Litestream replica at URL (default: the broker's own replica).
+        #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "", conflicts_with = "file")]
+        from_replica: Option<String>,
+        /// With --from-replica: the database as it was at TIMESTAMP (RFC 3339, e.g.
+        /// 2026-12-03T10:00:00Z).
+        #[arg(long, value_name = "TIMESTAMP", requires = "from_replica")]
+        at: Option<String>,
     },
+    /// Replication status: the supervised Litestream (running, restarting), the
+    /// replica (secrets masked), replicated and local positions, lag, last error.
+    Replication,
     /// Run a WAL checkpoint and report WAL frames, checkpointed frames and whether readers blocked it.
     #[command(after_help = "Examples:
   litebroker checkpoint
@@ -252,6 +268,7 @@ mod metrics;
 mod ops;
 mod params;
 mod render;
+mod replication;
 mod shell;
 mod statements;
 mod top;
@@ -555,6 +572,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             let mut client = connect(cli)?;
             let s = client.status().map_err(on_client)?;
             let health = ops::health(&mut client).map_err(on_client)?;
+            let repl = replication::report(&mut client).map_err(on_client)?;
             if cli.json {
                 println!(
                     "{}",
@@ -572,6 +590,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                         "commit_mean_us": ratio(s.commit_us, s.group_commits),
                         "commit_max_us": s.max_commit_us,
                         "health": ops::health_json(health.as_ref()),
+                        "replication": replication::to_json(repl.as_ref()),
                     })
                 );
             } else {
@@ -609,6 +628,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                     let (exactly_once, writes) = ops::health_text(h);
                     println!("  exactly-once: {exactly_once}");
                     println!("  writes:       {writes}");
+                }
+                if let Some(r) = &repl {
+                    println!("  replication:  {}", replication::line(r));
                 }
             }
         }
@@ -676,7 +698,13 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Verify => ops::verify(cli)?,
         Command::Backup { label, keep } => ops::backup(cli, Some(label), *keep)?,
         Command::Backups => ops::backups(cli)?,
-        Command::Restore { file } => ops::restore(cli, file)?,
+        Command::Restore { file: Some(file), .. } => ops::restore(cli, file)?,
+        Command::Restore { file: None, from_replica, at } => replication::restore_from_replica(
+            cli,
+            from_replica.as_deref().filter(|u| !u.is_empty()),
+            at.as_deref(),
+        )?,
+        Command::Replication => replication::replication(cli)?,
         Command::Checkpoint { mode } => {
             use litebroker_client::protocol::CheckpointMode;
             let mode = match mode {

@@ -4,7 +4,7 @@
 //!
 //! | request | goes to |
 //! |---|---|
-//! | `Ping`, `Health`, `Status`, `Connections`, `Metrics` | an answer from shared state |
+//! | `Ping`, `Health`, `Status`, `Connections`, `Metrics`, `Replication` | an answer from shared state |
 //! | `Shutdown` | the stop sequence (`crate::shutdown`), answered `ShuttingDown` |
 //! | `Stats`, `Verify` | `crate::admin`, on this thread |
 //! | `Backup` | `crate::admin`, on this thread, with progress frames |
@@ -71,6 +71,7 @@ pub(super) fn route(req: Request, client: &Arc<ClientEntry>, shared: &Shared) ->
         Request::Ping => Response::Pong,
         Request::Health => Response::Health(shared.health()),
         Request::Metrics => Response::Metrics(metrics::report::report(shared)),
+        Request::Replication => Response::Replication(crate::replication::report(shared)),
         Request::Status => Response::Status(shared.status()),
         Request::Connections => Response::Connections(shared.connections()),
         Request::Shutdown => {

@@ -53,6 +53,7 @@ pub(crate) const KINDS: &[&str] = &[
     "watch",
     "feed-stats",
     "metrics",
+    "replication",
     "unknown",
 ];
 
@@ -79,7 +80,7 @@ pub(crate) const OUTCOMES: &[&str] = &[
     "other",
 ];
 
-const N_KINDS: usize = 21;
+const N_KINDS: usize = 22;
 const N_OUTCOMES: usize = 18;
 
 /// A request's kind, as counted (an index into [`KINDS`]).
@@ -90,7 +91,7 @@ impl RequestKind {
     /// A one-shot `Execute` (the answer-on-the-socket shortcut counts its answers).
     pub(crate) const EXECUTE: RequestKind = RequestKind(2);
     /// A frame that did not decode as a request.
-    pub(crate) const UNKNOWN: RequestKind = RequestKind(20);
+    pub(crate) const UNKNOWN: RequestKind = RequestKind(21);
 
     /// The kind of `req`.
     pub(crate) fn of(req: &Request) -> RequestKind {
@@ -115,6 +116,7 @@ impl RequestKind {
             Request::Watch { .. } => 17,
             Request::FeedStats => 18,
             Request::Metrics => 19,
+            Request::Replication => 20,
         })
     }
 }
@@ -316,6 +318,7 @@ mod tests {
             Request::Watch { tables: Vec::new(), since: None },
             Request::FeedStats,
             Request::Metrics,
+            Request::Replication,
         ];
         assert_eq!((KINDS.len(), OUTCOMES.len()), (N_KINDS, N_OUTCOMES));
         for (i, r) in requests.iter().enumerate() {

@@ -274,6 +274,27 @@ pub(crate) fn report(shared: &Shared) -> MetricsReport {
         f.dropped_backlogs as f64,
     );
 
+    // Replication, when the broker replicates.
+    if shared.replication.get().is_some() {
+        let rep = crate::replication::report(shared);
+        let running = rep.state == litebroker_protocol::replication::ReplicationState::Running;
+        r.gauge(
+            "litebroker_replication_running",
+            "1 while the replication process (Litestream) runs.",
+            f64::from(u8::from(running)),
+        );
+        r.gauge(
+            "litebroker_replication_lag_seconds",
+            "How far the replica is behind the last local commit (0 when caught up).",
+            rep.lag_ms as f64 / 1000.0,
+        );
+        r.counter(
+            "litebroker_replication_restarts_total",
+            "Times the broker restarted the replication process after it exited.",
+            f64::from(rep.restarts),
+        );
+    }
+
     // The process.
     let p = process::read();
     if let Some(v) = p.resident_bytes {

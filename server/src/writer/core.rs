@@ -55,6 +55,10 @@ impl Core {
     pub(super) fn committed(&mut self) {
         self.upkeep.committed(&self.db, &self.shared);
         self.shared.counters.commits.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .counters
+            .last_commit_unix_ms
+            .store(litebroker_protocol::host::unix_ms(), Ordering::Relaxed);
         self.publish();
     }
 

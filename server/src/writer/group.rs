@@ -259,6 +259,7 @@ impl GroupCommit {
                     core.upkeep.committed(&core.db, &core.shared);
                     let (c, m) = (&core.shared.counters, &core.shared.metrics);
                     c.commits.fetch_add(1, Ordering::Relaxed);
+                    c.last_commit_unix_ms.store(litebroker_protocol::host::unix_ms(), Ordering::Relaxed);
                     m.group_size.observe(group.len() as u64);
                     c.max_group.fetch_max(group.len() as u64, Ordering::Relaxed);
                     m.commit.observe_duration(commit_time);

@@ -6,7 +6,9 @@
 //!   group that took the WAL to [`CHECKPOINT_FRAMES`] was answered, a `PASSIVE`
 //!   checkpoint runs (if readers keep it from completing, the next try waits for
 //!   as many new frames again). After `--idle-checkpoint-ms` without a job
-//!   following commits, a `TRUNCATE` checkpoint runs without waiting for readers.
+//!   following commits, a `TRUNCATE` checkpoint runs without waiting for readers
+//!   (while replicating, only once the replica holds every commit, else
+//!   `PASSIVE`: see `crate::replication`).
 //! - **The idle spell** (no session, no job for `--idle-checkpoint-ms`): a look at
 //!   the `-wal`/`-shm` files, a retry of the request-id set-up every
 //!   [`ID_SETUP_RETRY`] while it is off, and after commits: the full check of the
@@ -228,7 +230,13 @@ impl Maintenance {
             db.set_busy_timeout(Duration::ZERO);
             self.prune_request_ids(db, shared);
         }
-        match checkpoint(db, shared, CheckpointMode::Truncate, Duration::ZERO) {
+        // While replicating, the WAL is cut only once the replica holds every
+        // commit (see `crate::replication`).
+        let mode = match shared.replication.get() {
+            Some(r) if !r.caught_up(shared) => CheckpointMode::Passive,
+            _ => CheckpointMode::Truncate,
+        };
+        match checkpoint(db, shared, mode, Duration::ZERO) {
             Ok(r) => debug!(
                 blocked = r.blocked,
                 wal_frames = r.wal_frames,

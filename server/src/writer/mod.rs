@@ -261,7 +261,12 @@ impl Writer {
     pub(crate) fn final_checkpoint(&mut self) {
         let wait = self.core.shared.config.busy_timeout;
         let Core { db, shared, .. } = &mut self.core;
-        match checkpoint(db, shared, CheckpointMode::Truncate, wait) {
+        let mode = if shared.config.replication.is_some() {
+            CheckpointMode::Passive
+        } else {
+            CheckpointMode::Truncate
+        };
+        match checkpoint(db, shared, mode, wait) {
             Ok(r) => info!(
                 blocked = r.blocked,
                 wal_frames = r.wal_frames,
@@ -269,6 +274,13 @@ impl Writer {
                 "final checkpoint"
             ),
             Err(e) => warn!("final checkpoint failed: {}", e.message),
+        }
+    }
+
+    /// Stops the supervised Litestream after its final sync, when replicating.
+    pub(crate) fn stop_replication(&self) {
+        if let Some(r) = self.core.shared.replication.get() {
+            r.stop();
         }
     }
 
