@@ -378,7 +378,13 @@ impl Client {
 
     /// Runs SQL inside this connection's write session: no request id, no resend —
     /// a session cut by a lost connection is rolled back by the broker, never resumed.
-    fn execute_in_session(&mut self, sql: &str, params: &[Value]) -> Result<ExecResult> {
+    /// (The step form of [`WriteSession::execute`], for code that keeps the
+    /// connection across several sessions, such as a language binding's context
+    /// manager; see [`Client::begin_session`].)
+    ///
+    /// # Errors
+    /// As [`WriteSession::execute`].
+    pub fn execute_in_session(&mut self, sql: &str, params: &[Value]) -> Result<ExecResult> {
         let mut opts = WriteOptions::default();
         let wait = timeout_of(&mut opts, self.timeout);
         let req = Request::Execute { stmt: Statement::new(sql, params.to_vec()), opts };
@@ -415,6 +421,20 @@ impl Client {
         }
         let timeout = self.timeout;
         self.call(&req, timeout)
+    }
+
+    /// Commits (`commit` true) or rolls back the write session that
+    /// [`Client::begin_session`] opened on this connection.
+    ///
+    /// # Errors
+    /// As [`WriteSession::commit`] and [`WriteSession::rollback`].
+    pub fn end_session(&mut self, commit: bool) -> Result<()> {
+        let req = if commit { Request::Commit } else { Request::Rollback };
+        let timeout = self.timeout;
+        match self.call(&req, timeout)? {
+            Response::SessionEnded { committed } if committed == commit => Ok(()),
+            other => Err(unexpected(req.kind(), &other)),
+        }
     }
 
     /// The broker's status.
@@ -630,8 +650,16 @@ pub struct WriteSession<C: BorrowMut<Client>> {
 
 impl Client {
     /// Opens a write session at the broker on this connection; returns how long it
-    /// waited for the writer. [`WriteSession::opened`] then holds it.
-    pub(crate) fn begin_session(&mut self, timeout: Duration) -> Result<Duration> {
+    /// waited for the writer. [`WriteSession`] is the form that cannot be left
+    /// open; this step form, with [`Client::execute_in_session`] and
+    /// [`Client::end_session`], keeps the connection across sessions (a session
+    /// ended leaves the connection reusable for the next one). Whoever calls it
+    /// must end the session (the broker rolls it back when the connection closes
+    /// or the lease runs out).
+    ///
+    /// # Errors
+    /// As [`Client::session`].
+    pub fn begin_session(&mut self, timeout: Duration) -> Result<Duration> {
         let req = Request::BeginSession { timeout_ms: millis(timeout) };
         match self.call(&req, timeout)? {
             Response::SessionStarted { waited_ms } => Ok(Duration::from_millis(waited_ms)),
@@ -691,13 +719,7 @@ impl<C: BorrowMut<Client>> WriteSession<C> {
 
     fn end(&mut self, commit: bool) -> Result<()> {
         self.open = false;
-        let c = self.client.borrow_mut();
-        let req = if commit { Request::Commit } else { Request::Rollback };
-        let timeout = c.timeout;
-        match c.call(&req, timeout)? {
-            Response::SessionEnded { committed } if committed == commit => Ok(()),
-            other => Err(unexpected(req.kind(), &other)),
-        }
+        self.client.borrow_mut().end_session(commit)
     }
 
     fn note_end<T>(&mut self, r: &Result<T>) {
