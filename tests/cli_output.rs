@@ -427,6 +427,10 @@ fn every_command_help_ends_with_examples() {
         "migrate",
         "doctor",
         "completions",
+        "watch",
+        "metrics",
+        "top",
+        "replication",
     ];
     for c in commands {
         let o = cli(&t.db(), &[c, "--help"]);

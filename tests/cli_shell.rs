@@ -134,7 +134,8 @@ impl Tmux {
         self.wait_last_line("an empty prompt", |l| l == "litebroker>");
     }
 
-    /// Waits for the prompt of a write session (`litebroker [txn 3s]>`), nothing typed after it.
+    /// Waits for the prompt of a write session (`litebroker [txn 3s, lease 27s left]>`),
+    /// nothing typed after it.
     #[track_caller]
     fn wait_txn_prompt(&self) {
         self.wait_last_line("an empty session prompt", |l| {
@@ -285,15 +286,19 @@ fn a_pasted_transaction_holds_the_writer_until_commit_and_another_process_sees_a
     assert!(stdout(&o).contains("\"rows\":[[0]]"), "{}", stdout(&o));
     let holder = writer_holder(&db);
     assert!(holder.as_str().is_some_and(|h| h.contains("litebroker-cli")), "writer holder: {holder}");
-    // The prompt counts the seconds the writer has been held: a second later, a
-    // new prompt (Enter on an empty line) shows it.
+    // The prompt counts the seconds the writer has been held and shows the lease
+    // the broker granted (30 s by default) running down: a second later, a new
+    // prompt (Enter on an empty line) shows both moved.
+    let first = tm.last_line();
+    assert!(first.contains(", lease ") && first.ends_with("s left]>"), "{first}");
     assert!(wait_until(ANSWER, || began.elapsed() > Duration::from_millis(1100)));
     tm.keys(&["Enter"]);
-    tm.wait_for("a held time of a second or more", |_| {
+    tm.wait_for("a held time of a second or more and less lease left", |_| {
         let last = tm.last_line();
         last.starts_with("litebroker [txn ")
-            && last.ends_with("s]>")
-            && !last.starts_with("litebroker [txn 0s]")
+            && last.ends_with("s left]>")
+            && !last.starts_with("litebroker [txn 0s")
+            && !last.contains("lease 30s left")
     });
 
     tm.type_line("COMMIT;");

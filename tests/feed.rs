@@ -295,3 +295,28 @@ fn cli_watch_prints_json_lines_and_exits_as_documented() {
     let stats = json_out(&cli(&db, &["--json", "watch", "--stats"]));
     assert_eq!(stats["published"], 3, "{stats}");
 }
+
+#[test]
+fn status_and_stats_show_the_feeds_subscribers_and_ring() {
+    let t = TestDir::new();
+    let b = setup(&t, &["--feed-ring-events", "50"]);
+    let db = Db::open(t.db()).expect("open");
+    let mut watch = db.watch(&["rows"]);
+    watch.subscribe().expect("subscribed");
+    assert_exit(&cli(&t.db(), &["exec", "INSERT INTO rows (client, seq) VALUES (1, 1)"]), 0);
+    assert!(watch.next_timeout(LONG).expect("watch").is_some());
+
+    let status = json_out(&cli(&t.db(), &["--json", "status"]));
+    let feed = &status["feed"];
+    assert_eq!(feed["subscribers"], 1, "{status}");
+    assert_eq!(feed["ring_max_events"], 50, "{status}");
+    assert!(feed["ring_events"].as_u64() >= Some(1) && feed["published"].as_u64() >= Some(1), "{status}");
+    let stats = json_out(&cli(&t.db(), &["--json", "stats"]));
+    assert_eq!(stats["broker"]["feed"]["subscribers"], 1, "{stats}");
+    assert_eq!(stats["broker"]["replication"]["state"], "off", "{stats}");
+    let text = stdout(&cli(&t.db(), &["status"]));
+    assert!(text.contains("change feed:  1 watching; ring "), "{text}");
+    let text = stdout(&cli(&t.db(), &["stats"]));
+    assert!(text.contains("Change feed: 1 watching; ring ") && text.contains("Replication: off"), "{text}");
+    drop((watch, b));
+}

@@ -271,10 +271,10 @@ impl Client {
     /// was published (protocol minor 2).
     ///
     /// # Errors
-    /// [`ClientError::Broker`] (kind `protocol`) from a broker too old for the feed.
+    /// When the broker does not answer, or is too old for the feed (protocol
+    /// minor below 2): then [`ClientError::Unexpected`].
     pub fn feed_stats(&mut self) -> Result<litebroker_protocol::FeedFigures> {
-        let timeout = self.timeout();
-        match self.call(&Request::FeedStats, timeout)? {
+        match self.call_newer(Request::FeedStats)? {
             Response::FeedStats(f) => Ok(f),
             other => Err(unexpected("feed-stats", &other)),
         }
@@ -645,12 +645,33 @@ impl Client {
 pub struct WriteSession<C: BorrowMut<Client>> {
     client: C,
     open: bool,
-    waited: Duration,
+    start: SessionStart,
+}
+
+/// What the broker said when it opened a write session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionStart {
+    /// How long the session waited for the writer.
+    pub waited: Duration,
+    /// How long the broker lets the session hold the writer before it rolls it
+    /// back (`litebrokerd --lease-secs`); `None` from a broker older than
+    /// protocol minor 2, which does not say.
+    pub lease: Option<Duration>,
+    /// When the answer arrived (the lease runs from about then).
+    pub at: Instant,
+}
+
+impl SessionStart {
+    /// How long the session may still hold the writer, if the broker said.
+    pub fn lease_left(&self) -> Option<Duration> {
+        self.lease.map(|l| l.saturating_sub(self.at.elapsed()))
+    }
 }
 
 impl Client {
     /// Opens a write session at the broker on this connection; returns how long it
-    /// waited for the writer. [`WriteSession`] is the form that cannot be left
+    /// waited for the writer and the session's lease. [`WriteSession`] is the form that cannot be left
     /// open; this step form, with [`Client::execute_in_session`] and
     /// [`Client::end_session`], keeps the connection across sessions (a session
     /// ended leaves the connection reusable for the next one). Whoever calls it
@@ -659,10 +680,18 @@ impl Client {
     ///
     /// # Errors
     /// As [`Client::session`].
-    pub fn begin_session(&mut self, timeout: Duration) -> Result<Duration> {
+    pub fn begin_session(&mut self, timeout: Duration) -> Result<SessionStart> {
         let req = Request::BeginSession { timeout_ms: millis(timeout) };
+        let at = Instant::now();
         match self.call(&req, timeout)? {
-            Response::SessionStarted { waited_ms } => Ok(Duration::from_millis(waited_ms)),
+            Response::SessionStarted { waited_ms } => {
+                Ok(SessionStart { waited: Duration::from_millis(waited_ms), lease: None, at })
+            }
+            Response::SessionLeased { waited_ms, lease_ms } => Ok(SessionStart {
+                waited: Duration::from_millis(waited_ms),
+                lease: Some(Duration::from_millis(lease_ms)),
+                at,
+            }),
             other => Err(unexpected("begin-session", &other)),
         }
     }
@@ -670,18 +699,24 @@ impl Client {
 
 impl<C: BorrowMut<Client>> WriteSession<C> {
     fn begin(mut client: C, timeout: Duration) -> Result<Self> {
-        let waited = client.borrow_mut().begin_session(timeout)?;
-        Ok(WriteSession::opened(client, waited))
+        let start = client.borrow_mut().begin_session(timeout)?;
+        Ok(WriteSession::opened(client, start))
     }
 
     /// Holds a session that [`Client::begin_session`] opened on `client`.
-    pub(crate) fn opened(client: C, waited: Duration) -> Self {
-        WriteSession { client, open: true, waited }
+    pub(crate) fn opened(client: C, start: SessionStart) -> Self {
+        WriteSession { client, open: true, start }
     }
 
     /// How long the session waited for the writer.
     pub fn waited(&self) -> Duration {
-        self.waited
+        self.start.waited
+    }
+
+    /// How long the session may still hold the writer before the broker rolls it
+    /// back; `None` from a broker that does not say (older than protocol minor 2).
+    pub fn lease_left(&self) -> Option<Duration> {
+        self.start.lease_left()
     }
 
     /// Runs SQL inside the session. Each call is atomic on its own: when it fails,

@@ -334,10 +334,10 @@ impl Db {
         let timeout = self.inner.opts.request_timeout;
         let deadline = Instant::now() + timeout;
         let mut pooled = self.checkout(deadline)?;
-        let waited = self.retry_locked(deadline, || {
+        let start = self.retry_locked(deadline, || {
             pooled.client().begin_session(deadline.saturating_duration_since(Instant::now()))
         })?;
-        let session = WriteSession::opened(pooled.client(), waited);
+        let session = WriteSession::opened(pooled.client(), start);
         let mut tx = Tx { session: Some(session), db: self };
         let out = f(&mut tx)?;
         tx.commit()?;

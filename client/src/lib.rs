@@ -72,7 +72,7 @@ mod trust;
 pub mod watch;
 
 pub use autostart::StartOutcome;
-pub use client::{connect_or_start, Client, WriteSession, DEFAULT_WRITER_TIMEOUT};
+pub use client::{connect_or_start, Client, SessionStart, WriteSession, DEFAULT_WRITER_TIMEOUT};
 pub use db::{named_params, params, Call, Db, DbBuilder, Executed, Tx};
 pub use env::TRUST_UID_ENV;
 pub use error::{ClientError, Result, Untrusted, LOCKED_USER_TEXT};

@@ -162,7 +162,8 @@ pub enum Request {
     /// Ask the broker to shut down cleanly. Answered by [`Response::ShuttingDown`].
     Shutdown,
     /// Open an exclusive write session (`BEGIN IMMEDIATE` at the broker), waiting
-    /// up to `timeout_ms` for the writer. Answered by [`Response::SessionStarted`].
+    /// up to `timeout_ms` for the writer. Answered by [`Response::SessionLeased`]
+    /// (a client of minor 0 or 1: [`Response::SessionStarted`]).
     BeginSession {
         /// How long to wait for the writer, in milliseconds (0 = broker default).
         timeout_ms: u32,
@@ -539,6 +540,16 @@ pub enum Response {
     Metrics(MetricsReport),
     /// Answer to [`Request::Replication`]. Protocol minor 2.
     Replication(crate::replication::ReplicationReport),
+    /// Answer to [`Request::BeginSession`] for a client of protocol minor 2 or
+    /// later: the session holds the writer, and the broker rolls it back when it
+    /// is held longer than `lease_ms` (older clients get
+    /// [`Response::SessionStarted`]).
+    SessionLeased {
+        /// How long the session waited for the writer, in milliseconds.
+        waited_ms: u64,
+        /// How long the broker lets the session hold the writer, from its start.
+        lease_ms: u64,
+    },
 }
 
 impl Response {

@@ -210,6 +210,7 @@ fn all_responses() -> Vec<Response> {
         }),
         Response::ShuttingDown,
         Response::SessionStarted { waited_ms: 0 },
+        Response::SessionLeased { waited_ms: u64::MAX, lease_ms: 30_000 },
         Response::SessionEnded { committed: true },
         Response::SessionEnded { committed: false },
         Response::Connections(vec![ClientInfo {

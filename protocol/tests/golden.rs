@@ -99,6 +99,7 @@ fn response_index(r: &Response) -> u8 {
         Response::FeedStats(_) => 20,
         Response::Metrics(_) => 21,
         Response::Replication(_) => 22,
+        Response::SessionLeased { .. } => 23,
     }
 }
 
@@ -452,6 +453,8 @@ fn golden_responses() -> Vec<(Response, &'static str)> {
             }),
             "1e00000016 01 0966696c653a2f2f2f72 026c73 0107 01 05 04 fa 00 010165 0109 fbe803",
         ),
+        // Protocol minor 2: a session's start with its lease (30 s).
+        (Response::SessionLeased { waited_ms: 12, lease_ms: 30_000 }, "0500000017 0c fb3075"),
     ]
 }
 

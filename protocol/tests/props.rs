@@ -145,6 +145,7 @@ fn response() -> impl Strategy<Value = Response> {
         exec_result().prop_map(Response::Executed),
         proptest::collection::vec(exec_result(), 0..3).prop_map(Response::Batch),
         any::<u64>().prop_map(|waited_ms| Response::SessionStarted { waited_ms }),
+        any::<(u64, u64)>().prop_map(|(waited_ms, lease_ms)| Response::SessionLeased { waited_ms, lease_ms }),
         any::<bool>().prop_map(|committed| Response::SessionEnded { committed }),
         (any::<u64>(), any::<u64>()).prop_map(|(done, total)| Response::Progress { done, total }),
         (any::<u64>(), any::<u64>())

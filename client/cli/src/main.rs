@@ -193,6 +193,9 @@ enum Command {
     },
     /// Replication status: the supervised Litestream (running, restarting), the
     /// replica (secrets masked), replicated and local positions, lag, last error.
+    #[command(after_help = "Examples:
+  litebroker replication
+  litebroker --json replication")]
     Replication,
     /// Run a WAL checkpoint and report WAL frames, checkpointed frames and whether readers blocked it.
     #[command(after_help = "Examples:
@@ -216,6 +219,10 @@ enum Command {
     /// watched table (all tables when none is named), flushed at once; `--json`: one
     /// JSON object per line. Exits 0 after --count events or on Ctrl-C; 3 when no
     /// broker runs.
+    #[command(after_help = "Examples:
+  litebroker watch skus
+  litebroker --json watch skus sales --count 10
+  litebroker watch --since 1796300000000000-42")]
     Watch {
         /// Tables to watch (none: all).
         tables: Vec<String>,
@@ -249,9 +256,15 @@ enum Command {
     },
     /// The broker's figures in the Prometheus text format (requests, latency
     /// histograms, queue, sessions, locks, WAL, checkpoints, memory); --json: one document.
+    #[command(after_help = "Examples:
+  litebroker metrics
+  litebroker metrics | promtool check metrics")]
     Metrics,
     /// A live view of the broker, refreshed every second: writes/s, p50/p99 latency,
     /// queue depth, clients, WAL, last checkpoint. Leave with q or Ctrl-C.
+    #[command(after_help = "Examples:
+  litebroker top
+  litebroker --db other/app.db top")]
     Top,
 }
 
@@ -573,6 +586,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             let s = client.status().map_err(on_client)?;
             let health = ops::health(&mut client).map_err(on_client)?;
             let repl = replication::report(&mut client).map_err(on_client)?;
+            let feed = watch::feed_report(&mut client).map_err(on_client)?;
             if cli.json {
                 println!(
                     "{}",
@@ -591,6 +605,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                         "commit_max_us": s.max_commit_us,
                         "health": ops::health_json(health.as_ref()),
                         "replication": replication::to_json(repl.as_ref()),
+                        "feed": watch::feed_json(feed.as_ref()),
                     })
                 );
             } else {
@@ -631,6 +646,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 }
                 if let Some(r) = &repl {
                     println!("  replication:  {}", replication::line(r));
+                }
+                if let Some(f) = &feed {
+                    println!("  change feed:  {}", watch::feed_line(f));
                 }
             }
         }

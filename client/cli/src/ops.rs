@@ -3,7 +3,8 @@
 use std::io::IsTerminal;
 use std::path::Path;
 
-use litebroker_client::protocol::{CheckpointMode, DbStats, HealthReport, VerifyReport};
+use litebroker_client::protocol::replication::ReplicationReport;
+use litebroker_client::protocol::{CheckpointMode, DbStats, FeedFigures, HealthReport, VerifyReport};
 use litebroker_client::{Client, ClientError, Location, Value};
 use litebroker_server::ops;
 use serde_json::json;
@@ -68,29 +69,45 @@ pub(crate) fn health_text(h: &HealthReport) -> (String, String) {
 
 pub fn stats(cli: &Cli) -> Result<(), Failure> {
     let on_client = |e: ClientError| client_failure(&e, Some(cli));
-    let (stats, health) = match broker_or_local(cli)? {
+    let (stats, extra) = match broker_or_local(cli)? {
         Some(mut c) => {
             let stats = c.stats().map_err(on_client)?;
-            (stats, health(&mut c).map_err(on_client)?)
+            let extra = BrokerExtra {
+                health: health(&mut c).map_err(on_client)?,
+                replication: crate::replication::report(&mut c).map_err(on_client)?,
+                feed: crate::watch::feed_report(&mut c).map_err(on_client)?,
+            };
+            (stats, extra)
         }
         None => {
             let path = local_path(cli)?;
             let conn = ops::open_read_only(&path).map_err(|e| on_client(e.into()))?;
             let stats =
                 ops::db_stats(&conn, &path, ops::DEFAULT_WAL_WARN_BYTES).map_err(|e| on_client(e.into()))?;
-            (stats, None)
+            (stats, BrokerExtra::default())
         }
     };
     if cli.json {
         let mut doc = stats_json(&stats);
         if doc["broker"].is_object() {
-            doc["broker"]["health"] = health_json(health.as_ref());
+            doc["broker"]["health"] = health_json(extra.health.as_ref());
+            doc["broker"]["replication"] = crate::replication::to_json(extra.replication.as_ref());
+            doc["broker"]["feed"] = crate::watch::feed_json(extra.feed.as_ref());
         }
         println!("{doc}");
     } else {
-        print_stats(&stats, health.as_ref());
+        print_stats(&stats, &extra);
     }
     Ok(())
+}
+
+/// What `stats` adds from the broker's other reports (each None from a broker
+/// too old to give it, or with no broker).
+#[derive(Default)]
+struct BrokerExtra {
+    health: Option<HealthReport>,
+    replication: Option<ReplicationReport>,
+    feed: Option<FeedFigures>,
 }
 
 fn stats_json(s: &DbStats) -> serde_json::Value {
@@ -126,7 +143,7 @@ fn stats_json(s: &DbStats) -> serde_json::Value {
     doc
 }
 
-fn print_stats(s: &DbStats, health: Option<&HealthReport>) {
+fn print_stats(s: &DbStats, extra: &BrokerExtra) {
     println!("Database Statistics:");
     println!("  Database: {}", s.db_path);
     println!("  Schema version: {}", s.schema_version);
@@ -165,10 +182,16 @@ fn print_stats(s: &DbStats, health: Option<&HealthReport>) {
             );
             println!("  Queue depth: {}", b.queue_depth);
             println!("  Lock waits: {} ({} retries)", w.lock_waits, w.lock_retries);
-            if let Some(h) = health {
+            if let Some(h) = &extra.health {
                 let (exactly_once, writes) = health_text(h);
                 println!("  Exactly-once writes: {exactly_once}");
                 println!("  Writes: {writes}");
+            }
+            if let Some(r) = &extra.replication {
+                println!("  Replication: {}", crate::replication::line(r));
+            }
+            if let Some(f) = &extra.feed {
+                println!("  Change feed: {}", crate::watch::feed_line(f));
             }
             if b.request_ids {
                 println!(

@@ -11,8 +11,8 @@
 use std::io::Write;
 use std::time::Duration;
 
-use litebroker_client::protocol::{ChangeEvent, Cursor};
-use litebroker_client::{ConnectOptions, Watch};
+use litebroker_client::protocol::{ChangeEvent, Cursor, FeedFigures};
+use litebroker_client::{Client, ClientError, ConnectOptions, Watch};
 use serde_json::{json, Value as Json};
 
 use crate::{client_failure, fail, Cli, Failure};
@@ -67,26 +67,56 @@ pub(crate) fn run(
     Ok(())
 }
 
+/// The change feed's figures; None from a broker too old to have the feed.
+pub(crate) fn feed_report(client: &mut Client) -> Result<Option<FeedFigures>, ClientError> {
+    match client.feed_stats() {
+        Ok(f) => Ok(Some(f)),
+        Err(ClientError::Unexpected(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The figures as JSON (null when unknown), as `watch --stats --json` prints them.
+pub(crate) fn feed_json(f: Option<&FeedFigures>) -> Json {
+    f.map_or(Json::Null, |f| {
+        json!({
+            "epoch": f.epoch,
+            "head": f.head.to_string(),
+            "subscribers": f.subscribers,
+            "ring_events": f.ring_events,
+            "ring_bytes": f.ring_bytes,
+            "ring_max_events": f.ring_max_events,
+            "ring_max_bytes": f.ring_max_bytes,
+            "oldest": f.oldest.map(|c| c.to_string()),
+            "published": f.published,
+            "resyncs": f.resyncs,
+            "dropped_backlogs": f.dropped_backlogs,
+        })
+    })
+}
+
+/// One line for `status` and `stats`: subscribers, the ring, what was published.
+pub(crate) fn feed_line(f: &FeedFigures) -> String {
+    format!(
+        "{} watching; ring {} of {} events ({:.1} of {:.1} MB); {} published, {} resyncs, {} backlogs \
+         dropped; head {}",
+        f.subscribers,
+        f.ring_events,
+        f.ring_max_events,
+        f.ring_bytes as f64 / 1e6,
+        f.ring_max_bytes as f64 / 1e6,
+        f.published,
+        f.resyncs,
+        f.dropped_backlogs,
+        f.head
+    )
+}
+
 fn print_stats(cli: &Cli) -> Result<(), Failure> {
     let mut client = crate::connect(cli)?;
     let f = client.feed_stats().map_err(|e| client_failure(&e, Some(cli)))?;
     if cli.json {
-        println!(
-            "{}",
-            json!({
-                "epoch": f.epoch,
-                "head": f.head.to_string(),
-                "subscribers": f.subscribers,
-                "ring_events": f.ring_events,
-                "ring_bytes": f.ring_bytes,
-                "ring_max_events": f.ring_max_events,
-                "ring_max_bytes": f.ring_max_bytes,
-                "oldest": f.oldest.map(|c| c.to_string()),
-                "published": f.published,
-                "resyncs": f.resyncs,
-                "dropped_backlogs": f.dropped_backlogs,
-            })
-        );
+        println!("{}", feed_json(Some(&f)));
     } else {
         println!("head:         {}", f.head);
         println!("subscribers:  {}", f.subscribers);

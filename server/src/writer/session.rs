@@ -130,7 +130,10 @@ impl Sessions {
                     lease_deadline: now + core.shared.config.lease,
                     fresh: true,
                 });
-                job.answer(Response::SessionStarted { waited_ms: job.enqueued.elapsed().as_millis() as u64 });
+                job.answer(Response::SessionLeased {
+                    waited_ms: job.enqueued.elapsed().as_millis() as u64,
+                    lease_ms: core.shared.config.lease.as_millis() as u64,
+                });
             }
         }
         core.finished(1);

@@ -78,7 +78,7 @@ impl Shell<'_> {
                 text.push_str(
                     "\nStatements end with ';' and may span lines. Reads run on this process's read-only \
                      connection,\nwrites through the broker; BEGIN … COMMIT is one write session (the \
-                     prompt shows how long\nthe writer has been held). Ctrl-C drops the line being typed, or stops a running read.\n",
+                     prompt shows how long\nthe writer has been held and the lease left). Ctrl-C drops the line being typed, or stops a running read.\n",
                 );
                 self.write_out(|o| o.write_all(text.as_bytes()))?;
             }

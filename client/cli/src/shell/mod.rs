@@ -117,11 +117,21 @@ impl<'a> Shell<'a> {
         }
     }
 
-    /// The prompt; in a write session it shows how long the writer has been held.
+    /// The prompt; in a write session it shows how long the writer has been held
+    /// and how much of the session's lease is left (when the broker says).
     fn prompt(&self) -> String {
         match &self.txn {
             Txn::None => "litebroker> ".to_owned(),
-            Txn::Open { since, .. } => format!("litebroker [txn {}s]> ", since.elapsed().as_secs()),
+            Txn::Open { since, session, .. } => match session.lease_left() {
+                Some(left) => {
+                    format!(
+                        "litebroker [txn {}s, lease {}s left]> ",
+                        since.elapsed().as_secs(),
+                        left.as_secs()
+                    )
+                }
+                None => format!("litebroker [txn {}s]> ", since.elapsed().as_secs()),
+            },
             Txn::Aborted(_) => "litebroker [txn aborted]> ".to_owned(),
         }
     }
