@@ -27,6 +27,14 @@ const SYNC_SECS: f64 = 1.0;
 /// it holds about one second of writes, Litestream's monitor interval).
 const WAL_CAP: u64 = 512 * 1024 * 1024;
 
+/// One replication test at a time: each runs writers, a broker and Litestream,
+/// and on a 2-core machine several at once starve Litestream, whose lag then
+/// says more about the machine than about the broker.
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn secs_from_env(name: &str, default: u64) -> Duration {
     Duration::from_secs(std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default))
 }
@@ -177,6 +185,7 @@ impl Load {
 
 #[test]
 fn writes_acknowledged_before_the_sync_window_survive_a_kill_9_of_the_broker() {
+    let _alone = alone();
     let dir = TestDir::new();
     let db = dir.db();
     let replica = dir.path().join("replica");
@@ -186,7 +195,7 @@ fn writes_acknowledged_before_the_sync_window_survive_a_kill_9_of_the_broker() {
     // How far behind the replica was just before the kill, as the broker saw it: on
     // a loaded machine Litestream may fall behind its sync interval, and the
     // promise is about what the broker reports replicated.
-    let lag_ms = replication(&db)["lag_ms"].as_u64().expect("lag_ms");
+    let lag_ms = (replication(&db)["lag_seconds"].as_f64().expect("lag_seconds") * 1000.0) as u64;
     assert!(lag_ms < 30_000, "the replica is {lag_ms} ms behind under load");
     let killed_at = now_ms();
     broker.kill9();
@@ -224,7 +233,8 @@ fn writes_acknowledged_before_the_sync_window_survive_a_kill_9_of_the_broker() {
     );
     let total = query_i64(&target, "SELECT count(*) FROM w");
     eprintln!(
-        "{} acknowledged, {old} older than {window} ms before the kill, {total} in the replica",
+        "{} acknowledged, {old} older than {window} ms before the kill (lag reported {lag_ms} ms), {total} in \
+         the replica",
         acked.len()
     );
 }
@@ -239,6 +249,7 @@ fn rfc3339(ms: u64) -> String {
 
 #[test]
 fn restore_at_a_time_between_two_markers_holds_the_first_and_not_the_second() {
+    let _alone = alone();
     let dir = TestDir::new();
     let db = dir.db();
     let replica = dir.path().join("replica");
@@ -274,6 +285,7 @@ fn restore_at_a_time_between_two_markers_holds_the_first_and_not_the_second() {
 
 #[test]
 fn a_killed_litestream_is_restarted_with_no_write_errors_and_the_replica_catches_up() {
+    let _alone = alone();
     let dir = TestDir::new();
     let db = dir.db();
     let replica = dir.path().join("replica");
@@ -316,6 +328,7 @@ fn a_killed_litestream_is_restarted_with_no_write_errors_and_the_replica_catches
 /// load's length: twice), and under [`WAL_CAP`].
 #[test]
 fn the_wal_stays_bounded_under_write_load_while_replicating() {
+    let _alone = alone();
     let dir = TestDir::new();
     let db = dir.db();
     let replica = dir.path().join("replica");
@@ -356,6 +369,7 @@ fn the_wal_stays_bounded_under_write_load_while_replicating() {
 
 #[test]
 fn an_unwritable_replica_is_reported_and_writes_keep_working() {
+    let _alone = alone();
     let dir = TestDir::new();
     let db = dir.db();
     // A folder below a regular file cannot be made, not even by root.
@@ -384,6 +398,7 @@ fn an_unwritable_replica_is_reported_and_writes_keep_working() {
 
 #[test]
 fn replicate_without_the_litestream_binary_exits_2_naming_how_to_install_it() {
+    let _alone = alone();
     let dir = TestDir::new();
     let o = Command::new(bin("litebrokerd"))
         .arg("--db")
