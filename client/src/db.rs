@@ -203,6 +203,20 @@ impl Call<'_> {
         let r = self.db.send(sql, Bound::Positional(Vec::new()), &self)?;
         Ok(Executed::from(&r))
     }
+
+    /// As [`Db::execute_returning`].
+    ///
+    /// # Errors
+    /// As [`Db::execute_returning`].
+    pub fn execute_returning<T>(
+        self,
+        sql: &str,
+        params: impl Params,
+        mut f: impl FnMut(&Row<'_>) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let r = self.db.send(sql, params.bind()?, &self)?;
+        r.rows.iter().map(|v| f(&Row::new(&r.columns, v))).collect()
+    }
 }
 
 impl Db {
@@ -296,10 +310,9 @@ impl Db {
         &self,
         sql: &str,
         params: impl Params,
-        mut f: impl FnMut(&Row<'_>) -> Result<T>,
+        f: impl FnMut(&Row<'_>) -> Result<T>,
     ) -> Result<Vec<T>> {
-        let r = self.send(sql, params.bind()?, &self.call())?;
-        r.rows.iter().map(|v| f(&Row::new(&r.columns, v))).collect()
+        self.call().execute_returning(sql, params, f)
     }
 
     /// A write session: `f` runs with the writer held for this handle (the

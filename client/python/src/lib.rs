@@ -440,7 +440,7 @@ impl PyDb {
                 return Ok((None, Vec::new(), done.changes, done.last_insert_rowid));
             }
             let mut rows = Vec::new();
-            self.db.execute_returning(sql, values, |r| {
+            call.execute_returning(sql, values, |r| {
                 rows.push(r.values().to_vec());
                 Ok(())
             })?;

@@ -348,7 +348,7 @@ def test_readers_work_without_a_broker(broker):
     assert fresh.query("SELECT sku FROM skus") == [("before",)]
 
 
-def test_admin_calls_and_watch(broker):
+def test_admin_calls(broker):
     f = ConnectionFactory(broker.db)
     f.execute("INSERT INTO skus (sku) VALUES ('A')")
     assert f.status()["pid"] == broker.proc.pid
