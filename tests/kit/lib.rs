@@ -57,6 +57,7 @@ pub use system::owner_only_pipe_descriptor;
 #[cfg(unix)]
 pub use system::{as_user, is_root, require_root, require_setpriv};
 pub use system::{fd_count, proc_status_field, rss_kib};
+#[cfg(unix)]
 pub use terminal::Terminal;
 #[cfg(unix)]
 pub use {broker::NoStrayBrokers, system::broker_pids};
