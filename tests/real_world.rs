@@ -30,26 +30,6 @@ fn script(name: &str) -> PathBuf {
     repo_root().join("scripts").join(name)
 }
 
-/// Pids of live processes whose command line is `…litebrokerd … <db> …`: every
-/// broker of this database, whoever started it. Zombies have an empty command
-/// line and are not counted.
-fn broker_pids(db: &Path) -> BTreeSet<u32> {
-    let db = db.to_string_lossy();
-    let mut found = BTreeSet::new();
-    let Ok(entries) = fs::read_dir("/proc") else { return found };
-    for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(raw) = fs::read(e.path().join("cmdline")) else { continue };
-        let args: Vec<String> =
-            raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        let is_broker = args.first().is_some_and(|a| a.ends_with("litebrokerd"));
-        if is_broker && args.iter().any(|a| a.contains(db.as_ref())) {
-            found.insert(pid);
-        }
-    }
-    found
-}
-
 /// Fields of `/proc/<pid>/stat` after the command name: [state, ppid, pgrp, session, …].
 fn proc_stat(pid: u32) -> Option<Vec<String>> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -59,28 +39,6 @@ fn proc_stat(pid: u32) -> Option<Vec<String>> {
 
 fn alive(pid: u32) -> bool {
     proc_stat(pid).is_some_and(|f| f[0] != "Z")
-}
-
-/// Brokers of a test's database are not children of the test (an app instance or
-/// a script started them): this stops any left over when the test ends, even when
-/// it fails, so no stray process outlives it.
-struct NoStrayBrokers(PathBuf);
-
-impl Drop for NoStrayBrokers {
-    fn drop(&mut self) {
-        if broker_pids(&self.0).is_empty() {
-            return;
-        }
-        let _ = cli(&self.0, &["--timeout", "5", "shutdown"]);
-        if !wait_until(Duration::from_secs(10), || broker_pids(&self.0).is_empty()) {
-            for pid in broker_pids(&self.0) {
-                // SAFETY: kill(2) on a broker of this test's own temp database.
-                unsafe {
-                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
-                }
-            }
-        }
-    }
 }
 
 #[cfg(target_os = "linux")]

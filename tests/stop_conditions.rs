@@ -149,7 +149,9 @@ fn an_external_lock_is_waited_out_with_the_backoff_then_reported() {
 
     // (b) Released mid-way: the write succeeds on a retry.
     let retries_before = b.log().matches("retry 1 of 3").count();
-    let mut sq = sqlite3_holding(&db, 2.5, "ext-b");
+    // Held 4 s: well inside the 7.5 s schedule, and long enough that the write
+    // still meets the lock when this test reads LOCKED late on a loaded machine.
+    let mut sq = sqlite3_holding(&db, 4.0, "ext-b");
     let t0 = Instant::now();
     let o = cli(&db, &["exec", "INSERT INTO skus (sku) VALUES ('mine-b')"]);
     assert_exit(&o, 0);

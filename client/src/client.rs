@@ -8,13 +8,13 @@ use std::borrow::BorrowMut;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use litebroker_protocol::backoff::{jitter, Backoff};
+use litebroker_protocol::backoff::jitter;
 use litebroker_protocol::rendezvous::Location;
 use litebroker_protocol::stream::{ExchangeError, FrameStream};
 use litebroker_protocol::{
     BackupReport, BrokerStatus, CheckpointMode, CheckpointReport, ClientInfo, DbStats, ErrorInfo, ErrorKind,
-    ExecResult, HealthReport, HelloAck, ManySummary, Migration, MigrationReport, Request, Response,
-    RestoreReport, Statement, Value, VerifyReport, WriteOptions,
+    ExecResult, HealthReport, HelloAck, ManySummary, MetricsReport, Migration, MigrationReport, Request,
+    Response, RestoreReport, Statement, Value, VerifyReport, WriteOptions,
 };
 
 use crate::autostart::{self, StartOutcome};
@@ -115,7 +115,7 @@ impl Client {
     /// The last connect error once the deadline passes, or at once for errors a
     /// retry cannot fix (e.g. an incompatible broker).
     pub fn reconnect(&mut self, deadline: Instant) -> Result<()> {
-        let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        let backoff = crate::connect::RECONNECT;
         let mut retry = 0;
         loop {
             let mut opts = self.opts.clone();
@@ -264,6 +264,31 @@ impl Client {
                 if !matches!(e, ExchangeError::Encode(_)) {
                     self.broken = true;
                 }
+                Err(exchange_error(e))
+            }
+        }
+    }
+
+    /// The change feed's figures: subscribers, the ring of recent events, what
+    /// was published (protocol minor 2).
+    ///
+    /// # Errors
+    /// When the broker does not answer, or is too old for the feed (protocol
+    /// minor below 2): then [`ClientError::Unexpected`].
+    pub fn feed_stats(&mut self) -> Result<litebroker_protocol::FeedFigures> {
+        match self.call_newer(Request::FeedStats)? {
+            Response::FeedStats(f) => Ok(f),
+            other => Err(unexpected("feed-stats", &other)),
+        }
+    }
+
+    /// Waits up to `wait` for the next frame of a stream (a watch): `Ok(None)`
+    /// when none came; an error answer is returned as [`Response::Error`].
+    pub(crate) fn next_response(&mut self, wait: Duration) -> Result<Option<Response>> {
+        match self.stream.next_response(wait) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.broken = true;
                 Err(exchange_error(e))
             }
         }
@@ -476,7 +501,13 @@ impl Client {
 
     /// Runs SQL inside this connection's write session: no request id, no resend —
     /// a session cut by a lost connection is rolled back by the broker, never resumed.
-    fn execute_in_session(&mut self, sql: &str, params: &[Value]) -> Result<ExecResult> {
+    /// (The step form of [`WriteSession::execute`], for code that keeps the
+    /// connection across several sessions, such as a language binding's context
+    /// manager; see [`Client::begin_session`].)
+    ///
+    /// # Errors
+    /// As [`WriteSession::execute`].
+    pub fn execute_in_session(&mut self, sql: &str, params: &[Value]) -> Result<ExecResult> {
         let mut opts = WriteOptions::default();
         let wait = timeout_of(&mut opts, self.timeout);
         let req = Request::Execute { stmt: Statement::new(sql, params.to_vec()), opts };
@@ -491,6 +522,41 @@ impl Client {
                 ),
             ))),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Sends `req`, a request appended after protocol minor 0, after checking that
+    /// the broker speaks the minor that appended it (an older broker could not
+    /// decode it).
+    fn call_newer(&mut self, req: Request) -> Result<Response> {
+        if self.hello.minor < req.since_minor() {
+            let h = &self.hello;
+            return Err(ClientError::Unexpected(format!(
+                "the broker (litebrokerd {}, protocol {}.{}) is too old for the {} request, which needs \
+                 protocol {}.{}; upgrade it",
+                h.broker_version,
+                h.protocol,
+                h.minor,
+                req.kind(),
+                h.protocol,
+                req.since_minor()
+            )));
+        }
+        let timeout = self.timeout;
+        self.call(&req, timeout)
+    }
+
+    /// Commits (`commit` true) or rolls back the write session that
+    /// [`Client::begin_session`] opened on this connection.
+    ///
+    /// # Errors
+    /// As [`WriteSession::commit`] and [`WriteSession::rollback`].
+    pub fn end_session(&mut self, commit: bool) -> Result<()> {
+        let req = if commit { Request::Commit } else { Request::Rollback };
+        let timeout = self.timeout;
+        match self.call(&req, timeout)? {
+            Response::SessionEnded { committed } if committed == commit => Ok(()),
+            other => Err(unexpected(req.kind(), &other)),
         }
     }
 
@@ -511,15 +577,36 @@ impl Client {
     /// # Errors
     /// When the broker does not answer, or is too old to tell (protocol minor 0).
     pub fn health(&mut self) -> Result<HealthReport> {
-        if self.hello.minor < 1 {
-            return Err(ClientError::Unexpected(format!(
-                "the broker (litebrokerd {}) is too old to report its health; upgrade it",
-                self.hello.broker_version
-            )));
-        }
-        match self.call(&Request::Health, self.timeout)? {
+        match self.call_newer(Request::Health)? {
             Response::Health(h) => Ok(h),
             other => Err(unexpected("health", &other)),
+        }
+    }
+
+    /// The broker's figures: requests by kind and outcome, latency histograms,
+    /// queue, sessions, locks, WAL, checkpoints, process (the Prometheus data
+    /// model; [`MetricsReport::exposition`] renders the text format).
+    ///
+    /// # Errors
+    /// When the broker does not answer, or is too old to report them (protocol
+    /// minor below 2).
+    pub fn metrics(&mut self) -> Result<MetricsReport> {
+        match self.call_newer(Request::Metrics)? {
+            Response::Metrics(m) => Ok(m),
+            other => Err(unexpected("metrics", &other)),
+        }
+    }
+
+    /// Replication status: the supervised Litestream, the replica's and the local
+    /// positions, lag, the last error (`state` is `Off` without `--replicate`).
+    ///
+    /// # Errors
+    /// When the broker does not answer, or is too old to tell (protocol minor
+    /// below 2): then [`ClientError::Unexpected`].
+    pub fn replication(&mut self) -> Result<litebroker_protocol::replication::ReplicationReport> {
+        match self.call_newer(Request::Replication)? {
+            Response::Replication(r) => Ok(r),
+            other => Err(unexpected("replication", &other)),
         }
     }
 
@@ -681,16 +768,53 @@ impl Client {
 pub struct WriteSession<C: BorrowMut<Client>> {
     client: C,
     open: bool,
-    waited: Duration,
+    start: SessionStart,
+}
+
+/// What the broker said when it opened a write session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionStart {
+    /// How long the session waited for the writer.
+    pub waited: Duration,
+    /// How long the broker lets the session hold the writer before it rolls it
+    /// back (`litebrokerd --lease-secs`); `None` from a broker older than
+    /// protocol minor 2, which does not say.
+    pub lease: Option<Duration>,
+    /// When the answer arrived (the lease runs from about then).
+    pub at: Instant,
+}
+
+impl SessionStart {
+    /// How long the session may still hold the writer, if the broker said.
+    pub fn lease_left(&self) -> Option<Duration> {
+        self.lease.map(|l| l.saturating_sub(self.at.elapsed()))
+    }
 }
 
 impl Client {
     /// Opens a write session at the broker on this connection; returns how long it
-    /// waited for the writer. [`WriteSession::opened`] then holds it.
-    pub(crate) fn begin_session(&mut self, timeout: Duration) -> Result<Duration> {
+    /// waited for the writer and the session's lease. [`WriteSession`] is the form that cannot be left
+    /// open; this step form, with [`Client::execute_in_session`] and
+    /// [`Client::end_session`], keeps the connection across sessions (a session
+    /// ended leaves the connection reusable for the next one). Whoever calls it
+    /// must end the session (the broker rolls it back when the connection closes
+    /// or the lease runs out).
+    ///
+    /// # Errors
+    /// As [`Client::session`].
+    pub fn begin_session(&mut self, timeout: Duration) -> Result<SessionStart> {
         let req = Request::BeginSession { timeout_ms: millis(timeout) };
+        let at = Instant::now();
         match self.call(&req, timeout)? {
-            Response::SessionStarted { waited_ms } => Ok(Duration::from_millis(waited_ms)),
+            Response::SessionStarted { waited_ms } => {
+                Ok(SessionStart { waited: Duration::from_millis(waited_ms), lease: None, at })
+            }
+            Response::SessionLeased { waited_ms, lease_ms } => Ok(SessionStart {
+                waited: Duration::from_millis(waited_ms),
+                lease: Some(Duration::from_millis(lease_ms)),
+                at,
+            }),
             other => Err(unexpected("begin-session", &other)),
         }
     }
@@ -698,18 +822,24 @@ impl Client {
 
 impl<C: BorrowMut<Client>> WriteSession<C> {
     fn begin(mut client: C, timeout: Duration) -> Result<Self> {
-        let waited = client.borrow_mut().begin_session(timeout)?;
-        Ok(WriteSession::opened(client, waited))
+        let start = client.borrow_mut().begin_session(timeout)?;
+        Ok(WriteSession::opened(client, start))
     }
 
     /// Holds a session that [`Client::begin_session`] opened on `client`.
-    pub(crate) fn opened(client: C, waited: Duration) -> Self {
-        WriteSession { client, open: true, waited }
+    pub(crate) fn opened(client: C, start: SessionStart) -> Self {
+        WriteSession { client, open: true, start }
     }
 
     /// How long the session waited for the writer.
     pub fn waited(&self) -> Duration {
-        self.waited
+        self.start.waited
+    }
+
+    /// How long the session may still hold the writer before the broker rolls it
+    /// back; `None` from a broker that does not say (older than protocol minor 2).
+    pub fn lease_left(&self) -> Option<Duration> {
+        self.start.lease_left()
     }
 
     /// Runs SQL inside the session. Each call is atomic on its own: when it fails,
@@ -747,13 +877,7 @@ impl<C: BorrowMut<Client>> WriteSession<C> {
 
     fn end(&mut self, commit: bool) -> Result<()> {
         self.open = false;
-        let c = self.client.borrow_mut();
-        let req = if commit { Request::Commit } else { Request::Rollback };
-        let timeout = c.timeout;
-        match c.call(&req, timeout)? {
-            Response::SessionEnded { committed } if committed == commit => Ok(()),
-            other => Err(unexpected(req.kind(), &other)),
-        }
+        self.client.borrow_mut().end_session(commit)
     }
 
     fn note_end<T>(&mut self, r: &Result<T>) {

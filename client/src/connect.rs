@@ -3,6 +3,9 @@
 //! Nothing here starts a broker: [`crate::autostart`] does that, above this, and
 //! connects through it; [`crate::Client`] wraps what comes out.
 
+use std::time::Duration;
+
+use litebroker_protocol::backoff::Backoff;
 use litebroker_protocol::host::pid_alive;
 use litebroker_protocol::rendezvous::{BrokerInfo, Location};
 use litebroker_protocol::stream::FrameStream;
@@ -11,6 +14,10 @@ use litebroker_protocol::{ErrorInfo, ErrorKind, HelloAck, Response, PROTOCOL_VER
 use crate::error::{exchange_error, unexpected, ClientError, Result};
 use crate::options::ConnectOptions;
 use crate::trust;
+
+/// Pauses between attempts to reach a broker that went away (a restart): 50 ms,
+/// doubling, at most 2 s. Used by a client reconnecting and by a watch.
+pub(crate) const RECONNECT: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
 
 /// A connection to a trusted broker of the database, after the handshake.
 #[derive(Debug)]

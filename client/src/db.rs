@@ -225,6 +225,20 @@ impl Call<'_> {
         let mut pooled = db.checkout(deadline)?;
         pooled.client().execute_many_with(sql, rows, opts)
     }
+
+    /// As [`Db::execute_returning`].
+    ///
+    /// # Errors
+    /// As [`Db::execute_returning`].
+    pub fn execute_returning<T>(
+        self,
+        sql: &str,
+        params: impl Params,
+        mut f: impl FnMut(&Row<'_>) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let r = self.db.send(sql, params.bind()?, &self)?;
+        r.rows.iter().map(|v| f(&Row::new(&r.columns, v))).collect()
+    }
 }
 
 impl Db {
@@ -345,10 +359,9 @@ impl Db {
         &self,
         sql: &str,
         params: impl Params,
-        mut f: impl FnMut(&Row<'_>) -> Result<T>,
+        f: impl FnMut(&Row<'_>) -> Result<T>,
     ) -> Result<Vec<T>> {
-        let r = self.send(sql, params.bind()?, &self.call())?;
-        r.rows.iter().map(|v| f(&Row::new(&r.columns, v))).collect()
+        self.call().execute_returning(sql, params, f)
     }
 
     /// A write session: `f` runs with the writer held for this handle (the
@@ -383,10 +396,10 @@ impl Db {
         let timeout = self.inner.opts.request_timeout;
         let deadline = Instant::now() + timeout;
         let mut pooled = self.checkout(deadline)?;
-        let waited = self.retry_locked(deadline, || {
+        let start = self.retry_locked(deadline, || {
             pooled.client().begin_session(deadline.saturating_duration_since(Instant::now()))
         })?;
-        let session = WriteSession::opened(pooled.client(), waited);
+        let session = WriteSession::opened(pooled.client(), start);
         let mut tx = Tx { session: Some(session), db: self };
         let out = f(&mut tx)?;
         tx.commit()?;
@@ -400,6 +413,18 @@ impl Db {
     pub fn migrate(&self, migrations: &[Migration]) -> Result<MigrationReport> {
         let deadline = Instant::now() + self.inner.opts.request_timeout;
         self.checkout(deadline)?.client().migrate(migrations)
+    }
+
+    /// Watches `tables` through the change feed: a blocking iterator of the
+    /// committed transactions that touched them, on a broker connection of its
+    /// own (not the pool's), reconnecting by itself (see [`crate::watch`]).
+    pub fn watch(&self, tables: &[&str]) -> crate::Watch {
+        crate::Watch::new(self.inner.opts.clone(), tables.iter().map(|t| (*t).to_owned()).collect())
+    }
+
+    /// Watches every table (see [`Db::watch`]).
+    pub fn watch_all(&self) -> crate::Watch {
+        crate::Watch::new(self.inner.opts.clone(), Vec::new())
     }
 
     /// A broker connection of its own, for admin calls (status, stats, backup…).

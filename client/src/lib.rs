@@ -70,9 +70,10 @@ mod retry;
 mod row;
 mod tracking;
 mod trust;
+pub mod watch;
 
 pub use autostart::StartOutcome;
-pub use client::{connect_or_start, Client, WriteSession, DEFAULT_WRITER_TIMEOUT};
+pub use client::{connect_or_start, Client, SessionStart, WriteSession, DEFAULT_WRITER_TIMEOUT};
 pub use db::{named_params, params, Call, Db, DbBuilder, Executed, Tx};
 pub use env::TRUST_UID_ENV;
 pub use error::{ClientError, Result, Untrusted, LOCKED_USER_TEXT};
@@ -80,6 +81,7 @@ pub use factory::ConnectionFactory;
 pub use ids::{new_request_id, request_id_millis};
 pub use litebroker_protocol as protocol;
 pub use litebroker_protocol::rendezvous::{Location, DEFAULT_DB};
+pub use litebroker_protocol::{ChangeEvent, Cursor, ResyncReason, TableChange};
 pub use litebroker_protocol::{ErrorKind, ExecResult, ManySummary, Statement, Value, WriteOptions};
 pub use migrate::{migrations_from_dir, Migration, MigrationReport};
 pub use options::{AutoStart, ConnectOptions, DEFAULT_TIMEOUT};
@@ -93,6 +95,7 @@ pub use rusqlite;
 pub use rusqlite::types::FromSql;
 pub use rusqlite::ToSql;
 pub use tracking::active_connections_count;
+pub use watch::Watch;
 
 /// The README's example compiles against this library.
 #[cfg(doctest)]

@@ -4,6 +4,8 @@
 //!
 //! - The wire contract: the [`Request`] and [`Response`] enums, [`Value`], the
 //!   typed [`ErrorKind`]s, the protocol version and the framing/codec in [`frame`].
+//! - [`metrics`]: the broker's figures as they cross the wire, and their
+//!   rendering in the Prometheus text exposition format.
 //! - [`rendezvous`]: where a database's broker listens and what it records in its
 //!   lock file, derived from the database path alone.
 //! - [`stream`]: the connecting side's frame stream, with the waits of a round
@@ -27,9 +29,11 @@ pub mod backoff;
 pub mod frame;
 pub mod host;
 mod messages;
+pub mod metrics;
 #[cfg(windows)]
 pub mod pipe_deadline;
 pub mod rendezvous;
+pub mod replication;
 #[cfg(feature = "rusqlite")]
 pub mod sql;
 pub mod stream;
@@ -39,6 +43,7 @@ pub use frame::{
     HARD_MAX_FRAME,
 };
 pub use messages::*;
+pub use metrics::{HistogramValue, MetricFamily, MetricKind, MetricSeries, MetricValue, MetricsReport};
 
 /// Major protocol version. Part of the socket name: brokers and clients of different
 /// majors never talk on the same socket. Bumped for any incompatible change.

@@ -11,6 +11,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::MetricsReport;
+
 /// A SQLite value as it crosses the wire.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Value {
@@ -160,7 +162,8 @@ pub enum Request {
     /// Ask the broker to shut down cleanly. Answered by [`Response::ShuttingDown`].
     Shutdown,
     /// Open an exclusive write session (`BEGIN IMMEDIATE` at the broker), waiting
-    /// up to `timeout_ms` for the writer. Answered by [`Response::SessionStarted`].
+    /// up to `timeout_ms` for the writer. Answered by [`Response::SessionLeased`]
+    /// (a client of minor 0 or 1: [`Response::SessionStarted`]).
     BeginSession {
         /// How long to wait for the writer, in milliseconds (0 = broker default).
         timeout_ms: u32,
@@ -212,6 +215,31 @@ pub enum Request {
     /// whether it still accepts writes at all. Protocol minor 1. Answered by
     /// [`Response::Health`].
     Health,
+    /// Subscribe to the change feed: this connection becomes a stream. Answered by
+    /// [`Response::Watching`], then one [`Response::Change`] per committed
+    /// transaction that touched a watched table (and resyncs), until the client
+    /// disconnects. No other request is served on the connection afterwards.
+    /// Protocol minor 2.
+    Watch {
+        /// Tables to watch (empty: all tables).
+        tables: Vec<String>,
+        /// Resume after this cursor (the last one the client saw): the events it
+        /// missed are replayed from the broker's ring, or a resync says why they
+        /// cannot be.
+        since: Option<Cursor>,
+    },
+    /// The change feed's figures (subscribers, the ring). Answered by
+    /// [`Response::FeedStats`]. Protocol minor 2.
+    FeedStats,
+    /// The broker's figures (requests, latencies, queue, sessions, locks, WAL,
+    /// checkpoints, process) in the Prometheus data model. Protocol minor 2: a
+    /// broker answers it only to clients that said minor 2 or later. Answered by
+    /// [`Response::Metrics`].
+    Metrics,
+    /// Replication status: the supervised Litestream process, the replica's and the
+    /// local positions, lag, the last error. Protocol minor 2: a client sends it only
+    /// to a broker that said minor 2 or later. Answered by [`Response::Replication`].
+    Replication,
     /// Opens a streamed executemany (protocol minor 2): `sql`, one statement, runs
     /// once per parameter row; the rows follow in [`Request::ManyRows`] frames and
     /// [`Request::ManyEnd`] closes the stream, all in one transaction holding the
@@ -262,9 +290,30 @@ impl Request {
             Request::Restore { .. } => "restore",
             Request::Migrate { .. } => "migrate",
             Request::Health => "health",
+            Request::Watch { .. } => "watch",
+            Request::FeedStats => "feed-stats",
+            Request::Metrics => "metrics",
+            Request::Replication => "replication",
             Request::ManyBegin { .. } => "many-begin",
             Request::ManyRows { .. } => "many-rows",
             Request::ManyEnd { .. } => "many-end",
+        }
+    }
+
+    /// The protocol minor that appended this request. A broker answers it only
+    /// to a client that said it speaks that minor or later: the answer is a
+    /// variant an older client could not decode.
+    pub fn since_minor(&self) -> u32 {
+        match self {
+            Request::Watch { .. }
+            | Request::FeedStats
+            | Request::Metrics
+            | Request::Replication
+            | Request::ManyBegin { .. }
+            | Request::ManyRows { .. }
+            | Request::ManyEnd { .. } => 2,
+            Request::Health => 1,
+            _ => 0,
         }
     }
 }
@@ -513,6 +562,30 @@ pub enum Response {
     Migrated(MigrationReport),
     /// Answer to [`Request::Health`].
     Health(HealthReport),
+    /// Answer to [`Request::Watch`]: subscribed; events after `cursor` follow.
+    Watching {
+        /// Where the stream starts: the client's `since` when it can be honoured,
+        /// else the newest event's cursor (a resync follows in that case).
+        cursor: Cursor,
+    },
+    /// One event of a watch stream (see [`Request::Watch`]); more follow.
+    Change(ChangeEvent),
+    /// Answer to [`Request::FeedStats`].
+    FeedStats(FeedFigures),
+    /// Answer to [`Request::Metrics`]. Protocol minor 2.
+    Metrics(MetricsReport),
+    /// Answer to [`Request::Replication`]. Protocol minor 2.
+    Replication(crate::replication::ReplicationReport),
+    /// Answer to [`Request::BeginSession`] for a client of protocol minor 2 or
+    /// later: the session holds the writer, and the broker rolls it back when it
+    /// is held longer than `lease_ms` (older clients get
+    /// [`Response::SessionStarted`]).
+    SessionLeased {
+        /// How long the session waited for the writer, in milliseconds.
+        waited_ms: u64,
+        /// How long the broker lets the session hold the writer, from its start.
+        lease_ms: u64,
+    },
     /// Answer to a streamed executemany ([`Request::ManyEnd`]): what the whole
     /// stream did, committed. Protocol minor 2.
     ExecutedMany(ManySummary),
@@ -735,4 +808,149 @@ pub struct HealthReport {
     pub exactly_once_off: Option<String>,
     /// Why the broker refuses writes, when it does (see [`ErrorKind::WritesStopped`]).
     pub writes_stopped: Option<String>,
+}
+
+/// A position in the broker's change feed: the broker's epoch (a new one at each
+/// start) and the sequence number of an event within it. Text form
+/// `<epoch>-<seq>` (both decimal), see [`Cursor::parse`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Cursor {
+    /// Identifies one run of the broker (its start time in microseconds since the
+    /// Unix epoch): cursors of another epoch cannot be resumed from.
+    pub epoch: u64,
+    /// The event's number within the epoch, from 1; 0 is "before any event".
+    pub seq: u64,
+}
+
+impl Cursor {
+    /// Parses the text form `<epoch>-<seq>`.
+    ///
+    /// # Errors
+    /// A message saying what is wrong with the text.
+    pub fn parse(text: &str) -> Result<Cursor, String> {
+        let bad =
+            || format!("'{text}' is not a cursor (expected <epoch>-<seq>, as printed by `litebroker watch`)");
+        let (e, s) = text.trim().split_once('-').ok_or_else(bad)?;
+        Ok(Cursor { epoch: e.parse().map_err(|_| bad())?, seq: s.parse().map_err(|_| bad())? })
+    }
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.epoch, self.seq)
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Cursor::parse(s)
+    }
+}
+
+/// What one committed transaction did to one table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableChange {
+    /// The table's name.
+    pub table: String,
+    /// Rows inserted.
+    pub inserted: u64,
+    /// Rows updated.
+    pub updated: u64,
+    /// Rows deleted.
+    pub deleted: u64,
+    /// The rowids of the rows inserted, updated or deleted, in first-touched
+    /// order, each once, up to the broker's cap per table and transaction.
+    pub rowids: Vec<i64>,
+    /// True when `rowids` is not the whole list: the cap was reached, or the
+    /// table has no rowids (`WITHOUT ROWID`).
+    pub rowids_capped: bool,
+}
+
+/// Why a watcher must reload what it shows instead of applying events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ResyncReason {
+    /// The `since` cursor is older than the broker's ring of recent events.
+    CursorTooOld,
+    /// The `since` cursor is from another run of the broker (it restarted).
+    OtherEpoch,
+    /// Another program wrote the database file (seen through `PRAGMA data_version`).
+    ExternalWrite,
+    /// The database was restored from a backup.
+    Restore,
+    /// This subscriber did not keep up: its backlog was dropped.
+    FellBehind,
+}
+
+impl ResyncReason {
+    /// Stable lower-case name, used in JSON output and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResyncReason::CursorTooOld => "cursor_too_old",
+            ResyncReason::OtherEpoch => "other_epoch",
+            ResyncReason::ExternalWrite => "external_write",
+            ResyncReason::Restore => "restore",
+            ResyncReason::FellBehind => "fell_behind",
+        }
+    }
+}
+
+impl fmt::Display for ResyncReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One event of the change feed: a committed transaction, or a resync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeEvent {
+    /// The event's position: resume after it with [`Request::Watch`]'s `since`.
+    pub cursor: Cursor,
+    /// When the transaction's COMMIT returned (or the resync was decided),
+    /// microseconds since the Unix epoch.
+    pub committed_unix_us: u64,
+    /// The watched tables the transaction changed (empty for a resync).
+    pub tables: Vec<TableChange>,
+    /// Set for a resync: what the watcher knows may be stale; reload.
+    pub resync: Option<ResyncReason>,
+}
+
+impl ChangeEvent {
+    /// Whether this event is a resync (reload what you show).
+    pub fn is_resync(&self) -> bool {
+        self.resync.is_some()
+    }
+
+    /// The change to `table`, if the transaction changed it.
+    pub fn table(&self, table: &str) -> Option<&TableChange> {
+        self.tables.iter().find(|t| t.table == table)
+    }
+}
+
+/// The change feed's figures, answered to [`Request::FeedStats`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedFigures {
+    /// The broker's epoch (see [`Cursor`]).
+    pub epoch: u64,
+    /// The newest event's cursor (seq 0: none yet).
+    pub head: Cursor,
+    /// Subscribers connected now.
+    pub subscribers: u32,
+    /// Events in the ring now.
+    pub ring_events: u64,
+    /// Their estimated size in bytes.
+    pub ring_bytes: u64,
+    /// The ring's bounds (`--feed-ring-events`, `--feed-ring-bytes`).
+    pub ring_max_events: u64,
+    /// See `ring_max_events`.
+    pub ring_max_bytes: u64,
+    /// The oldest event still in the ring (a `since` older than it gets a resync).
+    pub oldest: Option<Cursor>,
+    /// Events published since start (commits and resyncs).
+    pub published: u64,
+    /// Resyncs sent to subscribers since start (all reasons).
+    pub resyncs: u64,
+    /// Subscribers whose backlog was dropped because they fell behind.
+    pub dropped_backlogs: u64,
 }

@@ -210,6 +210,56 @@ impl FrameStream {
         }
     }
 
+    /// Waits up to `wait` for the next frame of a stream (a watch's events) and
+    /// reads it; `Ok(None)` when none started within the wait, which leaves the
+    /// stream usable.
+    ///
+    /// # Errors
+    /// As [`FrameStream::read_response`]; on Windows a frame started but not
+    /// finished within the wait is [`ExchangeError::TimedOut`].
+    pub fn next_response(&mut self, wait: Duration) -> Result<Option<Response>, ExchangeError> {
+        let wait = wait.max(Duration::from_millis(1));
+        if self.reader.buffer().is_empty() {
+            if self.recv_timeout != Some(wait) {
+                let _ = self.get_ref().set_recv_timeout(Some(wait));
+                self.recv_timeout = Some(wait);
+            }
+            #[cfg(windows)]
+            self.deadline.arm(wait);
+            let filled = loop {
+                match io::BufRead::fill_buf(&mut self.reader) {
+                    Ok(b) => break Ok(b.is_empty()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            #[cfg(windows)]
+            let fired = self.deadline.disarm();
+            #[cfg(not(windows))]
+            let fired = false;
+            match filled {
+                Ok(true) => return Err(ExchangeError::Closed),
+                Ok(false) => {}
+                // Nothing was read: the stream is as it was.
+                Err(e)
+                    if fired || matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => return Err(ExchangeError::Receive(e)),
+            }
+        }
+        // A frame started: the rest comes within the same wait.
+        #[cfg(windows)]
+        self.deadline.arm(wait);
+        let resp = self.read_response();
+        #[cfg(windows)]
+        if self.deadline.disarm() {
+            return Err(ExchangeError::TimedOut { sent: true });
+        }
+        resp.map(Some)
+    }
+
     /// Reads the next answer, e.g. after a [`Response::Progress`] of a long
     /// operation (the wait in force is that of the last round trip).
     ///

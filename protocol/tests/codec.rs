@@ -4,7 +4,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::io::{self, Cursor, Read};
+use std::io::{self, Read};
 
 use litebroker_protocol::frame::{parse_header, peek_hello_version};
 use litebroker_protocol::*;
@@ -136,6 +136,13 @@ fn all_requests() -> Vec<Request> {
         },
         Request::Migrate { migrations: Vec::new(), timeout_ms: 0 },
         Request::Health,
+        Request::Watch {
+            tables: vec!["skus".into(), "ünïcode".into()],
+            since: Some(Cursor { epoch: u64::MAX, seq: 0 }),
+        },
+        Request::Watch { tables: Vec::new(), since: None },
+        Request::FeedStats,
+        Request::Metrics,
         Request::ManyBegin { sql: "INSERT INTO t VALUES (?1, ?2)".into(), opts: WriteOptions::default() },
         Request::ManyRows { rows: Vec::new() },
         Request::ManyRows {
@@ -213,6 +220,7 @@ fn all_responses() -> Vec<Response> {
         }),
         Response::ShuttingDown,
         Response::SessionStarted { waited_ms: 0 },
+        Response::SessionLeased { waited_ms: u64::MAX, lease_ms: 30_000 },
         Response::SessionEnded { committed: true },
         Response::SessionEnded { committed: false },
         Response::Connections(vec![ClientInfo {
@@ -292,6 +300,67 @@ fn all_responses() -> Vec<Response> {
             exactly_once_off: Some("disabled".into()),
             writes_stopped: Some("the -wal file was deleted".into()),
         }),
+        Response::Watching { cursor: Cursor { epoch: 1, seq: u64::MAX } },
+        Response::Change(ChangeEvent {
+            cursor: Cursor { epoch: 1, seq: 2 },
+            committed_unix_us: u64::MAX,
+            tables: vec![TableChange {
+                table: "skus".into(),
+                inserted: 3,
+                updated: 0,
+                deleted: u64::MAX,
+                rowids: vec![i64::MIN, 0, i64::MAX],
+                rowids_capped: true,
+            }],
+            resync: None,
+        }),
+        Response::Change(ChangeEvent {
+            cursor: Cursor { epoch: 1, seq: 3 },
+            committed_unix_us: 0,
+            tables: Vec::new(),
+            resync: Some(ResyncReason::ExternalWrite),
+        }),
+        Response::FeedStats(FeedFigures {
+            epoch: 1,
+            head: Cursor { epoch: 1, seq: 0 },
+            subscribers: 0,
+            ring_events: 0,
+            ring_bytes: 0,
+            ring_max_events: 10_000,
+            ring_max_bytes: 16 << 20,
+            oldest: None,
+            published: 0,
+            resyncs: 0,
+            dropped_backlogs: 0,
+        }),
+        Response::Metrics(MetricsReport { at_unix_ms: 0, families: Vec::new() }),
+        Response::Metrics(MetricsReport {
+            at_unix_ms: 1_700_000_000_000,
+            families: vec![
+                MetricFamily {
+                    name: "litebroker_requests_total".into(),
+                    help: "Requests answered.".into(),
+                    kind: MetricKind::Counter,
+                    series: vec![MetricSeries {
+                        labels: vec![("kind".into(), "execute".into()), ("outcome".into(), "ok".into())],
+                        value: MetricValue::Number(1e15),
+                    }],
+                },
+                MetricFamily {
+                    name: "litebroker_write_latency_seconds".into(),
+                    help: "ünïcode ✓ \n".into(),
+                    kind: MetricKind::Histogram,
+                    series: vec![MetricSeries {
+                        labels: Vec::new(),
+                        value: MetricValue::Histogram(HistogramValue {
+                            bounds: vec![1e-5, 0.5, f64::MAX],
+                            counts: vec![0, u64::MAX, 1, 2],
+                            sum: -0.0,
+                        }),
+                    }],
+                },
+            ],
+        }),
         Response::ExecutedMany(ManySummary::default()),
         Response::ExecutedMany(ManySummary {
             changes: 1 << 40,
@@ -348,7 +417,7 @@ fn raw_frame(payload: &[u8]) -> Vec<u8> {
 
 fn read_one<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<Option<T>, FrameError> {
     let mut buf = Vec::new();
-    read_frame(&mut Cursor::new(bytes), DEFAULT_MAX_FRAME, &mut buf)
+    read_frame(&mut io::Cursor::new(bytes), DEFAULT_MAX_FRAME, &mut buf)
 }
 
 // ----- round trips -----------------------------------------------------------------
@@ -424,7 +493,7 @@ fn frames_follow_each_other_and_eof_between_frames_is_none() {
     for req in all_requests() {
         stream.extend(frame_of(&req));
     }
-    let mut cur = Cursor::new(stream);
+    let mut cur = io::Cursor::new(stream);
     let mut buf = Vec::new();
     for req in all_requests() {
         let got: Request = read_frame(&mut cur, DEFAULT_MAX_FRAME, &mut buf).unwrap().unwrap();
@@ -656,7 +725,7 @@ fn an_accepted_length_allocates_only_as_data_arrives() {
     bytes.extend_from_slice(&[0; 10]);
     let mut buf = Vec::new();
     let (res, largest) = largest_allocation(|| {
-        read_frame::<_, Request>(&mut Cursor::new(&bytes), DEFAULT_MAX_FRAME, &mut buf)
+        read_frame::<_, Request>(&mut io::Cursor::new(&bytes), DEFAULT_MAX_FRAME, &mut buf)
     });
     match res {
         Err(FrameError::Truncated { got: 14, expected }) => {
@@ -706,7 +775,7 @@ fn forged_container_lengths_inside_small_frames_do_not_allocate() {
         assert!(frame.len() < 64);
         let mut buf = Vec::new();
         let (res, largest) = largest_allocation(|| {
-            read_frame::<_, Request>(&mut Cursor::new(&frame), DEFAULT_MAX_FRAME, &mut buf)
+            read_frame::<_, Request>(&mut io::Cursor::new(&frame), DEFAULT_MAX_FRAME, &mut buf)
         });
         assert!(matches!(res, Err(FrameError::Decode(_))), "{what}: {res:?}");
         assert!(
@@ -794,5 +863,16 @@ fn honest_payloads_with_the_highest_claim_ratio_decode_at_every_size() {
             .unwrap_or_else(|e| panic!("{n} statements ({} bytes): {e}", bytes.len()))
             .unwrap();
         assert_eq!(got, req);
+    }
+}
+
+#[test]
+fn cursor_text_form_round_trips_and_rejects_garbage() {
+    let c = Cursor { epoch: 1_733_059_200_123_456, seq: 42 };
+    assert_eq!(c.to_string(), "1733059200123456-42");
+    assert_eq!(Cursor::parse(&c.to_string()), Ok(c));
+    assert_eq!(" 5-0 ".parse::<Cursor>(), Ok(Cursor { epoch: 5, seq: 0 }));
+    for bad in ["", "5", "5-", "-5", "a-1", "1-b", "1-2-3", "-1-2"] {
+        assert!(Cursor::parse(bad).is_err(), "{bad:?} parsed");
     }
 }

@@ -13,6 +13,7 @@
 //! `WriterFigures` (request ids). After a release a
 //! struct gains fields only through a new variant carrying a new struct.
 
+use litebroker_protocol::replication::{ReplicationReport, ReplicationState};
 use litebroker_protocol::*;
 
 fn hex(bytes: &[u8]) -> String {
@@ -66,9 +67,13 @@ fn request_index(r: &Request) -> u8 {
         Request::Restore { .. } => 14,
         Request::Migrate { .. } => 15,
         Request::Health => 16,
-        Request::ManyBegin { .. } => 17,
-        Request::ManyRows { .. } => 18,
-        Request::ManyEnd { .. } => 19,
+        Request::Watch { .. } => 17,
+        Request::FeedStats => 18,
+        Request::Metrics => 19,
+        Request::Replication => 20,
+        Request::ManyBegin { .. } => 21,
+        Request::ManyRows { .. } => 22,
+        Request::ManyEnd { .. } => 23,
     }
 }
 
@@ -92,8 +97,14 @@ fn response_index(r: &Response) -> u8 {
         Response::Restored(_) => 15,
         Response::Migrated(_) => 16,
         Response::Health(_) => 17,
-        Response::ExecutedMany(_) => 18,
-        Response::ManyFailed { .. } => 19,
+        Response::Watching { .. } => 18,
+        Response::Change(_) => 19,
+        Response::FeedStats(_) => 20,
+        Response::Metrics(_) => 21,
+        Response::Replication(_) => 22,
+        Response::SessionLeased { .. } => 23,
+        Response::ExecutedMany(_) => 24,
+        Response::ManyFailed { .. } => 25,
     }
 }
 
@@ -177,13 +188,21 @@ fn golden_requests() -> Vec<(Request, &'static str)> {
         ),
         // Protocol minor 1.
         (Request::Health, "0100000010"),
-        // Protocol minor 2 (bulk).
+        // Protocol minor 2.
+        (
+            Request::Watch { tables: vec!["skus".into()], since: Some(Cursor { epoch: 7, seq: 300 }) },
+            "0c00000011 01 04736b75 73 01 07 fb2c01",
+        ),
+        (Request::FeedStats, "0100000012"),
+        (Request::Metrics, "0100000013"),
+        (Request::Replication, "0100000014"),
+        // Protocol minor 2 (streamed executemany).
         (
             Request::ManyBegin {
                 sql: "INSERT INTO t VALUES (?, ?)".into(),
                 opts: WriteOptions { timeout_ms: 30_000, request_id: Some([9; 16]), idempotent: false },
             },
-            "3200000011 1b494e5345525420494e544f20742056414c55455320283f2c203f29 fb3075 0109090909090909090909090909090909 00",
+            "3200000015 1b494e5345525420494e544f20742056414c55455320283f2c203f29 fb3075 0109090909090909090909090909090909 00",
         ),
         (
             Request::ManyRows {
@@ -192,9 +211,9 @@ fn golden_requests() -> Vec<(Request, &'static str)> {
                     vec![Value::Null, Value::Real(2.5)],
                 ],
             },
-            "1300000012 02 02 0102 030161 02 00 020000000000000440",
+            "1300000016 02 02 0102 030161 02 00 020000000000000440",
         ),
-        (Request::ManyEnd { rows: 300, commit: true }, "0500000013 fb2c01 01"),
+        (Request::ManyEnd { rows: 300, commit: true }, "0500000017 fb2c01 01"),
     ]
 }
 
@@ -359,8 +378,108 @@ fn golden_responses() -> Vec<(Response, &'static str)> {
             }),
             "0800000011 00 01 036f6666 00",
         ),
-        // Protocol minor 2 (bulk).
-        (Response::ExecutedMany(ManySummary { changes: 300, last_insert_rowid: -1, rows: 300 }), "0800000012 fb2c01 01 fb2c01"),
+        // Protocol minor 2.
+        (Response::Watching { cursor: Cursor { epoch: 7, seq: 0 } }, "0300000012 07 00"),
+        (
+            Response::Change(ChangeEvent {
+                cursor: Cursor { epoch: 7, seq: 1 },
+                committed_unix_us: 1000,
+                tables: vec![TableChange {
+                    table: "skus".into(),
+                    inserted: 1,
+                    updated: 2,
+                    deleted: 0,
+                    rowids: vec![7, -1],
+                    rowids_capped: false,
+                }],
+                resync: None,
+            }),
+            "1400000013 07 01 fbe803 01 04736b7573 01 02 00 02 0e01 00 00",
+        ),
+        (
+            Response::FeedStats(FeedFigures {
+                epoch: 7,
+                head: Cursor { epoch: 7, seq: 2 },
+                subscribers: 3,
+                ring_events: 2,
+                ring_bytes: 200,
+                ring_max_events: 10,
+                ring_max_bytes: 1000,
+                oldest: Some(Cursor { epoch: 7, seq: 1 }),
+                published: 2,
+                resyncs: 1,
+                dropped_backlogs: 1,
+            }),
+            "1100000014 07 07 02 03 02 c80a fbe803 01 0701 02 01 01",
+        ),
+        // Protocol minor 2 (metrics): one family of each kind, both kinds of value.
+        (
+            Response::Metrics(MetricsReport {
+                at_unix_ms: 1_700_000_000_000,
+                families: vec![
+                    MetricFamily {
+                        name: "a_total".into(),
+                        help: "A.".into(),
+                        kind: MetricKind::Counter,
+                        series: vec![MetricSeries {
+                            labels: vec![("k".into(), "v".into())],
+                            value: MetricValue::Number(3.0),
+                        }],
+                    },
+                    MetricFamily {
+                        name: "g".into(),
+                        help: String::new(),
+                        kind: MetricKind::Gauge,
+                        series: vec![MetricSeries { labels: Vec::new(), value: MetricValue::Number(-0.5) }],
+                    },
+                    MetricFamily {
+                        name: "h_seconds".into(),
+                        help: "H.".into(),
+                        kind: MetricKind::Histogram,
+                        series: vec![MetricSeries {
+                            labels: Vec::new(),
+                            value: MetricValue::Histogram(HistogramValue {
+                                bounds: vec![0.25],
+                                counts: vec![2, 1],
+                                sum: 1.0,
+                            }),
+                        }],
+                    },
+                ],
+            }),
+            // 15 Metrics, at_unix_ms, 3 families; then each family:
+            // "a_total", "A.", 00 Counter, 1 series, 1 label (k, v), 00 Number 3.0;
+            // "g", "", 01 Gauge, 1 series, no labels, 00 Number -0.5;
+            // "h_seconds", "H.", 02 Histogram, 1 series, no labels, 01 Histogram,
+            // bounds [0.25], counts [2, 1], sum 1.0
+            concat!(
+                "5a00000015 fd0068e5cf8b010000 03",
+                "07615f746f74616c 02412e 00 01 01 016b0176 00 0000000000000840",
+                "0167 00 01 01 00 00 000000000000e0bf",
+                "09685f7365636f6e6473 02482e 02 01 00 01 01 000000000000d03f 02 02 01 000000000000f03f"
+            ),
+        ),
+        (
+            Response::Replication(ReplicationReport {
+                state: ReplicationState::Running,
+                replica_url: "file:///r".into(),
+                program: "ls".into(),
+                pid: Some(7),
+                restarts: 1,
+                local_txid: 5,
+                replica_txid: 4,
+                lag_ms: 250,
+                last_sync_unix_ms: None,
+                last_error: Some("e".into()),
+                last_error_unix_ms: Some(9),
+                sync_interval_ms: 1000,
+            }),
+            "1e00000016 01 0966696c653a2f2f2f72 026c73 0107 01 05 04 fa 00 010165 0109 fbe803",
+        ),
+        // Protocol minor 2: a session's start with its lease (30 s).
+        (Response::SessionLeased { waited_ms: 12, lease_ms: 30_000 }, "0500000017 0c fb3075"),
+        // Protocol minor 2 (streamed executemany).
+        (Response::ExecutedMany(ManySummary { changes: 300, last_insert_rowid: -1, rows: 300 }), "0800000018 fb2c01 01 fb2c01"),
         (
             Response::ManyFailed {
                 row: 5,
@@ -370,7 +489,7 @@ fn golden_responses() -> Vec<(Response, &'static str)> {
                     sqlite: Some(SqliteCode { primary: 19, extended: 2067 }),
                 },
             },
-            "0e00000013 05 01 05726f772035 01 26 fb2610",
+            "0e00000019 05 01 05726f772035 01 26 fb2610",
         ),
     ]
 }
@@ -479,4 +598,29 @@ fn handshake_prefix_is_frozen() {
     }));
     assert_eq!(bytes[FRAME_HEADER_LEN], 0);
     assert_eq!(u32::from(bytes[FRAME_HEADER_LEN + 1]), PROTOCOL_VERSION);
+}
+
+#[test]
+fn resync_reason_indexes_are_unchanged() {
+    let all = [
+        ResyncReason::CursorTooOld,
+        ResyncReason::OtherEpoch,
+        ResyncReason::ExternalWrite,
+        ResyncReason::Restore,
+        ResyncReason::FellBehind,
+    ];
+    for (i, r) in all.iter().enumerate() {
+        let mut buf = Vec::new();
+        encode_frame(r, &mut buf, HARD_MAX_FRAME).unwrap();
+        assert_eq!(buf[FRAME_HEADER_LEN..], [i as u8], "index of {r:?}");
+    }
+    assert!(decode_payload::<ResyncReason>(&[all.len() as u8]).is_err());
+    // A resync event: no tables, the reason's index after the `Some` tag.
+    let resync = Response::Change(ChangeEvent {
+        cursor: Cursor { epoch: 7, seq: 2 },
+        committed_unix_us: 1001,
+        tables: vec![],
+        resync: Some(ResyncReason::FellBehind),
+    });
+    check(&resync, &compact("0900000013 07 02 fbe903 00 01 04"), 19);
 }

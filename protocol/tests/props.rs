@@ -4,8 +4,6 @@
 //! return anything but a typed `FrameError`. The libFuzzer targets in
 //! `server/fuzz/` explore the same ground coverage-guided (`scripts/fuzz.sh`).
 
-use std::io::Cursor;
-
 use litebroker_protocol::frame::peek_hello_version;
 use litebroker_protocol::*;
 use proptest::prelude::*;
@@ -57,6 +55,13 @@ fn request() -> impl Strategy<Value = Request> {
         mode.prop_map(|mode| Request::Checkpoint { mode }),
         (".{0,20}", any::<u32>()).prop_map(|(label, keep)| Request::Backup { label, keep }),
         (".{0,40}", any::<u32>()).prop_map(|(path, timeout_ms)| Request::Restore { path, timeout_ms }),
+        (proptest::collection::vec(".{0,12}", 0..4), any::<Option<(u64, u64)>>()).prop_map(
+            |(tables, since)| {
+                Request::Watch { tables, since: since.map(|(epoch, seq)| Cursor { epoch, seq }) }
+            }
+        ),
+        Just(Request::FeedStats),
+        Just(Request::Metrics),
     ]
 }
 
@@ -75,6 +80,60 @@ fn exec_result() -> impl Strategy<Value = ExecResult> {
         })
 }
 
+fn change_event() -> impl Strategy<Value = ChangeEvent> {
+    let table =
+        (".{0,12}", any::<(u64, u64, u64)>(), proptest::collection::vec(any::<i64>(), 0..5), any::<bool>())
+            .prop_map(|(table, (inserted, updated, deleted), rowids, rowids_capped)| TableChange {
+                table,
+                inserted,
+                updated,
+                deleted,
+                rowids,
+                rowids_capped,
+            });
+    let reason = prop_oneof![
+        Just(None),
+        Just(Some(ResyncReason::CursorTooOld)),
+        Just(Some(ResyncReason::OtherEpoch)),
+        Just(Some(ResyncReason::ExternalWrite)),
+        Just(Some(ResyncReason::Restore)),
+        Just(Some(ResyncReason::FellBehind)),
+    ];
+    (any::<(u64, u64, u64)>(), proptest::collection::vec(table, 0..3), reason).prop_map(
+        |((epoch, seq, committed_unix_us), tables, resync)| ChangeEvent {
+            cursor: Cursor { epoch, seq },
+            committed_unix_us,
+            tables,
+            resync,
+        },
+    )
+}
+
+/// A report of up to three families, each of one kind and up to three series
+/// (finite values only: NaN never equals itself, and round trips compare).
+fn metrics_report() -> impl Strategy<Value = MetricsReport> {
+    let value = prop_oneof![
+        (-1e18f64..1e18).prop_map(MetricValue::Number),
+        (
+            proptest::collection::vec(0f64..1e6, 0..4),
+            proptest::collection::vec(any::<u64>(), 0..5),
+            0f64..1e9
+        )
+            .prop_map(|(bounds, counts, sum)| MetricValue::Histogram(HistogramValue {
+                bounds,
+                counts,
+                sum
+            })),
+    ];
+    let kind = prop_oneof![Just(MetricKind::Counter), Just(MetricKind::Gauge), Just(MetricKind::Histogram)];
+    let series = (proptest::collection::vec((".{0,6}", ".{0,6}"), 0..3), value)
+        .prop_map(|(labels, value)| MetricSeries { labels, value });
+    let family = (".{0,20}", ".{0,30}", kind, proptest::collection::vec(series, 0..3))
+        .prop_map(|(name, help, kind, series)| MetricFamily { name, help, kind, series });
+    (any::<u64>(), proptest::collection::vec(family, 0..3))
+        .prop_map(|(at_unix_ms, families)| MetricsReport { at_unix_ms, families })
+}
+
 fn response() -> impl Strategy<Value = Response> {
     prop_oneof![
         (".{0,40}", any::<Option<(i32, i32)>>()).prop_map(|(message, codes)| Response::Error(ErrorInfo {
@@ -86,8 +145,13 @@ fn response() -> impl Strategy<Value = Response> {
         exec_result().prop_map(Response::Executed),
         proptest::collection::vec(exec_result(), 0..3).prop_map(Response::Batch),
         any::<u64>().prop_map(|waited_ms| Response::SessionStarted { waited_ms }),
+        any::<(u64, u64)>().prop_map(|(waited_ms, lease_ms)| Response::SessionLeased { waited_ms, lease_ms }),
         any::<bool>().prop_map(|committed| Response::SessionEnded { committed }),
         (any::<u64>(), any::<u64>()).prop_map(|(done, total)| Response::Progress { done, total }),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(epoch, seq)| Response::Watching { cursor: Cursor { epoch, seq } }),
+        change_event().prop_map(Response::Change),
+        metrics_report().prop_map(Response::Metrics),
     ]
 }
 
@@ -100,7 +164,7 @@ fn encoded(msg: &impl serde::Serialize) -> Vec<u8> {
 /// Reads frames from `bytes` until the end or the first error, as the broker
 /// would; must never panic.
 fn read_all<T: serde::de::DeserializeOwned>(bytes: &[u8], max: u32) -> usize {
-    let mut r = Cursor::new(bytes);
+    let mut r = std::io::Cursor::new(bytes);
     let mut buf = Vec::new();
     let mut n = 0;
     loop {
@@ -121,14 +185,14 @@ proptest! {
     #[test]
     fn requests_round_trip(req in request()) {
         let bytes = encoded(&req);
-        let back: Option<Request> = read_frame(&mut Cursor::new(&bytes), HARD_MAX_FRAME, &mut Vec::new()).unwrap();
+        let back: Option<Request> = read_frame(&mut std::io::Cursor::new(&bytes), HARD_MAX_FRAME, &mut Vec::new()).unwrap();
         prop_assert_eq!(back, Some(req));
     }
 
     #[test]
     fn responses_round_trip(resp in response()) {
         let bytes = encoded(&resp);
-        let back: Option<Response> = read_frame(&mut Cursor::new(&bytes), HARD_MAX_FRAME, &mut Vec::new()).unwrap();
+        let back: Option<Response> = read_frame(&mut std::io::Cursor::new(&bytes), HARD_MAX_FRAME, &mut Vec::new()).unwrap();
         prop_assert_eq!(back, Some(resp));
     }
 

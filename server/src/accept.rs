@@ -57,6 +57,7 @@ fn accept_loop(listener: Listener, shared: Arc<Shared>, writer: Arc<WriterHandle
             Ok(pid) => pid,
             Err(msg) => {
                 warn!("refused a connection: {msg}");
+                shared.metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
                 instance::refuse(stream, &shared.config, ErrorKind::NotAllowed, msg);
                 continue;
             }
@@ -65,6 +66,7 @@ fn accept_loop(listener: Listener, shared: Arc<Shared>, writer: Arc<WriterHandle
         if open >= shared.config.max_clients {
             let msg = texts::too_many_clients(open, shared.config.max_clients);
             warn!("refused a connection: {msg}");
+            shared.metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
             instance::refuse(stream, &shared.config, ErrorKind::LimitExceeded, msg);
             continue;
         }

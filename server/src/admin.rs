@@ -31,7 +31,7 @@ pub fn stats(shared: &Shared, status: BrokerStatus) -> Result<DbStats, ErrorInfo
     let c = &shared.counters;
     stats.broker = Some(status);
     stats.writer = Some(WriterFigures {
-        committed_requests: c.committed_requests.load(Ordering::Relaxed),
+        committed_requests: shared.metrics.group_size.sum(),
         max_requests_per_commit: c.max_group.load(Ordering::Relaxed),
         lock_waits: c.lock_waits.load(Ordering::Relaxed),
         lock_retries: c.lock_retries.load(Ordering::Relaxed),
@@ -85,7 +85,11 @@ pub fn backup(
             client_gone = !progress(done, total);
         }
     })
-    .map_err(|e| backup_error(&e))?;
+    .map_err(|e| {
+        shared.metrics.backed_up(None);
+        backup_error(&e)
+    })?;
+    shared.metrics.backed_up(Some(written.bytes));
     let removed = if keep > 0 {
         ops::apply_retention(db, keep as usize).map_err(|e| internal("backup retention", e))?
     } else {

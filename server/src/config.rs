@@ -1,5 +1,6 @@
 //! Broker configuration: every limit and policy knob, with its default.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -80,6 +81,21 @@ pub struct Config {
     /// Most memory SQLite may take in the broker process, in bytes (its hard heap
     /// limit): a statement needing more fails instead of growing the broker.
     pub max_memory: u64,
+    /// Most events the change feed's ring keeps for subscribers that resume
+    /// (`since`).
+    pub feed_ring_events: usize,
+    /// Most bytes (estimated) the ring keeps.
+    pub feed_ring_bytes: usize,
+    /// Most events waiting for one subscriber before its backlog is dropped and
+    /// it gets a resync.
+    pub watch_buffer_events: usize,
+    /// Most rowids listed per table and transaction in a change event.
+    pub feed_rowids_cap: usize,
+    /// Where to serve `GET /metrics` (a loopback address; port 0: one the system
+    /// picks), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Off-machine replication through a supervised Litestream (`--replicate`).
+    pub replication: Option<crate::replication::Replication>,
 }
 
 impl Config {
@@ -110,6 +126,12 @@ impl Config {
             idle_checkpoint_after: Duration::from_secs(1),
             request_id_retention: Some(Duration::from_secs(24 * 3600)),
             max_memory: 1024 * 1024 * 1024,
+            feed_ring_events: 10_000,
+            feed_ring_bytes: 16 * 1024 * 1024,
+            watch_buffer_events: 4096,
+            feed_rowids_cap: 1000,
+            metrics_listen: None,
+            replication: None,
         }
     }
 

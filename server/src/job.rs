@@ -251,9 +251,11 @@ impl Drop for Job {
 }
 
 /// `resp` in a form a client speaking protocol minor `minor` can decode: error
-/// kinds appended in a later minor become `Internal`, their message kept.
+/// kinds appended in a later minor become `Internal`, their message kept; a
+/// session's start loses its lease (minor 2).
 pub fn for_minor(resp: Response, minor: u32) -> Response {
     match resp {
+        Response::SessionLeased { waited_ms, .. } if minor < 2 => Response::SessionStarted { waited_ms },
         Response::Error(mut e) if minor < 1 && e.kind == ErrorKind::WritesStopped => {
             e.kind = ErrorKind::Internal;
             Response::Error(e)

@@ -10,11 +10,14 @@ mod accept;
 mod admin;
 pub mod config;
 mod conn;
+mod feed;
 mod guard;
 mod instance;
 mod job;
+mod metrics;
 pub mod ops;
 mod queue;
+pub mod replication;
 pub mod request_ids;
 mod shared;
 mod shutdown;
@@ -32,6 +35,7 @@ use std::sync::Arc;
 use tracing::info;
 
 pub use config::{Config, Synchronous};
+pub use metrics::http::parse_listen_addr as parse_metrics_listen;
 pub use shared::StopReason;
 pub use shutdown::Stopper;
 
@@ -88,14 +92,19 @@ pub struct Ready {
     pub db_path: String,
     /// Stops the broker.
     pub stopper: Stopper,
+    /// Where `GET /metrics` is served (`--metrics-listen`, its port resolved).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Runs a broker until it is stopped; `on_ready` is called once it listens.
 ///
-/// Start-up, in this order: claim the database (`instance::claim`: its path, the
-/// `--db` checks, the socket folder, the single-instance lock, a stale socket),
-/// bound SQLite's memory, open the writer connection, set up the request-id
-/// table, bind the socket, start the writer and accept threads, record pid and
+/// Start-up, in this order: refuse a `--metrics-listen` address that is not
+/// loopback, claim the database (`instance::claim`: its path, the `--db` checks,
+/// the socket folder, the single-instance lock, a stale socket), bind the metrics
+/// address (after the lock, so that of two brokers started for one database the
+/// second is told the database is served, not that the port is taken), bound
+/// SQLite's memory, open the writer connection, set up the request-id table, bind
+/// the socket, start the writer, accept and metrics threads, record pid and
 /// socket in the lock file; then `on_ready` (which installs signal handlers) and
 /// the readiness line. Then it waits for the one shutdown path
 /// (`shutdown::wait_then_stop`).
@@ -103,7 +112,23 @@ pub struct Ready {
 /// # Errors
 /// See [`BrokerError`]; each variant has its exit code.
 pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), BrokerError> {
+    if let Some(addr) = config.metrics_listen {
+        metrics::http::check_loopback(addr).map_err(BrokerError::Config)?;
+    }
+    let litestream = match &config.replication {
+        None => None,
+        Some(r) => {
+            r.check_url().map_err(BrokerError::Config)?;
+            Some(r.find_program().map_err(BrokerError::Config)?)
+        }
+    };
     let (location, lock) = instance::claim(&config)?;
+    let metrics_listener = match config.metrics_listen {
+        None => None,
+        Some(addr) => Some(metrics::http::MetricsListener::bind(addr).map_err(|e| {
+            BrokerError::Config(format!("cannot serve metrics on {addr} (--metrics-listen): {e}"))
+        })?),
+    };
     let db_path = location.db_path.to_string_lossy().into_owned();
 
     writer::open::limit_sqlite_memory(config.max_memory);
@@ -124,11 +149,32 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), BrokerEr
         writer.spawn(shutdown::finish_writer).map_err(io_err("cannot start the writer thread"))?;
     let acceptor = accept::spawn(listener, shared.clone(), writer.clone())
         .map_err(io_err("cannot start the accept thread"))?;
+    let metrics = match metrics_listener {
+        None => None,
+        Some(l) => {
+            let addr = l.addr();
+            let thread = l.spawn(shared.clone()).map_err(io_err("cannot start the metrics thread"))?;
+            info!("serving metrics on http://{addr}/metrics");
+            Some((addr, thread))
+        }
+    };
     lock.record(&location);
+    if let (Some(settings), Some(program)) = (&shared.config.replication, litestream) {
+        // The database exists now, in WAL mode: Litestream may open it.
+        let r = replication::Replicator::start(settings, program, &location, shared.clone())
+            .map_err(BrokerError::Config)?;
+        let _ = shared.replication.set(r);
+    }
 
     // Signal handlers are installed by `on_ready`, before the readiness line that
     // tells supervisors and tests the broker may now be signalled.
-    on_ready(&Ready { socket: location.socket.clone(), db_path: db_path.clone(), stopper });
+    let metrics_addr = metrics.as_ref().map(|(addr, _)| *addr);
+    on_ready(&Ready {
+        socket: location.socket.clone(),
+        db_path: db_path.clone(),
+        stopper,
+        metrics: metrics_addr,
+    });
     info!(
         db = %db_path,
         pid = std::process::id(),
@@ -138,6 +184,6 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), BrokerEr
     );
     shutdown::wait_then_stop(
         stop_rx,
-        shutdown::Running { location, lock, shared, writer, writer_thread, acceptor },
+        shutdown::Running { location, lock, shared, writer, writer_thread, acceptor, metrics },
     )
 }

@@ -92,9 +92,40 @@ struct Args {
     /// of big rows, a huge value) fails with an "out of memory" error instead.
     #[arg(long, default_value_t = 1024)]
     max_memory_mb: u64,
+    /// Most events the change feed's ring keeps, so that a watcher that reconnects with
+    /// `--since` gets what it missed.
+    #[arg(long, default_value_t = 10_000)]
+    feed_ring_events: usize,
+    /// Most memory the change feed's ring may take, in MiB.
+    #[arg(long, default_value_t = 16)]
+    feed_ring_mb: usize,
+    /// Most events waiting for one watcher; one further behind has its backlog dropped
+    /// and gets a resync.
+    #[arg(long, default_value_t = 4096)]
+    watch_buffer_events: usize,
+    /// Most rowids listed per table and transaction in a change event.
+    #[arg(long, default_value_t = 1000)]
+    feed_rowids_cap: usize,
     /// Another user id allowed to connect (repeatable); by default only the broker's own user may.
     #[arg(long = "allow-uid")]
     allow_uids: Vec<u32>,
+    /// Serve the metrics (Prometheus text format) at http://ADDR/metrics; ADDR is
+    /// IP:PORT on a loopback address (127.0.0.1:9899, [::1]:9899, localhost:9899).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
+    /// Replicate the database off the machine through a supervised Litestream 0.5:
+    /// file:///path, s3://bucket/path[?endpoint=URL&region=R&forcePathStyle=true],
+    /// sftp://user@host/path, … (one replica: Litestream 0.5 takes one per database).
+    /// Credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY;
+    /// `${VAR}` in the URL is expanded by Litestream).
+    #[arg(long, value_name = "URL")]
+    replicate: Option<String>,
+    /// The Litestream binary (default: `litestream` on PATH).
+    #[arg(long, env = "LITESTREAM", value_name = "PATH")]
+    litestream: Option<PathBuf>,
+    /// How often Litestream writes new changes to the replica, in seconds.
+    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+    replicate_sync_interval: f64,
 }
 
 fn secs(name: &str, v: f64) -> Result<Duration, BrokerError> {
@@ -138,11 +169,30 @@ fn config(a: Args) -> Result<Config, BrokerError> {
         }
     }
     c.max_group_requests = a.max_group_requests;
+    for (name, v) in [
+        ("feed-ring-events", a.feed_ring_events),
+        ("feed-ring-mb", a.feed_ring_mb),
+        ("watch-buffer-events", a.watch_buffer_events),
+    ] {
+        if v == 0 {
+            return Err(BrokerError::Config(format!("--{name} must be at least 1")));
+        }
+    }
+    c.feed_ring_events = a.feed_ring_events;
+    c.feed_ring_bytes = a.feed_ring_mb.saturating_mul(1024 * 1024);
+    c.watch_buffer_events = a.watch_buffer_events;
+    c.feed_rowids_cap = a.feed_rowids_cap;
     c.max_batch_statements = a.max_batch_statements;
     c.max_params = a.max_params;
     c.max_rows = a.max_rows;
     c.max_clients = a.max_clients;
     c.allow_uids = a.allow_uids;
+    if let Some(url) = a.replicate {
+        let mut r = litebroker_server::replication::Replication::new(url);
+        r.program = a.litestream;
+        r.sync_interval = secs("replicate-sync-interval", a.replicate_sync_interval)?;
+        c.replication = Some(r);
+    }
     if a.max_memory_mb < 16 {
         return Err(BrokerError::Config(format!(
             "--max-memory-mb must be at least 16, got {}",
@@ -158,6 +208,12 @@ fn config(a: Args) -> Result<Config, BrokerError> {
     }
     c.wal_warn_bytes = (a.wal_warn_mb * 1e6) as u64;
     c.idle_checkpoint_after = Duration::from_millis(a.idle_checkpoint_ms.max(1));
+    c.metrics_listen = a
+        .metrics_listen
+        .as_deref()
+        .map(litebroker_server::parse_metrics_listen)
+        .transpose()
+        .map_err(BrokerError::Config)?;
     c.request_id_retention = match a.request_id_retention_hours {
         0.0 => None,
         h => Some(secs("request-id-retention-hours", h * 3600.0)?),

@@ -12,6 +12,7 @@ use litebroker_protocol::{
 };
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::texts;
 
 /// Why the broker stops.
@@ -85,27 +86,23 @@ pub struct Holder {
     pub since: Instant,
 }
 
-/// Counters reported by `status`.
+/// Counters reported by `status` (and by the metrics, which read them here). The
+/// group-commit figures — transactions, their requests, queue waits and COMMIT
+/// times — are the count and sum of the metrics' histograms
+/// ([`crate::metrics::Metrics`]), shared rather than counted twice.
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Requests served (all kinds).
     pub requests: AtomicU64,
     /// Write transactions committed (groups, sessions, migrations, restores).
     pub commits: AtomicU64,
-    /// Group-commit transactions committed (one-shot writes only).
-    pub group_commits: AtomicU64,
-    /// Write requests committed in them (sum of group sizes).
-    pub committed_requests: AtomicU64,
+    /// When the last write transaction committed, ms since the epoch (0: none
+    /// yet); replication measures its lag from it.
+    pub last_commit_unix_ms: AtomicU64,
     /// Largest group committed.
     pub max_group: AtomicU64,
-    /// One-shot writes taken by the writer (their queue wait is measured).
-    pub queue_waits: AtomicU64,
-    /// Sum of their queue waits, µs.
-    pub queue_wait_us: AtomicU64,
     /// Longest queue wait, µs.
     pub max_queue_wait_us: AtomicU64,
-    /// Sum of group `COMMIT` durations, µs.
-    pub commit_us: AtomicU64,
     /// Longest group `COMMIT`, µs.
     pub max_commit_us: AtomicU64,
     /// Jobs in the writer's queue or being run: counted under the queue's lock as
@@ -138,12 +135,16 @@ pub struct Shared {
     pub writer_alive: AtomicBool,
     /// Counters.
     pub counters: Counters,
+    /// The figures only the metrics report, and the histograms `status` shares.
+    pub metrics: Metrics,
     /// `PRAGMA user_version`, refreshed by the writer after commits that touch it.
     pub schema_version: AtomicU32,
     /// Connections accepted and not yet closed (handshake done or not).
     pub connections: AtomicUsize,
     /// Whether the writer records request ids (exactly-once writes).
     pub request_ids: AtomicBool,
+    /// The change feed.
+    pub feed: crate::feed::Feed,
     clients: Mutex<BTreeMap<u64, Arc<ClientEntry>>>,
     next_client_id: AtomicU64,
     holder: Mutex<Option<Holder>>,
@@ -151,6 +152,8 @@ pub struct Shared {
     degraded: Mutex<Degraded>,
     last_checkpoint: Mutex<Option<CheckpointReport>>,
     stop_tx: Mutex<Option<Sender<StopReason>>>,
+    /// Replication, when the broker was started with `--replicate`.
+    pub replication: std::sync::OnceLock<crate::replication::Replicator>,
 }
 
 /// Locks a mutex, recovering from poisoning: the data behind these mutexes stays
@@ -163,6 +166,7 @@ impl Shared {
     /// Shared state for a broker that serves `db_path` on `socket`.
     pub fn new(config: Config, db_path: String, socket: String, stop_tx: Sender<StopReason>) -> Shared {
         Shared {
+            feed: crate::feed::Feed::new(&config),
             config,
             db_path,
             socket,
@@ -170,6 +174,7 @@ impl Shared {
             shutting_down: AtomicBool::new(false),
             writer_alive: AtomicBool::new(true),
             counters: Counters::default(),
+            metrics: Metrics::default(),
             schema_version: AtomicU32::new(0),
             connections: AtomicUsize::new(0),
             request_ids: AtomicBool::new(false),
@@ -179,6 +184,7 @@ impl Shared {
             degraded: Mutex::new(Degraded::default()),
             last_checkpoint: Mutex::new(None),
             stop_tx: Mutex::new(Some(stop_tx)),
+            replication: std::sync::OnceLock::new(),
         }
     }
 
@@ -282,6 +288,7 @@ impl Shared {
     /// The answer to `Request::Status`.
     pub fn status(&self) -> BrokerStatus {
         let c = &self.counters;
+        let m = &self.metrics;
         BrokerStatus {
             pid: std::process::id(),
             socket: self.socket.clone(),
@@ -299,13 +306,13 @@ impl Shared {
                 .holder()
                 .map(|h| format!("{} for {:.1} s", h.client.describe(), h.since.elapsed().as_secs_f64())),
             request_ids: self.request_ids.load(Ordering::Relaxed),
-            group_commits: c.group_commits.load(Ordering::Relaxed),
-            group_requests: c.committed_requests.load(Ordering::Relaxed),
+            group_commits: m.group_size.count(),
+            group_requests: m.group_size.sum(),
             max_group: c.max_group.load(Ordering::Relaxed),
-            queue_waits: c.queue_waits.load(Ordering::Relaxed),
-            queue_wait_us: c.queue_wait_us.load(Ordering::Relaxed),
+            queue_waits: m.queue_wait.count(),
+            queue_wait_us: m.queue_wait.sum(),
             max_queue_wait_us: c.max_queue_wait_us.load(Ordering::Relaxed),
-            commit_us: c.commit_us.load(Ordering::Relaxed),
+            commit_us: m.commit.sum(),
             max_commit_us: c.max_commit_us.load(Ordering::Relaxed),
         }
     }

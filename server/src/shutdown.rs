@@ -18,15 +18,18 @@
 //!    worse than one that exits and is restarted by its supervisor.
 //! 3. **Stops accepting.** It connects to its own socket to wake the accept loop,
 //!    which sees the flag and ends; the listener is dropped with it, which removes
-//!    the socket file.
+//!    the socket file. The metrics endpoint, if it serves, is woken and ends too.
 //! 4. **Finishes or refuses queued work.** It queues a `Stop` job behind
 //!    everything queued (this never blocks). When the writer thread reaches it, it
 //!    runs [`finish_writer`]: a write session in progress is rolled back (its
 //!    client later gets `lease_expired`); the queue is closed, so later jobs are
 //!    refused at once; what was queued before runs in FIFO order (one-shot writes,
 //!    checkpoints and migrations run; new sessions and restores are refused).
-//! 5. **Final checkpoint.** A `TRUNCATE` checkpoint, waiting up to busy_timeout
-//!    for readers, moves every committed write into the database file.
+//! 5. **Final checkpoint.** When replicating, Litestream is first asked to stop
+//!    (`SIGTERM`: it syncs the replica one last time, bounded by 10 s, and is
+//!    killed after 12 s). A `TRUNCATE` checkpoint (`PASSIVE` when replicating, so
+//!    the next Litestream finds its WAL), waiting up to busy_timeout for readers,
+//!    moves every committed write into the database file.
 //! 6. **Closes the database**; the writer thread ends.
 //! 7. **Flushes answers.** Up to [`FLUSH_ANSWERS`] for connection threads to write
 //!    the answers of what was queued (the requests still counted in flight).
@@ -39,6 +42,7 @@
 //!
 //! A second signal during shutdown exits 1 at once (`litebrokerd`'s handler).
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
@@ -98,6 +102,8 @@ pub(crate) struct Running {
     pub writer_thread: JoinHandle<()>,
     /// The accept thread.
     pub acceptor: JoinHandle<()>,
+    /// The metrics endpoint's address and thread, when it serves.
+    pub metrics: Option<(SocketAddr, JoinHandle<()>)>,
 }
 
 /// Waits for the first cause to stop, then runs the sequence (see the module's
@@ -106,7 +112,7 @@ pub(crate) struct Running {
 /// # Errors
 /// [`BrokerError::Fatal`] when the broker stopped because of an internal failure.
 pub(crate) fn wait_then_stop(stop: Receiver<StopReason>, broker: Running) -> Result<(), BrokerError> {
-    let Running { location, lock, shared, writer, writer_thread, acceptor } = broker;
+    let Running { location, lock, shared, writer, writer_thread, acceptor, metrics } = broker;
     let reason = stop.recv().unwrap_or(StopReason::Signal);
     info!("shutting down ({})", describe(&reason));
     // 1. No new work.
@@ -123,6 +129,14 @@ pub(crate) fn wait_then_stop(stop: Receiver<StopReason>, broker: Running) -> Res
     let _ = Stream::connect(socket_name(&location.socket).map_err(io_err("socket name"))?);
     if acceptor.join().is_err() {
         warn!("the accept thread panicked");
+    }
+    // The metrics endpoint too (it ends within the time of the one request it
+    // may be answering).
+    if let Some((addr, thread)) = metrics {
+        crate::metrics::http::wake(addr);
+        if thread.join().is_err() {
+            warn!("the metrics thread panicked");
+        }
     }
     // 4–6. The writer thread finishes what was queued, checkpoints and closes the
     // database (`finish_writer`).
@@ -159,7 +173,9 @@ pub(crate) fn finish_writer(w: &mut Writer) {
     w.begin_stopping();
     w.close_queue();
     w.finish_queued();
-    // 5.
+    // 5. Litestream, when replicating, syncs one last time and stops (within
+    // `replication::supervise::STOP_WAIT`); then the final checkpoint.
+    w.stop_replication();
     w.final_checkpoint();
     // 6.
     w.close_database();

@@ -380,6 +380,15 @@ pub fn expected_hello(got: &str) -> ErrorInfo {
     ErrorInfo::new(ErrorKind::Protocol, format!("expected a handshake (Hello) as the first frame, got {got}"))
 }
 
+/// `Watch` from a client holding a write session: the connection would become a
+/// stream and the session could never end.
+pub fn watch_in_session() -> ErrorInfo {
+    ErrorInfo::new(
+        ErrorKind::SessionState,
+        "cannot watch on a connection that holds a write session: watch on a connection of its own",
+    )
+}
+
 /// A second handshake on one connection.
 pub fn handshake_again() -> ErrorInfo {
     ErrorInfo::new(ErrorKind::Protocol, "handshake already done on this connection")
@@ -400,6 +409,19 @@ pub fn malformed(malformed: &dyn std::fmt::Display, client_minor: u32, broker_mi
         malformed.to_string()
     };
     ErrorInfo::new(ErrorKind::Protocol, message)
+}
+
+/// A request appended in protocol minor `needed` from a client that said it speaks
+/// an older minor: its answer would be a variant that client cannot decode.
+pub fn needs_minor(kind: &str, needed: u32, client_minor: u32) -> ErrorInfo {
+    ErrorInfo::new(
+        ErrorKind::Protocol,
+        format!(
+            "the {kind} request needs protocol {PROTOCOL_VERSION}.{needed} or later, and this client said it \
+             speaks {PROTOCOL_VERSION}.{client_minor}: its answer is not sent to a client that could not \
+             decode it"
+        ),
+    )
 }
 
 // ----- limits -----------------------------------------------------------------------

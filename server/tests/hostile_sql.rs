@@ -258,7 +258,7 @@ fn run_case(groups: Vec<Vec<Req>>, session: Vec<String>, commit: bool) -> Result
     // A write session made of hostile statements, then good writes after it.
     let calls = session.into_iter().map(|s| WriteBody::Execute(Statement::new(s, vec![]))).collect();
     let answers = w.harness.session(calls, commit);
-    prop_assert!(matches!(answers[0], Response::SessionStarted { .. }), "{:?}", answers[0]);
+    prop_assert!(matches!(answers[0], Response::SessionLeased { .. }), "{:?}", answers[0]);
     w.check(&[])?;
     let victims = w.run(&[Req::Victim, Req::Victim]);
     prop_assert!(victims.iter().all(|(_, done)| *done), "good writes after the session failed: {victims:?}");

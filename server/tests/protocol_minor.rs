@@ -2,7 +2,9 @@
 //! (one that knows requests appended after the broker's minor), is answered with
 //! a typed protocol error that says so and names both versions; a client of the
 //! broker's own minor gets the plain "malformed frame" answer. Either way the
-//! connection stays usable.
+//! connection stays usable. A request appended in a later minor than the client
+//! said it speaks is refused with a protocol error rather than answered with a
+//! variant that client could not decode.
 
 use std::io::Write;
 use std::sync::mpsc;
@@ -68,7 +70,48 @@ fn an_unknown_request_from_a_newer_minor_is_answered_naming_both_versions() {
     assert!(e.message.starts_with("malformed frame") && !e.message.contains("this broker"), "{e:?}");
     assert_eq!(same.round_trip(&Request::Ping, WAIT).unwrap(), Response::Pong);
 
-    drop((c, same));
+    // The change feed's requests from a minor-1 client (which could only have
+    // forged them): an error it can decode, never a stream of variants it cannot.
+    let mut old = FrameStream::connect(&ready.socket).unwrap();
+    assert!(matches!(old.round_trip(&hello(1), WAIT).unwrap(), Response::Hello(_)));
+    for req in [Request::Watch { tables: vec![], since: None }, Request::FeedStats] {
+        let Response::Error(e) = old.round_trip(&req, WAIT).unwrap() else { panic!("{req:?} answered") };
+        assert_eq!(e.kind, ErrorKind::Protocol, "{e:?}");
+        assert!(e.message.contains("needs protocol 1.2") && e.message.contains("speaks 1.1"), "{e:?}");
+    }
+    assert_eq!(old.round_trip(&Request::Ping, WAIT).unwrap(), Response::Pong);
+
+    drop((c, same, old));
+    ready.stopper.stop(StopReason::Signal);
+    broker.join().unwrap().unwrap();
+}
+
+#[test]
+fn metrics_are_answered_only_to_clients_that_said_they_speak_minor_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let config = Config::new(dir.path().join("minor.db"));
+    let broker = std::thread::spawn(move || run(config, |ready| ready_tx.send(ready.clone()).unwrap()));
+    let ready = ready_rx.recv_timeout(WAIT).expect("the broker listens");
+
+    // A client of minor 1 could not decode `Response::Metrics`: it gets an error
+    // of a kind it knows instead, and the connection stays usable.
+    let mut old = FrameStream::connect(&ready.socket).unwrap();
+    assert!(matches!(old.round_trip(&hello(1), WAIT).unwrap(), Response::Hello(_)));
+    let Response::Error(e) = old.round_trip(&Request::Metrics, WAIT).unwrap() else { panic!("not an error") };
+    assert_eq!(e.kind, ErrorKind::Protocol, "{e:?}");
+    assert!(e.message.contains("needs protocol 1.2") && e.message.contains("speaks 1.1"), "{e:?}");
+    assert_eq!(old.round_trip(&Request::Ping, WAIT).unwrap(), Response::Pong);
+
+    let mut new = FrameStream::connect(&ready.socket).unwrap();
+    assert!(matches!(new.round_trip(&hello(2), WAIT).unwrap(), Response::Hello(_)));
+    let Response::Metrics(m) = new.round_trip(&Request::Metrics, WAIT).unwrap() else { panic!("no metrics") };
+    assert!(m.family("litebroker_requests_total").is_some(), "{m:?}");
+    // The old client's refusal is counted as such.
+    let refused = m.number("litebroker_requests_total", &[("kind", "metrics"), ("outcome", "protocol")]);
+    assert_eq!(refused, Some(1.0));
+
+    drop((old, new));
     ready.stopper.stop(StopReason::Signal);
     broker.join().unwrap().unwrap();
 }

@@ -127,6 +127,21 @@ impl Broker {
         Client::connect_with(&opts).unwrap_or_else(|e| panic!("connect to the broker as {name}: {e}"))
     }
 
+    /// Where it serves its metrics (`--metrics-listen`), from its log line
+    /// `serving metrics on http://ADDR/metrics`.
+    ///
+    /// # Panics
+    /// When it logged no such line.
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        let log = self.log();
+        let addr = log
+            .lines()
+            .find_map(|l| l.split("serving metrics on http://").nth(1))
+            .and_then(|rest| rest.split("/metrics").next())
+            .unwrap_or_else(|| panic!("the broker logged no metrics address; its log:\n{log}"));
+        addr.parse().unwrap_or_else(|e| panic!("metrics address {addr:?}: {e}"))
+    }
+
     /// The broker's pid.
     pub fn pid(&self) -> u32 {
         self.proc_.child.id()
@@ -221,4 +236,28 @@ pub fn wait_queued(status_client: &mut Client, n: u32) {
     let depth = |c: &mut Client| c.status().expect("status").queue_depth;
     let ok = wait_until(READY_TIMEOUT, || depth(status_client) >= n);
     assert!(ok, "{n} requests never queued: {:?}", status_client.status());
+}
+
+/// Brokers of a test's database that are not the test's children (started on
+/// demand): dropping this stops any left, even when the test fails, so no stray
+/// process outlives it.
+#[cfg(unix)]
+pub struct NoStrayBrokers(pub PathBuf);
+
+#[cfg(unix)]
+impl Drop for NoStrayBrokers {
+    fn drop(&mut self) {
+        if crate::broker_pids(&self.0).is_empty() {
+            return;
+        }
+        let _ = cli(&self.0, &["--timeout", "5", "shutdown"]);
+        if !wait_until(Duration::from_secs(10), || crate::broker_pids(&self.0).is_empty()) {
+            for pid in crate::broker_pids(&self.0) {
+                // SAFETY: kill(2) on a broker of this test's own temp database.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                }
+            }
+        }
+    }
 }

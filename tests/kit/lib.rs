@@ -4,7 +4,8 @@
 //! folders and waited for with deadlines, never bare sleeps:
 //!
 //! - [`Broker`]: a running `litebrokerd`, its log in a file, ready once it logs
-//!   `listening on`;
+//!   `listening on`; [`broker_pids`] and [`NoStrayBrokers`] for the brokers a test
+//!   did not start itself (an app's or a CLI's on-demand start; Unix);
 //! - [`Proc`]: any other process whose stdout lines are awaited with deadlines
 //!   (an `lbtool` client, the `sqlite3` CLI holding a lock), and [`wait_output`]
 //!   for one that runs to completion;
@@ -14,6 +15,9 @@
 //! - [`RawConn`]: a raw connection to the broker's socket (or pipe) for tests that
 //!   write frames themselves — pipelined, hand-made, hostile — with [`frame_of`],
 //!   [`raw_frame`], [`hello`] and [`answer_error`];
+//! - the metrics endpoint over plain HTTP ([`http_get`], [`http_exchange`]) and the
+//!   samples of its text format ([`samples`]);
+//! - a program in a real terminal under tmux ([`Terminal`], Unix);
 //! - direct reads of the database ([`query_i64`], [`integrity`], …), the operating
 //!   system's facts about a process ([`rss_kib`], [`fd_count`], …), root and other
 //!   users ([`require_root`], [`as_user`]), and [`Rng`], the deterministic bytes of
@@ -31,16 +35,20 @@ pub use tempfile::TempDir;
 mod broker;
 mod cli;
 mod db;
+mod http;
 mod process;
 mod raw;
 mod rng;
 mod system;
+#[cfg(unix)]
+mod terminal;
 
 pub use broker::{wait_queued, Broker, READY_TIMEOUT};
 pub use cli::{
     assert_exit, assert_json_error, cli, cli_with_stdin, error_of, json_out, json_summary, stderr, stdout,
 };
 pub use db::{foreign_key_violations, integrity, open_ro, query_i64, query_texts};
+pub use http::{http_exchange, http_get, parse_answer, samples, HttpAnswer};
 pub use process::{spawn_lbtool, wait_output, Proc};
 pub use raw::{answer_error, frame_of, hello, raw_frame, Closed, RawConn};
 pub use rng::Rng;
@@ -49,6 +57,10 @@ pub use system::owner_only_pipe_descriptor;
 #[cfg(unix)]
 pub use system::{as_user, is_root, require_root, require_setpriv};
 pub use system::{fd_count, proc_status_field, rss_kib};
+#[cfg(unix)]
+pub use terminal::Terminal;
+#[cfg(unix)]
+pub use {broker::NoStrayBrokers, system::broker_pids};
 
 /// The folder holding the workspace's binaries for the current build profile.
 pub fn bin_dir() -> PathBuf {

@@ -1,5 +1,5 @@
-//! What the operating system says about a process (memory, threads, descriptors),
-//! and running processes as root or as other users.
+//! What the operating system says about a process (memory, threads, descriptors)
+//! and which processes are a database's brokers, and running processes as root or as other users.
 
 use std::fs;
 #[cfg(unix)]
@@ -8,11 +8,38 @@ use std::path::Path;
 use std::process::Command;
 
 /// A field of `/proc/<pid>/status` (e.g. `VmRSS`, `VmHWM`, `Threads`) as a number
-/// (kB for sizes). None where there is no procfs or the process is gone.
+/// (kB for sizes). None where there is no procfs or the process is gone, and off
+/// Linux: a Windows build under Wine reaches the host's `/proc` through its `Z:`
+/// drive, where the number of a Windows process names some Linux process.
 pub fn proc_status_field(pid: u32, field: &str) -> Option<u64> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
     let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = text.lines().find(|l| l.split(':').next() == Some(field))?;
     line.split(':').nth(1)?.split_whitespace().next()?.parse().ok()
+}
+
+/// Pids of live processes whose command line is `…litebrokerd … <db> …` (from
+/// Linux's `/proc`; none found elsewhere): every broker of this database, whoever
+/// started it (an app or a CLI starting one on demand). Zombies have an empty
+/// command line and are not counted.
+#[cfg(unix)]
+pub fn broker_pids(db: &Path) -> std::collections::BTreeSet<u32> {
+    let db = db.to_string_lossy();
+    let mut found = std::collections::BTreeSet::new();
+    let Ok(entries) = fs::read_dir("/proc") else { return found };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(raw) = fs::read(e.path().join("cmdline")) else { continue };
+        let args: Vec<String> =
+            raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let is_broker = args.first().is_some_and(|a| a.ends_with("litebrokerd"));
+        if is_broker && args.iter().any(|a| a.contains(db.as_ref())) {
+            found.insert(pid);
+        }
+    }
+    found
 }
 
 /// Resident set size of a process in KiB (Linux), from `/proc/<pid>/status`.
@@ -22,6 +49,9 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 
 /// Open file descriptors of a process (Linux), from `/proc/<pid>/fd`.
 pub fn fd_count(pid: u32) -> Option<usize> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
     Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
 

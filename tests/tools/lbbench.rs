@@ -19,6 +19,10 @@
 //!   (`--request-id-retention-hours 0`), to show what recording them costs.
 //! - `db-api` (NORMAL only): `broker`'s write through the app-facing `Db` handle
 //!   (`db.execute(INSERT, [&text])`) instead of a raw `Client`: what the handle adds.
+//! - `watch` (NORMAL, 8 clients): `broker`'s 8 writers while 4 watcher processes
+//!   follow the change feed (`Db::watch_all`): commit → delivery p50/p99 at the
+//!   watchers, and the writers' writes/s next to `broker`'s 8 clients alone
+//!   (always planned with it, in the same rounds).
 //! - `broker-bulk`: one client sending 100,000 rows for one INSERT as one streamed
 //!   executemany (`Client::execute_many_with`): one transaction, one summary.
 //! - `import` (the synchronous setting NORMAL, or the first asked for): a

@@ -103,6 +103,28 @@ enum Cmd {
         #[arg(long, default_value_t = 60.0)]
         timeout: f64,
     },
+    /// Watch the change feed (TABLEs, or all) through `Db::watch`: prints
+    /// `{"watching":CURSOR}` once subscribed, one `{"event":…}` line per event
+    /// (the CLI's JSON form), then a summary once COUNT events came or FILE exists
+    /// and the feed was quiet for QUIET_MS: events, resyncs, per-table totals,
+    /// whether cursors only went up.
+    Watch {
+        #[arg(long = "table")]
+        tables: Vec<String>,
+        #[arg(long)]
+        count: Option<u64>,
+        #[arg(long)]
+        until: Option<PathBuf>,
+        #[arg(long, default_value_t = 300)]
+        quiet_ms: u64,
+        /// Stop reading for STALL_SECS after this many events (a slow watcher).
+        #[arg(long)]
+        stall_after: Option<u64>,
+        #[arg(long, default_value_t = 0.0)]
+        stall_secs: f64,
+        #[arg(long, default_value_t = 120)]
+        max_secs: u64,
+    },
     /// For SECS seconds, attack the broker the way a buggy or hostile client of the
     /// same user could: random, truncated, oversized, forged and out-of-order
     /// frames, stalls mid-frame, pipelining without reading, connection churn.
@@ -137,6 +159,15 @@ fn main() -> ExitCode {
         }
         Cmd::DbWrites { process, threads, count } => db_writes(&args.db, process, threads, count),
         Cmd::Many { rows, stall_at, timeout } => many(&args.db, rows, stall_at, timeout),
+        Cmd::Watch { tables, count, until, quiet_ms, stall_after, stall_secs, max_secs } => watch(
+            &args.db,
+            &tables,
+            count,
+            until.as_deref(),
+            Duration::from_millis(quiet_ms),
+            stall_after.map(|n| (n, Duration::from_secs_f64(stall_secs))),
+            max_secs,
+        ),
     };
     println!("{summary}");
     if ok {
@@ -415,4 +446,111 @@ fn db_writes(db: &Path, process: i64, threads: i64, count: i64) -> (serde_json::
     }
     let errors = threads * count - ok;
     (json!({ "ok": ok, "errors": errors, "first_error": first_error }), errors == 0)
+}
+
+fn watch(
+    db: &Path,
+    tables: &[String],
+    count: Option<u64>,
+    until: Option<&Path>,
+    quiet: Duration,
+    mut stall: Option<(u64, Duration)>,
+    max_secs: u64,
+) -> (serde_json::Value, bool) {
+    use std::collections::BTreeMap;
+    use std::io::Write;
+    let handle = match litebroker_client::Db::builder(db).client_name("lbtool-watch").open() {
+        Ok(h) => h,
+        Err(e) => return (json!({ "error": e.to_string() }), false),
+    };
+    let names: Vec<&str> = tables.iter().map(String::as_str).collect();
+    let mut w = handle.watch(&names);
+    let deadline = Instant::now() + Duration::from_secs(max_secs);
+    let start = loop {
+        match w.subscribe() {
+            Ok(c) => break c,
+            Err(e) if Instant::now() >= deadline => return (json!({ "error": e.to_string() }), false),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    println!("{}", json!({ "watching": start.to_string() }));
+    let _ = std::io::stdout().flush();
+    let (mut events, mut resyncs, mut in_order, mut last) = (0u64, 0u64, true, None);
+    let mut reasons: Vec<String> = Vec::new();
+    let mut totals: BTreeMap<String, [u64; 3]> = BTreeMap::new();
+    let mut rowids: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut quiet_since = Instant::now();
+    let mut error = None;
+    while Instant::now() < deadline && count.is_none_or(|n| events < n) {
+        if stall.is_some_and(|(n, _)| events == n) {
+            std::thread::sleep(stall.map_or(Duration::ZERO, |s| s.1));
+            stall.take();
+        }
+        match w.next_timeout(Duration::from_millis(50)) {
+            Ok(Some(e)) => {
+                quiet_since = Instant::now();
+                events += 1;
+                if let Some(l) = last {
+                    if e.cursor <= l && !e.is_resync() {
+                        in_order = false;
+                    }
+                }
+                last = Some(e.cursor);
+                if let Some(r) = e.resync {
+                    resyncs += 1;
+                    reasons.push(r.as_str().to_owned());
+                }
+                for t in &e.tables {
+                    let s = totals.entry(t.table.clone()).or_default();
+                    s[0] += t.inserted;
+                    s[1] += t.updated;
+                    s[2] += t.deleted;
+                    rowids.entry(t.table.clone()).or_default().extend(&t.rowids);
+                }
+                let line = json!({ "event": {
+                    "cursor": e.cursor.to_string(),
+                    "resync": e.resync.map(|r| r.as_str()),
+                    "tables": e.tables.iter().map(|t| json!({
+                        "table": t.table, "inserted": t.inserted, "updated": t.updated,
+                        "deleted": t.deleted, "rowids": t.rowids, "rowids_capped": t.rowids_capped,
+                    })).collect::<Vec<_>>(),
+                    "received_unix_ms": litebroker_protocol::host::unix_ms(),
+                    "committed_unix_us": e.committed_unix_us,
+                }});
+                println!("{line}");
+                let _ = std::io::stdout().flush();
+            }
+            Ok(None) => {
+                if until.is_some_and(Path::exists) && quiet_since.elapsed() >= quiet {
+                    break;
+                }
+            }
+            Err(e) => {
+                error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let totals: BTreeMap<_, _> = totals
+        .into_iter()
+        .map(|(t, [i, u, d])| (t, json!({ "inserted": i, "updated": u, "deleted": d })))
+        .collect();
+    let distinct: BTreeMap<_, _> = rowids
+        .into_iter()
+        .map(|(t, mut ids)| {
+            let all = ids.len();
+            ids.sort_unstable();
+            ids.dedup();
+            (t, json!({ "listed": all, "distinct": ids.len() }))
+        })
+        .collect();
+    let ok = error.is_none() && in_order;
+    (
+        json!({
+            "summary": true, "events": events, "resyncs": resyncs, "reasons": reasons,
+            "in_order": in_order, "totals": totals, "rowids": distinct,
+            "subscriptions": w.subscriptions(), "last": last.map(|c| c.to_string()), "error": error,
+        }),
+        ok,
+    )
 }

@@ -51,10 +51,11 @@ pub fn doctor(cli: &Cli) -> Result<(), Failure> {
     let mut opts = ConnectOptions::new(&cli.db).client_name("litebroker-doctor");
     opts.socket = cli.socket.clone();
     opts.connect_timeout = opts.connect_timeout.min(std::time::Duration::from_secs_f64(cli.timeout));
-    let checked = Client::connect_with(&opts)
-        .and_then(|mut c| Ok((c.status()?, c.connections()?, crate::ops::health(&mut c)?)));
+    let checked = Client::connect_with(&opts).and_then(|mut c| {
+        Ok((c.status()?, c.connections()?, crate::ops::health(&mut c)?, crate::replication::report(&mut c)?))
+    });
     match checked {
-        Ok((status, clients, health)) => {
+        Ok((status, clients, health, repl)) => {
             broker_running = true;
             findings.push(finding(
                 "broker",
@@ -101,6 +102,11 @@ pub fn doctor(cli: &Cli) -> Result<(), Failure> {
             }
             findings.extend(guarantees(health.as_ref(), &status.broker_version, &db_arg));
             findings.push(wal_files(&db, status.pid));
+            // The replica: an error reaching it, or Litestream not running, is a problem.
+            if let Some((problem, detail, action)) = repl.as_ref().and_then(crate::replication::doctor) {
+                let level = if problem { Level::Problem } else { Level::Ok };
+                findings.push(finding("replication", level, detail, action));
+            }
         }
         Err(ClientError::NotRunning { socket, .. }) => {
             let recorded = loc.read_info().filter(|i| pid_alive(i.pid));

@@ -41,7 +41,8 @@ use std::time::{Duration, Instant};
 use litebroker_client::{ClientError, Reader, Value, WriteOptions};
 use serde_json::{json, Value as Json};
 
-use crate::{client_failure, connect, fail, parse_param, Cli, Failure};
+use crate::params::parse_param;
+use crate::{client_failure, connect, fail, Cli, Failure};
 
 /// The formats `import` reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -211,7 +212,15 @@ fn table_columns(cli: &Cli, table: &str) -> Result<Vec<String>, Failure> {
     let rows = reader
         .query("SELECT name FROM pragma_table_info(?1)", &[Value::Text(table.to_owned())])
         .map_err(on_client)?;
-    Ok(rows.rows.into_iter().filter_map(|r| r.into_iter().next()).map(|v| crate::to_text(&v)).collect())
+    // pragma_table_info's `name` is always text.
+    Ok(rows
+        .rows
+        .into_iter()
+        .filter_map(|r| match r.into_iter().next() {
+            Some(Value::Text(name)) => Some(name),
+            _ => None,
+        })
+        .collect())
 }
 
 /// Runs `import`.

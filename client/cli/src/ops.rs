@@ -3,12 +3,13 @@
 use std::io::IsTerminal;
 use std::path::Path;
 
-use litebroker_client::protocol::{CheckpointMode, DbStats, HealthReport, VerifyReport};
-use litebroker_client::{Client, ClientError, Location};
+use litebroker_client::protocol::replication::ReplicationReport;
+use litebroker_client::protocol::{CheckpointMode, DbStats, FeedFigures, HealthReport, VerifyReport};
+use litebroker_client::{Client, ClientError, Location, Value};
 use litebroker_server::ops;
 use serde_json::json;
 
-use crate::{client_failure, connect, fail, ms_to_text, reported, Cli, Failure};
+use crate::{client_failure, connect, fail, ms_to_text, print_rows, reported, style, Cli, Failure};
 
 /// Connects, or reports that no broker runs (so the caller can fall back to a
 /// local read-only operation).
@@ -68,29 +69,45 @@ pub(crate) fn health_text(h: &HealthReport) -> (String, String) {
 
 pub fn stats(cli: &Cli) -> Result<(), Failure> {
     let on_client = |e: ClientError| client_failure(&e, Some(cli));
-    let (stats, health) = match broker_or_local(cli)? {
+    let (stats, extra) = match broker_or_local(cli)? {
         Some(mut c) => {
             let stats = c.stats().map_err(on_client)?;
-            (stats, health(&mut c).map_err(on_client)?)
+            let extra = BrokerExtra {
+                health: health(&mut c).map_err(on_client)?,
+                replication: crate::replication::report(&mut c).map_err(on_client)?,
+                feed: crate::watch::feed_report(&mut c).map_err(on_client)?,
+            };
+            (stats, extra)
         }
         None => {
             let path = local_path(cli)?;
             let conn = ops::open_read_only(&path).map_err(|e| on_client(e.into()))?;
             let stats =
                 ops::db_stats(&conn, &path, ops::DEFAULT_WAL_WARN_BYTES).map_err(|e| on_client(e.into()))?;
-            (stats, None)
+            (stats, BrokerExtra::default())
         }
     };
     if cli.json {
         let mut doc = stats_json(&stats);
         if doc["broker"].is_object() {
-            doc["broker"]["health"] = health_json(health.as_ref());
+            doc["broker"]["health"] = health_json(extra.health.as_ref());
+            doc["broker"]["replication"] = crate::replication::to_json(extra.replication.as_ref());
+            doc["broker"]["feed"] = crate::watch::feed_json(extra.feed.as_ref());
         }
         println!("{doc}");
     } else {
-        print_stats(&stats, health.as_ref());
+        print_stats(&stats, &extra);
     }
     Ok(())
+}
+
+/// What `stats` adds from the broker's other reports (each None from a broker
+/// too old to give it, or with no broker).
+#[derive(Default)]
+struct BrokerExtra {
+    health: Option<HealthReport>,
+    replication: Option<ReplicationReport>,
+    feed: Option<FeedFigures>,
 }
 
 fn stats_json(s: &DbStats) -> serde_json::Value {
@@ -126,7 +143,7 @@ fn stats_json(s: &DbStats) -> serde_json::Value {
     doc
 }
 
-fn print_stats(s: &DbStats, health: Option<&HealthReport>) {
+fn print_stats(s: &DbStats, extra: &BrokerExtra) {
     println!("Database Statistics:");
     println!("  Database: {}", s.db_path);
     println!("  Schema version: {}", s.schema_version);
@@ -165,10 +182,16 @@ fn print_stats(s: &DbStats, health: Option<&HealthReport>) {
             );
             println!("  Queue depth: {}", b.queue_depth);
             println!("  Lock waits: {} ({} retries)", w.lock_waits, w.lock_retries);
-            if let Some(h) = health {
+            if let Some(h) = &extra.health {
                 let (exactly_once, writes) = health_text(h);
                 println!("  Exactly-once writes: {exactly_once}");
                 println!("  Writes: {writes}");
+            }
+            if let Some(r) = &extra.replication {
+                println!("  Replication: {}", crate::replication::line(r));
+            }
+            if let Some(f) = &extra.feed {
+                println!("  Change feed: {}", crate::watch::feed_line(f));
             }
             if b.request_ids {
                 println!(
@@ -310,6 +333,24 @@ pub fn backups(cli: &Cli) -> Result<(), Failure> {
         let debris: Vec<_> = debris.iter().map(|p| p.to_string_lossy()).collect();
         println!("{}", json!({ "backups": items, "removed_debris": debris }));
         return Ok(());
+    }
+    if cli.format.is_some() {
+        // --format prints the fields of --json, in that format (debris goes to stderr).
+        for p in &debris {
+            eprintln!("removed {} (left by an interrupted backup)", p.display());
+        }
+        let columns = ["path", "bytes", "modified_unix"].map(String::from);
+        let rows: Vec<Vec<Value>> = list
+            .iter()
+            .map(|b| {
+                vec![
+                    Value::Text(b.path.to_string_lossy().into_owned()),
+                    Value::Integer(b.bytes as i64),
+                    Value::Integer(b.modified_unix as i64),
+                ]
+            })
+            .collect();
+        return print_rows(&columns, &rows, &style(cli));
     }
     for p in &debris {
         println!("removed {} (left by an interrupted backup)", p.display());

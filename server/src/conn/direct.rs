@@ -71,7 +71,8 @@ use super::deadline::{self, Jobs};
 use super::io::FrameIo;
 use super::route;
 use crate::job::{InFlight, JobKind, Reply, ReplyTx, SocketAnswer, WriteBody};
-use crate::shared::{lock, session_state, ClientEntry};
+use crate::metrics::RequestKind;
+use crate::shared::{lock, session_state, ClientEntry, Shared};
 use crate::sql::text::small_answer;
 use crate::texts;
 
@@ -94,9 +95,15 @@ struct Pending {
 impl Direct {
     /// The shortcut for a connection on `stream` (Unix only), and the reply path
     /// its jobs answer through: the channel `tx`, or the socket once armed.
-    pub(super) fn new(stream: &Arc<Stream>, max_frame: u32, tx: SyncSender<Reply>) -> (Direct, ReplyTx) {
-        let socket = cfg!(unix)
-            .then(|| Arc::new(DirectSocket { stream: stream.clone(), armed: Mutex::new(None), max_frame }));
+    pub(super) fn new(
+        stream: &Arc<Stream>,
+        max_frame: u32,
+        tx: SyncSender<Reply>,
+        shared: Arc<Shared>,
+    ) -> (Direct, ReplyTx) {
+        let socket = cfg!(unix).then(|| {
+            Arc::new(DirectSocket { stream: stream.clone(), armed: Mutex::new(None), max_frame, shared })
+        });
         let reply = match &socket {
             Some(s) => ReplyTx::with_socket(tx, s.clone()),
             None => ReplyTx::new(tx),
@@ -143,7 +150,9 @@ impl Direct {
         if jobs.start_write(job).is_err() {
             let in_flight = socket.disarm();
             self.pending = None;
-            let sent = io.send(&Response::Error(texts::shutting_down()));
+            let refusal = Response::Error(texts::shutting_down());
+            jobs.shared().metrics.answered(RequestKind::EXECUTE, &refusal);
+            let sent = io.send(&refusal);
             drop(in_flight);
             // A failed send shows on the next read.
             drop(sent);
@@ -179,6 +188,7 @@ impl Direct {
                         }
                         Reply::Response(resp) => {
                             let in_flight = self.disarm();
+                            shared.metrics.answered(RequestKind::EXECUTE, &resp);
                             let sent = io.send(&resp);
                             drop(in_flight);
                             sent
@@ -196,6 +206,7 @@ impl Direct {
                     } else {
                         Response::Error(texts::shutting_down())
                     };
+                    shared.metrics.answered(RequestKind::EXECUTE, &resp);
                     let sent = io.send(&resp);
                     drop(in_flight);
                     sent?;
@@ -226,6 +237,8 @@ struct DirectSocket {
     /// in-flight guard, until whoever answers (or cancels) it takes them.
     armed: Mutex<Option<(u64, InFlight)>>,
     max_frame: u32,
+    /// Where its answers are counted.
+    shared: Arc<Shared>,
 }
 
 impl DirectSocket {
@@ -278,6 +291,7 @@ impl SocketAnswer for DirectSocket {
     #[allow(clippy::result_large_err)]
     fn answer(&self, seq: u64, resp: Response) -> Result<Reply, Response> {
         let Some(in_flight) = self.take(seq) else { return Err(resp) };
+        self.shared.metrics.answered(RequestKind::EXECUTE, &resp);
         Ok(match self.send_now(&resp) {
             Ok(rest) if !rest.is_empty() => Reply::Rest(rest, in_flight),
             // Sent in full, or a broken socket (the connection thread finds out by

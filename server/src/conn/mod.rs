@@ -13,6 +13,7 @@ mod handshake;
 mod io;
 mod many;
 mod route;
+mod watch;
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -29,6 +30,7 @@ use self::io::{is_timeout, FrameIo, Incoming, Wait};
 use self::route::Route;
 use crate::admin;
 use crate::job::{InFlight, Job, JobKind, JobLine};
+use crate::metrics::RequestKind;
 use crate::shared::{session_state, ClientEntry, Shared};
 use crate::texts;
 use crate::writer::WriterHandle;
@@ -37,7 +39,7 @@ use crate::writer::WriterHandle;
 pub fn serve(stream: Stream, shared: Arc<Shared>, writer: Arc<WriterHandle>, peer_pid: Option<u32>) {
     let io = FrameIo::new(stream, &shared.config);
     let (tx, replies) = mpsc::sync_channel(1);
-    let (direct, reply) = Direct::new(io.stream(), shared.config.max_frame, tx);
+    let (direct, reply) = Direct::new(io.stream(), shared.config.max_frame, tx, shared.clone());
     let mut conn = Conn {
         jobs: Jobs::new(JobLine::new(reply), replies, writer, shared.clone()),
         io,
@@ -49,11 +51,10 @@ pub fn serve(stream: Stream, shared: Arc<Shared>, writer: Arc<WriterHandle>, pee
     };
     if let Err(e) = conn.run() {
         let who = conn.client.as_ref().map_or_else(|| "unidentified client".into(), |c| c.describe());
+        let stalled = conn.io.deadline_fired() || matches!(&e, FrameError::Io(io) if is_timeout(io));
         match &e {
-            _ if conn.io.deadline_fired() => {
-                warn!("disconnecting {who}: stalled in the middle of a frame or not reading answers")
-            }
-            FrameError::Io(io) if is_timeout(io) => {
+            _ if stalled => {
+                conn.shared.metrics.stalled_clients.fetch_add(1, Ordering::Relaxed);
                 warn!("disconnecting {who}: stalled in the middle of a frame or not reading answers")
             }
             FrameError::Io(_) | FrameError::Truncated { .. } => debug!("{who} left: {e}"),
@@ -97,17 +98,22 @@ impl Conn {
                 Incoming::Malformed(e) => {
                     let Some(client) = &self.client else {
                         // A malformed handshake: answered, and the connection closed.
-                        self.io.send(&handshake::refuse_malformed(self.io.payload(), &e))?;
+                        let refusal = handshake::refuse_malformed(self.io.payload(), &e);
+                        self.shared.metrics.answered(RequestKind::UNKNOWN, &refusal);
+                        self.io.send(&refusal)?;
                         return Ok(());
                     };
                     debug!("client {} sent a malformed frame: {e}", client.describe());
                     // From a client of a newer minor: most likely a request this
                     // broker does not know, which the answer says.
-                    self.io.send(&Response::Error(texts::malformed(&e, client.minor, PROTOCOL_MINOR)))?;
+                    let answer = Response::Error(texts::malformed(&e, client.minor, PROTOCOL_MINOR));
+                    self.shared.metrics.answered(RequestKind::UNKNOWN, &answer);
+                    self.io.send(&answer)?;
                     continue;
                 }
             };
             self.shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+            let kind = RequestKind::of(&req);
             let in_flight = InFlight::new(&self.shared);
             let (req, in_flight) = match &self.client {
                 Some(client) => {
@@ -118,8 +124,26 @@ impl Conn {
                 }
                 None => (req, in_flight),
             };
+            if let (Request::Watch { tables, since }, Some(client)) = (&req, self.client.clone()) {
+                if client.minor < req.since_minor() {
+                    // Its answers would be variants this client cannot decode.
+                    let needed = req.since_minor();
+                    self.io.send(&Response::Error(texts::needs_minor(req.kind(), needed, client.minor)))?;
+                    continue;
+                }
+                if route::session_state(&client, &self.shared.config) == Ok(true) {
+                    self.io.send(&Response::Error(texts::watch_in_session()))?;
+                    continue;
+                }
+                client.requests.fetch_add(1, Ordering::Relaxed);
+                drop(in_flight);
+                // From here on the connection is a stream of events.
+                return watch::serve(&mut self.io, &self.shared, &client, tables.clone(), *since);
+            }
+            let since = req.since_minor();
             let (resp, keep_open) = match (req, self.client.clone()) {
-                (Request::ManyBegin { sql, opts }, Some(client)) => {
+                // From an older client, routing answers that it needs a newer minor.
+                (Request::ManyBegin { sql, opts }, Some(client)) if client.minor >= since => {
                     client.requests.fetch_add(1, Ordering::Relaxed);
                     match many::serve(self, &client, sql, opts)? {
                         Some(resp) => (resp, true),
@@ -128,6 +152,7 @@ impl Conn {
                 }
                 (req, _) => self.handle(req),
             };
+            self.shared.metrics.answered(kind, &resp);
             let sent = self.io.send(&resp);
             drop(in_flight);
             sent?;
@@ -169,7 +194,9 @@ impl Conn {
                 // The stream cannot be resynchronised without reading the whole
                 // announced length: answer (after an armed answer) and close.
                 self.direct.settle(true, &mut self.io, &self.jobs)?;
-                let _ = self.io.send(&Response::Error(texts::frame_too_large(len, max)));
+                let refusal = Response::Error(texts::frame_too_large(len, max));
+                self.shared.metrics.answered(RequestKind::UNKNOWN, &refusal);
+                let _ = self.io.send(&refusal);
                 Err(FrameError::TooLarge { len, max })
             }
             read => read.map(Some),

@@ -4,7 +4,7 @@
 //!
 //! | request | goes to |
 //! |---|---|
-//! | `Ping`, `Health`, `Status`, `Connections` | an answer from shared state |
+//! | `Ping`, `Health`, `Status`, `Connections`, `Metrics`, `Replication` | an answer from shared state |
 //! | `Shutdown` | the stop sequence (`crate::shutdown`), answered `ShuttingDown` |
 //! | `Stats`, `Verify` | `crate::admin`, on this thread |
 //! | `Backup` | `crate::admin`, on this thread, with progress frames |
@@ -12,6 +12,8 @@
 //! | `BeginSession`, `Commit`, `Rollback` | `BeginSession`, `EndSession` jobs |
 //! | `Checkpoint`, `Migrate`, `Restore` | jobs of their own |
 //! | `ManyBegin` | the stream, served by `conn::many` (never here); `ManyRows`, `ManyEnd` here are out of place |
+//! | `FeedStats` | an answer from the change feed |
+//! | `Watch` | the connection becomes a stream (`conn::watch`), before routing |
 //!
 //! Checked here, before anything is queued: parameters (`--max-params`), batch
 //! size (`--max-batch-statements`), migration order, the restore source, the
@@ -29,6 +31,7 @@ use super::deadline::timeout_of;
 use crate::admin;
 use crate::config::Config;
 use crate::job::{JobKind, WriteBody};
+use crate::metrics;
 use crate::shared::{session_state, ClientEntry, Shared, StopReason};
 use crate::texts;
 
@@ -61,9 +64,15 @@ pub(super) fn route(req: Request, client: &Arc<ClientEntry>, shared: &Shared) ->
     let config = &shared.config;
     let job = |kind, timeout| Route::Submit { kind, opts: WriteOptions::default(), timeout };
     let answer = match req {
+        // An answer a client cannot decode is never sent (see `job::for_minor`).
+        _ if client.minor < req.since_minor() => {
+            Response::Error(texts::needs_minor(req.kind(), req.since_minor(), client.minor))
+        }
         Request::Hello(_) => Response::Error(texts::handshake_again()),
         Request::Ping => Response::Pong,
         Request::Health => Response::Health(shared.health()),
+        Request::Metrics => Response::Metrics(metrics::report::report(shared)),
+        Request::Replication => Response::Replication(crate::replication::report(shared)),
         Request::Status => Response::Status(shared.status()),
         Request::Connections => Response::Connections(shared.connections()),
         Request::Shutdown => {
@@ -107,6 +116,9 @@ pub(super) fn route(req: Request, client: &Arc<ClientEntry>, shared: &Shared) ->
         Request::ManyBegin { .. } | Request::ManyRows { .. } | Request::ManyEnd { .. } => {
             Response::Error(texts::many_out_of_place(req.kind()))
         }
+        Request::FeedStats => Response::FeedStats(shared.feed.figures()),
+        // Served by the connection (`conn::watch`) before routing.
+        Request::Watch { .. } => Response::Error(texts::watch_in_session()),
         Request::Commit | Request::Rollback => {
             let commit = matches!(req, Request::Commit);
             match session_state(client, config) {

@@ -48,6 +48,7 @@
 //! any schema change, and asks the authorizer again at that moment.
 
 use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::config::DbConfig;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization, TransactionOperation};
@@ -65,6 +66,23 @@ pub enum TxStatement {
     Commit,
     /// `ROLLBACK` of the whole transaction.
     Rollback,
+}
+
+/// What a client's savepoint statement does, as SQLite reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SavepointOp {
+    /// `SAVEPOINT name`.
+    Begin,
+    /// `RELEASE name`.
+    Release,
+    /// `ROLLBACK TO name`.
+    RollbackTo,
+}
+
+/// The savepoint statement last prepared on this thread (see [`Seen::savepoint`]),
+/// with its name as SQLite reports it (unquoted).
+pub fn take_savepoint() -> Option<(SavepointOp, String)> {
+    SAVEPOINT.with(|s| s.borrow_mut().take())
 }
 
 /// What SQLite told the authorizer about the client statement last prepared on
@@ -110,6 +128,7 @@ thread_local! {
     // denial and what was seen belong to the thread running the statement.
     static INTERNAL: Cell<u32> = const { Cell::new(0) };
     static DENIAL: RefCell<Option<String>> = const { RefCell::new(None) };
+    static SAVEPOINT: RefCell<Option<(SavepointOp, String)>> = const { RefCell::new(None) };
     static SEEN: Cell<Seen> = const {
         Cell::new(Seen {
             tx: None,
@@ -145,6 +164,7 @@ fn is_internal() -> bool {
 /// client statement, then read [`seen`] after.
 pub fn start_statement() {
     DENIAL.with(|d| d.borrow_mut().take());
+    SAVEPOINT.with(|s| s.borrow_mut().take());
     SEEN.with(|s| s.set(Seen::default()));
 }
 
@@ -167,10 +187,24 @@ pub fn take_denial() -> Option<String> {
     DENIAL.with(|d| d.borrow_mut().take())
 }
 
+/// Client statements refused, counted once per statement (the metrics report it).
+/// Process-wide, as the thread-local state above is: a broker has one writer
+/// connection.
+static DENIALS: AtomicU64 = AtomicU64::new(0);
+
+/// Client statements the authorizer refused so far.
+pub fn denials() -> u64 {
+    DENIALS.load(Ordering::Relaxed)
+}
+
 fn record(reason: String) {
     // The first denial names the cause; SQLite may keep parsing and ask again.
     DENIAL.with(|d| {
-        d.borrow_mut().get_or_insert(reason);
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            DENIALS.fetch_add(1, Ordering::Relaxed);
+            *d = Some(reason);
+        }
     });
 }
 
@@ -356,7 +390,7 @@ fn decide(ctx: &AuthContext<'_>) -> Result<(), String> {
             note(|s| s.tx = Some(tx));
             Ok(())
         }
-        AuthAction::Savepoint { savepoint_name, .. } => {
+        AuthAction::Savepoint { savepoint_name, operation } => {
             if text::reserved_savepoint(savepoint_name) {
                 return Err(texts::reserved_savepoint(
                     savepoint_name,
@@ -364,6 +398,14 @@ fn decide(ctx: &AuthContext<'_>) -> Result<(), String> {
                 ));
             }
             note(|s| s.savepoint = true);
+            let op = match operation {
+                TransactionOperation::Begin => Some(SavepointOp::Begin),
+                TransactionOperation::Release => Some(SavepointOp::Release),
+                TransactionOperation::Rollback => Some(SavepointOp::RollbackTo),
+                _ => None,
+            };
+            // The change feed forgets what a ROLLBACK TO undoes (`sql::exec`).
+            SAVEPOINT.with(|s| *s.borrow_mut() = op.map(|op| (op, savepoint_name.to_owned())));
             Ok(())
         }
         // SQLite's own bookkeeping of schema actions in the temp schema table.

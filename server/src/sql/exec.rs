@@ -268,12 +268,17 @@ pub fn run_sql(
         if !tracker.admit(seen, limits)? {
             continue;
         }
+        let savepoint = if seen.savepoint { authorizer::take_savepoint() } else { None };
         let n = stmt.parameter_count();
         let Some(p) = params.get(used..used + n) else {
             return Err(texts::param_count(used + n, params.len()));
         };
         used += n;
         run_one(conn, &mut stmt, p, tracker, limits, out)?;
+        // What the client's own savepoint undid never happened for the feed.
+        if let Some((op, name)) = savepoint {
+            crate::feed::capture::client_savepoint(conn, op, &name);
+        }
     }
     if used != params.len() {
         return Err(texts::param_count(used, params.len()));

@@ -53,8 +53,30 @@ impl Core {
     /// A transaction other than a group committed (a session, a migration, a
     /// restore): counted, and the idle checkpoint is due after it.
     pub(super) fn committed(&mut self) {
-        self.upkeep.committed();
+        self.upkeep.committed(&self.db, &self.shared);
         self.shared.counters.commits.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .counters
+            .last_commit_unix_ms
+            .store(litebroker_protocol::host::unix_ms(), Ordering::Relaxed);
+        self.publish();
+    }
+
+    /// Publishes what the transactions committed since the last call changed
+    /// (one event each; after their COMMIT succeeded).
+    pub(super) fn publish(&mut self) {
+        for (at_us, tables) in self.db.take_committed() {
+            self.shared.feed.publish(at_us, tables);
+        }
+    }
+
+    /// Publishes a resync when another program wrote the database since the
+    /// writer last looked (`PRAGMA data_version`).
+    pub(super) fn check_external_writes(&mut self) {
+        if self.db.written_by_others() {
+            tracing::info!("another program wrote the database; watchers get a resync");
+            self.shared.feed.publish_resync(litebroker_protocol::ResyncReason::ExternalWrite);
+        }
     }
 
     /// Publishes the schema version for the connections.
@@ -68,7 +90,10 @@ impl Core {
     /// # Errors
     /// `locked`, or SQLite's error.
     pub(super) fn begin_immediate(&mut self, deadline: Instant) -> Result<(), ErrorInfo> {
-        lock_wait::begin_immediate(&mut self.db, &self.shared, deadline)
+        lock_wait::begin_immediate(&mut self.db, &self.shared, deadline)?;
+        // Before this transaction's own changes: what others wrote comes first.
+        self.check_external_writes();
+        Ok(())
     }
 
     /// The checks of the connection's state outside a transaction (see
@@ -130,6 +155,7 @@ pub(super) fn run_body(
     db.arm_deadline(None);
     r.map_err(|mut e| {
         if e.kind == ErrorKind::Timeout {
+            shared.metrics.interrupted.fetch_add(1, Ordering::Relaxed);
             e.message = texts::statement_interrupted(cfg.max_statement_time);
         }
         e

@@ -9,7 +9,7 @@
 //! `sql::text::mentions_reserved`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use litebroker_protocol::ErrorInfo;
@@ -17,6 +17,7 @@ use rusqlite::Connection;
 use tracing::warn;
 
 use super::open::{install_hooks, user_version, StatementDeadline};
+use crate::feed::capture::{self, Capture};
 use crate::guard;
 use crate::shared::Shared;
 use crate::sql::authorizer;
@@ -31,6 +32,9 @@ const SAVEPOINT_SQL: &str = "SAVEPOINT _litebroker_req";
 const RELEASE_SQL: &str = "RELEASE _litebroker_req";
 const ROLLBACK_TO_SQL: &str = "ROLLBACK TO _litebroker_req";
 const DEFER_FK_OFF_SQL: &str = "PRAGMA defer_foreign_keys = OFF /* _litebroker */";
+const DATA_VERSION_SQL: &str = "PRAGMA data_version /* _litebroker */";
+const WITHOUT_ROWID_SQL: &str =
+    "SELECT wr FROM pragma_table_list /* _litebroker */ WHERE schema = 'main' AND name = ?1";
 
 /// The writer connection and what the broker keeps with it.
 pub(crate) struct WriterDb {
@@ -40,14 +44,60 @@ pub(crate) struct WriterDb {
     deadline: StatementDeadline,
     /// Frames in the WAL after the last commit (from the WAL hook).
     wal_frames: Arc<AtomicU64>,
+    /// What the running request and transaction changed (the preupdate hook's
+    /// record, see `crate::feed::capture`). After `conn`: the hook is removed
+    /// before this is dropped.
+    capture: Arc<Mutex<Capture>>,
+    /// `PRAGMA data_version` when last read: another value means another program
+    /// committed to the file since.
+    data_version: Option<i64>,
 }
 
 impl WriterDb {
     /// Takes the opened writer connection (see `open::open_writer`), whose
     /// busy_timeout is `busy_timeout`, and installs its hooks.
-    pub(crate) fn new(mut conn: Connection, busy_timeout: Duration) -> WriterDb {
+    pub(crate) fn new(mut conn: Connection, busy_timeout: Duration, rowids_cap: usize) -> WriterDb {
         let (wal_frames, deadline) = install_hooks(&mut conn);
-        WriterDb { conn, busy_timeout, deadline, wal_frames }
+        let capture = Capture::install(&conn, rowids_cap);
+        WriterDb { conn, busy_timeout, deadline, wal_frames, capture, data_version: None }
+    }
+
+    /// Whether another program committed to the database since the last call
+    /// (`PRAGMA data_version` changed; the broker's own commits do not change it).
+    /// The first call only takes note.
+    pub(super) fn written_by_others(&mut self) -> bool {
+        let now = authorizer::internal(|| {
+            self.conn
+                .prepare_cached(DATA_VERSION_SQL)
+                .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+        });
+        let Ok(now) = now else { return false };
+        let before = self.data_version.replace(now);
+        before.is_some_and(|b| b != now)
+    }
+
+    /// Forgets the last `data_version` (after a restore, which writes through
+    /// this connection): the next read only takes note.
+    pub(super) fn reset_data_version(&mut self) {
+        self.data_version = None;
+        self.written_by_others();
+    }
+
+    /// The changes of the transactions committed since the last call, oldest
+    /// first, ready to publish.
+    pub(super) fn take_committed(&self) -> Vec<(u64, Vec<litebroker_protocol::TableChange>)> {
+        let mut out = Vec::new();
+        capture::with(&self.capture, |c| {
+            out = c.take_committed(|table| {
+                authorizer::internal(|| {
+                    self.conn
+                        .prepare_cached(WITHOUT_ROWID_SQL)
+                        .and_then(|mut s| s.query_row([table], |r| r.get::<_, bool>(0)))
+                        .unwrap_or(false)
+                })
+            });
+        });
+        out
     }
 
     /// The connection.
@@ -91,16 +141,22 @@ impl WriterDb {
 
     /// `BEGIN IMMEDIATE`, once (see `lock_wait` for waiting out other processes).
     pub(super) fn begin(&self) -> rusqlite::Result<()> {
+        capture::with(&self.capture, Capture::clear);
         self.exec_internal(BEGIN_SQL)
     }
 
-    /// `COMMIT`.
+    /// `COMMIT`; once it succeeded, the transaction's changes wait to be
+    /// published (see [`WriterDb::take_committed`]).
     pub(super) fn commit(&self) -> rusqlite::Result<()> {
-        self.exec_internal(COMMIT_SQL)
+        self.exec_internal(COMMIT_SQL)?;
+        let at = crate::feed::unix_us();
+        capture::with(&self.capture, |c| c.commit(at));
+        Ok(())
     }
 
     /// `ROLLBACK`.
     pub(super) fn rollback(&self) -> rusqlite::Result<()> {
+        capture::with(&self.capture, Capture::clear);
         self.exec_internal(ROLLBACK_SQL)
     }
 
@@ -146,15 +202,20 @@ impl WriterDb {
         &mut self,
         f: impl FnOnce(&mut Self) -> Result<T, ErrorInfo>,
     ) -> Result<T, ErrorInfo> {
+        // What ran before the savepoint belongs to the transaction.
+        capture::with(&self.capture, Capture::keep);
         self.exec_internal(SAVEPOINT_SQL).map_err(|e| sql_error(&e))?;
         let r = f(self);
         if self.conn.is_autocommit() {
+            capture::with(&self.capture, Capture::clear);
             return r;
         }
         if r.is_err() {
+            capture::with(&self.capture, Capture::discard);
             self.exec_internal(ROLLBACK_TO_SQL).map_err(|e| sql_error(&e))?;
         }
         self.exec_internal(RELEASE_SQL).map_err(|e| sql_error(&e))?;
+        capture::with(&self.capture, Capture::keep);
         r
     }
 
@@ -191,6 +252,7 @@ impl WriterDb {
     /// Closes the database (shutdown): connection threads keep the writer itself
     /// alive until they notice the shutdown, but the file must be left clean.
     pub(super) fn close(&mut self) {
+        Capture::uninstall(&self.conn);
         if let Ok(placeholder) = Connection::open_in_memory() {
             if let Err((_, e)) = std::mem::replace(&mut self.conn, placeholder).close() {
                 warn!("closing the database failed: {e}");

@@ -6,7 +6,9 @@
 //!   group that took the WAL to [`CHECKPOINT_FRAMES`] was answered, a `PASSIVE`
 //!   checkpoint runs (if readers keep it from completing, the next try waits for
 //!   as many new frames again). After `--idle-checkpoint-ms` without a job
-//!   following commits, a `TRUNCATE` checkpoint runs without waiting for readers.
+//!   following commits, a `TRUNCATE` checkpoint runs without waiting for readers
+//!   (while replicating, only once the replica holds every commit, else
+//!   `PASSIVE`: see `crate::replication`).
 //! - **The idle spell** (no session, no job for `--idle-checkpoint-ms`): a look at
 //!   the `-wal`/`-shm` files, a retry of the request-id set-up every
 //!   [`ID_SETUP_RETRY`] while it is off, and after commits: the full check of the
@@ -102,12 +104,15 @@ pub(super) fn checkpoint(
     wait: Duration,
 ) -> Result<CheckpointReport, ErrorInfo> {
     db.set_busy_timeout(wait);
-    let (busy, log, done) = authorizer::internal(|| {
+    let ran = authorizer::internal(|| {
         db.conn().query_row(&format!("PRAGMA wal_checkpoint({})", mode.as_str()), [], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
         })
-    })
-    .map_err(|e| sql_error(&e))?;
+    });
+    let (busy, log, done) = ran.map_err(|e| {
+        shared.metrics.checkpointed(mode, Err(()));
+        sql_error(&e)
+    })?;
     let wal_bytes_after = ops::file_size(&ops::wal_path(Path::new(&shared.db_path)));
     let report = CheckpointReport {
         mode,
@@ -117,6 +122,11 @@ pub(super) fn checkpoint(
         wal_bytes_after,
         at_unix_ms: unix_ms(),
     };
+    shared.metrics.checkpointed(mode, Ok(report.blocked));
+    // A complete TRUNCATE empties the WAL; otherwise it holds what it held (the
+    // next commit restarts it from the beginning once it was all checkpointed).
+    let frames_now = if wal_bytes_after == 0 { 0 } else { log.max(0) as u64 };
+    shared.metrics.wal_frames.store(frames_now, Ordering::Relaxed);
     let warn_at = shared.config.wal_warn_bytes;
     if wal_bytes_after > warn_at {
         warn!("{}", ops::wal_warning(wal_bytes_after, warn_at));
@@ -176,9 +186,12 @@ impl Maintenance {
         self.last_job = Instant::now();
     }
 
-    /// Something was committed: the idle checkpoint is due after it.
-    pub(super) fn committed(&mut self) {
+    /// Something was committed: the idle checkpoint is due after it, and the WAL's
+    /// size is published for the metrics (here rather than from the WAL hook
+    /// inside the COMMIT; a checkpoint publishes its own).
+    pub(super) fn committed(&mut self, db: &WriterDb, shared: &Shared) {
         self.dirty = true;
+        shared.metrics.wal_frames.store(db.wal_frames(), Ordering::Relaxed);
     }
 
     /// Whether something was committed since the last idle checkpoint.
@@ -217,7 +230,13 @@ impl Maintenance {
             db.set_busy_timeout(Duration::ZERO);
             self.prune_request_ids(db, shared);
         }
-        match checkpoint(db, shared, CheckpointMode::Truncate, Duration::ZERO) {
+        // While replicating, the WAL is cut only once the replica holds every
+        // commit (see `crate::replication`).
+        let mode = match shared.replication.get() {
+            Some(r) if !r.caught_up(shared) => CheckpointMode::Passive,
+            _ => CheckpointMode::Truncate,
+        };
+        match checkpoint(db, shared, mode, Duration::ZERO) {
             Ok(r) => debug!(
                 blocked = r.blocked,
                 wal_frames = r.wal_frames,

@@ -58,6 +58,10 @@ use crate::texts;
 
 pub use self::maintenance::set_up_request_ids;
 
+/// How often the idle writer looks at `PRAGMA data_version` while anyone watches
+/// the change feed.
+const FEED_IDLE_WAKE: Duration = Duration::from_millis(250);
+
 /// The writer's state.
 pub struct Writer {
     core: Core,
@@ -72,7 +76,7 @@ impl Writer {
     /// Wraps an open writer connection (see [`open::open_writer`]) that serves
     /// the jobs of `queue`.
     pub fn new(conn: Connection, shared: Arc<Shared>, queue: Arc<JobQueue>) -> Writer {
-        let db = WriterDb::new(conn, shared.config.busy_timeout);
+        let db = WriterDb::new(conn, shared.config.busy_timeout, shared.config.feed_rowids_cap);
         Writer {
             core: Core { db, shared, upkeep: Maintenance::new(), failpoints: Failpoints::from_env() },
             queue,
@@ -89,6 +93,8 @@ impl Writer {
         let Core { db, shared, upkeep, .. } = &mut self.core;
         upkeep.start(db, shared);
         self.core.refresh_schema_version();
+        // Takes note of the file's data_version: later changes by others show.
+        self.core.check_external_writes();
     }
 
     /// The writer connection (tests and the harness read the file through it).
@@ -114,12 +120,18 @@ impl Writer {
         if let Some(lease_deadline) = self.sessions.lease_deadline() {
             return Some(lease_deadline.saturating_duration_since(Instant::now()));
         }
-        self.core.upkeep.idle_timeout(&self.core.shared)
+        let upkeep = self.core.upkeep.idle_timeout(&self.core.shared);
+        // Watchers learn of another program's writes within a second.
+        if self.core.shared.feed.subscribers() > 0 {
+            return Some(upkeep.map_or(FEED_IDLE_WAKE, |t| t.min(FEED_IDLE_WAKE)));
+        }
+        upkeep
     }
 
     /// The idle spell's upkeep, unless a session holds the writer.
     fn idle(&mut self) {
         if !self.sessions.is_active() {
+            self.core.check_external_writes();
             let Core { db, shared, upkeep, .. } = &mut self.core;
             upkeep.idle(db, shared);
         }
@@ -256,7 +268,12 @@ impl Writer {
     pub(crate) fn final_checkpoint(&mut self) {
         let wait = self.core.shared.config.busy_timeout;
         let Core { db, shared, .. } = &mut self.core;
-        match checkpoint(db, shared, CheckpointMode::Truncate, wait) {
+        let mode = if shared.config.replication.is_some() {
+            CheckpointMode::Passive
+        } else {
+            CheckpointMode::Truncate
+        };
+        match checkpoint(db, shared, mode, wait) {
             Ok(r) => info!(
                 blocked = r.blocked,
                 wal_frames = r.wal_frames,
@@ -264,6 +281,13 @@ impl Writer {
                 "final checkpoint"
             ),
             Err(e) => warn!("final checkpoint failed: {}", e.message),
+        }
+    }
+
+    /// Stops the supervised Litestream after its final sync, when replicating.
+    pub(crate) fn stop_replication(&self) {
+        if let Some(r) = self.core.shared.replication.get() {
+            r.stop();
         }
     }
 

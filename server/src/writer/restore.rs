@@ -68,6 +68,10 @@ pub(super) fn restore(core: &mut Core, source: &Path) -> Result<RestoreReport, E
     core.db.conn().flush_prepared_statement_cache();
     core.refresh_schema_version();
     core.committed();
+    // Watchers reload: every row may differ now. The copy wrote through this
+    // connection, so data_version is read afresh.
+    core.db.reset_data_version();
+    core.shared.feed.publish_resync(litebroker_protocol::ResyncReason::Restore);
     let Core { db: writer_db, shared, upkeep, .. } = core;
     upkeep.restored(writer_db, shared);
     info!(from = %source.display(), safety = %safety.display(), pages, "database restored");

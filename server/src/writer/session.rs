@@ -127,7 +127,10 @@ impl Sessions {
             Ok(()) => {
                 let lease_deadline = Instant::now() + core.shared.config.lease;
                 self.open(core, client, lease_deadline, None);
-                job.answer(Response::SessionStarted { waited_ms: job.enqueued.elapsed().as_millis() as u64 });
+                job.answer(Response::SessionLeased {
+                    waited_ms: job.enqueued.elapsed().as_millis() as u64,
+                    lease_ms: core.shared.config.lease.as_millis() as u64,
+                });
             }
         }
         core.finished(1);
@@ -283,6 +286,7 @@ impl Sessions {
         if let Some(s) = self.active.take() {
             // A stream answers its own end; its client holds nothing afterwards.
             let state_after = if s.many.is_some() { session_state::NONE } else { state_after };
+            core.shared.metrics.session_hold.observe_duration(s.started.elapsed());
             s.client.session.store(state_after, Ordering::SeqCst);
             debug!(
                 "write session of {} ended after {:.3} s",
@@ -313,6 +317,7 @@ impl Sessions {
                 core.shared.config.lease.as_secs_f64()
             );
         }
+        core.shared.metrics.lease_expiries.fetch_add(1, Ordering::Relaxed);
         self.drop_session(core, session_state::EXPIRED);
     }
 

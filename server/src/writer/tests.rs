@@ -77,7 +77,7 @@ fn fail_commits(w: &mut Writer, n: usize) {
 }
 
 fn group_commits(w: &Writer) -> u64 {
-    w.core.shared.counters.group_commits.load(Ordering::Relaxed)
+    w.core.shared.metrics.group_size.count()
 }
 
 #[test]
@@ -162,4 +162,183 @@ fn a_resend_answered_from_its_record_is_counted_once_even_when_its_group_reruns(
     assert!(answers.iter().all(|a| matches!(a, Response::Executed(_))), "{answers:?}");
     assert_eq!(count(&w, "SELECT count(*) FROM t"), 2);
     assert_eq!(w.core.shared.counters.deduplicated.load(Ordering::Relaxed), 1);
+}
+
+// ----- the change feed: what the writer publishes
+
+/// The events published since `sub` subscribed: (table, inserted, updated,
+/// deleted, rowids, capped) per table, one Vec per event; a resync as its reason.
+type Seen = Vec<Result<Vec<(String, u64, u64, u64, Vec<i64>, bool)>, litebroker_protocol::ResyncReason>>;
+
+fn events(sub: &crate::feed::Subscriber) -> Seen {
+    let b = sub.take(Duration::ZERO);
+    let mut out: Seen = b.resync.map(|(_, r)| Err(r)).into_iter().collect();
+    for e in b.events {
+        out.push(match e.resync {
+            Some(r) => Err(r),
+            None => Ok(e
+                .tables
+                .iter()
+                .map(|t| {
+                    (t.table.clone(), t.inserted, t.updated, t.deleted, t.rowids.clone(), t.rowids_capped)
+                })
+                .collect()),
+        });
+    }
+    out
+}
+
+fn one(table: &str, i: u64, u: u64, d: u64, rowids: &[i64], capped: bool) -> Seen {
+    vec![Ok(vec![(table.to_owned(), i, u, d, rowids.to_vec(), capped)])]
+}
+
+/// Runs `sqls` as one group, without request ids (the ids `group` gives would
+/// answer a later group's first request from the record of an earlier one).
+fn plain(w: &mut Writer, sqls: &[&str]) -> Vec<Response> {
+    let (jobs, replies): (Vec<Job>, Vec<_>) = sqls.iter().map(|s| job(w, s, None)).unzip();
+    w.execute_group(&jobs);
+    replies
+        .iter()
+        .map(|r| match r.try_recv().expect("every request is answered") {
+            Reply::Response(resp) => resp,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect()
+}
+
+fn watched(dir: &Path, schema: &str) -> (Writer, Arc<crate::feed::Subscriber>) {
+    let mut w = writer(dir);
+    assert!(matches!(plain(&mut w, &[schema])[0], Response::Executed(_)));
+    let (sub, _) = w.core.shared.feed.subscribe(Vec::new(), None);
+    (w, sub)
+}
+
+#[test]
+fn feed_reports_without_rowid_tables_with_counts_and_no_rowids() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, sub) = watched(dir.path(), "CREATE TABLE kv (k TEXT PRIMARY KEY, v) WITHOUT ROWID");
+    plain(&mut w, &["INSERT INTO kv VALUES ('a', 1), ('b', 2); UPDATE kv SET v = 3 WHERE k = 'a'; DELETE FROM kv WHERE k = 'b'"]);
+    // update_hook is never called for WITHOUT ROWID tables; the preupdate hook is.
+    assert_eq!(events(&sub), one("kv", 2, 1, 1, &[], true));
+}
+
+#[test]
+fn feed_counts_every_row_of_a_delete_without_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, sub) = watched(dir.path(), "CREATE TABLE t (id INTEGER PRIMARY KEY, x)");
+    plain(&mut w, &["INSERT INTO t (x) VALUES (1), (2), (3)"]);
+    assert_eq!(events(&sub), one("t", 3, 0, 0, &[1, 2, 3], false));
+    // The truncate optimisation would delete these without any hook call; SQLite
+    // does not use it while a preupdate hook is registered.
+    plain(&mut w, &["DELETE FROM t"]);
+    assert_eq!(events(&sub), one("t", 0, 0, 3, &[1, 2, 3], false));
+    assert_eq!(count(&w, "SELECT count(*) FROM t"), 0);
+}
+
+#[test]
+fn feed_reports_rows_deleted_by_a_replace_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, sub) = watched(dir.path(), "CREATE TABLE t (id INTEGER PRIMARY KEY, sku TEXT UNIQUE)");
+    plain(&mut w, &["INSERT INTO t VALUES (1, 'a'), (5, 'b')"]);
+    events(&sub);
+    // Row 1 goes because of the UNIQUE conflict: update_hook never hears of it.
+    plain(&mut w, &["REPLACE INTO t VALUES (2, 'a')"]);
+    assert_eq!(events(&sub), one("t", 1, 0, 1, &[1, 2], false));
+    // Same rowid: deleted and inserted again.
+    plain(&mut w, &["INSERT OR REPLACE INTO t VALUES (5, 'c')"]);
+    assert_eq!(events(&sub), one("t", 1, 0, 1, &[5], false));
+}
+
+#[test]
+fn feed_sees_trigger_and_cascade_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, sub) = watched(
+        dir.path(),
+        "CREATE TABLE p (id INTEGER PRIMARY KEY); CREATE TABLE c (id INTEGER PRIMARY KEY, p REFERENCES p ON DELETE CASCADE);
+         CREATE TABLE log (id INTEGER PRIMARY KEY, what); CREATE TRIGGER tp AFTER DELETE ON p BEGIN INSERT INTO log (what) VALUES ('p'); END",
+    );
+    plain(&mut w, &["INSERT INTO p VALUES (1); INSERT INTO c VALUES (7, 1)"]);
+    events(&sub);
+    plain(&mut w, &["DELETE FROM p WHERE id = 1"]);
+    let mut got = events(&sub).remove(0).unwrap();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("c".to_owned(), 0, 0, 1, vec![7], false),
+            ("log".to_owned(), 1, 0, 0, vec![1], false),
+            ("p".to_owned(), 0, 0, 1, vec![1], false)
+        ]
+    );
+}
+
+#[test]
+fn feed_publishes_only_what_the_commit_contains() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, sub) = watched(dir.path(), "CREATE TABLE t (id INTEGER PRIMARY KEY)");
+    // A failing member is rolled back to its savepoint; the request ids the
+    // broker records (its own table) are never shown.
+    let r = group(
+        &mut w,
+        &[
+            "INSERT INTO t VALUES (10)",
+            "INSERT INTO t VALUES (11); INSERT INTO nosuch VALUES (1)",
+            "INSERT INTO t VALUES (12)",
+        ],
+    );
+    assert!(matches!(r[1], Response::Error(_)));
+    assert_eq!(events(&sub), one("t", 2, 0, 0, &[10, 12], false));
+    // A lone request that fails, and a pasted ROLLBACK: nothing.
+    plain(&mut w, &["INSERT INTO t VALUES (20); INSERT INTO nosuch VALUES (1)"]);
+    plain(&mut w, &["BEGIN; INSERT INTO t VALUES (21); ROLLBACK"]);
+    assert_eq!(events(&sub), Seen::new());
+    // A group whose COMMIT fails runs again, each request alone: one event per
+    // transaction that committed, none for the one that did not.
+    fail_commits(&mut w, 1);
+    plain(&mut w, &["INSERT INTO t VALUES (30)", "INSERT INTO t VALUES (31)"]);
+    w.core.db.conn_mut().commit_hook(None::<fn() -> bool>).unwrap();
+    assert_eq!(events(&sub), [one("t", 1, 0, 0, &[30], false), one("t", 1, 0, 0, &[31], false)].concat());
+    assert_eq!(count(&w, "SELECT count(*) FROM t"), 4);
+}
+
+#[test]
+fn feed_caps_rowids_per_table_and_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, sub) = watched(dir.path(), "CREATE TABLE t (id INTEGER PRIMARY KEY, x)");
+    plain(&mut w, &["WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1500) INSERT INTO t SELECT i, i FROM n; UPDATE t SET x = 0 WHERE id <= 10"]);
+    let got = events(&sub).remove(0).unwrap();
+    let (_, i, u, d, rowids, capped) = &got[0];
+    assert_eq!((*i, *u, *d, rowids.len(), *capped), (1500, 10, 0, 1000, true));
+    assert_eq!(rowids[..3], [1, 2, 3]);
+}
+
+#[test]
+fn feed_resyncs_after_another_program_writes_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, sub) = watched(dir.path(), "CREATE TABLE t (id INTEGER PRIMARY KEY)");
+    w.idle();
+    assert_eq!(events(&sub), Seen::new(), "the broker's own commits are not someone else's");
+    let other = rusqlite::Connection::open(dir.path().join("w.db")).unwrap();
+    other.execute("INSERT INTO t VALUES (1)", []).unwrap();
+    w.idle();
+    assert_eq!(events(&sub), vec![Err(litebroker_protocol::ResyncReason::ExternalWrite)]);
+    // Also seen before the next transaction, ahead of its own event.
+    other.execute("INSERT INTO t VALUES (2)", []).unwrap();
+    plain(&mut w, &["INSERT INTO t VALUES (3)"]);
+    let mut want = vec![Err(litebroker_protocol::ResyncReason::ExternalWrite)];
+    want.extend(one("t", 1, 0, 0, &[3], false));
+    assert_eq!(events(&sub), want);
+}
+
+#[test]
+fn feed_forgets_what_a_client_rolled_back_to_its_own_savepoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, sub) = watched(dir.path(), "CREATE TABLE t (id INTEGER PRIMARY KEY)");
+    plain(
+        &mut w,
+        &["INSERT INTO t VALUES (1); SAVEPOINT a; INSERT INTO t VALUES (2); SAVEPOINT b; INSERT INTO t VALUES (3);
+           ROLLBACK TO a; INSERT INTO t VALUES (4); RELEASE a; INSERT INTO t VALUES (5)"],
+    );
+    assert_eq!(events(&sub), one("t", 3, 0, 0, &[1, 4, 5], false));
+    assert_eq!(count(&w, "SELECT count(*) FROM t"), 3);
 }

@@ -14,7 +14,7 @@ use litebroker_client::protocol::BrokerStatus;
 use litebroker_tests::TestDir;
 use serde_json::Value as Json;
 
-use crate::scenario::{Mode, SyncMode, SCHEMA};
+use crate::scenario::{Mode, SyncMode, SCHEMA, WATCHERS};
 use crate::worker::open_direct;
 
 /// One measurement of one scenario.
@@ -34,6 +34,12 @@ pub struct Sample {
     pub rss_kb: Option<u64>,
     /// Share of the machine's CPU other processes used meanwhile.
     pub foreign: f64,
+    /// `watch`: commit → delivery at the watchers (the worst watcher's), µs.
+    pub delivery_p50_us: Option<f64>,
+    /// See `delivery_p50_us`.
+    pub delivery_p99_us: Option<f64>,
+    /// `watch`: events the watchers received, and resyncs among them.
+    pub watch_events: Option<(u64, u64)>,
 }
 
 struct Worker {
@@ -116,6 +122,16 @@ pub fn measure(mode: Mode, sync: SyncMode, n: usize, window: Duration, work: &Pa
             if mode == Mode::BrokerNoIds { &["--request-id-retention-hours", "0"] } else { &[] };
         broker = Some(crate::broker::start(&db, sync, extra)?);
     }
+    // The `watch` scenario's watchers subscribe before the writers start.
+    let mut watchers = None;
+    if mode == Mode::Watch {
+        let (w, wrx) = spawn_workers(Mode::Watcher, &db, sync, WATCHERS)?;
+        let ready = collect(&wrx, WATCHERS, Duration::from_secs(60), "ready")?;
+        if let Some(bad) = ready.iter().find(|l| l.as_str() != "ready") {
+            bail!("a watcher said {bad:?} instead of ready");
+        }
+        watchers = Some((w, wrx));
+    }
     let (mut workers, rx) = spawn_workers(mode, &db, sync, n)?;
     let ready = collect(&rx, n, Duration::from_secs(60), "ready")?;
     if let Some(bad) = ready.iter().find(|l| l.as_str() != "ready") {
@@ -123,7 +139,7 @@ pub fn measure(mode: Mode, sync: SyncMode, n: usize, window: Duration, work: &Pa
     }
     let before: Option<BrokerStatus> = broker.as_mut().map(|b| b.client.status()).transpose()?;
     let start = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() + 100_000_000;
-    for w in &mut workers {
+    for w in workers.iter_mut().chain(watchers.iter_mut().flat_map(|(w, _)| w.iter_mut())) {
         writeln!(w.stdin, "go {start} {}", window.as_nanos())?;
         w.stdin.flush()?;
     }
@@ -138,6 +154,24 @@ pub fn measure(mode: Mode, sync: SyncMode, n: usize, window: Duration, work: &Pa
     }
     let after: Option<BrokerStatus> = broker.as_mut().map(|b| b.client.status()).transpose()?;
     let mut s = Sample::default();
+    if let Some((mut w, wrx)) = watchers {
+        let lines = collect(&wrx, WATCHERS, window + Duration::from_secs(60), "watcher results")?;
+        for c in &mut w {
+            if !c.child.wait()?.success() {
+                bail!("a watcher failed");
+            }
+        }
+        let parsed: Vec<Json> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l))
+            .collect::<Result<_, _>>()
+            .context("watcher output")?;
+        let worst = |k: &str| parsed.iter().map(|j| num(j, k)).fold(0.0, f64::max) / 1000.0;
+        s.delivery_p50_us = Some(worst("p50_ns"));
+        s.delivery_p99_us = Some(worst("p99_ns"));
+        let sum = |k: &str| parsed.iter().map(|j| j[k].as_u64().unwrap_or(0)).sum::<u64>();
+        s.watch_events = Some((sum("events"), sum("resyncs")));
+    }
     let parsed: Vec<Json> =
         results.iter().map(|l| serde_json::from_str(l)).collect::<Result<_, _>>().context("worker output")?;
     let writes: Vec<f64> = parsed.iter().map(|j| num(j, "writes")).collect();

@@ -11,7 +11,7 @@ use serde_json::{json, Value as Json};
 
 use crate::import::{ImportFigures, IMPORT_ROWS};
 use crate::measure::Sample;
-use crate::scenario::{Mode, SyncMode};
+use crate::scenario::{Mode, SyncMode, WATCHERS, WATCH_WRITERS};
 use crate::stats::median;
 
 /// Median and range over the repetitions of one scenario.
@@ -185,6 +185,32 @@ fn targets(all: &[Summary], rtt_p50: f64, import: Option<&ImportFigures>) -> Vec
                 extra <= 5.0,
             );
         }
+    }
+    if let (Some(b), Some(w)) = (
+        find(all, Mode::Broker, SyncMode::Normal, WATCH_WRITERS),
+        find(all, Mode::Watch, SyncMode::Normal, WATCH_WRITERS),
+    ) {
+        let p50 = w.med(|s| s.delivery_p50_us.unwrap_or(f64::MAX)) / 1000.0;
+        let p99 = w.med(|s| s.delivery_p99_us.unwrap_or(f64::MAX)) / 1000.0;
+        push(
+            format!("normal watch: commit -> delivery p50 ({WATCHERS} watchers), ms"),
+            p50,
+            "<= 1".into(),
+            p50 <= 1.0,
+        );
+        push(
+            format!("normal watch: commit -> delivery p99 ({WATCHERS} watchers), ms"),
+            p99,
+            "<= 5".into(),
+            p99 <= 5.0,
+        );
+        let ratio = w.writes() / b.writes().max(1.0);
+        push(
+            format!("normal {WATCH_WRITERS} clients: writes/s with {WATCHERS} watchers / without"),
+            ratio,
+            ">= 0.9".into(),
+            ratio >= 0.9,
+        );
     }
     for sync in [SyncMode::Normal, SyncMode::Full] {
         if let (Some(b), Some(i)) =

@@ -135,6 +135,13 @@ pub fn run(a: RunArgs) -> Result<()> {
                 s.rows_per_commit.map_or("-".into(), |r| format!("{r:.2}")),
                 s.foreign * 100.0,
             );
+            if let (Some(p50), Some(p99), Some((events, resyncs))) =
+                (s.delivery_p50_us, s.delivery_p99_us, s.watch_events)
+            {
+                eprintln!(
+                    "                  watchers: commit -> delivery p50 {p50:.1} µs  p99 {p99:.1} µs  events {events}  resyncs {resyncs}"
+                );
+            }
             sum.samples.push(s);
         }
     }

@@ -47,7 +47,18 @@ pub enum Mode {
     /// instead of a raw `Client`: what the friendlier API costs.
     #[value(name = "db-api")]
     DbApi,
+    /// `broker`'s writers (NORMAL, 8 clients) while [`WATCHERS`] watcher
+    /// processes follow the change feed: commit → delivery latency, and the
+    /// writers' writes/s next to `broker`'s at 8 clients in the same run.
+    Watch,
+    /// A watcher process of the `watch` scenario (never planned on its own).
+    Watcher,
 }
+
+/// Watcher processes of the `watch` scenario.
+pub const WATCHERS: usize = 4;
+/// Writer processes of the `watch` scenario.
+pub const WATCH_WRITERS: usize = 8;
 
 impl Mode {
     /// The scenario name in the report.
@@ -60,6 +71,8 @@ impl Mode {
             Mode::BrokerNoIds => "broker-noids",
             Mode::BrokerBulk => "broker-bulk",
             Mode::DbApi => "db-api",
+            Mode::Watch => "watch",
+            Mode::Watcher => "watcher",
         }
     }
 
@@ -74,6 +87,8 @@ impl Mode {
             Mode::BrokerNoIds => "broker-noids",
             Mode::BrokerBulk => "broker-bulk",
             Mode::DbApi => "db-api",
+            Mode::Watch => "watch",
+            Mode::Watcher => "watcher",
         }
     }
 
@@ -91,7 +106,7 @@ impl Mode {
     }
 
     pub fn uses_broker(self) -> bool {
-        matches!(self, Mode::Broker | Mode::BrokerNoIds | Mode::BrokerBulk | Mode::DbApi)
+        matches!(self, Mode::Broker | Mode::BrokerNoIds | Mode::BrokerBulk | Mode::DbApi | Mode::Watch)
     }
 }
 
@@ -129,6 +144,14 @@ pub fn plan(only: &[String], syncs: &[SyncMode], clients: &[usize]) -> Vec<(Mode
                     v.push((mode, sync, n));
                 }
             }
+        }
+        // The change feed: 8 writers with the watchers, next to `broker` with 8
+        // writers alone (added when not planned already), in the same rounds.
+        if sync == SyncMode::Normal && wanted(Mode::Watch) {
+            if !v.contains(&(Mode::Broker, sync, WATCH_WRITERS)) {
+                v.push((Mode::Broker, sync, WATCH_WRITERS));
+            }
+            v.push((Mode::Watch, sync, WATCH_WRITERS));
         }
     }
     // The bulk scenarios come last: the write-back of their large WAL files and

@@ -244,7 +244,8 @@ pub fn worker(mode: Mode, db: &Path, sync: SyncMode, client: usize) -> Result<()
                 }
             }
         }
-        Mode::Broker | Mode::BrokerNoIds => {
+        Mode::Watcher => return watcher(db, client),
+        Mode::Broker | Mode::BrokerNoIds | Mode::Watch => {
             let mut c = connect(db, client)?;
             let params = [Value::Text(text.clone())];
             for _ in 0..WARMUP {
@@ -320,6 +321,56 @@ pub fn worker(mode: Mode, db: &Path, sync: SyncMode, client: usize) -> Result<()
         }
     }
     println!("{}", t.report());
+    Ok(())
+}
+
+/// A watcher of the `watch` scenario: subscribes to every table, then for each
+/// event of a transaction committed inside the window takes the delay from its
+/// commit (the broker's clock when COMMIT returned) to its arrival here.
+fn watcher(db: &Path, client: usize) -> Result<()> {
+    let d = Db::builder(db).client_name(format!("lbbench-watcher-{client}")).open()?;
+    let mut w = d.watch_all();
+    w.subscribe().context("subscribe")?;
+    let (start, end) = await_go()?;
+    // The window's ends on the wall clock the broker stamps commits with.
+    let window_us = |i: Instant| {
+        let (now, now_us) = (
+            Instant::now(),
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |x| x.as_micros() as u64),
+        );
+        if i >= now {
+            now_us + (i - now).as_micros() as u64
+        } else {
+            now_us.saturating_sub((now - i).as_micros() as u64)
+        }
+    };
+    let (from_us, to_us) = (window_us(start), window_us(end));
+    let (mut lat, mut events, mut resyncs) = (Vec::new(), 0u64, 0u64);
+    // Events of the window's last commits arrive after it: a short grace.
+    let stop = end + Duration::from_millis(500);
+    while Instant::now() < stop {
+        let Some(e) = w.next_timeout(stop.saturating_duration_since(Instant::now()))? else { break };
+        let now_us = SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros() as u64;
+        events += 1;
+        if e.is_resync() {
+            resyncs += 1;
+        } else if (from_us..to_us).contains(&e.committed_unix_us) {
+            lat.push(now_us.saturating_sub(e.committed_unix_us) * 1000);
+        }
+    }
+    lat.sort_unstable();
+    println!(
+        "{}",
+        json!({
+            "watcher": true,
+            "events": events,
+            "measured": lat.len(),
+            "resyncs": resyncs,
+            "p50_ns": percentile(&lat, 50.0),
+            "p99_ns": percentile(&lat, 99.0),
+            "max_ns": lat.last().copied().unwrap_or(0),
+        })
+    );
     Ok(())
 }
 
