@@ -417,10 +417,11 @@ fn top_in_a_terminal_shows_moving_figures_and_leaves_with_q_or_ctrl_c() {
 
 #[test]
 fn the_change_feed_figures_are_families_that_move_with_watchers_and_commits() {
-    let (t, b) = setup(&["--metrics-listen", "127.0.0.1:0"]);
-    let addr = b.metrics_addr();
-    let before = scrape(addr);
-    assert_eq!(before["litebroker_feed_subscribers"], 0.0);
+    let (t, b) = setup(&[]);
+    let figures = || json_out(&cli(&t.db(), &["--json", "metrics"]));
+    let value = |doc: &Json, name: &str| json_value(doc, name, &[]);
+    let before = figures();
+    assert_eq!(value(&before, "litebroker_feed_subscribers"), 0.0);
     let db = litebroker_client::Db::open(t.db()).expect("open the Db");
     let mut watch = db.watch(&["t"]);
     watch.subscribe().expect("subscribed");
@@ -428,17 +429,18 @@ fn the_change_feed_figures_are_families_that_move_with_watchers_and_commits() {
     insert(&mut c, "watched").unwrap();
     let event = watch.next_timeout(Duration::from_secs(20)).expect("watch").expect("an event");
     assert_eq!(event.tables[0].inserted, 1);
-    let after = scrape(addr);
-    assert_eq!(after["litebroker_feed_subscribers"], 1.0);
-    assert_eq!(
-        after["litebroker_feed_events_published_total"] - before["litebroker_feed_events_published_total"],
-        1.0
+    let after = figures();
+    assert_eq!(value(&after, "litebroker_feed_subscribers"), 1.0);
+    let published = |doc: &Json| value(doc, "litebroker_feed_events_published_total");
+    assert_eq!(published(&after) - published(&before), 1.0);
+    assert!(
+        value(&after, "litebroker_feed_ring_events") >= 1.0
+            && value(&after, "litebroker_feed_ring_bytes") > 0.0
     );
-    assert!(after["litebroker_feed_ring_events"] >= 1.0 && after["litebroker_feed_ring_bytes"] > 0.0);
-    assert_eq!(after["litebroker_feed_resyncs_total"], 0.0);
+    assert_eq!(value(&after, "litebroker_feed_resyncs_total"), 0.0);
     drop(watch);
     assert!(
-        wait_until(Duration::from_secs(20), || scrape(addr)["litebroker_feed_subscribers"] == 0.0),
+        wait_until(Duration::from_secs(20), || value(&figures(), "litebroker_feed_subscribers") == 0.0),
         "the subscriber was not dropped"
     );
 }
