@@ -45,7 +45,7 @@ use crate::params::parse_param;
 use crate::{client_failure, connect, fail, Cli, Failure};
 
 /// The formats `import` reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// Comma-separated values, RFC 4180 quoting.
     Csv,
@@ -63,9 +63,6 @@ pub struct ImportArgs {
     /// The table to import into.
     #[arg(long)]
     table: String,
-    /// csv, tsv or jsonl; guessed from the file's extension when not given.
-    #[arg(long, value_enum)]
-    format: Option<Format>,
     /// CSV/TSV: the first line is data, not column names (the values go to the
     /// table's columns in order, or to c1..cN with --create).
     #[arg(long)]
@@ -168,10 +165,21 @@ fn describe_csv(e: &csv::Error) -> String {
     }
 }
 
-/// The format: given, or guessed from the file's extension.
-fn format_of(args: &ImportArgs) -> Result<Format, Failure> {
-    if let Some(f) = args.format {
-        return Ok(f);
+/// The format: the global `--format` (csv, tsv or jsonl: the output formats
+/// that are also input formats), or guessed from the file's extension.
+fn format_of(cli: &Cli, args: &ImportArgs) -> Result<Format, Failure> {
+    match cli.format {
+        Some(crate::render::Format::Csv) => return Ok(Format::Csv),
+        Some(crate::render::Format::Tsv) => return Ok(Format::Tsv),
+        Some(crate::render::Format::Jsonl) => return Ok(Format::Jsonl),
+        Some(other) => {
+            return Err(fail(
+                2,
+                "usage",
+                format!("import: --format {} is not a format import reads: csv, tsv or jsonl", other.name()),
+            ))
+        }
+        None => {}
     }
     let ext = args.file.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
     match ext.as_deref() {
@@ -225,7 +233,7 @@ fn table_columns(cli: &Cli, table: &str) -> Result<Vec<String>, Failure> {
 
 /// Runs `import`.
 pub fn run(cli: &Cli, args: &ImportArgs) -> Result<(), Failure> {
-    let format = format_of(args)?;
+    let format = format_of(cli, args)?;
     let (input, size) = open(&args.file)?;
     let mut source = match format {
         Format::Csv | Format::Tsv => {
