@@ -177,8 +177,11 @@ fn a_watcher_that_stops_reading_gets_a_resync_and_writers_keep_their_pace() {
     let (events, summary) = drain(&w);
     assert_eq!(summary["error"], Json::Null, "{summary}");
     let resyncs: Vec<&Json> = events.iter().filter(|e| !e["resync"].is_null()).collect();
-    assert_eq!(resyncs.len(), 1, "{summary}");
-    assert_eq!(resyncs[0]["resync"], "fell_behind");
+    // One resync per overflow of its buffer: one when the stall outlasts the
+    // writes, more when a loaded machine lets the stall end while the writer still
+    // writes faster than this debug-built watcher reads.
+    assert!(!resyncs.is_empty(), "no resync: {summary}");
+    assert!(resyncs.iter().all(|r| r["resync"] == "fell_behind"), "{summary}");
     // After the resync the watcher follows again: the last event is the last write.
     let last = events.last().unwrap();
     assert_eq!(last["tables"][0]["rowids"][0], query_i64(&db, "SELECT max(id) FROM rows"));
