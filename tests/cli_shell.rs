@@ -1,15 +1,13 @@
-//! `litebroker shell` driven through a real terminal: tmux runs it in a detached
-//! 120x40 session, `send-keys` types, `paste-buffer -p` pastes (bracketed, as a
-//! terminal does), `capture-pane` reads the screen. Each test has its own tmux
-//! server (a socket in its temp folder), its own broker and database.
+//! `litebroker shell` driven through a real terminal (the kit's [`Terminal`]: tmux
+//! in a detached 120x40 session, `send-keys` types, `paste-buffer -p` pastes,
+//! `capture-pane` reads the screen). Each test has its own tmux server (a socket in
+//! its temp folder), its own broker and database.
 //!
 //! Unix only: tmux does not run on Windows, and under Wine there is no terminal.
 //! The piped-script mode, which works everywhere, is tested in `cli_output`.
 #![cfg(unix)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use litebroker_tests::*;
@@ -18,55 +16,29 @@ use serde_json::Value as Json;
 /// Time for the shell to answer a key press (debug build, loaded machine).
 const ANSWER: Duration = Duration::from_secs(20);
 
-/// A tmux server of its own running one session.
+/// The shell in a terminal of its own (the kit's [`Terminal`]), with the waits a
+/// line editor needs.
 struct Tmux {
-    socket: PathBuf,
+    term: Terminal,
 }
 
 impl Tmux {
-    /// Runs `litebroker --db <db> <args>` in a new 120x40 session; when it exits,
-    /// the session prints `[exit N]` and stays, so the status can be read. The
-    /// wrapping `sh` traps Ctrl-C (the terminal sends it to the whole foreground
-    /// group) so that only the shell under test reacts to it.
+    /// Runs `litebroker --db <db> <args>` in a new 120x40 terminal, with its
+    /// history in `history`; when it exits, the terminal shows `[exit N]`.
     fn start(dir: &Path, db: &Path, args: &[&str], history: &Path) -> Tmux {
-        static STARTED: AtomicUsize = AtomicUsize::new(0);
-        let n = STARTED.fetch_add(1, Ordering::Relaxed);
-        let tmux = Tmux { socket: dir.join(format!("tmux-{n}")) };
-        let mut cmd = tmux.command();
-        cmd.args(["new-session", "-d", "-x", "120", "-y", "40", "-s", "lb"])
-            .arg("-e")
-            .arg(format!("LITEBROKER_HISTORY={}", history.display()))
-            .args([
-                "sh",
-                "-c",
-                r#"trap : INT; p=$1; shift; "$p" "$@"; echo "[exit $?]"; exec sleep 600"#,
-                "sh",
-            ])
-            .arg(bin("litebroker"))
-            .arg("--db")
-            .arg(db)
-            .args(args);
-        let out = cmd.output().unwrap_or_else(|e| {
-            panic!("cannot run tmux ({e}): install it (apt-get install tmux; .ci/run does)")
-        });
-        assert!(out.status.success(), "tmux new-session: {}", String::from_utf8_lossy(&out.stderr));
-        tmux
+        let mut all = vec!["--db", db.to_str().expect("a UTF-8 path")];
+        all.extend_from_slice(args);
+        let term = Terminal::start_with_env(
+            dir,
+            &bin("litebroker"),
+            &all,
+            (120, 40),
+            &[("LITEBROKER_HISTORY", history)],
+        );
+        Tmux { term }
     }
 
-    fn command(&self) -> Command {
-        let mut c = Command::new("tmux");
-        c.arg("-S").arg(&self.socket);
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = self.command().args(args).output().expect("tmux");
-        assert!(out.status.success(), "tmux {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Types `text` literally (tmux reads a `;` ending an argument as a command
-    /// separator unless it is escaped) and waits for its echo on the last line.
+    /// Types `text` literally and waits for its echo on the last line.
     ///
     /// Nothing is typed ahead: the line editor reads the terminal in chunks, and
     /// what a chunk holds after the Enter that ends an entry is dropped with it. So
@@ -75,11 +47,7 @@ impl Tmux {
     /// follows tell apart from the one before.
     #[track_caller]
     fn type_text(&self, text: &str) {
-        let escaped = match text.strip_suffix(';') {
-            Some(head) => format!("{head}\\;"),
-            None => text.to_owned(),
-        };
-        self.run(&["send-keys", "-t", "lb", "-l", &escaped]);
+        self.term.text(text);
         self.wait_last_line(&format!("the echo of {text:?}"), |l| l.ends_with(text.trim_end()));
     }
 
@@ -92,20 +60,17 @@ impl Tmux {
 
     /// Presses keys by tmux name: `Enter`, `C-c`, `C-d`, `Up`.
     fn keys(&self, keys: &[&str]) {
-        let mut args = vec!["send-keys", "-t", "lb"];
-        args.extend_from_slice(keys);
-        self.run(&args);
+        self.term.keys(keys);
     }
 
     /// Pastes `text` as a terminal does: bracketed, when the program asked for it.
     fn paste(&self, text: &str) {
-        self.run(&["set-buffer", "-b", "paste", "--", text]);
-        self.run(&["paste-buffer", "-p", "-d", "-b", "paste", "-t", "lb"]);
+        self.term.paste(text);
     }
 
     /// The whole screen and its scrollback, wrapped lines joined.
     fn screen(&self) -> String {
-        self.run(&["capture-pane", "-p", "-J", "-S", "-", "-t", "lb"])
+        self.term.scrollback()
     }
 
     /// The last line with text: the prompt and what is typed after it.
@@ -113,7 +78,8 @@ impl Tmux {
         self.screen().lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim_end().to_owned()
     }
 
-    /// Polls the screen until `ok` holds; fails showing it after [`ANSWER`].
+    /// Polls the screen and its scrollback until `ok` holds; fails showing it
+    /// after [`ANSWER`].
     #[track_caller]
     fn wait_for(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
         let mut screen = String::new();
@@ -152,12 +118,6 @@ impl Tmux {
         }) {
             panic!("no {what}; the last line is {last:?}; the screen:\n{}", self.screen());
         }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.command().arg("kill-server").output();
     }
 }
 

@@ -1,6 +1,7 @@
 //! A program run in a real terminal: tmux runs it in a detached session of its own
 //! server (a socket in the test's folder), `send-keys` types, `capture-pane` reads
-//! the screen. When the program exits, the session prints `[exit N]` and the
+//! the screen, `paste-buffer -p` pastes (bracketed, as a terminal does). When the
+//! program exits, the session prints `[exit N]` and the
 //! terminal's settings (`stty -a`), so that a test can check both the exit code
 //! and that the program gave the terminal back as it found it (`icanon`, `echo`).
 //!
@@ -23,14 +24,38 @@ impl Terminal {
     ///
     /// # Panics
     /// When tmux cannot be run (the message says how to install it).
-    pub fn start(dir: &Path, program: &Path, args: &[&str], (width, height): (u16, u16)) -> Terminal {
+    pub fn start(dir: &Path, program: &Path, args: &[&str], size: (u16, u16)) -> Terminal {
+        Terminal::start_with_env(dir, program, args, size, &[])
+    }
+
+    /// As [`Terminal::start`], with environment variables set for the program.
+    ///
+    /// # Panics
+    /// As [`Terminal::start`].
+    pub fn start_with_env(
+        dir: &Path,
+        program: &Path,
+        args: &[&str],
+        (width, height): (u16, u16),
+        env: &[(&str, &Path)],
+    ) -> Terminal {
         static STARTED: AtomicUsize = AtomicUsize::new(0);
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
         let t = Terminal { socket: dir.join(format!("tmux-{n}")) };
-        let out = t
-            .command()
-            .args(["new-session", "-d", "-x", &width.to_string(), "-y", &height.to_string(), "-s", "t"])
-            .args(["sh", "-c", r#"p=$1; shift; "$p" "$@"; echo "[exit $?]"; stty -a; exec sleep 600"#, "sh"])
+        let mut cmd = t.command();
+        cmd.args(["new-session", "-d", "-x", &width.to_string(), "-y", &height.to_string(), "-s", "t"]);
+        for (name, value) in env {
+            cmd.arg("-e").arg(format!("{name}={}", value.display()));
+        }
+        // The wrapping sh traps Ctrl-C (the terminal sends it to the whole
+        // foreground group), so that only the program under test reacts to it.
+        let out = cmd
+            .args([
+                "sh",
+                "-c",
+                r#"trap : INT; p=$1; shift; "$p" "$@"; echo "[exit $?]"; stty -a; exec sleep 600"#,
+                "sh",
+            ])
             .arg(program)
             .args(args)
             .output()
@@ -58,6 +83,27 @@ impl Terminal {
         let mut args = vec!["send-keys", "-t", "t"];
         args.extend_from_slice(keys);
         self.run(&args);
+    }
+
+    /// Types `text` literally, as keys (no key names).
+    pub fn text(&self, text: &str) {
+        // tmux reads a `;` ending an argument as its command separator unless escaped.
+        let escaped = match text.strip_suffix(';') {
+            Some(head) => format!("{head}\\;"),
+            None => text.to_owned(),
+        };
+        self.run(&["send-keys", "-t", "t", "-l", &escaped]);
+    }
+
+    /// Pastes `text` as a terminal does: bracketed, when the program asked for it.
+    pub fn paste(&self, text: &str) {
+        self.run(&["set-buffer", "-b", "paste", "--", text]);
+        self.run(&["paste-buffer", "-p", "-d", "-b", "paste", "-t", "t"]);
+    }
+
+    /// The screen and everything scrolled off it, wrapped lines joined.
+    pub fn scrollback(&self) -> String {
+        self.run(&["capture-pane", "-p", "-J", "-S", "-", "-t", "t"])
     }
 
     /// What the terminal shows now (the screen the program is on: its alternate

@@ -17,11 +17,7 @@ use crate::{client_failure, connect, fail, Cli, Failure};
 
 /// The broker's replication report; None from a broker too old to report it.
 pub(crate) fn report(client: &mut Client) -> Result<Option<ReplicationReport>, ClientError> {
-    match client.replication() {
-        Ok(r) => Ok(Some(r)),
-        Err(ClientError::Unexpected(_)) => Ok(None),
-        Err(e) => Err(e),
-    }
+    crate::ops::if_known(client.replication())
 }
 
 /// The report as JSON (null when unknown).

@@ -69,11 +69,7 @@ pub(crate) fn run(
 
 /// The change feed's figures; None from a broker too old to have the feed.
 pub(crate) fn feed_report(client: &mut Client) -> Result<Option<FeedFigures>, ClientError> {
-    match client.feed_stats() {
-        Ok(f) => Ok(Some(f)),
-        Err(ClientError::Unexpected(_)) => Ok(None),
-        Err(e) => Err(e),
-    }
+    crate::ops::if_known(client.feed_stats())
 }
 
 /// The figures as JSON (null when unknown), as `watch --stats --json` prints them.
@@ -175,18 +171,8 @@ fn event_text(e: &ChangeEvent) -> String {
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` of a time in ms since the Unix epoch.
 fn utc_text(ms: u64) -> String {
     let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
-    // Days to a civil date (proleptic Gregorian), after H. Hinnant's algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = litebroker_server::ops::civil_from_days((secs / 86_400) as i64);
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
         rem / 3600,
