@@ -60,7 +60,7 @@ fn py_err(py: Python<'_>, e: ClientError) -> PyErr {
         return raise(py, "BrokerUnavailableError", e.to_string(), &e);
     }
     let class = match &e {
-        ClientError::Broker(info) => match info.kind {
+        ClientError::Broker(info) | ClientError::RowFailed { error: info, .. } => match info.kind {
             ErrorKind::Constraint => "IntegrityError",
             ErrorKind::Timeout => "WriterTimeoutError",
             ErrorKind::NotAllowed => "ProgrammingError",
@@ -450,6 +450,28 @@ impl PyDb {
             Ok(((!columns.is_empty()).then_some(columns), rows, n, 0))
         });
         answer_to_py(py, out.map_err(|e| py_err(py, e))?)
+    }
+
+    /// One statement once per parameter set, streamed to the broker as one
+    /// transaction, exactly once: `(changes, last_insert_rowid, rows)`. A failing
+    /// row fails the whole call (its index in the error) and nothing is applied.
+    #[pyo3(signature = (sql, seq, timeout=None))]
+    fn execute_many(
+        &self,
+        py: Python<'_>,
+        sql: &str,
+        seq: &Bound<'_, PyAny>,
+        timeout: Option<f64>,
+    ) -> PyResult<(u64, i64, u64)> {
+        // Converted while the GIL is held; streamed without it.
+        let mut all = Vec::new();
+        for params in seq.try_iter()? {
+            all.push(bind(py, &self.db, sql, Some(&params?))?);
+        }
+        let timeout = timeout.map(secs).transpose()?.unwrap_or(self.db.options().request_timeout);
+        let out = py.detach(|| self.db.with_timeout(timeout).execute_many(sql, all));
+        let sum = out.map_err(|e| py_err(py, e))?;
+        Ok((sum.changes, sum.last_insert_rowid, sum.rows))
     }
 
     /// Several `;`-separated statements as one transaction at the broker, exactly once.

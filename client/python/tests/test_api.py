@@ -385,3 +385,26 @@ def test_watch_delivers_what_another_process_commits_in_order_and_resumes_by_cur
     assert again is not None and again.cursor == second.cursor
     with pytest.raises(ValueError):
         f.watch("skus", since="not a cursor")
+
+
+def test_factory_executemany_streams_one_transaction_exactly_once(broker):
+    f = ConnectionFactory(broker.db)
+    rows = [(f"BULK{i}", i) for i in range(20_000)]
+    cur = f.executemany("INSERT INTO skus (sku, qty) VALUES (?, ?)", rows)
+    assert cur.rowcount == 20_000
+    with f.reader() as conn:
+        assert conn.execute("SELECT count(*), sum(qty) FROM skus WHERE sku LIKE 'BULK%'").fetchone() == (
+            20_000,
+            sum(range(20_000)),
+        )
+    # A failing row (a duplicate key at index 3) applies nothing of the call.
+    bad = [("NEW0", 0), ("NEW1", 1), ("NEW2", 2), ("BULK5", 3), ("NEW4", 4)]
+    with pytest.raises(sqlite3.IntegrityError, match="row 3"):
+        f.executemany("INSERT INTO skus (sku, qty) VALUES (?, ?)", bad)
+    with f.reader() as conn:
+        assert conn.execute("SELECT count(*) FROM skus WHERE sku LIKE 'NEW%'").fetchone() == (0,)
+    # open_connection's executemany outside a transaction takes the same path.
+    conn = litebroker.open_connection(broker.db)
+    cur = conn.executemany("UPDATE skus SET qty = qty + 1 WHERE sku = ?", [("BULK1",), ("BULK2",)])
+    assert cur.rowcount == 2
+    conn.close()

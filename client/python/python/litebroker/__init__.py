@@ -504,6 +504,16 @@ class AutoConnection(Connection):
             self.total_changes += max(cur.rowcount, 0)
             _count_commit()
 
+    def _run_many(self, cur: Cursor, sql: str, seq: Any) -> None:
+        if self._writer is not None or _TX.match(sql):
+            super()._run_many(cur, sql, seq)
+            return
+        # Outside a transaction: the rows go to the broker as one streamed transaction.
+        changes, last, _rows = self._factory._db().execute_many(sql, seq, None)
+        cur._fill((None, [], changes, last))
+        self.total_changes += changes
+        _count_commit()
+
     def _run_script(self, cur: Cursor, script: str) -> None:
         if self._writer is not None:
             self._writer._run_script(cur, script)
@@ -688,6 +698,18 @@ class ConnectionFactory:
         Returns a cursor (``rowcount``, ``lastrowid``, rows of ``RETURNING``)."""
         cur = Cursor(_Detached(self))
         cur._fill(self._db().execute(sql, parameters, idempotent, timeout))
+        _count_commit()
+        return cur
+
+    def executemany(self, sql: str, seq_of_parameters: Any, *, timeout: Optional[float] = None) -> Cursor:
+        """One statement once per parameter set, streamed to the broker as one
+        transaction, exactly once (the bulk path: rows are executed as they
+        arrive). A failing row raises (its index, counting from 0, in the
+        message) and nothing of the call is applied. ``rowcount`` is the total of
+        rows changed."""
+        cur = Cursor(_Detached(self))
+        changes, last, _rows = self._db().execute_many(sql, seq_of_parameters, timeout)
+        cur._fill((None, [], changes, last))
         _count_commit()
         return cur
 
