@@ -95,7 +95,7 @@ pub struct Config {
     /// picks), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
     /// Off-machine replication through a supervised Litestream (`--replicate`).
-    pub replication: Option<crate::replication::Replication>,
+    pub replication: Option<crate::replication::config::Replication>,
 }
 
 impl Config {
@@ -137,7 +137,13 @@ impl Config {
 
     /// The backoff delay before retry number `retry` (0-based): base doubling, capped.
     pub fn backoff(&self, retry: u32) -> Duration {
-        Backoff::new(self.retry_base, self.retry_cap).delay(retry)
+        self.retry_schedule().delay(retry)
+    }
+
+    /// The one backoff schedule with this broker's base and cap
+    /// (`--retry-base-ms`, `--retry-cap-ms`).
+    pub fn retry_schedule(&self) -> Backoff {
+        Backoff::new(self.retry_base, self.retry_cap)
     }
 }
 

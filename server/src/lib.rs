@@ -14,6 +14,7 @@ mod feed;
 mod guard;
 mod instance;
 mod job;
+mod lock;
 mod metrics;
 pub mod ops;
 mod queue;
@@ -161,8 +162,14 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), BrokerEr
     lock.record(&location);
     if let (Some(settings), Some(program)) = (&shared.config.replication, litestream) {
         // The database exists now, in WAL mode: Litestream may open it.
-        let r = replication::Replicator::start(settings, program, &location, shared.clone())
-            .map_err(BrokerError::Config)?;
+        let r = replication::Replicator::start(
+            settings,
+            program,
+            &location,
+            shared.counters.last_commit_unix_ms.clone(),
+            shared.config.retry_schedule(),
+        )
+        .map_err(BrokerError::Config)?;
         let _ = shared.replication.set(r);
     }
 

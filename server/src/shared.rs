@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use litebroker_protocol::host::unix_ms;
@@ -98,7 +98,7 @@ pub struct Counters {
     pub commits: AtomicU64,
     /// When the last write transaction committed, ms since the epoch (0: none
     /// yet); replication measures its lag from it.
-    pub last_commit_unix_ms: AtomicU64,
+    pub last_commit_unix_ms: Arc<AtomicU64>,
     /// Largest group committed.
     pub max_group: AtomicU64,
     /// Longest queue wait, µs.
@@ -156,13 +156,14 @@ pub struct Shared {
     pub replication: std::sync::OnceLock<crate::replication::Replicator>,
 }
 
-/// Locks a mutex, recovering from poisoning: the data behind these mutexes stays
-/// consistent even if a holder panicked, and the broker must keep serving.
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+pub use crate::lock::lock;
 
 impl Shared {
+    /// The replication report (`Off` without `--replicate`).
+    pub fn replication_report(&self) -> litebroker_protocol::replication::ReplicationReport {
+        self.replication.get().map_or_else(crate::replication::off, crate::replication::Replicator::report)
+    }
+
     /// Shared state for a broker that serves `db_path` on `socket`.
     pub fn new(config: Config, db_path: String, socket: String, stop_tx: Sender<StopReason>) -> Shared {
         Shared {

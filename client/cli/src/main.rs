@@ -327,6 +327,16 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+/// A report the broker may be too old to give: None then (the client library
+/// says so with `Unexpected`, before sending anything).
+pub(crate) fn if_known<T>(r: Result<T, ClientError>) -> Result<Option<T>, ClientError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(ClientError::Unexpected(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 fn client_failure(e: &ClientError, cli: Option<&Cli>) -> Failure {
     match e {
         ClientError::NotRunning { .. } => {

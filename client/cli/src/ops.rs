@@ -34,19 +34,9 @@ fn local_path(cli: &Cli) -> Result<std::path::PathBuf, Failure> {
     Ok(loc.db_path)
 }
 
-/// A report the broker may be too old to give: None then (the client library
-/// says so with `Unexpected`, before sending anything).
-pub(crate) fn if_known<T>(r: Result<T, ClientError>) -> Result<Option<T>, ClientError> {
-    match r {
-        Ok(v) => Ok(Some(v)),
-        Err(ClientError::Unexpected(_)) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 /// The broker's health; None from a broker too old to report it (protocol minor 0).
 pub(crate) fn health(client: &mut Client) -> Result<Option<HealthReport>, ClientError> {
-    if_known(client.health())
+    crate::if_known(client.health())
 }
 
 /// `{"exactly_once", "exactly_once_off", "writes_stopped"}`, null when unknown.

@@ -17,7 +17,7 @@ use crate::{client_failure, connect, fail, Cli, Failure};
 
 /// The broker's replication report; None from a broker too old to report it.
 pub(crate) fn report(client: &mut Client) -> Result<Option<ReplicationReport>, ClientError> {
-    crate::ops::if_known(client.replication())
+    crate::if_known(client.replication())
 }
 
 /// The report as JSON (null when unknown).

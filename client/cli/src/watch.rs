@@ -69,7 +69,7 @@ pub(crate) fn run(
 
 /// The change feed's figures; None from a broker too old to have the feed.
 pub(crate) fn feed_report(client: &mut Client) -> Result<Option<FeedFigures>, ClientError> {
-    crate::ops::if_known(client.feed_stats())
+    crate::if_known(client.feed_stats())
 }
 
 /// The figures as JSON (null when unknown), as `watch --stats --json` prints them.

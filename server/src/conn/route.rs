@@ -72,7 +72,7 @@ pub(super) fn route(req: Request, client: &Arc<ClientEntry>, shared: &Shared) ->
         Request::Ping => Response::Pong,
         Request::Health => Response::Health(shared.health()),
         Request::Metrics => Response::Metrics(metrics::report::report(shared)),
-        Request::Replication => Response::Replication(crate::replication::report(shared)),
+        Request::Replication => Response::Replication(shared.replication_report()),
         Request::Status => Response::Status(shared.status()),
         Request::Connections => Response::Connections(shared.connections()),
         Request::Shutdown => {

@@ -28,7 +28,7 @@ use std::time::Duration;
 use litebroker_protocol::{ChangeEvent, Cursor, FeedFigures, ResyncReason, TableChange};
 
 use crate::config::Config;
-use crate::shared::lock;
+use crate::lock::lock;
 
 /// Now, in microseconds since the Unix epoch.
 pub fn unix_us() -> u64 {

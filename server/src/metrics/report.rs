@@ -276,7 +276,7 @@ pub(crate) fn report(shared: &Shared) -> MetricsReport {
 
     // Replication, when the broker replicates.
     if shared.replication.get().is_some() {
-        let rep = crate::replication::report(shared);
+        let rep = shared.replication_report();
         let running = rep.state == litebroker_protocol::replication::ReplicationState::Running;
         r.gauge(
             "litebroker_replication_running",

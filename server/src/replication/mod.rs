@@ -26,9 +26,10 @@ mod status;
 mod supervise;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use litebroker_protocol::backoff::Backoff;
 use litebroker_protocol::rendezvous::Location;
 use litebroker_protocol::replication::ReplicationReport;
 use tracing::info;
@@ -37,13 +38,13 @@ pub use config::Replication;
 use status::Status;
 use supervise::Supervisor;
 
-use crate::shared::Shared;
-
 /// Replication of one broker's database.
 #[derive(Debug)]
 pub struct Replicator {
     status: Arc<Status>,
     supervisor: Supervisor,
+    /// When the broker last committed (ms since the epoch), shared with the writer.
+    last_commit_ms: Arc<AtomicU64>,
 }
 
 /// Where the broker writes Litestream's configuration (also read by `litebroker
@@ -69,7 +70,8 @@ impl Replicator {
         settings: &Replication,
         program: PathBuf,
         location: &Location,
-        shared: Arc<Shared>,
+        last_commit_ms: Arc<AtomicU64>,
+        backoff: Backoff,
     ) -> Result<Replicator, String> {
         let path = config_path(location);
         if let Some(dir) = path.parent() {
@@ -89,20 +91,20 @@ impl Replicator {
             config = %path.display(),
             "replicating through Litestream"
         );
-        let supervisor = Supervisor::start(program, path, status.clone(), shared)
+        let supervisor = Supervisor::start(program, path, status.clone(), last_commit_ms.clone(), backoff)
             .map_err(|e| format!("cannot start: {e}"))?;
-        Ok(Replicator { status, supervisor })
+        Ok(Replicator { status, supervisor, last_commit_ms })
     }
 
     /// Whether Litestream runs and the replica holds every commit: only then may
     /// the broker's checkpoint truncate the WAL.
-    pub fn caught_up(&self, shared: &Shared) -> bool {
-        self.status.caught_up(shared.counters.last_commit_unix_ms.load(Ordering::Relaxed))
+    pub fn caught_up(&self) -> bool {
+        self.status.caught_up(self.last_commit_ms.load(Ordering::Relaxed))
     }
 
     /// The answer to `Request::Replication`.
-    pub fn report(&self, shared: &Shared) -> ReplicationReport {
-        self.status.report(shared.counters.last_commit_unix_ms.load(Ordering::Relaxed))
+    pub fn report(&self) -> ReplicationReport {
+        self.status.report(self.last_commit_ms.load(Ordering::Relaxed))
     }
 
     /// Stops Litestream after its final sync (bounded; see `supervise`).
@@ -111,7 +113,7 @@ impl Replicator {
     }
 }
 
-/// The replication report of `shared`'s broker (`Off` without `--replicate`).
-pub fn report(shared: &Shared) -> ReplicationReport {
-    shared.replication.get().map_or_else(status::off, |r| r.report(shared))
+/// The report of a broker that does not replicate.
+pub fn off() -> ReplicationReport {
+    status::off()
 }

@@ -25,7 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use litebroker_protocol::host::unix_ms;
 use litebroker_protocol::replication::{ReplicationReport, ReplicationState};
 
-use crate::shared::lock;
+use crate::lock::lock;
 
 /// Replication status shared by the supervisor, the connection threads and the
 /// writer.

@@ -10,15 +10,17 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
+use litebroker_protocol::backoff::Backoff;
+
 use super::status::Status;
-use crate::shared::{lock, Shared};
+use crate::lock::lock;
 
 /// How often the supervisor looks at the child and refreshes the lag.
 const TICK: Duration = Duration::from_millis(200);
@@ -47,13 +49,14 @@ impl Supervisor {
         program: PathBuf,
         config: PathBuf,
         status: Arc<Status>,
-        shared: Arc<Shared>,
+        last_commit_ms: Arc<AtomicU64>,
+        backoff: Backoff,
     ) -> std::io::Result<Supervisor> {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let stop2 = stop.clone();
         let thread = thread::Builder::new()
             .name("lb-litestream".into())
-            .spawn(move || supervise(&program, &config, &status, &shared, &stop2))?;
+            .spawn(move || supervise(&program, &config, &status, &last_commit_ms, backoff, &stop2))?;
         Ok(Supervisor { stop, thread: Mutex::new(Some(thread)) })
     }
 
@@ -86,7 +89,8 @@ fn supervise(
     program: &PathBuf,
     config: &PathBuf,
     status: &Arc<Status>,
-    shared: &Shared,
+    last_commit_ms: &AtomicU64,
+    backoff: Backoff,
     stop: &(Mutex<bool>, Condvar),
 ) {
     let mut retry = 0u32;
@@ -102,7 +106,7 @@ fn supervise(
                 status.started(child.id(), restart);
                 info!(target: "litestream", pid = child.id(), "Litestream started");
                 let readers = forward_output(&mut child, status);
-                let outcome = watch(&mut child, status, shared, stop);
+                let outcome = watch(&mut child, status, last_commit_ms, stop);
                 for r in readers {
                     let _ = r.join();
                 }
@@ -115,7 +119,7 @@ fn supervise(
         if started.elapsed() >= HEALTHY_RUN {
             retry = 0;
         }
-        let delay = shared.config.backoff(retry);
+        let delay = backoff.delay(retry);
         retry = retry.saturating_add(1);
         warn!(target: "litestream", "{why}; starting it again in {} ms", delay.as_millis());
         status.ended(Some(why), true);
@@ -165,14 +169,19 @@ enum Watch {
 }
 
 /// Waits for the child to exit or for a stop, refreshing the lag every tick.
-fn watch(child: &mut Child, status: &Status, shared: &Shared, stop: &(Mutex<bool>, Condvar)) -> Watch {
+fn watch(
+    child: &mut Child,
+    status: &Status,
+    last_commit_ms: &AtomicU64,
+    stop: &(Mutex<bool>, Condvar),
+) -> Watch {
     loop {
         match child.try_wait() {
             Ok(Some(code)) => return Watch::Exited(format!("Litestream exited ({code})")),
             Ok(None) => {}
             Err(e) => return Watch::Exited(format!("cannot watch Litestream: {e}")),
         }
-        status.refresh(shared.counters.last_commit_unix_ms.load(Ordering::Relaxed));
+        status.refresh(last_commit_ms.load(Ordering::Relaxed));
         if stop_asked(stop, TICK) {
             terminate(child);
             return Watch::Stopped;

@@ -233,7 +233,7 @@ impl Maintenance {
         // While replicating, the WAL is cut only once the replica holds every
         // commit (see `crate::replication`).
         let mode = match shared.replication.get() {
-            Some(r) if !r.caught_up(shared) => CheckpointMode::Passive,
+            Some(r) if !r.caught_up() => CheckpointMode::Passive,
             _ => CheckpointMode::Truncate,
         };
         match checkpoint(db, shared, mode, Duration::ZERO) {

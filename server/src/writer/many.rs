@@ -28,25 +28,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use litebroker_protocol::host::unix_ms;
-use litebroker_protocol::{ManySummary, RequestId, Response, Value};
+use litebroker_protocol::{ManySummary, Response, Value};
 use tracing::warn;
 
 use super::core::Core;
-use super::session::Sessions;
+use super::session::{ManyStream, Sessions};
 use crate::job::{Job, JobKind};
 use crate::request_ids;
 use crate::sql::exec::{prepare_many, run_rows, sql_error};
 use crate::texts;
-
-/// What the writer keeps of an open stream.
-#[derive(Debug)]
-pub(super) struct ManyStream {
-    sql: String,
-    request_id: Option<RequestId>,
-    sum: ManySummary,
-    /// The request's deadline: no lease renewal goes past it.
-    deadline: Instant,
-}
 
 /// The stream's lease from now: `--lease-secs`, within its request's deadline.
 fn lease(core: &Core, deadline: Instant) -> Instant {

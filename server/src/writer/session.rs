@@ -22,16 +22,26 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use litebroker_protocol::{ErrorInfo, Response};
+use litebroker_protocol::{ErrorInfo, ManySummary, RequestId, Response};
 use tracing::{debug, info, warn};
 
 use super::core::{run_body, Core};
-use super::many::ManyStream;
 use crate::guard;
 use crate::job::{set_in_doubt, Job, JobKind};
 use crate::shared::{session_state, ClientEntry, Holder};
 use crate::sql::exec::{sql_error, Mode, SessionEnd, Tracker};
 use crate::texts;
+
+/// What the writer keeps of an open streamed executemany (`super::many`), which
+/// holds the writer as a session does.
+#[derive(Debug)]
+pub(super) struct ManyStream {
+    pub(super) sql: String,
+    pub(super) request_id: Option<RequestId>,
+    pub(super) sum: ManySummary,
+    /// The request's deadline: no lease renewal goes past it.
+    pub(super) deadline: Instant,
+}
 
 struct ActiveSession {
     client: Arc<ClientEntry>,
