@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use litebroker_client::protocol::BrokerStatus;
+use litebroker_client::protocol::{BrokerStatus, MetricValue};
 use litebroker_tests::TestDir;
 use serde_json::Value as Json;
 
@@ -40,6 +40,26 @@ pub struct Sample {
     pub delivery_p99_us: Option<f64>,
     /// `watch`: events the watchers received, and resyncs among them.
     pub watch_events: Option<(u64, u64)>,
+    /// Group waits taken per group committed (`litebroker_group_wait_seconds`).
+    pub waits_per_commit: Option<f64>,
+    /// Requests that joined a group during its wait, per wait.
+    pub joined_per_wait: Option<f64>,
+}
+
+/// The figures of the group wait in the broker's metrics: waits taken, requests
+/// that joined during them.
+fn group_wait_figures(c: &mut litebroker_client::Client) -> Result<(u64, u64)> {
+    let m = c.metrics()?;
+    let family = |name: &str| m.families.iter().find(|f| f.name == name).and_then(|f| f.series.first());
+    let waits = match family("litebroker_group_wait_seconds").map(|s| &s.value) {
+        Some(MetricValue::Histogram(h)) => h.counts.iter().sum(),
+        _ => 0,
+    };
+    let joined = match family("litebroker_group_wait_joined_total").map(|s| &s.value) {
+        Some(MetricValue::Number(n)) => *n as u64,
+        _ => 0,
+    };
+    Ok((waits, joined))
 }
 
 struct Worker {
@@ -118,9 +138,7 @@ pub fn measure(mode: Mode, sync: SyncMode, n: usize, window: Duration, work: &Pa
     }
     let mut broker = None;
     if mode.uses_broker() {
-        let extra: &[&str] =
-            if mode == Mode::BrokerNoIds { &["--request-id-retention-hours", "0"] } else { &[] };
-        broker = Some(crate::broker::start(&db, sync, extra)?);
+        broker = Some(crate::broker::start(&db, sync, mode.broker_args())?);
     }
     // The `watch` scenario's watchers subscribe before the writers start.
     let mut watchers = None;
@@ -138,6 +156,7 @@ pub fn measure(mode: Mode, sync: SyncMode, n: usize, window: Duration, work: &Pa
         bail!("a worker said {bad:?} instead of ready");
     }
     let before: Option<BrokerStatus> = broker.as_mut().map(|b| b.client.status()).transpose()?;
+    let waits_before = broker.as_mut().map(|b| group_wait_figures(&mut b.client)).transpose()?;
     let start = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() + 100_000_000;
     for w in workers.iter_mut().chain(watchers.iter_mut().flat_map(|(w, _)| w.iter_mut())) {
         writeln!(w.stdin, "go {start} {}", window.as_nanos())?;
@@ -153,6 +172,7 @@ pub fn measure(mode: Mode, sync: SyncMode, n: usize, window: Duration, work: &Pa
         }
     }
     let after: Option<BrokerStatus> = broker.as_mut().map(|b| b.client.status()).transpose()?;
+    let waits_after = broker.as_mut().map(|b| group_wait_figures(&mut b.client)).transpose()?;
     let mut s = Sample::default();
     if let Some((mut w, wrx)) = watchers {
         let lines = collect(&wrx, WATCHERS, window + Duration::from_secs(60), "watcher results")?;
@@ -207,6 +227,10 @@ pub fn measure(mode: Mode, sync: SyncMode, n: usize, window: Duration, work: &Pa
         s.rows_per_commit = delta_ratio(a.group_requests, b.group_requests, a.group_commits, b.group_commits);
         s.queue_wait_us = delta_ratio(a.queue_wait_us, b.queue_wait_us, a.queue_waits, b.queue_waits);
         s.commit_us = delta_ratio(a.commit_us, b.commit_us, a.group_commits, b.group_commits);
+        if let (Some(wa), Some(wb)) = (waits_before, waits_after) {
+            s.waits_per_commit = delta_ratio(wa.0, wb.0, a.group_commits, b.group_commits);
+            s.joined_per_wait = delta_ratio(wa.1, wb.1, wa.0, wb.0);
+        }
     }
     if let Some(b) = broker {
         s.rss_kb = Some(b.peak_rss_kb());
