@@ -44,22 +44,45 @@ pub struct Sample {
     pub waits_per_commit: Option<f64>,
     /// Requests that joined a group during its wait, per wait.
     pub joined_per_wait: Option<f64>,
+    /// Mean group wait, µs.
+    pub wait_us: Option<f64>,
+    /// Mean turn of a one-shot write in its group transaction (savepoint,
+    /// request id, statement), µs.
+    pub execute_us: Option<f64>,
 }
 
-/// The figures of the group wait in the broker's metrics: waits taken, requests
-/// that joined during them.
-fn group_wait_figures(c: &mut litebroker_client::Client) -> Result<(u64, u64)> {
+/// Figures from the broker's metrics, read before and after a measurement.
+#[derive(Debug, Clone, Copy, Default)]
+struct WriterFigures {
+    /// Group waits taken, their total time (s), requests that joined during them.
+    waits: u64,
+    wait_s: f64,
+    joined: u64,
+    /// Turns of one-shot writes in their group transactions, their total time (s).
+    turns: u64,
+    turn_s: f64,
+}
+
+fn writer_figures(c: &mut litebroker_client::Client) -> Result<WriterFigures> {
     let m = c.metrics()?;
-    let family = |name: &str| m.families.iter().find(|f| f.name == name).and_then(|f| f.series.first());
-    let waits = match family("litebroker_group_wait_seconds").map(|s| &s.value) {
-        Some(MetricValue::Histogram(h)) => h.counts.iter().sum(),
-        _ => 0,
+    let value = |name: &str| m.families.iter().find(|f| f.name == name).and_then(|f| f.series.first());
+    let histogram = |name: &str| match value(name).map(|s| &s.value) {
+        Some(MetricValue::Histogram(h)) => (h.counts.iter().sum(), h.sum),
+        _ => (0, 0.0),
     };
-    let joined = match family("litebroker_group_wait_joined_total").map(|s| &s.value) {
+    let (waits, wait_s) = histogram("litebroker_group_wait_seconds");
+    let (turns, turn_s) = histogram("litebroker_write_execute_seconds");
+    let joined = match value("litebroker_group_wait_joined_total").map(|s| &s.value) {
         Some(MetricValue::Number(n)) => *n as u64,
         _ => 0,
     };
-    Ok((waits, joined))
+    Ok(WriterFigures { waits, wait_s, joined, turns, turn_s })
+}
+
+/// The mean of what was added to a sum over what was added to its count.
+fn delta_mean(sum: (f64, f64), count: (u64, u64)) -> Option<f64> {
+    let n = count.1.saturating_sub(count.0);
+    (n > 0).then(|| (sum.1 - sum.0) / n as f64)
 }
 
 struct Worker {
@@ -156,7 +179,7 @@ pub fn measure(mode: Mode, sync: SyncMode, n: usize, window: Duration, work: &Pa
         bail!("a worker said {bad:?} instead of ready");
     }
     let before: Option<BrokerStatus> = broker.as_mut().map(|b| b.client.status()).transpose()?;
-    let waits_before = broker.as_mut().map(|b| group_wait_figures(&mut b.client)).transpose()?;
+    let waits_before = broker.as_mut().map(|b| writer_figures(&mut b.client)).transpose()?;
     let start = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() + 100_000_000;
     for w in workers.iter_mut().chain(watchers.iter_mut().flat_map(|(w, _)| w.iter_mut())) {
         writeln!(w.stdin, "go {start} {}", window.as_nanos())?;
@@ -172,7 +195,7 @@ pub fn measure(mode: Mode, sync: SyncMode, n: usize, window: Duration, work: &Pa
         }
     }
     let after: Option<BrokerStatus> = broker.as_mut().map(|b| b.client.status()).transpose()?;
-    let waits_after = broker.as_mut().map(|b| group_wait_figures(&mut b.client)).transpose()?;
+    let waits_after = broker.as_mut().map(|b| writer_figures(&mut b.client)).transpose()?;
     let mut s = Sample::default();
     if let Some((mut w, wrx)) = watchers {
         let lines = collect(&wrx, WATCHERS, window + Duration::from_secs(60), "watcher results")?;
@@ -228,8 +251,10 @@ pub fn measure(mode: Mode, sync: SyncMode, n: usize, window: Duration, work: &Pa
         s.queue_wait_us = delta_ratio(a.queue_wait_us, b.queue_wait_us, a.queue_waits, b.queue_waits);
         s.commit_us = delta_ratio(a.commit_us, b.commit_us, a.group_commits, b.group_commits);
         if let (Some(wa), Some(wb)) = (waits_before, waits_after) {
-            s.waits_per_commit = delta_ratio(wa.0, wb.0, a.group_commits, b.group_commits);
-            s.joined_per_wait = delta_ratio(wa.1, wb.1, wa.0, wb.0);
+            s.waits_per_commit = delta_ratio(wa.waits, wb.waits, a.group_commits, b.group_commits);
+            s.joined_per_wait = delta_ratio(wa.joined, wb.joined, wa.waits, wb.waits);
+            s.wait_us = delta_mean((wa.wait_s, wb.wait_s), (wa.waits, wb.waits)).map(|v| v * 1e6);
+            s.execute_us = delta_mean((wa.turn_s, wb.turn_s), (wa.turns, wb.turns)).map(|v| v * 1e6);
         }
     }
     if let Some(b) = broker {

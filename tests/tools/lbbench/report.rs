@@ -90,6 +90,8 @@ impl Summary {
             j["commit_mean_us"] = json!(self.opt_med(|s| s.commit_us).map(round1));
             j["group_waits_per_commit"] = json!(self.opt_med(|s| s.waits_per_commit).map(round2));
             j["group_wait_joined_per_wait"] = json!(self.opt_med(|s| s.joined_per_wait).map(round2));
+            j["group_wait_mean_us"] = json!(self.opt_med(|s| s.wait_us).map(round1));
+            j["execute_mean_us"] = json!(self.opt_med(|s| s.execute_us).map(round1));
             j["broker_peak_rss_kb"] = json!(self.samples.iter().filter_map(|s| s.rss_kb).max());
         }
         j
@@ -295,9 +297,13 @@ fn table(all: &[Summary], rtt: (f64, f64)) -> String {
             if let Some(c) = s.opt_med(|x| x.commit_us) {
                 notes.push(format!("COMMIT {c:.0} µs"));
             }
+            if let Some(e) = s.opt_med(|x| x.execute_us) {
+                notes.push(format!("execute {e:.0} µs/write"));
+            }
             if let Some(w) = s.opt_med(|x| x.waits_per_commit).filter(|w| *w > 0.0) {
                 let joined = s.opt_med(|x| x.joined_per_wait).unwrap_or(0.0);
-                notes.push(format!("group waits/commit {w:.2}, joined/wait {joined:.2}"));
+                let mean = s.opt_med(|x| x.wait_us).unwrap_or(0.0);
+                notes.push(format!("group waits/commit {w:.2}, {mean:.0} µs, joined/wait {joined:.2}"));
             }
             if let Some(r) = s.samples.iter().filter_map(|x| x.rss_kb).max() {
                 notes.push(format!("RSS {:.1} MiB", r as f64 / 1024.0));
