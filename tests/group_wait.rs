@@ -1,8 +1,8 @@
 //! The group wait (`--group-wait-us`), against the real broker under
-//! `synchronous = FULL`, where it is on by default: a lone writer is never
-//! delayed; a client that went quiet is waited for at most once; several clients
-//! writing in a closed loop make the broker wait and form larger groups than with
-//! the wait off; `--group-wait-us 0` turns it off; a bad value is exit 2.
+//! `synchronous = FULL`: a lone writer is never delayed; a client that went quiet
+//! is waited for at most once; several clients writing in a closed loop make the
+//! broker wait and form larger groups than with the wait off; it is off by
+//! default and with `--group-wait-us 0`; a bad value is exit 2.
 //!
 //! What is asserted is counted by the broker (its metrics and `status`), never a
 //! wall-clock duration: the waits taken, the requests that joined during them, the
@@ -59,7 +59,7 @@ fn waits(c: &mut Client) -> Waits {
 #[test]
 fn a_lone_writer_under_full_is_never_delayed_by_the_group_wait() {
     let t = TestDir::new();
-    let b = Broker::start(&t.db(), &["--synchronous", "full"]);
+    let b = Broker::start(&t.db(), &["--synchronous", "full", "--group-wait-us", "1000"]);
     let mut c = b.client("lone");
     c.execute(SCHEMA, &[]).expect("schema");
     for i in 0..200 {
@@ -74,7 +74,7 @@ fn a_lone_writer_under_full_is_never_delayed_by_the_group_wait() {
 #[test]
 fn a_client_that_went_quiet_is_waited_for_at_most_once() {
     let t = TestDir::new();
-    let b = Broker::start(&t.db(), &["--synchronous", "full"]);
+    let b = Broker::start(&t.db(), &["--synchronous", "full", "--group-wait-us", "1000"]);
     let mut quiet = b.client("quiet");
     quiet.execute(SCHEMA, &[]).expect("schema");
     insert(&mut quiet, "quiet", 0);
@@ -121,11 +121,14 @@ fn closed_loop(args: &[&str], clients: usize, each: usize) -> (f64, Waits) {
 }
 
 #[test]
-fn several_clients_under_full_make_the_broker_wait_and_form_larger_groups() {
+fn several_clients_under_full_make_the_broker_wait_and_form_larger_groups_unless_it_is_off() {
+    let none = Waits { taken: 0, joined: 0, missed: 0 };
+    let (_, default) = closed_loop(&["--synchronous", "full"], 8, 50);
+    assert_eq!(default, none, "the broker waited by default");
     let (mean_off, off) = closed_loop(&["--synchronous", "full", "--group-wait-us", "0"], 8, 150);
-    let (mean_on, on) = closed_loop(&["--synchronous", "full"], 8, 150);
-    assert_eq!(off, Waits { taken: 0, joined: 0, missed: 0 }, "--group-wait-us 0 waited");
-    assert!(on.taken > 0 && on.joined > 0, "no wait taken by default under FULL: {on:?}");
+    assert_eq!(off, none, "--group-wait-us 0 waited");
+    let (mean_on, on) = closed_loop(&["--synchronous", "full", "--group-wait-us", "1000"], 8, 150);
+    assert!(on.taken > 0 && on.joined > 0, "no wait taken with --group-wait-us 1000: {on:?}");
     assert!(
         mean_on >= mean_off,
         "groups were smaller with the wait: {mean_on:.2} requests/commit against {mean_off:.2} without ({on:?})"

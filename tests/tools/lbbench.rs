@@ -25,10 +25,8 @@
 //!   (always planned with it, in the same rounds).
 //! - `ping` (NORMAL): N clients sending `Ping` through the broker in a closed loop
 //!   (no writer, no SQLite): the IPC ceiling of `broker`'s one-row writes.
-//! - `broker-nowait` (FULL only): `broker` with the group wait off
-//!   (`--group-wait-us 0`), next to `broker` with its default (on under FULL).
-//! - `broker-wait` (NORMAL only): `broker` with the group wait on
-//!   (`--group-wait-us 1000`), next to `broker` with its default (off under NORMAL).
+//! - `broker-wait`: `broker` with the group wait on (`--group-wait-us 1000`),
+//!   next to `broker` with the broker's default (off).
 //! - `broker-bulk`: one client sending 100,000 one-row INSERTs as one batch.
 //!
 //! Latency figures are those of the worst client: for p50, p99 and max, the largest

@@ -8,7 +8,7 @@
 //!   claimed (`Queued → Running`); one its connection cancelled is skipped. A
 //!   group never waits to fill, except once, briefly, for the writers known to be
 //!   coming back (clients the last groups answered; never for a lone writer,
-//!   never past a deadline, `--group-wait-us`): see [`wait`].
+//!   never past a deadline; off unless `--group-wait-us`): see [`wait`].
 //! - **Each request**, in order: one whose deadline passed is answered `timeout`
 //!   and not run. Otherwise, inside `SAVEPOINT _litebroker_req` (a lone request
 //!   runs without one): if its request id is recorded, the recorded answer is its
@@ -85,7 +85,7 @@ impl GroupCommit {
         core.upkeep.took_job();
         let cfg = &core.shared.config;
         let (max_n, max_bytes) = (cfg.max_group_requests.max(1), cfg.max_group_bytes);
-        let group_wait = cfg.group_wait_max();
+        let group_wait = cfg.group_wait;
         let mut group = std::mem::take(&mut self.jobs);
         let mut bytes = 0;
         let mut next = Some(first);
@@ -318,7 +318,7 @@ impl GroupCommit {
                 // answer finds its write counted; the COMMIT's end is the moment.
                 let answered = committed_at.unwrap_or_else(Instant::now);
                 if committed {
-                    let enabled = !core.shared.config.group_wait_max().is_zero();
+                    let enabled = !core.shared.config.group_wait.is_zero();
                     self.wait.committed(enabled, group, commit_time, answered);
                 }
                 for job in group {

@@ -179,11 +179,11 @@ fn targets(all: &[Summary], rtt_p50: f64) -> Vec<Json> {
             ratio >= 0.7,
         );
     }
-    // The group wait (on by default under FULL) against none, in the same rounds.
-    if let (Some(b), Some(o)) =
-        (find(all, Mode::Broker, SyncMode::Full, 1), find(all, Mode::BrokerNoWait, SyncMode::Full, 1))
+    // The group wait (off by default) against none, in the same rounds.
+    if let (Some(b), Some(w)) =
+        (find(all, Mode::Broker, SyncMode::Full, 1), find(all, Mode::BrokerWait, SyncMode::Full, 1))
     {
-        let ratio = b.med(|s| s.p50_us) / o.med(|s| s.p50_us).max(0.001);
+        let ratio = w.med(|s| s.p50_us) / b.med(|s| s.p50_us).max(0.001);
         push(
             "full 1 client: broker p50 with the group wait / without (noise: ±5%)".into(),
             ratio,
@@ -191,15 +191,23 @@ fn targets(all: &[Summary], rtt_p50: f64) -> Vec<Json> {
             ratio <= 1.05,
         );
     }
-    if let (Some(b), Some(o)) =
-        (find(all, Mode::Broker, SyncMode::Full, 8), find(all, Mode::BrokerNoWait, SyncMode::Full, 8))
+    if let (Some(b), Some(w)) =
+        (find(all, Mode::Broker, SyncMode::Full, 8), find(all, Mode::BrokerWait, SyncMode::Full, 8))
     {
-        let ratio = b.writes() / o.writes().max(1.0);
+        let ratio = w.writes() / b.writes().max(1.0);
         push(
             "full 8 clients: broker writes/s with the group wait / without".into(),
             ratio,
             ">= 1.0".into(),
             ratio >= 1.0,
+        );
+        let ratio = w.writes()
+            / find(all, Mode::DirectImmediate, SyncMode::Full, 8).map_or(1.0, |d| d.writes().max(1.0));
+        push(
+            "full 8 clients: broker with the group wait / direct-immediate writes/s".into(),
+            ratio,
+            ">= 5".into(),
+            ratio >= 5.0,
         );
     }
     if let Some(b) = find(all, Mode::Broker, SyncMode::Normal, 1) {

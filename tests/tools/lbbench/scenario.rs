@@ -56,12 +56,8 @@ pub enum Mode {
     /// N clients sending `Ping` through the broker in a closed loop (NORMAL; no
     /// writer, no SQLite): the IPC ceiling one-row writes are measured against.
     Ping,
-    /// `broker` under FULL with the group wait off (`--group-wait-us 0`), next to
-    /// `broker` with its default (on under FULL).
-    #[value(name = "broker-nowait")]
-    BrokerNoWait,
-    /// `broker` under NORMAL with the group wait on (`--group-wait-us` at FULL's
-    /// default), next to `broker` with its default (off under NORMAL).
+    /// `broker` with the group wait on (`--group-wait-us 1000`), next to `broker`
+    /// with the broker's default (off).
     #[value(name = "broker-wait")]
     BrokerWait,
 }
@@ -85,7 +81,6 @@ impl Mode {
             Mode::Watch => "watch",
             Mode::Watcher => "watcher",
             Mode::Ping => "ping",
-            Mode::BrokerNoWait => "broker-nowait",
             Mode::BrokerWait => "broker-wait",
         }
     }
@@ -104,7 +99,6 @@ impl Mode {
             Mode::Watch => "watch",
             Mode::Watcher => "watcher",
             Mode::Ping => "ping",
-            Mode::BrokerNoWait => "broker-nowait",
             Mode::BrokerWait => "broker-wait",
         }
     }
@@ -113,7 +107,6 @@ impl Mode {
     pub fn broker_args(self) -> &'static [&'static str] {
         match self {
             Mode::BrokerNoIds => &["--request-id-retention-hours", "0"],
-            Mode::BrokerNoWait => &["--group-wait-us", "0"],
             Mode::BrokerWait => &["--group-wait-us", "1000"],
             _ => &[],
         }
@@ -141,7 +134,6 @@ impl Mode {
                 | Mode::DbApi
                 | Mode::Watch
                 | Mode::Ping
-                | Mode::BrokerNoWait
                 | Mode::BrokerWait
         )
     }
@@ -176,18 +168,18 @@ pub fn plan(only: &[String], syncs: &[SyncMode], clients: &[usize]) -> Vec<(Mode
         // Extra rows, NORMAL only (with FULL the fsync hides them): the
         // headline `broker` rows run with the broker's defaults. `ping` is the
         // IPC ceiling of `broker`'s one-row writes (it does not depend on
-        // `synchronous`); `broker-wait` the group wait that NORMAL leaves off.
-        for mode in [Mode::BrokerNoIds, Mode::DbApi, Mode::Ping, Mode::BrokerWait] {
+        // `synchronous`).
+        for mode in [Mode::BrokerNoIds, Mode::DbApi, Mode::Ping] {
             if sync == SyncMode::Normal && wanted(mode) {
                 for &n in clients {
                     v.push((mode, sync, n));
                 }
             }
         }
-        // FULL only: the group wait (on by default there) turned off.
-        if sync == SyncMode::Full && wanted(Mode::BrokerNoWait) {
+        // The group wait (off by default), both settings: it is for FULL's fsync.
+        if wanted(Mode::BrokerWait) {
             for &n in clients {
-                v.push((Mode::BrokerNoWait, sync, n));
+                v.push((Mode::BrokerWait, sync, n));
             }
         }
         // The change feed: 8 writers with the watchers, next to `broker` with 8

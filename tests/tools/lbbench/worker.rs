@@ -271,7 +271,7 @@ pub fn worker(mode: Mode, db: &Path, sync: SyncMode, client: usize) -> Result<()
                 }
             }
         }
-        Mode::Broker | Mode::BrokerNoIds | Mode::BrokerNoWait | Mode::BrokerWait | Mode::Watch => {
+        Mode::Broker | Mode::BrokerNoIds | Mode::BrokerWait | Mode::Watch => {
             let mut c = connect(db, client)?;
             let params = [Value::Text(text.clone())];
             for _ in 0..WARMUP {
