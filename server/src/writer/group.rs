@@ -125,10 +125,9 @@ impl GroupCommit {
             if full || parked || waited.is_some() || group.is_empty() {
                 break;
             }
-            let since = Instant::now();
-            if !self.wait.wait(group_wait, &group, max_n - group.len(), queue) {
+            let Some(since) = self.wait.wait(group_wait, &group, max_n - group.len(), queue) else {
                 break;
-            }
+            };
             waited = Some((since, group.len()));
             next = queue.try_recv_write();
         }

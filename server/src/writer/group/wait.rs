@@ -48,10 +48,17 @@ pub(super) struct GroupWait {
 impl GroupWait {
     /// Before `group`'s transaction begins, with room for `room` more requests:
     /// waits for the writers known to be coming (see the module's doc), at most
-    /// `max`. Returns whether it waited; the caller then takes what queued.
-    pub(super) fn wait(&mut self, max: Duration, group: &[Job], room: usize, queue: &JobQueue) -> bool {
+    /// `max`. Returns when it began waiting, if it did; the caller then takes what
+    /// queued. Reads no clock when the wait is off or nobody else wrote lately.
+    pub(super) fn wait(
+        &mut self,
+        max: Duration,
+        group: &[Job],
+        room: usize,
+        queue: &JobQueue,
+    ) -> Option<Instant> {
         if max.is_zero() || room == 0 || self.recent.is_empty() {
-            return false;
+            return None;
         }
         let now = Instant::now();
         let window = RECENT + self.commit * 2;
@@ -63,17 +70,17 @@ impl GroupWait {
         let coming = self.recent.keys().filter(|id| members.binary_search(id).is_err()).count();
         let want = coming.min(room);
         if want == 0 {
-            return false;
+            return None;
         }
         let earliest = group.iter().map(|j| j.deadline).min().unwrap_or(now);
         let until = (now + max.min(self.commit / 2)).min(earliest);
         if until.saturating_duration_since(now) < MIN_WAIT {
-            return false;
+            return None;
         }
         // `want` counts jobs queued behind the group; none is when the wait begins
         // (the group took them all), or the group would not have stopped.
         queue.wait_for_jobs(want, until);
-        true
+        Some(now)
     }
 
     /// After a wait, once the group is gathered: counts it, and forgets the
