@@ -7,6 +7,9 @@ use std::time::Duration;
 use litebroker_protocol::backoff::Backoff;
 use litebroker_protocol::DEFAULT_MAX_FRAME;
 
+/// The largest `--group-wait-us` accepted.
+pub const MAX_GROUP_WAIT: Duration = Duration::from_millis(100);
+
 /// `PRAGMA synchronous` of the writer connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Synchronous {
@@ -57,6 +60,12 @@ pub struct Config {
     pub max_group_requests: usize,
     /// Maximum SQL+parameter bytes committed together in one group.
     pub max_group_bytes: usize,
+    /// Longest the writer waits, before a group's transaction begins, for writers
+    /// known to be coming (`--group-wait-us`). Zero, the default: never. Measured
+    /// on 2026-12-03 under FULL with 8 clients, it doubled the requests per COMMIT
+    /// but did not raise writes/s measurably on a disk whose flush takes ~170 µs;
+    /// it is for disks whose flush is long next to a client's round trip.
+    pub group_wait: Duration,
     /// Maximum statements in one batch request.
     pub max_batch_statements: usize,
     /// Maximum parameters of one statement (SQLite's own default limit).
@@ -115,6 +124,7 @@ impl Config {
             max_frame: DEFAULT_MAX_FRAME,
             max_group_requests: 512,
             max_group_bytes: 8 * 1024 * 1024,
+            group_wait: Duration::ZERO,
             max_batch_statements: 250_000,
             max_params: 32_766,
             max_rows: 100_000,
@@ -133,6 +143,23 @@ impl Config {
             metrics_listen: None,
             replication: None,
         }
+    }
+
+    /// Sets `--group-wait-us` (0 disables the wait).
+    ///
+    /// # Errors
+    /// A value above [`MAX_GROUP_WAIT`]: a wait that long would cost every group
+    /// more than any fsync it could save.
+    pub fn set_group_wait_us(&mut self, us: u64) -> Result<(), String> {
+        let d = Duration::from_micros(us);
+        if d > MAX_GROUP_WAIT {
+            return Err(format!(
+                "--group-wait-us must be at most {} (microseconds; 0 disables the wait), got {us}",
+                MAX_GROUP_WAIT.as_micros()
+            ));
+        }
+        self.group_wait = d;
+        Ok(())
     }
 
     /// The backoff delay before retry number `retry` (0-based): base doubling, capped.
@@ -157,5 +184,19 @@ mod tests {
         let got: Vec<u64> = (0..6).map(|i| c.backoff(i).as_millis() as u64).collect();
         assert_eq!(got, [500, 1000, 2000, 4000, 5000, 5000]);
         assert_eq!(c.backoff(40), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_group_wait_is_off_unless_configured_and_bounded() {
+        let mut c = Config::new("x.db");
+        c.synchronous = Synchronous::Full;
+        assert_eq!(c.group_wait, Duration::ZERO);
+        c.set_group_wait_us(250).unwrap();
+        assert_eq!(c.group_wait, Duration::from_micros(250));
+        let e = c.set_group_wait_us(100_001).unwrap_err();
+        assert!(e.contains("--group-wait-us") && e.contains("100000"), "{e}");
+        assert_eq!(c.group_wait, Duration::from_micros(250));
+        c.set_group_wait_us(0).unwrap();
+        assert_eq!(c.group_wait, Duration::ZERO);
     }
 }

@@ -63,6 +63,13 @@ struct Args {
     /// Maximum requests committed together in one transaction.
     #[arg(long, default_value_t = 512)]
     max_group_requests: usize,
+    /// Longest wait, in microseconds, before a group's transaction begins for the
+    /// writers known to be coming (clients the last groups answered), so that they
+    /// join it and share its COMMIT: for `--synchronous full` on a disk whose flush is
+    /// slow next to a client's round trip. Adaptive (at most half a recent COMMIT),
+    /// never for a lone writer; 0 (the default) turns it off; at most 100000.
+    #[arg(long, value_name = "MAX", default_value_t = 0)]
+    group_wait_us: u64,
     /// Maximum statements in one batch request.
     #[arg(long, default_value_t = 250_000)]
     max_batch_statements: usize,
@@ -169,6 +176,7 @@ fn config(a: Args) -> Result<Config, BrokerError> {
         }
     }
     c.max_group_requests = a.max_group_requests;
+    c.set_group_wait_us(a.group_wait_us).map_err(BrokerError::Config)?;
     for (name, v) in [
         ("feed-ring-events", a.feed_ring_events),
         ("feed-ring-mb", a.feed_ring_mb),

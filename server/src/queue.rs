@@ -28,6 +28,9 @@ struct State {
     senders_waiting: usize,
     /// The writer is shutting down: no job is taken any more.
     closed: bool,
+    /// Whoever holds the writer waits (see [`JobQueue::wait_for_jobs`]) until this
+    /// many jobs are queued; 0: nobody waits.
+    group_want: usize,
 }
 
 /// Jobs waiting for the writer, oldest first.
@@ -38,6 +41,8 @@ pub struct JobQueue {
     work: Condvar,
     /// Senders wait here for room.
     room: Condvar,
+    /// The holder of the writer waits here for a group's writers to arrive.
+    arrivals: Condvar,
     capacity: usize,
 }
 
@@ -48,6 +53,7 @@ impl JobQueue {
             state: Mutex::new(State::default()),
             work: Condvar::new(),
             room: Condvar::new(),
+            arrivals: Condvar::new(),
             capacity: capacity.max(1),
         }
     }
@@ -71,12 +77,18 @@ impl JobQueue {
             return Err(Box::new(job));
         }
         let ahead = st.jobs.len();
+        let write = matches!(job.kind, JobKind::Write(_));
         st.jobs.push_back(job);
         if let Some(d) = depth {
             d.fetch_add(1, Ordering::Relaxed);
         }
         if wake {
             self.wake_writer(&mut st);
+        }
+        // One wake-up for a group's wait, when its writers are all here (or when a
+        // job that would end the group anyway came).
+        if st.group_want > 0 && (st.jobs.len() >= st.group_want || !write) {
+            self.arrived(&mut st);
         }
         Ok(ahead)
     }
@@ -87,6 +99,7 @@ impl JobQueue {
         let mut st = lock(&self.state);
         st.jobs.push_back(job);
         self.wake_writer(&mut st);
+        self.arrived(&mut st);
     }
 
     /// Refuses every later job (shutdown); the jobs already queued stay, for the
@@ -95,6 +108,36 @@ impl JobQueue {
         let mut st = lock(&self.state);
         st.closed = true;
         self.room.notify_all();
+        self.arrived(&mut st);
+    }
+
+    fn arrived(&self, st: &mut State) {
+        if st.group_want > 0 {
+            st.group_want = 0;
+            self.arrivals.notify_one();
+        }
+    }
+
+    /// Whoever holds the writer waits until `want` jobs are queued, a job that is
+    /// not a one-shot write is first in the queue (it would end the group), or
+    /// `until` passes. Sleeps, so the clients it waits for get the CPU. Returns
+    /// whether the jobs it waited for came (false: it waited until `until`).
+    pub fn wait_for_jobs(&self, want: usize, until: Instant) -> bool {
+        let mut st = lock(&self.state);
+        loop {
+            let ended = st.closed || st.jobs.front().is_some_and(|j| !matches!(j.kind, JobKind::Write(_)));
+            if st.jobs.len() >= want || ended {
+                st.group_want = 0;
+                return true;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                st.group_want = 0;
+                return false;
+            }
+            st.group_want = want;
+            st = self.arrivals.wait_timeout(st, left).unwrap_or_else(std::sync::PoisonError::into_inner).0;
+        }
     }
 
     fn wake_writer(&self, st: &mut State) {

@@ -23,6 +23,10 @@
 //!   follow the change feed (`Db::watch_all`): commit → delivery p50/p99 at the
 //!   watchers, and the writers' writes/s next to `broker`'s 8 clients alone
 //!   (always planned with it, in the same rounds).
+//! - `ping` (NORMAL): N clients sending `Ping` through the broker in a closed loop
+//!   (no writer, no SQLite): the IPC ceiling of `broker`'s one-row writes.
+//! - `broker-wait`: `broker` with the group wait on (`--group-wait-us 1000`),
+//!   next to `broker` with the broker's default (off).
 //! - `broker-bulk`: one client sending 100,000 rows for one INSERT as one streamed
 //!   executemany (`Client::execute_many_with`): one transaction, one summary.
 //! - `import` (the synchronous setting NORMAL, or the first asked for): a

@@ -180,6 +180,14 @@ pub struct Metrics {
     pub write_latency: Histogram,
     /// Requests per group-commit transaction.
     pub group_size: Histogram,
+    /// Group waits taken (`--group-wait-us`): how long each waited for the
+    /// writers known to be coming before its transaction began (µs).
+    pub group_wait: Histogram,
+    /// Requests that joined a group during its wait.
+    pub group_wait_joined: AtomicU64,
+    /// Clients a group waited for that did not come in time (each is not waited
+    /// for again until it writes again).
+    pub group_wait_missed: AtomicU64,
     /// How long write sessions held the writer (µs).
     pub session_hold: Histogram,
     /// Write sessions rolled back because they outlasted their lease.
@@ -214,6 +222,9 @@ impl Default for Metrics {
             commit: Histogram::new(LATENCY_US),
             write_latency: Histogram::new(LATENCY_US),
             group_size: Histogram::new(GROUP_SIZE),
+            group_wait: Histogram::new(LATENCY_US),
+            group_wait_joined: AtomicU64::new(0),
+            group_wait_missed: AtomicU64::new(0),
             session_hold: Histogram::new(HOLD_US),
             lease_expiries: AtomicU64::new(0),
             group_reruns: AtomicU64::new(0),

@@ -123,6 +123,22 @@ pub(crate) fn report(shared: &Shared) -> MetricsReport {
         &m.group_size,
         1.0,
     );
+    r.histogram(
+        "litebroker_group_wait_seconds",
+        "Group waits taken (--group-wait-us): how long each group waited for the writers known to be coming before its transaction began.",
+        &m.group_wait,
+        US,
+    );
+    r.counter(
+        "litebroker_group_wait_joined_total",
+        "Requests that joined a group during its wait.",
+        load(&m.group_wait_joined),
+    );
+    r.counter(
+        "litebroker_group_wait_missed_total",
+        "Clients a group waited for that did not come in time (not waited for again until they write again).",
+        load(&m.group_wait_missed),
+    );
     r.counter(
         "litebroker_commits_total",
         "Write transactions committed: groups, write sessions, migrations, restores.",

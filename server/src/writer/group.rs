@@ -5,8 +5,10 @@
 //! - **The group.** The first job and the one-shot writes right behind it, in
 //!   arrival order (parked jobs first), up to `--max-group-requests` and 8 MiB of
 //!   SQL and parameters; a job that is not a one-shot write ends it. Each job is
-//!   claimed (`Queued → Running`); one its connection cancelled is skipped. Nobody
-//!   waits for a group to fill.
+//!   claimed (`Queued → Running`); one its connection cancelled is skipped. A
+//!   group never waits to fill, except once, briefly, for the writers known to be
+//!   coming back (clients the last groups answered; never for a lone writer,
+//!   never past a deadline; off unless `--group-wait-us`): see [`wait`].
 //! - **Each request**, in order: one whose deadline passed is answered `timeout`
 //!   and not run. Otherwise, inside `SAVEPOINT _litebroker_req` (a lone request
 //!   runs without one): if its request id is recorded, the recorded answer is its
@@ -31,6 +33,7 @@ use litebroker_protocol::host::unix_ms;
 use litebroker_protocol::{ErrorInfo, ErrorKind, Response};
 use tracing::warn;
 
+use self::wait::GroupWait;
 use super::core::{run_body, Core};
 use super::db::WriterDb;
 use super::failpoints::Failpoints;
@@ -44,6 +47,8 @@ use crate::shared::Shared;
 use crate::sql::exec::{sql_error, Mode, Tracker};
 use crate::texts;
 
+mod wait;
+
 /// Largest request-id encoding buffer kept between requests.
 const ID_BUF_KEEP: usize = 64 * 1024;
 
@@ -56,6 +61,8 @@ pub(super) struct GroupCommit {
     dedup: u64,
     /// Encoding buffer of the answers recorded with request ids.
     id_buf: Vec<u8>,
+    /// Waiting for the writers known to be coming before a group begins.
+    wait: GroupWait,
 }
 
 /// What a request of a group runs with while the group lends the connection to
@@ -78,29 +85,54 @@ impl GroupCommit {
         core.upkeep.took_job();
         let cfg = &core.shared.config;
         let (max_n, max_bytes) = (cfg.max_group_requests.max(1), cfg.max_group_bytes);
+        let group_wait = cfg.group_wait;
         let mut group = std::mem::take(&mut self.jobs);
         let mut bytes = 0;
         let mut next = Some(first);
-        while let Some(job) = next.take() {
-            if job.claim() {
-                note_queue_wait(&core.shared, &job);
-                if let JobKind::Write(body) = &job.kind {
-                    bytes += body.weight();
+        // Set once the group waited for writers known to be coming (see `wait`):
+        // when, and how many requests it held then.
+        let mut waited: Option<(Instant, usize)> = None;
+        loop {
+            let mut full = false;
+            let mut parked = false;
+            while let Some(job) = next.take() {
+                if job.claim() {
+                    note_queue_wait(&core.shared, &job);
+                    if let JobKind::Write(body) = &job.kind {
+                        bytes += body.weight();
+                    }
+                    group.push(job);
+                } else {
+                    core.finished(1);
                 }
-                group.push(job);
-            } else {
-                core.finished(1);
+                if group.len() >= max_n || bytes >= max_bytes {
+                    full = true;
+                    break;
+                }
+                // FIFO: older jobs parked behind a session come before the queue's, and
+                // a job that is not a one-shot write ends the group.
+                next = match sessions.unpark_write() {
+                    Parked::Write(job) => Some(job),
+                    Parked::Other => {
+                        parked = true;
+                        None
+                    }
+                    Parked::Empty => queue.try_recv_write(),
+                };
             }
-            if group.len() >= max_n || bytes >= max_bytes {
+            // One wait per group, for a group that ended only because nothing more
+            // was queued yet.
+            if full || parked || waited.is_some() || group.is_empty() {
                 break;
             }
-            // FIFO: older jobs parked behind a session come before the queue's, and
-            // a job that is not a one-shot write ends the group.
-            next = match sessions.unpark_write() {
-                Parked::Write(job) => Some(job),
-                Parked::Other => None,
-                Parked::Empty => queue.try_recv_write(),
+            let Some(since) = self.wait.wait(group_wait, &group, max_n - group.len(), queue) else {
+                break;
             };
+            waited = Some((since, group.len()));
+            next = queue.try_recv_write();
+        }
+        if let Some((since, held)) = waited {
+            self.wait.waited(&core.shared.metrics, since, group.len() - held, &group);
         }
         if !group.is_empty() {
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.execute(core, &group)));
@@ -284,6 +316,10 @@ impl GroupCommit {
                 // Counted before the answers go out, so that a caller who has its
                 // answer finds its write counted; the COMMIT's end is the moment.
                 let answered = committed_at.unwrap_or_else(Instant::now);
+                if committed {
+                    let enabled = !core.shared.config.group_wait.is_zero();
+                    self.wait.committed(enabled, group, commit_time, answered);
+                }
                 for job in group {
                     core.shared.metrics.write_latency.observe_duration(answered - job.enqueued);
                 }

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use litebroker_client::protocol::BrokerStatus;
+use litebroker_client::protocol::{BrokerStatus, MetricValue};
 use litebroker_tests::TestDir;
 use serde_json::Value as Json;
 
@@ -40,6 +40,49 @@ pub struct Sample {
     pub delivery_p99_us: Option<f64>,
     /// `watch`: events the watchers received, and resyncs among them.
     pub watch_events: Option<(u64, u64)>,
+    /// Group waits taken per group committed (`litebroker_group_wait_seconds`).
+    pub waits_per_commit: Option<f64>,
+    /// Requests that joined a group during its wait, per wait.
+    pub joined_per_wait: Option<f64>,
+    /// Mean group wait, µs.
+    pub wait_us: Option<f64>,
+    /// Mean turn of a one-shot write in its group transaction (savepoint,
+    /// request id, statement), µs.
+    pub execute_us: Option<f64>,
+}
+
+/// Figures from the broker's metrics, read before and after a measurement.
+#[derive(Debug, Clone, Copy, Default)]
+struct WriterFigures {
+    /// Group waits taken, their total time (s), requests that joined during them.
+    waits: u64,
+    wait_s: f64,
+    joined: u64,
+    /// Turns of one-shot writes in their group transactions, their total time (s).
+    turns: u64,
+    turn_s: f64,
+}
+
+fn writer_figures(c: &mut litebroker_client::Client) -> Result<WriterFigures> {
+    let m = c.metrics()?;
+    let value = |name: &str| m.families.iter().find(|f| f.name == name).and_then(|f| f.series.first());
+    let histogram = |name: &str| match value(name).map(|s| &s.value) {
+        Some(MetricValue::Histogram(h)) => (h.counts.iter().sum(), h.sum),
+        _ => (0, 0.0),
+    };
+    let (waits, wait_s) = histogram("litebroker_group_wait_seconds");
+    let (turns, turn_s) = histogram("litebroker_write_execute_seconds");
+    let joined = match value("litebroker_group_wait_joined_total").map(|s| &s.value) {
+        Some(MetricValue::Number(n)) => *n as u64,
+        _ => 0,
+    };
+    Ok(WriterFigures { waits, wait_s, joined, turns, turn_s })
+}
+
+/// The mean of what was added to a sum over what was added to its count.
+fn delta_mean(sum: (f64, f64), count: (u64, u64)) -> Option<f64> {
+    let n = count.1.saturating_sub(count.0);
+    (n > 0).then(|| (sum.1 - sum.0) / n as f64)
 }
 
 struct Worker {
@@ -118,9 +161,7 @@ pub fn measure(mode: Mode, sync: SyncMode, n: usize, window: Duration, work: &Pa
     }
     let mut broker = None;
     if mode.uses_broker() {
-        let extra: &[&str] =
-            if mode == Mode::BrokerNoIds { &["--request-id-retention-hours", "0"] } else { &[] };
-        broker = Some(crate::broker::start(&db, sync, extra)?);
+        broker = Some(crate::broker::start(&db, sync, mode.broker_args())?);
     }
     // The `watch` scenario's watchers subscribe before the writers start.
     let mut watchers = None;
@@ -138,6 +179,7 @@ pub fn measure(mode: Mode, sync: SyncMode, n: usize, window: Duration, work: &Pa
         bail!("a worker said {bad:?} instead of ready");
     }
     let before: Option<BrokerStatus> = broker.as_mut().map(|b| b.client.status()).transpose()?;
+    let waits_before = broker.as_mut().map(|b| writer_figures(&mut b.client)).transpose()?;
     let start = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() + 100_000_000;
     for w in workers.iter_mut().chain(watchers.iter_mut().flat_map(|(w, _)| w.iter_mut())) {
         writeln!(w.stdin, "go {start} {}", window.as_nanos())?;
@@ -153,6 +195,7 @@ pub fn measure(mode: Mode, sync: SyncMode, n: usize, window: Duration, work: &Pa
         }
     }
     let after: Option<BrokerStatus> = broker.as_mut().map(|b| b.client.status()).transpose()?;
+    let waits_after = broker.as_mut().map(|b| writer_figures(&mut b.client)).transpose()?;
     let mut s = Sample::default();
     if let Some((mut w, wrx)) = watchers {
         let lines = collect(&wrx, WATCHERS, window + Duration::from_secs(60), "watcher results")?;
@@ -207,6 +250,12 @@ pub fn measure(mode: Mode, sync: SyncMode, n: usize, window: Duration, work: &Pa
         s.rows_per_commit = delta_ratio(a.group_requests, b.group_requests, a.group_commits, b.group_commits);
         s.queue_wait_us = delta_ratio(a.queue_wait_us, b.queue_wait_us, a.queue_waits, b.queue_waits);
         s.commit_us = delta_ratio(a.commit_us, b.commit_us, a.group_commits, b.group_commits);
+        if let (Some(wa), Some(wb)) = (waits_before, waits_after) {
+            s.waits_per_commit = delta_ratio(wa.waits, wb.waits, a.group_commits, b.group_commits);
+            s.joined_per_wait = delta_ratio(wa.joined, wb.joined, wa.waits, wb.waits);
+            s.wait_us = delta_mean((wa.wait_s, wb.wait_s), (wa.waits, wb.waits)).map(|v| v * 1e6);
+            s.execute_us = delta_mean((wa.turn_s, wb.turn_s), (wa.turns, wb.turns)).map(|v| v * 1e6);
+        }
     }
     if let Some(b) = broker {
         s.rss_kb = Some(b.peak_rss_kb());

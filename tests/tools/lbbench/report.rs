@@ -89,6 +89,10 @@ impl Summary {
         if self.mode.uses_broker() {
             j["queue_wait_mean_us"] = json!(self.opt_med(|s| s.queue_wait_us).map(round1));
             j["commit_mean_us"] = json!(self.opt_med(|s| s.commit_us).map(round1));
+            j["group_waits_per_commit"] = json!(self.opt_med(|s| s.waits_per_commit).map(round2));
+            j["group_wait_joined_per_wait"] = json!(self.opt_med(|s| s.joined_per_wait).map(round2));
+            j["group_wait_mean_us"] = json!(self.opt_med(|s| s.wait_us).map(round1));
+            j["execute_mean_us"] = json!(self.opt_med(|s| s.execute_us).map(round1));
             j["broker_peak_rss_kb"] = json!(self.samples.iter().filter_map(|s| s.rss_kb).max());
         }
         j
@@ -163,6 +167,49 @@ fn targets(all: &[Summary], rtt_p50: f64, import: Option<&ImportFigures>) -> Vec
             let m = b.max_us() / 1000.0;
             push(format!("{s} 8 clients: broker worst-client max latency, ms"), m, "<= 50".into(), m <= 50.0);
         }
+    }
+    // The IPC ceiling: one-row writes against `Ping`s through the same broker.
+    if let (Some(b), Some(p)) =
+        (find(all, Mode::Broker, SyncMode::Normal, 8), find(all, Mode::Ping, SyncMode::Normal, 8))
+    {
+        let ratio = b.writes() / p.writes().max(1.0);
+        push(
+            "normal 8 clients: closed-loop one-row writes / ping, per s".into(),
+            ratio,
+            ">= 0.7".into(),
+            ratio >= 0.7,
+        );
+    }
+    // The group wait (off by default) against none, in the same rounds.
+    if let (Some(b), Some(w)) =
+        (find(all, Mode::Broker, SyncMode::Full, 1), find(all, Mode::BrokerWait, SyncMode::Full, 1))
+    {
+        let ratio = w.med(|s| s.p50_us) / b.med(|s| s.p50_us).max(0.001);
+        push(
+            "full 1 client: broker p50 with the group wait / without (noise: ±5%)".into(),
+            ratio,
+            "<= 1.05".into(),
+            ratio <= 1.05,
+        );
+    }
+    if let (Some(b), Some(w)) =
+        (find(all, Mode::Broker, SyncMode::Full, 8), find(all, Mode::BrokerWait, SyncMode::Full, 8))
+    {
+        let ratio = w.writes() / b.writes().max(1.0);
+        push(
+            "full 8 clients: broker writes/s with the group wait / without".into(),
+            ratio,
+            ">= 1.0".into(),
+            ratio >= 1.0,
+        );
+        let ratio = w.writes()
+            / find(all, Mode::DirectImmediate, SyncMode::Full, 8).map_or(1.0, |d| d.writes().max(1.0));
+        push(
+            "full 8 clients: broker with the group wait / direct-immediate writes/s".into(),
+            ratio,
+            ">= 5".into(),
+            ratio >= 5.0,
+        );
     }
     if let Some(b) = find(all, Mode::Broker, SyncMode::Normal, 1) {
         let p50 = b.med(|s| s.p50_us);
@@ -271,6 +318,14 @@ fn table(all: &[Summary], rtt: (f64, f64)) -> String {
             }
             if let Some(c) = s.opt_med(|x| x.commit_us) {
                 notes.push(format!("COMMIT {c:.0} µs"));
+            }
+            if let Some(e) = s.opt_med(|x| x.execute_us) {
+                notes.push(format!("execute {e:.0} µs/write"));
+            }
+            if let Some(w) = s.opt_med(|x| x.waits_per_commit).filter(|w| *w > 0.0) {
+                let joined = s.opt_med(|x| x.joined_per_wait).unwrap_or(0.0);
+                let mean = s.opt_med(|x| x.wait_us).unwrap_or(0.0);
+                notes.push(format!("group waits/commit {w:.2}, {mean:.0} µs, joined/wait {joined:.2}"));
             }
             if let Some(r) = s.samples.iter().filter_map(|x| x.rss_kb).max() {
                 notes.push(format!("RSS {:.1} MiB", r as f64 / 1024.0));

@@ -53,6 +53,13 @@ pub enum Mode {
     Watch,
     /// A watcher process of the `watch` scenario (never planned on its own).
     Watcher,
+    /// N clients sending `Ping` through the broker in a closed loop (NORMAL; no
+    /// writer, no SQLite): the IPC ceiling one-row writes are measured against.
+    Ping,
+    /// `broker` with the group wait on (`--group-wait-us 1000`), next to `broker`
+    /// with the broker's default (off).
+    #[value(name = "broker-wait")]
+    BrokerWait,
 }
 
 /// Watcher processes of the `watch` scenario.
@@ -73,6 +80,8 @@ impl Mode {
             Mode::DbApi => "db-api",
             Mode::Watch => "watch",
             Mode::Watcher => "watcher",
+            Mode::Ping => "ping",
+            Mode::BrokerWait => "broker-wait",
         }
     }
 
@@ -89,6 +98,17 @@ impl Mode {
             Mode::DbApi => "db-api",
             Mode::Watch => "watch",
             Mode::Watcher => "watcher",
+            Mode::Ping => "ping",
+            Mode::BrokerWait => "broker-wait",
+        }
+    }
+
+    /// The broker's flags besides `--db` and `--synchronous`.
+    pub fn broker_args(self) -> &'static [&'static str] {
+        match self {
+            Mode::BrokerNoIds => &["--request-id-retention-hours", "0"],
+            Mode::BrokerWait => &["--group-wait-us", "1000"],
+            _ => &[],
         }
     }
 
@@ -106,7 +126,16 @@ impl Mode {
     }
 
     pub fn uses_broker(self) -> bool {
-        matches!(self, Mode::Broker | Mode::BrokerNoIds | Mode::BrokerBulk | Mode::DbApi | Mode::Watch)
+        matches!(
+            self,
+            Mode::Broker
+                | Mode::BrokerNoIds
+                | Mode::BrokerBulk
+                | Mode::DbApi
+                | Mode::Watch
+                | Mode::Ping
+                | Mode::BrokerWait
+        )
     }
 }
 
@@ -137,12 +166,20 @@ pub fn plan(only: &[String], syncs: &[SyncMode], clients: &[usize]) -> Vec<(Mode
             }
         }
         // Extra rows, NORMAL only (with FULL the fsync hides them): the
-        // headline `broker` rows run with the broker's defaults.
-        for mode in [Mode::BrokerNoIds, Mode::DbApi] {
+        // headline `broker` rows run with the broker's defaults. `ping` is the
+        // IPC ceiling of `broker`'s one-row writes (it does not depend on
+        // `synchronous`).
+        for mode in [Mode::BrokerNoIds, Mode::DbApi, Mode::Ping] {
             if sync == SyncMode::Normal && wanted(mode) {
                 for &n in clients {
                     v.push((mode, sync, n));
                 }
+            }
+        }
+        // The group wait (off by default), both settings: it is for FULL's fsync.
+        if wanted(Mode::BrokerWait) {
+            for &n in clients {
+                v.push((Mode::BrokerWait, sync, n));
             }
         }
         // The change feed: 8 writers with the watchers, next to `broker` with 8

@@ -245,7 +245,33 @@ pub fn worker(mode: Mode, db: &Path, sync: SyncMode, client: usize) -> Result<()
             }
         }
         Mode::Watcher => return watcher(db, client),
-        Mode::Broker | Mode::BrokerNoIds | Mode::Watch => {
+        Mode::Ping => {
+            let mut c = connect(db, client)?;
+            for _ in 0..WARMUP {
+                c.ping()?;
+            }
+            let (_, end) = await_go()?;
+            loop {
+                let t0 = Instant::now();
+                if t0 >= end {
+                    break;
+                }
+                let r = c.ping();
+                let done = Instant::now();
+                t.lat.push((done - t0).as_nanos() as u64);
+                match r {
+                    Ok(_) if done <= end => t.writes += 1,
+                    Ok(_) => {}
+                    Err(e) => {
+                        t.error(client_kind(&e));
+                        if c.is_broken() {
+                            c = connect(db, client)?;
+                        }
+                    }
+                }
+            }
+        }
+        Mode::Broker | Mode::BrokerNoIds | Mode::BrokerWait | Mode::Watch => {
             let mut c = connect(db, client)?;
             let params = [Value::Text(text.clone())];
             for _ in 0..WARMUP {
