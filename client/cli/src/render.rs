@@ -298,16 +298,20 @@ fn display_grid(
     (header, cells, widths)
 }
 
+/// A row's cells cut to their column's width and padded to it (`values`: the
+/// row's values, which say how a cell may be cut; None for the header).
+fn fitted(vals: &[String], values: Option<&[Value]>, widths: &[usize]) -> Vec<String> {
+    vals.iter()
+        .zip(widths)
+        .enumerate()
+        .map(|(i, (v, w))| pad(&cut(values.and_then(|r| r.get(i)), v, *w), *w))
+        .collect()
+}
+
 fn table(out: &mut dyn Write, columns: &[String], rows: &[Vec<Value>], style: &Style) -> io::Result<()> {
     let (header, cells, widths) = display_grid(columns, rows, style, 2 * columns.len().saturating_sub(1));
     let mut line = |vals: &[String], values: Option<&[Value]>| -> io::Result<()> {
-        let parts: Vec<String> = vals
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(i, (v, w))| pad(&cut(values.and_then(|r| r.get(i)), v, *w), *w))
-            .collect();
-        writeln!(out, "{}", parts.join("  ").trim_end())
+        writeln!(out, "{}", fitted(vals, values, &widths).join("  ").trim_end())
     };
     if style.headers {
         line(&header, None)?;
@@ -328,13 +332,7 @@ fn boxed(out: &mut dyn Write, columns: &[String], rows: &[Vec<Value>], style: &S
         format!("{l}{}{r}", parts.join(m))
     };
     let line = |vals: &[String], values: Option<&[Value]>| {
-        let parts: Vec<String> = vals
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(i, (v, w))| pad(&cut(values.and_then(|r| r.get(i)), v, *w), *w))
-            .collect();
-        format!("│ {} │", parts.join(" │ "))
+        format!("│ {} │", fitted(vals, values, &widths).join(" │ "))
     };
     writeln!(out, "{}", rule("┌", "┬", "┐"))?;
     if style.headers {

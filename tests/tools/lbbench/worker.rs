@@ -251,25 +251,7 @@ pub fn worker(mode: Mode, db: &Path, sync: SyncMode, client: usize) -> Result<()
                 c.ping()?;
             }
             let (_, end) = await_go()?;
-            loop {
-                let t0 = Instant::now();
-                if t0 >= end {
-                    break;
-                }
-                let r = c.ping();
-                let done = Instant::now();
-                t.lat.push((done - t0).as_nanos() as u64);
-                match r {
-                    Ok(_) if done <= end => t.writes += 1,
-                    Ok(_) => {}
-                    Err(e) => {
-                        t.error(client_kind(&e));
-                        if c.is_broken() {
-                            c = connect(db, client)?;
-                        }
-                    }
-                }
-            }
+            closed_loop(&mut t, &mut c, end, db, client, |c| c.ping().map(drop))?;
         }
         Mode::Broker | Mode::BrokerNoIds | Mode::BrokerWait | Mode::Watch => {
             let mut c = connect(db, client)?;
@@ -278,25 +260,7 @@ pub fn worker(mode: Mode, db: &Path, sync: SyncMode, client: usize) -> Result<()
                 c.execute(INSERT, &params)?;
             }
             let (_, end) = await_go()?;
-            loop {
-                let t0 = Instant::now();
-                if t0 >= end {
-                    break;
-                }
-                let r = c.execute(INSERT, &params);
-                let done = Instant::now();
-                t.lat.push((done - t0).as_nanos() as u64);
-                match r {
-                    Ok(_) if done <= end => t.writes += 1,
-                    Ok(_) => {}
-                    Err(e) => {
-                        t.error(client_kind(&e));
-                        if c.is_broken() {
-                            c = connect(db, client)?;
-                        }
-                    }
-                }
-            }
+            closed_loop(&mut t, &mut c, end, db, client, |c| c.execute(INSERT, &params).map(drop))?;
         }
         Mode::DbApi => {
             let d = Db::builder(db).client_name(format!("lbbench-{client}")).open()?;
@@ -398,6 +362,38 @@ fn watcher(db: &Path, client: usize) -> Result<()> {
         })
     );
     Ok(())
+}
+
+/// One broker client's closed loop until `end`: each call timed, counted when
+/// answered before `end`, its error kind tallied, the connection made again
+/// when it broke.
+fn closed_loop(
+    t: &mut Tally,
+    c: &mut Client,
+    end: Instant,
+    db: &Path,
+    client: usize,
+    mut call: impl FnMut(&mut Client) -> std::result::Result<(), ClientError>,
+) -> Result<()> {
+    loop {
+        let t0 = Instant::now();
+        if t0 >= end {
+            return Ok(());
+        }
+        let r = call(c);
+        let done = Instant::now();
+        t.lat.push((done - t0).as_nanos() as u64);
+        match r {
+            Ok(()) if done <= end => t.writes += 1,
+            Ok(()) => {}
+            Err(e) => {
+                t.error(client_kind(&e));
+                if c.is_broken() {
+                    *c = connect(db, client)?;
+                }
+            }
+        }
+    }
 }
 
 fn connect(db: &Path, client: usize) -> Result<Client> {
