@@ -48,8 +48,9 @@ pub fn connect_or_start(opts: &ConnectOptions, auto: &AutoStart) -> Result<(Clie
 
 /// A connection to the broker of one database.
 ///
-/// Requests are sent one at a time; each carries its timeout so the broker never
-/// works past what the caller waits for.
+/// Requests are sent one at a time, except one-shot writes through
+/// [`Client::pipeline`]; each carries its timeout so the broker never works past
+/// what the caller waits for.
 #[derive(Debug)]
 pub struct Client {
     stream: FrameStream,

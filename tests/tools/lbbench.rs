@@ -23,6 +23,10 @@
 //!   follow the change feed (`Db::watch_all`): commit → delivery p50/p99 at the
 //!   watchers, and the writers' writes/s next to `broker`'s 8 clients alone
 //!   (always planned with it, in the same rounds).
+//! - `pipeline`: 1 and 8 client processes, one-row writes through litebroker,
+//!   each keeping 64 unanswered (`Client::pipeline`); latency is each write's,
+//!   from its send to its answer. Planned with `broker` at 1 client and
+//!   `direct-immediate` at 8, which its targets compare it with.
 //! - `broker-bulk`: one client sending 100,000 rows for one INSERT as one streamed
 //!   executemany (`Client::execute_many_with`): one transaction, one summary.
 //! - `import` (the synchronous setting NORMAL, or the first asked for): a

@@ -132,7 +132,13 @@ impl FrameIo {
     /// count (a pipe is not polled), so there a pipeline is read on only as far as
     /// the buffer reaches before the oldest answer is awaited.
     pub(super) fn frame_ready(&self) -> bool {
-        !self.reader.buffer().is_empty() || readable_now(&self.reader.get_ref().0)
+        self.frame_buffered() || readable_now(&self.reader.get_ref().0)
+    }
+
+    /// Whether bytes of the client's next frame are buffered already (no system
+    /// call: asked once per request).
+    pub(super) fn frame_buffered(&self) -> bool {
+        !self.reader.buffer().is_empty()
     }
 
     /// Reads the frame that started, within the I/O timeout (and within

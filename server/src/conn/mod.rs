@@ -130,8 +130,11 @@ impl Conn {
             let in_flight = InFlight::new(&self.shared);
             let (req, in_flight) = match self.client.clone() {
                 Some(client) if pipeline::pipelinable(&req, &client) => {
-                    if self.pipeline.is_empty() && !self.direct.is_pending() && !self.io.frame_ready() {
-                        // One request at a time, as far as can be seen: the shortcut.
+                    // Nothing in flight: the shortcut, as for a client that sends one
+                    // request at a time (a socket poll here would cost every such
+                    // request a system call; a pipelining client's next write finds
+                    // this one in flight and joins the pipeline).
+                    if self.pipeline.is_empty() && !self.direct.is_pending() && !self.io.frame_buffered() {
                         match self.direct.try_start(req, in_flight, &client, &mut self.io, &mut self.jobs) {
                             Ok(()) => continue,
                             Err(back) => back,

@@ -53,7 +53,13 @@ pub enum Mode {
     Watch,
     /// A watcher process of the `watch` scenario (never planned on its own).
     Watcher,
+    /// One-row writes pipelined through litebroker: each client keeps
+    /// [`PIPELINE_IN_FLIGHT`] writes unanswered (`Client::pipeline`).
+    Pipeline,
 }
+
+/// Writes each client of the `pipeline` scenario keeps in flight.
+pub const PIPELINE_IN_FLIGHT: usize = 64;
 
 /// Watcher processes of the `watch` scenario.
 pub const WATCHERS: usize = 4;
@@ -73,6 +79,7 @@ impl Mode {
             Mode::DbApi => "db-api",
             Mode::Watch => "watch",
             Mode::Watcher => "watcher",
+            Mode::Pipeline => "pipeline",
         }
     }
 
@@ -89,6 +96,7 @@ impl Mode {
             Mode::DbApi => "db-api",
             Mode::Watch => "watch",
             Mode::Watcher => "watcher",
+            Mode::Pipeline => "pipeline",
         }
     }
 
@@ -106,7 +114,10 @@ impl Mode {
     }
 
     pub fn uses_broker(self) -> bool {
-        matches!(self, Mode::Broker | Mode::BrokerNoIds | Mode::BrokerBulk | Mode::DbApi | Mode::Watch)
+        matches!(
+            self,
+            Mode::Broker | Mode::BrokerNoIds | Mode::BrokerBulk | Mode::DbApi | Mode::Watch | Mode::Pipeline
+        )
     }
 }
 
@@ -152,6 +163,17 @@ pub fn plan(only: &[String], syncs: &[SyncMode], clients: &[usize]) -> Vec<(Mode
                 v.push((Mode::Broker, sync, WATCH_WRITERS));
             }
             v.push((Mode::Watch, sync, WATCH_WRITERS));
+        }
+        // Pipelining clients, 1 and 8, next to what their targets compare them
+        // with: one closed-loop `broker` client, 8 `direct-immediate` writers.
+        if wanted(Mode::Pipeline) {
+            for (mode, n) in [(Mode::Broker, 1), (Mode::DirectImmediate, 8)] {
+                if !v.contains(&(mode, sync, n)) {
+                    v.push((mode, sync, n));
+                }
+            }
+            v.push((Mode::Pipeline, sync, 1));
+            v.push((Mode::Pipeline, sync, 8));
         }
     }
     // The bulk scenarios come last: the write-back of their large WAL files and
