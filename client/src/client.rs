@@ -23,6 +23,7 @@ use crate::error::{exchange_error, unexpected, ClientError, Result};
 use crate::many::Chunker;
 use crate::options::{AutoStart, ConnectOptions};
 use crate::params::{Bound, Params};
+use crate::pipeline::Pipeline;
 use crate::tracking::Tracked;
 
 /// The default wait for the writer of a write session from `factory.writer()`.
@@ -30,7 +31,7 @@ pub const DEFAULT_WRITER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Extra time the client waits beyond a request's own timeout, so that the broker's
 /// typed answer ("locked", "timeout") arrives before the client gives up.
-const ANSWER_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const ANSWER_GRACE: Duration = Duration::from_secs(5);
 
 /// Connects to the broker of `opts.db`, starting one first when none is running
 /// (see [`crate::autostart`]), and tells how. `opts.autostart` is ignored: `auto`
@@ -47,8 +48,9 @@ pub fn connect_or_start(opts: &ConnectOptions, auto: &AutoStart) -> Result<(Clie
 
 /// A connection to the broker of one database.
 ///
-/// Requests are sent one at a time; each carries its timeout so the broker never
-/// works past what the caller waits for.
+/// Requests are sent one at a time, except one-shot writes through
+/// [`Client::pipeline`]; each carries its timeout so the broker never works past
+/// what the caller waits for.
 #[derive(Debug)]
 pub struct Client {
     stream: FrameStream,
@@ -228,6 +230,20 @@ impl Client {
     /// Changes the default timeout of requests on this connection.
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
+    }
+
+    /// Marks the connection unusable (its stream's state is unknown).
+    pub(crate) fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
+    /// Pipelines one-shot writes on this connection: each is sent without
+    /// waiting for its answer, and the answers, matched in order, are read when
+    /// waited for ([`Pipeline`]). The broker commits the writes in flight
+    /// together, so one connection writes many times faster than with
+    /// [`Client::execute`]; each write keeps its own request id and outcome.
+    pub fn pipeline(&mut self) -> Pipeline<'_> {
+        Pipeline::new(self)
     }
 
     /// True once an I/O failure has made this connection unusable.
@@ -473,7 +489,7 @@ impl Client {
 
     /// Sends a frame of a stream (see [`FrameStream::send`]). Nothing of the
     /// stream can have been applied when this fails: only its last frame commits.
-    fn send_part(&mut self, req: &Request) -> Result<()> {
+    pub(crate) fn send_part(&mut self, req: &Request) -> Result<()> {
         if self.broken {
             return Err(ClientError::ConnectionLost {
                 sent: false,
@@ -493,7 +509,7 @@ impl Client {
         })
     }
 
-    fn assign_request_id(&self, opts: &mut WriteOptions) {
+    pub(crate) fn assign_request_id(&self, opts: &mut WriteOptions) {
         if self.opts.auto_request_ids && !opts.idempotent && opts.request_id.is_none() {
             opts.request_id = Some(crate::ids::new_request_id());
         }
@@ -911,7 +927,7 @@ fn is_transient(e: &ClientError) -> bool {
 const MANY_MINOR: u32 = 2;
 
 /// A request id as lower-case hex, for messages.
-fn hex(id: &[u8]) -> String {
+pub(crate) fn hex(id: &[u8]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -921,7 +937,7 @@ fn millis(d: Duration) -> u32 {
 
 /// The request's timeout, defaulting to the connection's (and telling the broker,
 /// so both sides give up at the same moment).
-fn timeout_of(opts: &mut WriteOptions, default: Duration) -> Duration {
+pub(crate) fn timeout_of(opts: &mut WriteOptions, default: Duration) -> Duration {
     if opts.timeout_ms == 0 {
         opts.timeout_ms = millis(default);
     }

@@ -315,6 +315,35 @@ impl Db {
         self.call().execute(sql, params)
     }
 
+    /// Pipelines one-shot writes on one of this `Db`'s broker connections for
+    /// the span of `f` (see [`Pipeline`](crate::Pipeline)): each `submit` is sent
+    /// without waiting for its answer, and the broker commits the writes in
+    /// flight together. Answers not waited for inside `f` are read (and dropped)
+    /// before the connection goes back to the pool. Not retried when the
+    /// database is locked, nor resent after a lost connection: each write's
+    /// error says so, naming its request id.
+    ///
+    /// # Errors
+    /// No broker connection could be had, or `f`'s error.
+    ///
+    /// ```no_run
+    /// # use litebroker_client::{Db, Value};
+    /// # let db = Db::open("data/app.db")?;
+    /// let applied = db.pipeline(|p| {
+    ///     for i in 0..1000 {
+    ///         let _ = p.submit("INSERT INTO events (n) VALUES (?1)", &[Value::Integer(i)])?;
+    ///     }
+    ///     Ok(p.wait_all().into_iter().filter(Result::is_ok).count())
+    /// })?;
+    /// # Ok::<(), litebroker_client::ClientError>(())
+    /// ```
+    pub fn pipeline<T>(&self, f: impl FnOnce(&mut crate::Pipeline<'_>) -> Result<T>) -> Result<T> {
+        let deadline = Instant::now() + self.inner.opts.request_timeout;
+        let mut pooled = self.checkout(deadline)?;
+        let mut pipeline = pooled.client().pipeline();
+        f(&mut pipeline)
+    }
+
     /// Runs several `;`-separated statements as one transaction, exactly once.
     ///
     /// # Errors

@@ -64,6 +64,7 @@ mod many;
 pub mod migrate;
 mod options;
 mod params;
+mod pipeline;
 mod pool;
 mod reader;
 mod retry;
@@ -86,6 +87,7 @@ pub use litebroker_protocol::{ErrorKind, ExecResult, ManySummary, Statement, Val
 pub use migrate::{migrations_from_dir, Migration, MigrationReport};
 pub use options::{AutoStart, ConnectOptions, DEFAULT_TIMEOUT};
 pub use params::{Bound, Params};
+pub use pipeline::{Pending, Pipeline, DEFAULT_DEPTH as PIPELINE_DEPTH};
 pub use reader::{Reader, Rows, READER_BUSY_TIMEOUT};
 pub use retry::{is_retryable, retry_on_locked, Idempotency, RetryPolicy};
 pub use row::{ColumnIndex, Row};

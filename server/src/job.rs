@@ -3,10 +3,12 @@
 //!
 //! A [`Job`] carries what to do ([`JobKind`]), the request's options, its client,
 //! its deadline, when it was queued, its [`Stage`] and where its answer goes
-//! ([`ReplyTx`]). A connection has one job in flight at a time, made by its
-//! [`JobLine`]; the job's stage is one atomic word the job shares with the line,
-//! which moves `Queued → Running → Answered`, or `Queued → Cancelled` when the
-//! connection gave up on it first. Each step is one compare-and-swap, so a job is
+//! ([`ReplyTx`]). A connection's jobs are made by its [`JobLine`], numbered in
+//! request order; it has one in flight, or up to [`PIPELINE_DEPTH`] one-shot
+//! writes when its client pipelines them (`conn::pipeline`). Each job's stage is
+//! one atomic word of its own, shared with the connection, which moves `Queued →
+//! Running → Answered`, or `Queued → Cancelled` when the connection gave up on it
+//! first. Each step is one compare-and-swap, so a job is
 //! run at most once and answered at most once, and a cancelled job is skipped.
 //! A job taken by the writer and dropped unanswered (a failure inside the broker)
 //! answers itself with an `internal` error saying nothing was applied.
@@ -25,6 +27,15 @@ use litebroker_protocol::{CheckpointMode, ErrorKind, Migration, Response, Statem
 
 use crate::shared::{ClientEntry, Shared};
 use crate::texts;
+
+/// Most one-shot writes a connection may have in flight at once (pipelined by its
+/// client); beyond them the connection stops reading until the oldest is answered.
+pub const PIPELINE_DEPTH: usize = 64;
+
+/// A reply with the sequence number of the job it answers, as it travels to the
+/// connection: answers of pipelined writes may come out of order (a failing
+/// request of a group is answered before the group commits).
+pub type Tagged = (u64, Reply);
 
 /// What the writer is asked to do.
 #[derive(Debug)]
@@ -264,9 +275,9 @@ pub fn for_minor(resp: Response, minor: u32) -> Response {
     }
 }
 
-/// A connection's jobs, one at a time: each gets the next sequence number and
-/// shares the line's [`JobState`], and its answer comes back through the line's
-/// reply path.
+/// A connection's jobs: each gets the next sequence number and a [`JobState`] of
+/// its own (the line keeps the newest one's), and its answer comes back through
+/// the line's reply path.
 #[derive(Debug)]
 pub struct JobLine {
     state: JobState,
@@ -290,14 +301,29 @@ impl JobLine {
         deadline: Instant,
     ) -> Job {
         self.seq += 1;
+        // A state of its own: the jobs before it may still be in flight (pipelined).
+        self.state = JobState::default();
         self.state.set(self.seq, Stage::Queued);
         let ticket = (self.state.clone(), self.seq);
         Job::new(kind, opts, Some(client.clone()), deadline, ticket, Some(self.reply.clone()))
     }
 
-    /// Cancels job `seq` if the writer has not taken it yet: the writer will skip it.
+    /// Cancels job `seq`, the newest, if the writer has not taken it yet: the
+    /// writer will skip it.
     pub fn cancel(&self, seq: u64) -> bool {
         self.state.advance(seq, Stage::Queued, Stage::Cancelled)
+    }
+
+    /// The newest job's state, for a connection that keeps it in flight with others.
+    pub fn newest(&self) -> JobState {
+        self.state.clone()
+    }
+}
+
+impl JobState {
+    /// Cancels job `seq` if the writer has not taken it yet: the writer will skip it.
+    pub fn cancel(&self, seq: u64) -> bool {
+        self.advance(seq, Stage::Queued, Stage::Cancelled)
     }
 }
 
@@ -333,39 +359,40 @@ pub trait SocketAnswer: Send + Sync + fmt::Debug {
 }
 
 /// A connection's reply path, cloned into each of its jobs: a channel with room
-/// for one reply (a connection has one job in flight), and, on Unix, the socket.
+/// for a reply per job the connection may have in flight ([`PIPELINE_DEPTH`],
+/// and one more), and, on Unix, the socket.
 #[derive(Debug, Clone)]
 pub struct ReplyTx {
-    tx: SyncSender<Reply>,
+    tx: SyncSender<Tagged>,
     socket: Option<Arc<dyn SocketAnswer>>,
 }
 
 impl ReplyTx {
     /// A reply path through the channel `tx` only.
-    pub fn new(tx: SyncSender<Reply>) -> ReplyTx {
+    pub fn new(tx: SyncSender<Tagged>) -> ReplyTx {
         ReplyTx { tx, socket: None }
     }
 
     /// A reply path through `tx`, or through `socket` for the jobs it is armed for.
-    pub fn with_socket(tx: SyncSender<Reply>, socket: Arc<dyn SocketAnswer>) -> ReplyTx {
+    pub fn with_socket(tx: SyncSender<Tagged>, socket: Arc<dyn SocketAnswer>) -> ReplyTx {
         ReplyTx { tx, socket: Some(socket) }
     }
 
-    /// Delivers the answer of job `seq`. Never blocks: each connection has one job
-    /// in flight and a reply slot of one, and an answer on the socket is sent
-    /// without waiting.
+    /// Delivers the answer of job `seq`. Never blocks: the channel has room for
+    /// every job its connection may have in flight, each answered once, and an
+    /// answer on the socket is sent without waiting.
     pub fn send(&self, seq: u64, resp: Response) {
         let resp = match &self.socket {
             Some(socket) => match socket.answer(seq, resp) {
                 Ok(note) => {
-                    let _ = self.tx.try_send(note);
+                    let _ = self.tx.try_send((seq, note));
                     return;
                 }
                 Err(resp) => resp,
             },
             None => resp,
         };
-        let _ = self.tx.try_send(Reply::Response(resp));
+        let _ = self.tx.try_send((seq, Reply::Response(resp)));
     }
 }
 
@@ -425,7 +452,7 @@ mod tests {
         assert!(!line.cancel(job.seq), "a running job cannot be cancelled");
         job.answer(Response::Pong);
         job.answer(Response::ShuttingDown);
-        assert!(matches!(rx.try_recv(), Ok(Reply::Response(Response::Pong))));
+        assert!(matches!(rx.try_recv(), Ok((1, Reply::Response(Response::Pong)))));
         assert!(rx.try_recv().is_err(), "answered once");
         let next = line.next(JobKind::BeginSession, WriteOptions::default(), &client, deadline);
         assert!(next.state.is(next.seq, Stage::Queued), "{next:?}");

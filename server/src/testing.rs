@@ -14,7 +14,7 @@ use rusqlite::Connection;
 use crate::config::Config;
 use crate::guard;
 pub use crate::job::WriteBody;
-use crate::job::{Job, JobKind, JobLine, Reply, ReplyTx};
+use crate::job::{Job, JobKind, JobLine, Reply, ReplyTx, Tagged};
 use crate::queue::JobQueue;
 use crate::shared::{ClientEntry, Shared};
 use crate::sql::authorizer;
@@ -52,7 +52,7 @@ impl WriterHarness {
 
     /// A job as a connection would queue it; `taken`: as the writer holds it once
     /// it put it in a group (groups are run on jobs already taken).
-    fn job(&mut self, kind: JobKind, request_id: Option<RequestId>, taken: bool) -> (Job, Receiver<Reply>) {
+    fn job(&mut self, kind: JobKind, request_id: Option<RequestId>, taken: bool) -> (Job, Receiver<Tagged>) {
         let (tx, rx) = mpsc::sync_channel(1);
         let opts = WriteOptions { request_id, ..WriteOptions::default() };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -118,10 +118,10 @@ impl WriterHarness {
     }
 }
 
-fn answer(rx: &Receiver<Reply>) -> Response {
+fn answer(rx: &Receiver<Tagged>) -> Response {
     match rx.try_recv() {
-        Ok(Reply::Response(r)) => r,
-        Ok(other) => panic!("unexpected reply {other:?}"),
+        Ok((_, Reply::Response(r))) => r,
+        Ok((_, other)) => panic!("unexpected reply {other:?}"),
         Err(_) => panic!("a request was not answered"),
     }
 }

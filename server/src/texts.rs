@@ -725,6 +725,15 @@ pub fn transaction_ended() -> ErrorInfo {
     ErrorInfo::new(ErrorKind::Internal, "the transaction ended unexpectedly")
 }
 
+/// A pipelined write that routing turned into something other than a one-shot
+/// write (a bug: only writes outside a session are pipelined).
+pub fn not_pipelinable() -> ErrorInfo {
+    ErrorInfo::new(
+        ErrorKind::Internal,
+        "this write could not be pipelined (an internal error); nothing of it was applied: send it again",
+    )
+}
+
 /// A reply of a kind its waiter does not expect.
 pub fn unexpected_reply(what: &dyn std::fmt::Debug) -> ErrorInfo {
     ErrorInfo::new(ErrorKind::Internal, format!("unexpected reply {what:?}"))

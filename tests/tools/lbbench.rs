@@ -27,6 +27,10 @@
 //!   (no writer, no SQLite): the IPC ceiling of `broker`'s one-row writes.
 //! - `broker-wait`: `broker` with the group wait on (`--group-wait-us 1000`),
 //!   next to `broker` with the broker's default (off).
+//! - `pipeline`: 1 and 8 client processes, one-row writes through litebroker,
+//!   each keeping 64 unanswered (`Client::pipeline`); latency is each write's,
+//!   from its send to its answer. Planned with `broker` at 1 client and
+//!   `direct-immediate` at 8, which its targets compare it with.
 //! - `broker-bulk`: one client sending 100,000 rows for one INSERT as one streamed
 //!   executemany (`Client::execute_many_with`): one transaction, one summary.
 //! - `import` (the synchronous setting NORMAL, or the first asked for): a

@@ -125,6 +125,26 @@ enum Cmd {
         #[arg(long, default_value_t = 120)]
         max_secs: u64,
     },
+    /// Pipeline COUNT inserts of `(client, seq, payload)` into table `rows` on one
+    /// connection (`Client::pipeline`, up to DEPTH unanswered), seq counting from
+    /// 0; with --fail-at K, write K is sent with seq K-1 again (a constraint
+    /// failure). Prints what was answered: ok, errors, the failing seqs, and
+    /// whether each answer's rowid was above the one before (order kept). With
+    /// --hold, sends them all with no answer read, prints `{"sent":COUNT}` and
+    /// waits for stdin to close (tests kill it there: a client that dies with
+    /// writes in flight).
+    Pipeline {
+        #[arg(long)]
+        client: i64,
+        #[arg(long)]
+        count: i64,
+        #[arg(long, default_value_t = 64)]
+        depth: usize,
+        #[arg(long)]
+        fail_at: Option<i64>,
+        #[arg(long)]
+        hold: bool,
+    },
     /// For SECS seconds, attack the broker the way a buggy or hostile client of the
     /// same user could: random, truncated, oversized, forged and out-of-order
     /// frames, stalls mid-frame, pipelining without reading, connection churn.
@@ -158,6 +178,9 @@ fn main() -> ExitCode {
             hostile::run(&args.db, socket.as_deref(), secs, seed, max_frame)
         }
         Cmd::DbWrites { process, threads, count } => db_writes(&args.db, process, threads, count),
+        Cmd::Pipeline { client, count, depth, fail_at, hold } => {
+            pipeline(&args.db, client, count, depth, fail_at, hold)
+        }
         Cmd::Many { rows, stall_at, timeout } => many(&args.db, rows, stall_at, timeout),
         Cmd::Watch { tables, count, until, quiet_ms, stall_after, stall_secs, max_secs } => watch(
             &args.db,
@@ -272,6 +295,60 @@ fn say(v: serde_json::Value) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{v}");
     let _ = out.flush();
+}
+
+fn pipeline(
+    db: &Path,
+    client_no: i64,
+    count: i64,
+    depth: usize,
+    fail_at: Option<i64>,
+    hold: bool,
+) -> (serde_json::Value, bool) {
+    let opts = ConnectOptions::new(db).client_name(format!("lbtool-pipeline-{client_no}"));
+    let mut client = match Client::connect_with(&opts) {
+        Ok(c) => c,
+        Err(e) => return (json!({ "ok": 0, "errors": 1, "first_error": e.to_string() }), false),
+    };
+    let depth = if hold { count.max(1) as usize } else { depth };
+    let mut p = client.pipeline().with_depth(depth);
+    let mut pending = Vec::new();
+    for i in 0..count {
+        let seq = if fail_at == Some(i) { i - 1 } else { i };
+        let params =
+            [Value::Integer(client_no), Value::Integer(seq), Value::Text(format!("p{client_no}-{i}"))];
+        match p.submit("INSERT INTO rows (client, seq, payload) VALUES (?1, ?2, ?3)", &params) {
+            Ok(h) => pending.push((i, h)),
+            Err(e) => return (json!({ "ok": 0, "errors": 1, "first_error": e.to_string() }), false),
+        }
+    }
+    if hold {
+        say(json!({ "sent": count, "pid": std::process::id() }));
+        let mut sink = String::new();
+        let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut sink);
+    }
+    let (mut ok, mut failed, mut in_order, mut last, mut first_error) = (0, Vec::new(), true, 0, None);
+    for (i, h) in pending {
+        match p.wait(h) {
+            Ok(r) => {
+                ok += 1;
+                in_order &= r.last_insert_rowid > last;
+                last = r.last_insert_rowid;
+            }
+            Err(e) => {
+                failed.push(i);
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    let summary = json!({
+        "ok": ok,
+        "errors": failed.len(),
+        "failed": failed,
+        "in_order": in_order,
+        "first_error": first_error,
+    });
+    (summary, in_order && failed.iter().all(|i| Some(*i) == fail_at))
 }
 
 fn hold(db: &Path) -> (serde_json::Value, bool) {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use litebroker_protocol::{ErrorInfo, Response, WriteOptions};
 
 use crate::config::Config;
-use crate::job::{Job, JobKind, JobLine, Reply};
+use crate::job::{Job, JobKind, JobLine, JobState, Reply, Tagged};
 use crate::shared::{ClientEntry, Shared};
 use crate::texts;
 use crate::writer::{WriterGone, WriterHandle};
@@ -40,7 +40,7 @@ pub(super) fn timed_out(timeout: Duration, shared: &Shared) -> Response {
 /// A connection's way to the writer: its jobs, one at a time, and their answers.
 pub(super) struct Jobs {
     line: JobLine,
-    replies: Receiver<Reply>,
+    replies: Receiver<Tagged>,
     writer: Arc<WriterHandle>,
     shared: Arc<Shared>,
 }
@@ -49,7 +49,7 @@ impl Jobs {
     /// Jobs made by `line`, whose replies arrive on `replies`.
     pub(super) fn new(
         line: JobLine,
-        replies: Receiver<Reply>,
+        replies: Receiver<Tagged>,
         writer: Arc<WriterHandle>,
         shared: Arc<Shared>,
     ) -> Jobs {
@@ -96,6 +96,12 @@ impl Jobs {
 
     /// The reply of the job in flight, if it is there.
     pub(super) fn try_reply(&self) -> Option<Reply> {
+        self.try_tagged().map(|(_, r)| r)
+    }
+
+    /// The next reply of the jobs in flight, with its job's sequence number, if
+    /// one is there.
+    pub(super) fn try_tagged(&self) -> Option<Tagged> {
         match self.replies.try_recv() {
             Ok(r) => Some(r),
             Err(TryRecvError::Empty) => None,
@@ -106,6 +112,12 @@ impl Jobs {
     /// The reply of the job in flight, waiting for it until `deadline` (at least 1
     /// ms, at most 1 s); None when it did not come.
     pub(super) fn wait_reply(&self, deadline: Instant) -> Option<Reply> {
+        self.wait_tagged(deadline).map(|(_, r)| r)
+    }
+
+    /// The next reply of the jobs in flight, with its job's sequence number,
+    /// waiting for it as [`Jobs::wait_reply`] does.
+    pub(super) fn wait_tagged(&self, deadline: Instant) -> Option<Tagged> {
         let left = deadline.saturating_duration_since(Instant::now());
         match self.replies.recv_timeout(left.clamp(Duration::from_millis(1), Duration::from_secs(1))) {
             Ok(r) => Some(r),
@@ -158,6 +170,36 @@ impl Jobs {
         Ok(Sent { seq, deadline, timeout })
     }
 
+    /// Queues a pipelined one-shot write for the writer thread without waiting
+    /// for it and without serving the queue here: this thread goes back to
+    /// reading the client's next requests, and the writer commits what the
+    /// connection queued meanwhile together. Gives the job's sequence number,
+    /// state and deadline.
+    ///
+    /// # Errors
+    /// `shutting_down` when the job could not be queued.
+    pub(super) fn queue_pipelined(
+        &mut self,
+        client: &Arc<ClientEntry>,
+        kind: JobKind,
+        opts: WriteOptions,
+        timeout: Duration,
+    ) -> Result<(u64, JobState, Instant), ErrorInfo> {
+        if self.shared.is_shutting_down() {
+            return Err(texts::shutting_down());
+        }
+        let deadline = Instant::now() + timeout;
+        let job = self.line.next(kind, opts, client, deadline);
+        let (seq, state) = (job.seq, job.state.clone());
+        self.writer.send(job).map_err(|_| texts::shutting_down())?;
+        Ok((seq, state, deadline))
+    }
+
+    /// The newest job's state (the armed direct write's, when it joins a pipeline).
+    pub(super) fn newest(&self) -> JobState {
+        self.line.newest()
+    }
+
     /// Waits for the answer of a job handed over, until its deadline (see the
     /// module's doc).
     pub(super) fn answer_of(&mut self, sent: Sent) -> Response {
@@ -165,8 +207,8 @@ impl Jobs {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.replies.recv_timeout(left.clamp(Duration::from_millis(1), Duration::from_secs(1))) {
-                Ok(Reply::Response(resp)) => return resp,
-                Ok(other) => return Response::Error(texts::unexpected_reply(&other)),
+                Ok((_, Reply::Response(resp))) => return resp,
+                Ok((_, other)) => return Response::Error(texts::unexpected_reply(&other)),
                 Err(RecvTimeoutError::Timeout) => {
                     if Instant::now() >= deadline && self.line.cancel(seq) {
                         return timed_out(timeout, &self.shared);

@@ -36,11 +36,12 @@
 //! deadline or when the writer is gone) or one the queue refused. Taking the arming
 //! is one step under its lock, so exactly one thread owns the answer.
 //!
-//! **Why a reply slot of one suffices.** A connection has one job in flight: it
-//! settles an armed write before routing the next request, and waits for every
-//! other job's answer. A job is answered at most once. So the channel never holds
-//! more than one reply, `try_send` never finds it full, and no answering thread
-//! ever waits on it.
+//! **Why the reply channel never fills.** A write is armed only while its connection
+//! has nothing else in flight; when its client pipelines the next write, the armed
+//! one becomes the first of the connection's pipeline (`conn::pipeline`), which
+//! keeps at most `job::PIPELINE_DEPTH` jobs in flight. A job is answered at most
+//! once, and the channel has room for that many replies and one more, so
+//! `try_send` never finds it full and no answering thread ever waits on it.
 //!
 //! **In-flight counting.** Every request is counted in flight from when it was read
 //! until its answer was written ([`InFlight`]); shutdown waits for the count to
@@ -70,7 +71,7 @@ use litebroker_protocol::{encode_frame, FrameError, Request, Response};
 use super::deadline::{self, Jobs};
 use super::io::FrameIo;
 use super::route;
-use crate::job::{InFlight, JobKind, Reply, ReplyTx, SocketAnswer, WriteBody};
+use crate::job::{InFlight, JobKind, Reply, ReplyTx, SocketAnswer, Tagged, WriteBody};
 use crate::metrics::RequestKind;
 use crate::shared::{lock, session_state, ClientEntry, Shared};
 use crate::sql::text::small_answer;
@@ -98,7 +99,7 @@ impl Direct {
     pub(super) fn new(
         stream: &Arc<Stream>,
         max_frame: u32,
-        tx: SyncSender<Reply>,
+        tx: SyncSender<Tagged>,
         shared: Arc<Shared>,
     ) -> (Direct, ReplyTx) {
         let socket = cfg!(unix).then(|| {
@@ -223,8 +224,23 @@ impl Direct {
         Ok(())
     }
 
-    fn disarm(&self) -> Option<InFlight> {
+    /// Takes the arming back, with its guard: its job will not be answered on
+    /// the socket.
+    pub(super) fn disarm(&self) -> Option<InFlight> {
         self.socket.as_ref().and_then(|s| s.disarm())
+    }
+
+    /// Whether a write is armed and not settled.
+    pub(super) fn is_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Hands the armed write over to a pipeline (its client sent the next write
+    /// before reading this one's answer): the socket stays armed for it, and the
+    /// pipeline takes note of its answer, in order ([`super::pipeline`]). Gives its
+    /// sequence number, deadline and timeout.
+    pub(super) fn take_pending(&mut self) -> Option<(u64, Instant, Duration)> {
+        self.pending.take().map(|p| (p.seq, p.deadline, p.timeout))
     }
 }
 

@@ -126,6 +126,21 @@ impl FrameIo {
         }
     }
 
+    /// Whether the client has sent more already (bytes buffered, or readable on
+    /// the socket now, or its end of stream), without waiting: a client that sends
+    /// before reading its answers is pipelining. Windows: only buffered bytes
+    /// count (a pipe is not polled), so there a pipeline is read on only as far as
+    /// the buffer reaches before the oldest answer is awaited.
+    pub(super) fn frame_ready(&self) -> bool {
+        self.frame_buffered() || readable_now(&self.reader.get_ref().0)
+    }
+
+    /// Whether bytes of the client's next frame are buffered already (no system
+    /// call: asked once per request).
+    pub(super) fn frame_buffered(&self) -> bool {
+        !self.reader.buffer().is_empty()
+    }
+
     /// Reads the frame that started, within the I/O timeout (and within
     /// `handshake_left` for the handshake's frame). A frame longer than the
     /// maximum is not read: [`FrameError::TooLarge`], after which the stream
@@ -225,6 +240,24 @@ impl FrameIo {
     pub(super) fn release(&mut self) {
         self.deadline.release();
     }
+}
+
+/// Whether the socket has something to read right now (poll with no wait).
+#[cfg(unix)]
+fn readable_now(stream: &Stream) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let fd = match stream {
+        Stream::UdSocket(s) => s.inner().as_raw_fd(),
+    };
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd; `fd` stays open while `stream` is borrowed.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents != 0
+}
+
+#[cfg(not(unix))]
+fn readable_now(_stream: &Stream) -> bool {
+    false
 }
 
 /// Whether a socket error is its timeout running out.

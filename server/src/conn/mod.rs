@@ -1,8 +1,10 @@
 //! One thread per client connection: it reads frames ([`io`]), identifies the
 //! client ([`handshake`]), routes each request ([`route`]) to an answer, to the
 //! writer as a job awaited within its deadline ([`deadline`]), or to the
-//! answer-on-the-socket shortcut ([`direct`]), and writes the answers. A
-//! streamed executemany reads the frames of its stream itself ([`many`]).
+//! answer-on-the-socket shortcut ([`direct`]), and writes the answers. One-shot
+//! writes a client sends before reading the answers are kept in flight together,
+//! answered in order ([`pipeline`]). A streamed executemany reads the frames of
+//! its stream itself ([`many`]).
 //!
 //! A failure serving one client (a panic) disconnects that client only; its
 //! write session, if it held one, is rolled back by the writer.
@@ -12,6 +14,7 @@ mod direct;
 mod handshake;
 mod io;
 mod many;
+mod pipeline;
 mod route;
 mod watch;
 
@@ -27,9 +30,10 @@ use tracing::{debug, warn};
 use self::deadline::Jobs;
 use self::direct::Direct;
 use self::io::{is_timeout, FrameIo, Incoming, Wait};
+use self::pipeline::Pipeline;
 use self::route::Route;
 use crate::admin;
-use crate::job::{InFlight, Job, JobKind, JobLine};
+use crate::job::{InFlight, Job, JobKind, JobLine, PIPELINE_DEPTH};
 use crate::metrics::RequestKind;
 use crate::shared::{session_state, ClientEntry, Shared};
 use crate::texts;
@@ -38,12 +42,14 @@ use crate::writer::WriterHandle;
 /// Serves one client until it leaves, misbehaves or the broker stops.
 pub fn serve(stream: Stream, shared: Arc<Shared>, writer: Arc<WriterHandle>, peer_pid: Option<u32>) {
     let io = FrameIo::new(stream, &shared.config);
-    let (tx, replies) = mpsc::sync_channel(1);
+    // Room for the reply of every job the connection may have in flight.
+    let (tx, replies) = mpsc::sync_channel(PIPELINE_DEPTH + 1);
     let (direct, reply) = Direct::new(io.stream(), shared.config.max_frame, tx, shared.clone());
     let mut conn = Conn {
         jobs: Jobs::new(JobLine::new(reply), replies, writer, shared.clone()),
         io,
         direct,
+        pipeline: Pipeline::default(),
         shared,
         client: None,
         peer_pid,
@@ -70,6 +76,7 @@ struct Conn {
     io: FrameIo,
     jobs: Jobs,
     direct: Direct,
+    pipeline: Pipeline,
     shared: Arc<Shared>,
     client: Option<Arc<ClientEntry>>,
     peer_pid: Option<u32>,
@@ -88,14 +95,20 @@ impl Conn {
     fn run(&mut self) -> Result<(), FrameError> {
         loop {
             self.io.shrink_idle_buffers();
-            let Some(incoming) = self.next_frame()? else { return Ok(()) };
-            // Answers go out in request order: a client that sent this before
-            // reading the previous answer waits for it to be sent first (and only
-            // this thread writes the socket from here on).
-            self.direct.settle(true, &mut self.io, &self.jobs)?;
+            // Pipelined writes: what is answered goes out; with no room, or nothing
+            // more sent, the oldest answer is awaited.
+            self.pipeline.progress(0, &mut self.io, &self.jobs, &self.direct)?;
+            let Some(incoming) = self.next_frame()? else {
+                // Answers still due go to a client that stopped sending (or at
+                // shutdown, once the writer ran what was queued).
+                return self.drain();
+            };
+            // The armed write's note, if its answer went out already.
+            self.direct.settle(false, &mut self.io, &self.jobs)?;
             let req = match incoming {
                 Incoming::Request(r) => r,
                 Incoming::Malformed(e) => {
+                    self.drain()?;
                     let Some(client) = &self.client else {
                         // A malformed handshake: answered, and the connection closed.
                         let refusal = handshake::refuse_malformed(self.io.payload(), &e);
@@ -115,15 +128,29 @@ impl Conn {
             self.shared.counters.requests.fetch_add(1, Ordering::Relaxed);
             let kind = RequestKind::of(&req);
             let in_flight = InFlight::new(&self.shared);
-            let (req, in_flight) = match &self.client {
-                Some(client) => {
-                    match self.direct.try_start(req, in_flight, client, &mut self.io, &mut self.jobs) {
-                        Ok(()) => continue,
-                        Err(back) => back,
+            let (req, in_flight) = match self.client.clone() {
+                Some(client) if pipeline::pipelinable(&req, &client) => {
+                    // Nothing in flight: the shortcut, as for a client that sends one
+                    // request at a time (a socket poll here would cost every such
+                    // request a system call; a pipelining client's next write finds
+                    // this one in flight and joins the pipeline).
+                    if self.pipeline.is_empty() && !self.direct.is_pending() && !self.io.frame_buffered() {
+                        match self.direct.try_start(req, in_flight, &client, &mut self.io, &mut self.jobs) {
+                            Ok(()) => continue,
+                            Err(back) => back,
+                        }
+                    } else {
+                        self.pipeline.adopt_direct(&mut self.direct, &self.jobs);
+                        self.pipelined(req, kind, in_flight, &client)?;
+                        continue;
                     }
                 }
-                None => (req, in_flight),
+                _ => (req, in_flight),
             };
+            // Answers go out in request order: a client that sent this before
+            // reading the previous answers waits for them to be sent first (and only
+            // this thread writes the socket from here on).
+            self.drain()?;
             if let (Request::Watch { tables, since }, Some(client)) = (&req, self.client.clone()) {
                 if client.minor < req.since_minor() {
                     // Its answers would be variants this client cannot decode.
@@ -162,6 +189,41 @@ impl Conn {
         }
     }
 
+    /// Sends every answer still due: the pipelined writes', the armed write's.
+    fn drain(&mut self) -> Result<(), FrameError> {
+        self.pipeline.drain(&mut self.io, &self.jobs, &self.direct)?;
+        self.direct.settle(true, &mut self.io, &self.jobs)
+    }
+
+    /// Queues a one-shot write of a pipelining client (see [`pipeline`]), or
+    /// keeps its refusal for its turn.
+    fn pipelined(
+        &mut self,
+        req: litebroker_protocol::Request,
+        kind: RequestKind,
+        in_flight: InFlight,
+        client: &Arc<ClientEntry>,
+    ) -> Result<(), FrameError> {
+        client.requests.fetch_add(1, Ordering::Relaxed);
+        match route::route(req, client, &self.shared) {
+            Route::Submit { kind: job @ JobKind::Write(_), opts, timeout } => {
+                let weight = match &job {
+                    JobKind::Write(body) => body.weight(),
+                    _ => 0,
+                };
+                self.pipeline.progress(weight, &mut self.io, &self.jobs, &self.direct)?;
+                match self.jobs.queue_pipelined(client, job, opts, timeout) {
+                    Ok(queued) => self.pipeline.push_job(queued, timeout, kind, weight, in_flight),
+                    Err(refused) => self.pipeline.push_answer(Response::Error(refused), kind, in_flight),
+                }
+            }
+            Route::Answer(resp) => self.pipeline.push_answer(resp, kind, in_flight),
+            // `pipeline::pipelinable` admits only writes outside a session.
+            _ => self.pipeline.push_answer(Response::Error(texts::not_pipelinable()), kind, in_flight),
+        }
+        Ok(())
+    }
+
     /// Waits for the next frame (None: the peer left, or the broker stops).
     /// Between frames the armed direct write is settled when its answer comes,
     /// and a connection without a handshake is closed when its time is up. A
@@ -192,8 +254,8 @@ impl Conn {
         match self.io.read_request(handshake_left) {
             Err(FrameError::TooLarge { len, max }) => {
                 // The stream cannot be resynchronised without reading the whole
-                // announced length: answer (after an armed answer) and close.
-                self.direct.settle(true, &mut self.io, &self.jobs)?;
+                // announced length: answer (after the answers due) and close.
+                self.drain()?;
                 let refusal = Response::Error(texts::frame_too_large(len, max));
                 self.shared.metrics.answered(RequestKind::UNKNOWN, &refusal);
                 let _ = self.io.send(&refusal);

@@ -15,7 +15,7 @@ use litebroker_protocol::{ErrorKind, Response, WriteOptions};
 use super::open::open_writer;
 use super::Writer;
 use crate::config::Config;
-use crate::job::{Job, JobKind, JobLine, Reply, ReplyTx, WriteBody};
+use crate::job::{Job, JobKind, JobLine, Reply, ReplyTx, Tagged, WriteBody};
 use crate::queue::JobQueue;
 use crate::request_ids;
 use crate::shared::Shared;
@@ -34,7 +34,7 @@ fn writer(dir: &Path) -> Writer {
 }
 
 /// A one-shot write as the writer holds it once it put it in a group (taken).
-fn job(w: &Writer, sql: &str, id: Option<u8>) -> (Job, Receiver<Reply>) {
+fn job(w: &Writer, sql: &str, id: Option<u8>) -> (Job, Receiver<Tagged>) {
     let (tx, rx) = mpsc::sync_channel(1);
     let client = w.core.shared.register("test".into(), 1, None, litebroker_protocol::PROTOCOL_MINOR);
     let kind = JobKind::Write(WriteBody::Execute(Statement::new(sql, vec![])));
@@ -54,8 +54,8 @@ fn group(w: &mut Writer, sqls: &[&str]) -> Vec<Response> {
     replies
         .iter()
         .map(|r| match r.try_recv().expect("every request is answered") {
-            Reply::Response(resp) => resp,
-            other => panic!("unexpected {other:?}"),
+            (_, Reply::Response(resp)) => resp,
+            (_, other) => panic!("unexpected {other:?}"),
         })
         .collect()
 }
@@ -200,8 +200,8 @@ fn plain(w: &mut Writer, sqls: &[&str]) -> Vec<Response> {
     replies
         .iter()
         .map(|r| match r.try_recv().expect("every request is answered") {
-            Reply::Response(resp) => resp,
-            other => panic!("unexpected {other:?}"),
+            (_, Reply::Response(resp)) => resp,
+            (_, other) => panic!("unexpected {other:?}"),
         })
         .collect()
 }

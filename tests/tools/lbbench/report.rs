@@ -260,6 +260,38 @@ fn targets(all: &[Summary], rtt_p50: f64, import: Option<&ImportFigures>) -> Vec
         );
     }
     for sync in [SyncMode::Normal, SyncMode::Full] {
+        let s = sync.as_str();
+        if let (Some(p), Some(b)) = (find(all, Mode::Pipeline, sync, 1), find(all, Mode::Broker, sync, 1)) {
+            let ratio = p.writes() / b.writes().max(1.0);
+            push(
+                format!("{s} 1 client: pipeline / broker (closed loop) writes/s"),
+                ratio,
+                ">= 5".into(),
+                ratio >= 5.0,
+            );
+        }
+        if let (Some(p), Some(d)) =
+            (find(all, Mode::Pipeline, sync, 8), find(all, Mode::DirectImmediate, sync, 8))
+        {
+            let ratio = p.writes() / d.writes().max(1.0);
+            push(
+                format!("{s} 8 clients: pipeline / direct-immediate writes/s"),
+                ratio,
+                ">= 1.0".into(),
+                ratio >= 1.0,
+            );
+            let e = p.error_count() as f64;
+            push(format!("{s} 8 clients: pipeline errors"), e, "0".into(), e == 0.0);
+            let f = p.range(|x| x.fairness).0;
+            push(
+                format!("{s} 8 clients: pipeline fairness (worst repetition)"),
+                f,
+                ">= 0.8".into(),
+                f >= 0.8,
+            );
+        }
+    }
+    for sync in [SyncMode::Normal, SyncMode::Full] {
         if let (Some(b), Some(i)) =
             (find(all, Mode::BrokerBulk, sync, 1), find(all, Mode::InprocessBulk, sync, 1))
         {

@@ -60,7 +60,13 @@ pub enum Mode {
     /// with the broker's default (off).
     #[value(name = "broker-wait")]
     BrokerWait,
+    /// One-row writes pipelined through litebroker: each client keeps
+    /// [`PIPELINE_IN_FLIGHT`] writes unanswered (`Client::pipeline`).
+    Pipeline,
 }
+
+/// Writes each client of the `pipeline` scenario keeps in flight.
+pub const PIPELINE_IN_FLIGHT: usize = 64;
 
 /// Watcher processes of the `watch` scenario.
 pub const WATCHERS: usize = 4;
@@ -82,6 +88,7 @@ impl Mode {
             Mode::Watcher => "watcher",
             Mode::Ping => "ping",
             Mode::BrokerWait => "broker-wait",
+            Mode::Pipeline => "pipeline",
         }
     }
 
@@ -100,6 +107,7 @@ impl Mode {
             Mode::Watcher => "watcher",
             Mode::Ping => "ping",
             Mode::BrokerWait => "broker-wait",
+            Mode::Pipeline => "pipeline",
         }
     }
 
@@ -135,6 +143,7 @@ impl Mode {
                 | Mode::Watch
                 | Mode::Ping
                 | Mode::BrokerWait
+                | Mode::Pipeline
         )
     }
 }
@@ -189,6 +198,17 @@ pub fn plan(only: &[String], syncs: &[SyncMode], clients: &[usize]) -> Vec<(Mode
                 v.push((Mode::Broker, sync, WATCH_WRITERS));
             }
             v.push((Mode::Watch, sync, WATCH_WRITERS));
+        }
+        // Pipelining clients, 1 and 8, next to what their targets compare them
+        // with: one closed-loop `broker` client, 8 `direct-immediate` writers.
+        if wanted(Mode::Pipeline) {
+            for (mode, n) in [(Mode::Broker, 1), (Mode::DirectImmediate, 8)] {
+                if !v.contains(&(mode, sync, n)) {
+                    v.push((mode, sync, n));
+                }
+            }
+            v.push((Mode::Pipeline, sync, 1));
+            v.push((Mode::Pipeline, sync, 8));
         }
     }
     // The bulk scenarios come last: the write-back of their large WAL files and

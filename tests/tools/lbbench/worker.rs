@@ -12,7 +12,7 @@ use litebroker_client::{Client, ClientError, ConnectOptions, Db, Value, WriteOpt
 use rusqlite::Connection;
 use serde_json::{json, Value as Json};
 
-use crate::scenario::{payload, Mode, SyncMode, BULK_ROWS, INSERT};
+use crate::scenario::{payload, Mode, SyncMode, BULK_ROWS, INSERT, PIPELINE_IN_FLIGHT};
 use crate::stats::percentile;
 
 /// Each worker's untimed warm-up writes (page cache, statement cache, connection).
@@ -261,6 +261,38 @@ pub fn worker(mode: Mode, db: &Path, sync: SyncMode, client: usize) -> Result<()
             }
             let (_, end) = await_go()?;
             closed_loop(&mut t, &mut c, end, db, client, |c| c.execute(INSERT, &params).map(drop))?;
+        }
+        Mode::Pipeline => {
+            let mut c = connect(db, client)?;
+            let params = [Value::Text(text.clone())];
+            for _ in 0..WARMUP {
+                c.execute(INSERT, &params)?;
+            }
+            let (_, end) = await_go()?;
+            let mut p = c.pipeline().with_depth(PIPELINE_IN_FLIGHT);
+            // Each write's handle and when it was sent: its latency runs to its answer.
+            let mut sent: std::collections::VecDeque<(litebroker_client::Pending, Instant)> =
+                std::collections::VecDeque::with_capacity(PIPELINE_IN_FLIGHT);
+            loop {
+                let t0 = Instant::now();
+                let full = sent.len() >= PIPELINE_IN_FLIGHT;
+                if full || t0 >= end {
+                    let Some((h, at)) = sent.pop_front() else { break };
+                    let r = p.wait(h);
+                    let done = Instant::now();
+                    t.lat.push((done - at).as_nanos() as u64);
+                    match r {
+                        Ok(_) if done <= end => t.writes += 1,
+                        Ok(_) => {}
+                        Err(e) => t.error(client_kind(&e)),
+                    }
+                    continue;
+                }
+                match p.submit(INSERT, &params) {
+                    Ok(h) => sent.push_back((h, t0)),
+                    Err(e) => bail!("pipeline broke: {e}"),
+                }
+            }
         }
         Mode::DbApi => {
             let d = Db::builder(db).client_name(format!("lbbench-{client}")).open()?;
