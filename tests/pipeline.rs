@@ -144,3 +144,40 @@ fn db_pipeline_answers_each_write_and_keeps_other_requests_in_order() {
     assert!(c.status().expect("status").commits > 0);
     assert_eq!(rows_of(&t, 4), 50);
 }
+
+#[test]
+fn queued_pipelined_writes_past_their_deadlines_time_out_each_in_order_and_none_is_applied() {
+    let (t, b) = setup();
+    let mut holder = b.client("holder");
+    let session = holder.session(WAIT).expect("session");
+    let mut c = b.client("pipeliner");
+    let started = std::time::Instant::now();
+    let answers = {
+        let mut p = c.pipeline();
+        // Increasing deadlines: the queue is cancelled entry by entry as each passes.
+        for i in 0..5 {
+            let stmt = Statement::new(
+                "INSERT INTO rows (client, seq, payload) VALUES (8, ?1, 'late')",
+                vec![Value::Integer(i)],
+            );
+            let opts = WriteOptions { timeout_ms: 300 + 100 * i as u32, ..WriteOptions::default() };
+            let _ = p.submit_with(stmt, opts).expect("submit");
+        }
+        p.wait_all()
+    };
+    assert_eq!(answers.len(), 5);
+    for (i, a) in answers.iter().enumerate() {
+        let e = a.as_ref().expect_err("the writer is held");
+        assert_eq!(e.kind(), Some(ErrorKind::Timeout), "write {i}: {e}");
+        assert!(e.to_string().contains("'holder'"), "write {i} names the holder: {e}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "answered near their deadlines");
+    // The holder commits afterwards: nothing cancelled runs then.
+    session.commit().expect("commit");
+    b.client("after").execute("INSERT INTO rows VALUES (8, 100, 'after')", &[]).expect("a write after");
+    assert_eq!(rows_of(&t, 8), 1, "only the write after: the timed-out ones were never applied");
+    // The connection goes on: a pipelined write after the timeouts is applied.
+    let mut p = c.pipeline();
+    let h = p.submit("INSERT INTO rows VALUES (8, 101, 'again')", &[]).expect("submit");
+    assert_eq!(p.wait(h).expect("applied").changes, 1);
+}
