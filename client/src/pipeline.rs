@@ -8,6 +8,12 @@
 //! id (exactly-once). A pipeline keeps at most [`Pipeline::depth`] writes
 //! unanswered ([`DEFAULT_DEPTH`], the broker's own limit per connection): a
 //! submit beyond it first reads the oldest answer.
+//!
+//! On Windows the depth is 1: the broker reads a named pipe only while no answer
+//! is due to it, and a pipe may take neither side's next frame until the other
+//! reads, so a client sending while the broker writes its answer can stall both
+//! until the broker's I/O timeout (PROTOCOL.md, "Windows"). The calls are the
+//! same there; the writes go one at a time.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -18,8 +24,9 @@ use crate::client::{hex, timeout_of, Client, ANSWER_GRACE};
 use crate::error::{unexpected, ClientError, Result};
 
 /// Writes a pipeline keeps unanswered at most by default: the broker's limit per
-/// connection (it stops reading beyond it until the oldest is answered).
-pub const DEFAULT_DEPTH: usize = 64;
+/// connection (it stops reading beyond it until the oldest is answered); 1 on
+/// Windows (see the module's doc).
+pub const DEFAULT_DEPTH: usize = if cfg!(windows) { 1 } else { 64 };
 
 /// A write sent through a [`Pipeline`], to wait for with [`Pipeline::wait`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,10 +88,11 @@ impl<'c> Pipeline<'c> {
         Pipeline { client, sent: VecDeque::new(), done: BTreeMap::new(), next: 0, depth: DEFAULT_DEPTH }
     }
 
-    /// At most `depth` writes unanswered (at least 1): a submit beyond that reads
-    /// the oldest answer first.
+    /// At most `depth` writes unanswered (at least 1, and at most
+    /// [`DEFAULT_DEPTH`], which is 1 on Windows): a submit beyond that reads the
+    /// oldest answer first.
     pub fn with_depth(mut self, depth: usize) -> Self {
-        self.depth = depth.max(1);
+        self.depth = depth.clamp(1, DEFAULT_DEPTH);
         self
     }
 }
