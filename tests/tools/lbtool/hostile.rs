@@ -15,7 +15,7 @@ use litebroker_protocol::{
 use litebroker_tests::{frame_of, hello, RawConn, Rng};
 use serde_json::json;
 
-const ACTIONS: [&str; 9] = [
+const ACTIONS: [&str; 10] = [
     "garbage",
     "truncated",
     "forged_length",
@@ -25,6 +25,7 @@ const ACTIONS: [&str; 9] = [
     "churn",
     "mutated",
     "pipeline_no_read",
+    "broken_stream",
 ];
 
 struct Attack {
@@ -247,7 +248,7 @@ impl Attack {
                     self.drain(&s, 1);
                 }
             }
-            _ => {
+            8 => {
                 let Some(s) = self.connect() else { return action };
                 if !self.handshake(&s) {
                     return action;
@@ -260,8 +261,55 @@ impl Attack {
                 }
                 // Dropped with the answers unread.
             }
+            _ => self.broken_stream(),
         }
         action
+    }
+
+    /// A streamed executemany (which holds the writer while it runs) broken one
+    /// way or another: left mid-stream, interrupted by another request or by
+    /// garbage, ended with a wrong row count, mixed with pipelined writes, or
+    /// left silent until its short deadline. Its statement only reads, so no
+    /// variation of it can touch data.
+    fn broken_stream(&mut self) {
+        let Some(s) = self.connect() else { return };
+        if !self.handshake(&s) {
+            return;
+        }
+        let begin = Request::ManyBegin {
+            sql: "SELECT ?1".into(),
+            opts: WriteOptions { timeout_ms: 300, ..WriteOptions::default() },
+        };
+        let rows =
+            |n: u64| Request::ManyRows { rows: (0..n).map(|i| vec![Value::Integer(i as i64)]).collect() };
+        let mut frames = vec![frame_of(&begin), frame_of(&rows(1 + self.rng.below(64)))];
+        match self.rng.below(6) {
+            // Left mid-stream: the connection's end rolls it back.
+            0 => {}
+            1 => frames.push(frame_of(&Request::Ping)),
+            2 => {
+                let len = 1 + self.rng.below(64) as usize;
+                frames.push(self.rng.bytes(len));
+            }
+            3 => frames.push(frame_of(&Request::ManyEnd { rows: u64::MAX, commit: true })),
+            // Pipelined writes first, then the stream, then another write.
+            4 => {
+                let write = frame_of(&execute("SELECT 1", vec![]));
+                frames.splice(0..0, [write.clone(), write.clone(), write.clone()]);
+                frames.push(write);
+            }
+            _ => {
+                send(&s, &frames.concat());
+                self.stalled.push_back(s);
+                if self.stalled.len() > 8 {
+                    self.stalled.pop_front();
+                }
+                return;
+            }
+        }
+        let n = frames.len();
+        send(&s, &frames.concat());
+        self.drain(&s, n);
     }
 }
 
