@@ -235,6 +235,19 @@ fn a_wrapped_file_and_a_sqlite3_dump_load() {
 }
 
 #[test]
+fn watchers_see_one_event_at_the_streams_commit() {
+    let (t, _b) = setup();
+    let db = litebroker_client::Db::open(t.db()).unwrap();
+    let mut watch = db.watch(&["big"]);
+    watch.subscribe().unwrap();
+    let s = db.execute_batch_stream((0..5000).map(|i| Statement::new(insert(i), vec![]))).unwrap();
+    assert_eq!(s.rows, 5000);
+    let e = watch.next_timeout(Duration::from_secs(10)).unwrap().expect("the commit's event");
+    assert_eq!(e.table("big").map(|c| c.inserted), Some(5000), "{e:?}");
+    assert!(watch.next_timeout(Duration::from_millis(500)).unwrap().is_none(), "one event for the stream");
+}
+
+#[test]
 fn a_minor_2_client_is_refused_a_streamed_batch() {
     let (_t, b) = setup();
     let raw = RawConn::connect(&b.socket);
