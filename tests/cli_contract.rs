@@ -154,7 +154,7 @@ fn exec_and_batch_print_their_result_once() {
     std::fs::write(&file, "INSERT INTO t (v) VALUES ('a');\nINSERT INTO t (v) VALUES ('b');\n").unwrap();
     let o = cli(&db, &["batch", file.to_str().unwrap()]);
     assert_exit(&o, 0);
-    assert_eq!(stdout(&o), "changes: 2, last insert rowid: 2\n");
+    assert_eq!(stdout(&o), "changes: 2, last insert rowid: 2, statements: 2\n");
 
     // Rows alone: no counters after the table (the rowid would be the last insert's).
     let o = cli(&db, &["exec", "SELECT v FROM t ORDER BY id"]);

@@ -20,7 +20,7 @@ use litebroker_protocol::{
 use crate::autostart::{self, StartOutcome};
 use crate::connect::{connect, Connected};
 use crate::error::{exchange_error, unexpected, ClientError, Result};
-use crate::many::Chunker;
+use crate::many::{Chunker, StreamItem};
 use crate::options::{AutoStart, ConnectOptions};
 use crate::params::{Bound, Params};
 use crate::pipeline::Pipeline;
@@ -426,29 +426,90 @@ impl Client {
         &mut self,
         sql: &str,
         rows: impl IntoIterator<Item = Result<Vec<Value>>>,
+        opts: WriteOptions,
+    ) -> Result<ManySummary> {
+        self.stream(|opts| Request::ManyBegin { sql: sql.to_owned(), opts }, rows, opts)
+    }
+
+    /// Runs `statements` in order as one transaction at the broker (a streamed
+    /// batch): they are sent in parts as the iterator yields them and run while
+    /// they arrive, so a file of a million statements never sits in memory
+    /// whole. Each [`Statement`] may hold several `;`-separated statements (run
+    /// as [`Client::execute`] runs its SQL), and a `BEGIN … COMMIT` around the
+    /// whole stream is honoured. Answers with a summary ([`ManySummary::rows`]
+    /// counts the statements applied; rows they return are dropped), where
+    /// [`Client::execute_batch`] answers one result per statement.
+    ///
+    /// # Errors
+    /// [`ClientError::StatementFailed`] naming the first failing statement
+    /// (counting from 0); a broker too old for it (protocol minor below 3); the
+    /// errors of [`Client::execute`]. Nothing of the statements is applied then.
+    ///
+    /// ```no_run
+    /// # use litebroker_client::{Client, ConnectOptions, Statement, Value};
+    /// let mut client = Client::connect_with(&ConnectOptions::new("data/app.db"))?;
+    /// let load = (0..1_000_000i64)
+    ///     .map(|i| Statement::new("INSERT INTO skus (sku, qty) VALUES (?, ?)", vec![format!("sku-{i}").into(), Value::from(i % 7)]));
+    /// let done = client.execute_batch_stream(load)?;
+    /// assert_eq!(done.rows, 1_000_000);
+    /// # Ok::<(), litebroker_client::ClientError>(())
+    /// ```
+    pub fn execute_batch_stream(
+        &mut self,
+        statements: impl IntoIterator<Item = Statement>,
+    ) -> Result<ManySummary> {
+        self.execute_batch_stream_with(statements.into_iter().map(Ok), WriteOptions::default())
+    }
+
+    /// [`Client::execute_batch_stream`] with explicit options; the first `Err`
+    /// item abandons the stream (nothing applied) and is returned. Not resent,
+    /// as [`Client::execute_many_with`].
+    ///
+    /// # Errors
+    /// As [`Client::execute_batch_stream`].
+    pub fn execute_batch_stream_with(
+        &mut self,
+        statements: impl IntoIterator<Item = Result<Statement>>,
+        opts: WriteOptions,
+    ) -> Result<ManySummary> {
+        self.stream(|opts| Request::BatchBegin { opts }, statements, opts)
+    }
+
+    /// Sends a stream: the frame `begin` makes with the options, the items in
+    /// parts, then `ManyEnd`; one answer. The first `Err` item abandons it.
+    fn stream<T: StreamItem>(
+        &mut self,
+        begin: impl FnOnce(WriteOptions) -> Request,
+        items: impl IntoIterator<Item = Result<T>>,
         mut opts: WriteOptions,
     ) -> Result<ManySummary> {
-        if self.hello.minor < MANY_MINOR {
-            return Err(ClientError::Broker(ErrorInfo::new(
-                ErrorKind::Incompatible,
-                format!(
-                    "this broker speaks protocol {}.{}, and executemany needs {}.{MANY_MINOR}: upgrade the broker",
-                    self.hello.protocol, self.hello.minor, self.hello.protocol
-                ),
-            )));
-        }
         let wait = timeout_of(&mut opts, self.timeout);
         let deadline = Instant::now() + wait;
         self.assign_request_id(&mut opts);
         let id = opts.request_id;
-        self.send_part(&Request::ManyBegin { sql: sql.to_owned(), opts })?;
+        let begin = begin(opts);
+        // An older broker could not decode the stream's frames.
+        if self.hello.minor < begin.since_minor() {
+            return Err(ClientError::Broker(ErrorInfo::new(
+                ErrorKind::Incompatible,
+                format!(
+                    "this broker speaks protocol {}.{}, and {} needs {}.{}: upgrade the broker",
+                    self.hello.protocol,
+                    self.hello.minor,
+                    T::NAME,
+                    self.hello.protocol,
+                    begin.since_minor()
+                ),
+            )));
+        }
+        self.send_part(&begin)?;
         let mut chunks = Chunker::default();
         let mut failure = None;
-        for row in rows {
-            match row {
-                Ok(row) => {
-                    if let Some(chunk) = chunks.push(row) {
-                        self.send_part(&Request::ManyRows { rows: chunk })?;
+        for item in items {
+            match item {
+                Ok(item) => {
+                    if let Some(chunk) = chunks.push(item) {
+                        self.send_part(&T::part(chunk))?;
                     }
                 }
                 Err(e) => {
@@ -458,7 +519,7 @@ impl Client {
             }
         }
         if let Some(chunk) = chunks.rest().filter(|_| failure.is_none()) {
-            self.send_part(&Request::ManyRows { rows: chunk })?;
+            self.send_part(&T::part(chunk))?;
         }
         let end = Request::ManyEnd { rows: chunks.total, commit: failure.is_none() };
         let left = deadline.saturating_duration_since(Instant::now());
@@ -470,14 +531,16 @@ impl Client {
         }
         match answer {
             Ok(Response::ExecutedMany(s)) => Ok(s),
-            Ok(Response::ManyFailed { row, error }) => Err(ClientError::RowFailed { row, error }),
-            Ok(other) => Err(unexpected("executemany", &other)),
+            Ok(Response::ManyFailed { row, error }) => Err(T::failed(row, error)),
+            Ok(other) => Err(unexpected(T::NAME, &other)),
             Err(ClientError::ConnectionLost { sent: true, reason }) => Err(ClientError::ConnectionLost {
                 sent: true,
                 reason: match id {
                     Some(id) => format!(
-                        "{reason}; an executemany is not resent by the client: send the same rows again with \
+                        "{reason}; the {} is not resent by the client: send the same {} again with \
                          request id {} and the broker applies them once",
+                        T::NAME,
+                        T::ITEMS,
                         hex(&id)
                     ),
                     None => reason,
@@ -922,9 +985,6 @@ fn is_transient(e: &ClientError) -> bool {
     matches!(e, ClientError::NotRunning { .. } | ClientError::ConnectionLost { .. })
         || matches!(e.kind(), Some(ErrorKind::ShuttingDown))
 }
-
-/// The protocol minor that brought the streamed executemany.
-const MANY_MINOR: u32 = 2;
 
 /// A request id as lower-case hex, for messages.
 pub(crate) fn hex(id: &[u8]) -> String {

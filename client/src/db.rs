@@ -213,17 +213,36 @@ impl Call<'_> {
         sql: &str,
         rows: impl IntoIterator<Item = P>,
     ) -> Result<ManySummary> {
-        let deadline = Instant::now() + self.timeout;
-        let opts = WriteOptions {
-            timeout_ms: u32::try_from(self.timeout.as_millis()).unwrap_or(u32::MAX).max(1),
-            // The stream is exactly-once whatever `idempotent` says: it is never resent.
-            request_id: Some(crate::ids::new_request_id()),
-            idempotent: false,
-        };
+        let (deadline, opts) = self.stream_options();
         let db = self.db;
         let rows = rows.into_iter().map(|p| p.bind().and_then(|b| db.positional(sql, b)));
         let mut pooled = db.checkout(deadline)?;
         pooled.client().execute_many_with(sql, rows, opts)
+    }
+
+    /// The deadline and options of a stream (executemany, streamed batch): the
+    /// call's timeout over the whole stream, and always a request id: a stream
+    /// is exactly-once whatever `idempotent` says, as it is never resent.
+    fn stream_options(&self) -> (Instant, WriteOptions) {
+        let opts = WriteOptions {
+            timeout_ms: u32::try_from(self.timeout.as_millis()).unwrap_or(u32::MAX).max(1),
+            request_id: Some(crate::ids::new_request_id()),
+            idempotent: false,
+        };
+        (Instant::now() + self.timeout, opts)
+    }
+
+    /// As [`Db::execute_batch_stream`].
+    ///
+    /// # Errors
+    /// As [`Db::execute_batch_stream`].
+    pub fn execute_batch_stream(
+        self,
+        statements: impl IntoIterator<Item = Statement>,
+    ) -> Result<ManySummary> {
+        let (deadline, opts) = self.stream_options();
+        let mut pooled = self.db.checkout(deadline)?;
+        pooled.client().execute_batch_stream_with(statements.into_iter().map(Ok), opts)
     }
 
     /// As [`Db::execute_returning`].
@@ -377,6 +396,35 @@ impl Db {
         rows: impl IntoIterator<Item = P>,
     ) -> Result<ManySummary> {
         self.call().execute_many(sql, rows)
+    }
+
+    /// Runs `statements` in order as one transaction, exactly once, streamed to
+    /// the broker in parts while the iterator yields them (a load of a million
+    /// statements never sits in memory whole); the answer is a summary
+    /// ([`ManySummary::rows`]: statements applied), where [`Db::execute_batch`]
+    /// answers for one SQL text. Each [`Statement`] may hold several
+    /// `;`-separated statements; a `BEGIN … COMMIT` around the whole stream is
+    /// honoured. Not retried when the database is locked, nor resent after a
+    /// lost answer (see [`Client::execute_batch_stream_with`]).
+    ///
+    /// # Errors
+    /// [`ClientError::StatementFailed`] naming the first failing statement,
+    /// counting from 0; otherwise as [`Db::execute`]. Nothing is applied then.
+    ///
+    /// ```no_run
+    /// # use litebroker_client::{Db, Statement};
+    /// # let db = Db::open("data/app.db")?;
+    /// let load = std::fs::read_to_string("skus.sql")?;
+    /// let statements = load.lines().map(|line| Statement::new(line, vec![]));
+    /// let done = db.execute_batch_stream(statements)?;
+    /// println!("{} statements, {} rows changed", done.rows, done.changes);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn execute_batch_stream(
+        &self,
+        statements: impl IntoIterator<Item = Statement>,
+    ) -> Result<ManySummary> {
+        self.call().execute_batch_stream(statements)
     }
 
     /// Runs a write whose rows come back (`… RETURNING …`), exactly once, and maps

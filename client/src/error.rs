@@ -114,6 +114,16 @@ pub enum ClientError {
         /// The broker's error for it (SQLite's message, prefixed with the row).
         error: ErrorInfo,
     },
+    /// A statement of a streamed batch failed at the broker: nothing of the
+    /// batch was applied. `index` counts from 0 in the order the statements
+    /// were given.
+    #[error("{error}")]
+    StatementFailed {
+        /// Index of the failing statement, counting from 0.
+        index: u64,
+        /// The broker's error for it (SQLite's message, prefixed with the index).
+        error: ErrorInfo,
+    },
 }
 
 /// Why the client refused to talk to what listens on the socket: every check runs
@@ -282,7 +292,9 @@ impl ClientError {
     /// The broker's error class, when the broker reported the failure.
     pub fn kind(&self) -> Option<ErrorKind> {
         match self {
-            ClientError::Broker(info) | ClientError::RowFailed { error: info, .. } => Some(info.kind),
+            ClientError::Broker(info)
+            | ClientError::RowFailed { error: info, .. }
+            | ClientError::StatementFailed { error: info, .. } => Some(info.kind),
             _ => None,
         }
     }
@@ -290,7 +302,9 @@ impl ClientError {
     /// The broker's error details, when the broker reported the failure.
     pub fn info(&self) -> Option<&ErrorInfo> {
         match self {
-            ClientError::Broker(info) | ClientError::RowFailed { error: info, .. } => Some(info),
+            ClientError::Broker(info)
+            | ClientError::RowFailed { error: info, .. }
+            | ClientError::StatementFailed { error: info, .. } => Some(info),
             _ => None,
         }
     }
@@ -319,9 +333,9 @@ impl ClientError {
     /// broker or on this process's read connection).
     pub fn sqlite_code(&self) -> Option<i32> {
         match self {
-            ClientError::Broker(info) | ClientError::RowFailed { error: info, .. } => {
-                info.sqlite.map(|c| c.extended)
-            }
+            ClientError::Broker(info)
+            | ClientError::RowFailed { error: info, .. }
+            | ClientError::StatementFailed { error: info, .. } => info.sqlite.map(|c| c.extended),
             ClientError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => Some(e.extended_code),
             _ => None,
         }

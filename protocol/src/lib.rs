@@ -53,4 +53,4 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// the same major but different minors talk; a request the broker does not know (from
 /// a client of a higher minor) is answered with a typed protocol error that says so
 /// and names both versions.
-pub const PROTOCOL_MINOR: u32 = 2;
+pub const PROTOCOL_MINOR: u32 = 3;

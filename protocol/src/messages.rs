@@ -267,6 +267,28 @@ pub enum Request {
         /// Commit (true) or abandon (false) the stream.
         commit: bool,
     },
+    /// Opens a streamed batch (protocol minor 3): statements follow in
+    /// [`Request::BatchPart`] frames and [`Request::ManyEnd`] closes the stream
+    /// (its `rows` counting the statements sent), all in one transaction holding
+    /// the writer. Each [`Statement`] may hold several `;`-separated statements
+    /// (run as [`Request::Execute`] runs them), and a wrapping `BEGIN … COMMIT`
+    /// around the whole stream is honoured as in one request. Rows statements
+    /// return are dropped. Not answered on its own: the stream has one answer,
+    /// after `ManyEnd`: [`Response::ExecutedMany`] (its `rows` counting the
+    /// statements applied), [`Response::ManyFailed`] (its `row` the index of the
+    /// failing statement in the stream) or an error. The client sends the whole
+    /// stream without waiting for an answer.
+    BatchBegin {
+        /// Timeout of the whole stream, request id, idempotency.
+        opts: WriteOptions,
+    },
+    /// The next part of a streamed batch's statements, in order. The broker's
+    /// statement limit (`--max-batch-statements`) applies per part. Not answered
+    /// on its own.
+    BatchPart {
+        /// The statements of this part.
+        statements: Vec<Statement>,
+    },
 }
 
 impl Request {
@@ -297,6 +319,8 @@ impl Request {
             Request::ManyBegin { .. } => "many-begin",
             Request::ManyRows { .. } => "many-rows",
             Request::ManyEnd { .. } => "many-end",
+            Request::BatchBegin { .. } => "batch-begin",
+            Request::BatchPart { .. } => "batch-part",
         }
     }
 
@@ -305,6 +329,7 @@ impl Request {
     /// variant an older client could not decode.
     pub fn since_minor(&self) -> u32 {
         match self {
+            Request::BatchBegin { .. } | Request::BatchPart { .. } => 3,
             Request::Watch { .. }
             | Request::FeedStats
             | Request::Metrics
@@ -586,13 +611,14 @@ pub enum Response {
         /// How long the broker lets the session hold the writer, from its start.
         lease_ms: u64,
     },
-    /// Answer to a streamed executemany ([`Request::ManyEnd`]): what the whole
-    /// stream did, committed. Protocol minor 2.
+    /// Answer to a streamed executemany or batch ([`Request::ManyEnd`]): what the
+    /// whole stream did, committed. Protocol minor 2.
     ExecutedMany(ManySummary),
-    /// Answer to a streamed executemany whose row `row` failed: nothing of the
-    /// stream was applied. Protocol minor 2.
+    /// Answer to a streamed executemany whose row `row` failed (of a streamed
+    /// batch: whose statement `row` failed): nothing of the stream was applied.
+    /// Protocol minor 2.
     ManyFailed {
-        /// Index of the failing row in the stream, counting from 0.
+        /// Index of the failing row (or statement) in the stream, counting from 0.
         row: u64,
         /// SQLite's error for that row (its message names the row too).
         error: ErrorInfo,
@@ -606,14 +632,15 @@ impl Response {
     }
 }
 
-/// What a streamed executemany did, in place of one result per row.
+/// What a streamed executemany (or batch) did, in place of one result per row.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManySummary {
     /// Rows inserted, updated or deleted, summed over every parameter row.
     pub changes: u64,
     /// `last_insert_rowid()` after the last row ran.
     pub last_insert_rowid: i64,
-    /// Parameter rows applied (each ran the statement once).
+    /// Parameter rows applied (each ran the statement once); of a streamed
+    /// batch, statements applied.
     pub rows: u64,
 }
 

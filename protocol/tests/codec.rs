@@ -153,6 +153,11 @@ fn all_requests() -> Vec<Request> {
         },
         Request::ManyEnd { rows: 0, commit: false },
         Request::ManyEnd { rows: u64::MAX, commit: true },
+        Request::BatchBegin { opts: WriteOptions::default() },
+        Request::BatchPart { statements: Vec::new() },
+        Request::BatchPart {
+            statements: vec![Statement::new("INSERT INTO t VALUES (?); SELECT 1", vec![Value::Null])],
+        },
         Request::Migrate {
             migrations: vec![
                 Migration { version: 1, name: "init".into(), sql: "CREATE TABLE skus (sku TEXT);".into() },

@@ -74,6 +74,8 @@ fn request_index(r: &Request) -> u8 {
         Request::ManyBegin { .. } => 21,
         Request::ManyRows { .. } => 22,
         Request::ManyEnd { .. } => 23,
+        Request::BatchBegin { .. } => 24,
+        Request::BatchPart { .. } => 25,
     }
 }
 
@@ -214,6 +216,22 @@ fn golden_requests() -> Vec<(Request, &'static str)> {
             "1300000016 02 02 0102 030161 02 00 020000000000000440",
         ),
         (Request::ManyEnd { rows: 300, commit: true }, "0500000017 fb2c01 01"),
+        // Protocol minor 3 (streamed batch).
+        (
+            Request::BatchBegin {
+                opts: WriteOptions { timeout_ms: 30_000, request_id: Some([9; 16]), idempotent: false },
+            },
+            "1600000018 fb3075 0109090909090909090909090909090909 00",
+        ),
+        (
+            Request::BatchPart {
+                statements: vec![
+                    Statement::new("DELETE FROM t", vec![]),
+                    Statement::new("SELECT ?", vec![Value::Integer(300)]),
+                ],
+            },
+            "1f00000019 02 0d44454c4554452046524f4d207400 0853454c454354203f 01 01fb5802",
+        ),
     ]
 }
 

@@ -61,24 +61,65 @@ pub enum JobKind {
     Migrate(Vec<Migration>),
     /// Finish what is queued and stop. Not answered.
     Stop,
-    /// Open a streamed executemany for the job's client: `BEGIN IMMEDIATE`, the
-    /// statement prepared, the writer held for the stream (see `writer::session`).
-    /// Answered `SessionStarted` when open, or with the recorded summary when the
-    /// request id already committed.
-    ManyBegin {
-        /// The one statement.
-        sql: String,
-    },
-    /// The next chunk of the client's stream. Answered `ExecutedMany` with the
+    /// Open a streamed executemany or batch for the job's client: `BEGIN
+    /// IMMEDIATE`, an executemany's statement prepared, the writer held for the
+    /// stream (see `writer::session`). Answered `SessionStarted` when open, or
+    /// with the recorded summary when the request id already committed.
+    ManyBegin(StreamOf),
+    /// The next part of the client's stream. Answered `ExecutedMany` with the
     /// running total, or `ManyFailed`.
-    ManyRows(Vec<Vec<Value>>),
+    ManyPart(Part),
     /// The end of the client's stream: commit (when `rows` arrived) or abandon.
     ManyEnd {
+        /// Which stream, for the answer when the broker already ended it.
+        words: texts::StreamWords,
         /// Rows the client says it sent.
         rows: u64,
         /// Commit (true) or abandon.
         commit: bool,
     },
+}
+
+/// What a stream runs: one statement per parameter row (`ManyBegin`), or
+/// statements (`BatchBegin`).
+#[derive(Debug, Clone)]
+pub enum StreamOf {
+    /// A streamed executemany of this one statement.
+    Rows {
+        /// The one statement.
+        sql: String,
+    },
+    /// A streamed batch.
+    Statements,
+}
+
+impl Part {
+    /// The words messages use for the stream this part belongs to.
+    pub fn words(&self) -> texts::StreamWords {
+        match self {
+            Part::Rows(_) => texts::EXECUTEMANY,
+            Part::Statements(_) => texts::STREAMED_BATCH,
+        }
+    }
+}
+
+impl StreamOf {
+    /// The words messages use for this stream.
+    pub fn words(&self) -> texts::StreamWords {
+        match self {
+            StreamOf::Rows { .. } => texts::EXECUTEMANY,
+            StreamOf::Statements => texts::STREAMED_BATCH,
+        }
+    }
+}
+
+/// One part of a stream, as one frame carried it.
+#[derive(Debug)]
+pub enum Part {
+    /// Parameter rows of an executemany.
+    Rows(Vec<Vec<Value>>),
+    /// Statements of a streamed batch.
+    Statements(Vec<Statement>),
 }
 
 /// The statements of a write request.

@@ -168,15 +168,34 @@ pub fn session_commit_failed(mut cause: ErrorInfo) -> ErrorInfo {
     cause
 }
 
-// ----- streamed executemany ---------------------------------------------------------
+// ----- streamed executemany and batch ---------------------------------------------
 
-/// Row `row` (counting from 0) of a streamed executemany failed: SQLite's error,
-/// its message prefixed with the row; the whole stream was rolled back.
-pub fn many_row_failed(row: u64, cause: ErrorInfo) -> ErrorInfo {
+/// How messages name a stream and what it counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamWords {
+    /// The request: "executemany", "streamed batch".
+    pub name: &'static str,
+    /// What its index counts: "row", "statement".
+    pub item: &'static str,
+    /// Its frames, for a protocol error.
+    pub frames: &'static str,
+}
+
+/// A streamed executemany: one statement, parameter rows.
+pub const EXECUTEMANY: StreamWords =
+    StreamWords { name: "executemany", item: "row", frames: "ManyBegin, ManyRows…, ManyEnd" };
+
+/// A streamed batch: statements.
+pub const STREAMED_BATCH: StreamWords =
+    StreamWords { name: "streamed batch", item: "statement", frames: "BatchBegin, BatchPart…, ManyEnd" };
+
+/// Item `row` (counting from 0) of a stream failed: SQLite's error, its message
+/// prefixed with the row (or statement); the whole stream was rolled back.
+pub fn many_row_failed(w: StreamWords, row: u64, cause: ErrorInfo) -> ErrorInfo {
     ErrorInfo {
         message: format!(
-            "row {row} (counting from 0) failed: {}; nothing of the executemany was applied",
-            cause.message
+            "{} {row} (counting from 0) failed: {}; nothing of the {} was applied",
+            w.item, cause.message, w.name
         ),
         ..cause
     }
@@ -186,55 +205,62 @@ pub fn many_row_failed(row: u64, cause: ErrorInfo) -> ErrorInfo {
 pub fn many_needs_one_statement() -> ErrorInfo {
     ErrorInfo::new(
         ErrorKind::NotAllowed,
-        "executemany takes one ordinary statement (no second statement, transaction control, savepoint,          PRAGMA or schema-version write); nothing was applied",
+        "executemany takes one ordinary statement (no second statement, transaction control, savepoint, \
+         PRAGMA or schema-version write); nothing was applied",
     )
 }
 
-/// A stream frame (`ManyRows`, `ManyEnd`) outside a stream, or another request
-/// inside one.
-pub fn many_out_of_place(got: &str) -> ErrorInfo {
+/// A stream frame (`ManyRows`, `BatchPart`, `ManyEnd`) outside its stream, or
+/// another request inside one.
+pub fn many_out_of_place(w: StreamWords, got: &str) -> ErrorInfo {
     ErrorInfo::new(
         ErrorKind::Protocol,
         format!(
-            "{got} is out of place: a streamed executemany is ManyBegin, ManyRows…, ManyEnd with nothing              else between; nothing of the stream was applied"
+            "{got} is out of place: a {} is {} with nothing else between; nothing of the stream was applied",
+            w.name, w.frames
         ),
     )
 }
 
-/// `ManyEnd` counted other rows than the stream carried.
-pub fn many_row_count(announced: u64, arrived: u64) -> ErrorInfo {
+/// `ManyEnd` counted other rows (or statements) than the stream carried.
+pub fn many_row_count(w: StreamWords, announced: u64, arrived: u64) -> ErrorInfo {
     ErrorInfo::new(
         ErrorKind::Protocol,
         format!(
-            "the executemany announced {announced} rows but {arrived} arrived; nothing of it was applied"
+            "the {} announced {announced} {item}s but {arrived} arrived; nothing of it was applied",
+            w.name,
+            item = w.item
         ),
     )
 }
 
 /// The client abandoned its stream (`ManyEnd` without commit).
-pub fn many_abandoned() -> ErrorInfo {
+pub fn many_abandoned(w: StreamWords) -> ErrorInfo {
     ErrorInfo::new(
         ErrorKind::SessionState,
-        "the executemany was abandoned by its client; nothing was applied",
+        format!("the {} was abandoned by its client; nothing was applied", w.name),
     )
 }
 
 /// The stream's transaction was rolled back by the broker before it ended: its
-/// deadline passed, it sent no rows for a lease, or the broker is stopping.
-pub fn many_rolled_back() -> ErrorInfo {
+/// deadline passed, it sent nothing for a lease, or the broker is stopping.
+pub fn many_rolled_back(w: StreamWords) -> ErrorInfo {
     ErrorInfo::new(
         ErrorKind::Timeout,
-        "the executemany timed out: it was not complete within its deadline or sent no rows for the \
-         broker's lease (--lease-secs), or the broker is shutting down or failed inside; the broker rolled \
-         it back and released the writer; nothing of it was applied",
+        format!(
+            "the {} timed out: it was not complete within its deadline or sent no {}s for the broker's \
+             lease (--lease-secs), or the broker is shutting down or failed inside; the broker rolled it \
+             back and released the writer; nothing of it was applied",
+            w.name, w.item
+        ),
     )
 }
 
-/// An executemany inside a write session.
-pub fn many_in_session() -> ErrorInfo {
+/// A stream inside a write session.
+pub fn many_in_session(w: StreamWords) -> ErrorInfo {
     ErrorInfo::new(
         ErrorKind::SessionState,
-        "executemany runs in a transaction of its own: end this connection's write session first",
+        format!("{} runs in a transaction of its own: end this connection's write session first", w.name),
     )
 }
 

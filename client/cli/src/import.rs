@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use litebroker_client::{ClientError, Reader, Value, WriteOptions};
 use serde_json::{json, Value as Json};
 
+use crate::linemap::LineMap;
 use crate::params::parse_param;
 use crate::{client_failure, connect, fail, Cli, Failure};
 
@@ -81,27 +82,6 @@ pub struct ImportArgs {
 enum Record {
     Fields(Vec<String>),
     Json(Json),
-}
-
-/// The lines of the file where records start, kept sparsely: a mark wherever the
-/// distance between a row's index and its line changes (a header, an embedded
-/// newline, a blank line), so that a million plain rows cost one mark.
-#[derive(Default)]
-struct LineMap {
-    marks: Vec<(u64, u64)>,
-}
-
-impl LineMap {
-    fn note(&mut self, row: u64, line: u64) {
-        if self.marks.last().is_none_or(|&(r, l)| line - l != row - r) {
-            self.marks.push((row, line));
-        }
-    }
-
-    fn line_of(&self, row: u64) -> u64 {
-        let i = self.marks.partition_point(|&(r, _)| r <= row);
-        self.marks.get(i.wrapping_sub(1)).map_or(row + 1, |&(r, l)| l + (row - r))
-    }
 }
 
 /// Reads records one at a time.

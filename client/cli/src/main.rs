@@ -1,12 +1,11 @@
 //! `litebroker`: ad-hoc writes, reads and operations against a database served by
 //! `litebrokerd`.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use litebroker_client::protocol::FrameError;
 use litebroker_client::{
@@ -108,10 +107,14 @@ enum Command {
               allow_hyphen_values = true, trailing_var_arg = true)]
         sql_and_params: Vec<String>,
     },
-    /// Run the statements of FILE (or stdin with `-` or nothing) as one atomic transaction.
+    /// Run the statements of FILE (or stdin with `-` or nothing) as one atomic
+    /// transaction, streamed: the file is read and sent while it runs, so any size
+    /// loads. Prints changes, the last insert rowid and the statement count; a
+    /// failing statement applies nothing and its line is named.
     #[command(after_help = "Examples:
   litebroker batch load.sql
-  generate-sql | litebroker batch -")]
+  generate-sql | litebroker batch -
+  sqlite3 old.db .dump | litebroker --db new.db batch -")]
     Batch {
         /// A file of SQL statements, or `-` for stdin.
         file: Option<PathBuf>,
@@ -284,8 +287,10 @@ enum ModeArg {
     Truncate,
 }
 
+mod batch;
 mod doctor;
 mod import;
+mod linemap;
 mod metrics;
 mod ops;
 mod params;
@@ -433,7 +438,7 @@ fn output_width(cli: &Cli) -> Option<usize> {
 }
 
 /// How rows are printed on stdout.
-fn style(cli: &Cli) -> Style {
+pub(crate) fn style(cli: &Cli) -> Style {
     Style {
         format: cli.format.unwrap_or(Format::Table),
         headers: true,
@@ -443,7 +448,7 @@ fn style(cli: &Cli) -> Style {
 }
 
 /// Prints rows on stdout in `style`.
-fn print_rows(columns: &[String], rows: &[Vec<Value>], style: &Style) -> Result<(), Failure> {
+pub(crate) fn print_rows(columns: &[String], rows: &[Vec<Value>], style: &Style) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     render::write_rows(&mut out, columns, rows, style)
         .and_then(|()| out.flush())
@@ -453,7 +458,7 @@ fn print_rows(columns: &[String], rows: &[Vec<Value>], style: &Style) -> Result<
 /// Prints what `exec` or `batch` did: the rows of a statement returning rows, and
 /// the counters. In data formats (csv, tsv, json, jsonl) a result without rows is
 /// the one row `changes, last_insert_rowid`, so the output stays parseable.
-fn print_exec(cli: &Cli, r: &ExecResult) -> Result<(), Failure> {
+pub(crate) fn print_exec(cli: &Cli, r: &ExecResult) -> Result<(), Failure> {
     if cli.json {
         let mut doc = json!({ "changes": r.changes, "last_insert_rowid": r.last_insert_rowid });
         if !r.columns.is_empty() {
@@ -505,7 +510,7 @@ fn connect(cli: &Cli) -> Result<Client, Failure> {
 /// A broker connection for writes: with `--autostart`, a broker is started when
 /// none runs (the library's on-demand start: of several started at once, the
 /// database's lock lets one serve and all connect to it).
-fn connect_for_write(cli: &Cli) -> Result<Client, Failure> {
+pub(crate) fn connect_for_write(cli: &Cli) -> Result<Client, Failure> {
     let mut opts = connect_options(cli);
     if cli.autostart {
         opts.autostart = Some(AutoStart::default());
@@ -579,27 +584,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "litebroker", &mut std::io::stdout());
         }
-        Command::Batch { file } => {
-            let (sql, source) = match file.as_deref() {
-                None => (read_stdin()?, "stdin".to_owned()),
-                Some(p) if p.as_os_str() == "-" => (read_stdin()?, "stdin".to_owned()),
-                // A file that cannot be read is a wrong argument, like an empty one.
-                Some(p) => (
-                    std::fs::read_to_string(p)
-                        .map_err(|e| fail(2, "usage", format!("batch: cannot read {}: {e}", p.display())))?,
-                    p.display().to_string(),
-                ),
-            };
-            if !statements::has_statements(&sql) {
-                return Err(fail(
-                    2,
-                    "usage",
-                    format!("batch: no statements in {source} (only whitespace or comments)"),
-                ));
-            }
-            let r = connect_for_write(cli)?.execute(&sql, &[]).map_err(on_client)?;
-            print_exec(cli, &r)?;
-        }
+        Command::Batch { file } => batch::run(cli, file.as_deref())?,
         Command::Status => {
             let mut client = connect(cli)?;
             let s = client.status().map_err(on_client)?;
@@ -794,12 +779,6 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         }
     }
     Ok(())
-}
-
-fn read_stdin() -> Result<String, Failure> {
-    let mut s = String::new();
-    std::io::stdin().read_to_string(&mut s).context("cannot read statements from stdin")?;
-    Ok(s)
 }
 
 /// Whether `--json` was given, for a command line clap refused: scanned up to

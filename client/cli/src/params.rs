@@ -141,7 +141,11 @@ mod tests {
     fn prep(names: &[&[Option<&str>]]) -> Vec<Prepared> {
         names
             .iter()
-            .map(|n| Prepared { kind: Kind::Read, params: n.iter().map(|s| s.map(str::to_owned)).collect() })
+            .map(|n| Prepared {
+                kind: Kind::Read,
+                params: n.iter().map(|s| s.map(str::to_owned)).collect(),
+                pragma: None,
+            })
             .collect()
     }
 

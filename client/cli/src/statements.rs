@@ -102,6 +102,7 @@ pub(crate) enum Kind {
 #[derive(Debug, Default)]
 struct Seen {
     transaction: Option<TransactionOperation>,
+    pragma: Option<(String, Option<String>)>,
     connection_change: bool,
     savepoint: bool,
 }
@@ -121,6 +122,8 @@ pub(crate) struct Classifier {
 #[derive(Debug)]
 pub(crate) struct Prepared {
     pub(crate) kind: Kind,
+    /// A PRAGMA's name and value, as SQLite read them.
+    pub(crate) pragma: Option<(String, Option<String>)>,
     /// `parameter_name(i)` for i in 1..=count: `None` for `?`, else the name as
     /// written (`?3`, `:a`, `@a`, `$a`).
     pub(crate) params: Vec<Option<String>>,
@@ -129,11 +132,21 @@ pub(crate) struct Prepared {
 impl Classifier {
     /// Opens the classifier on an existing database file.
     pub(crate) fn open(db: &Path) -> rusqlite::Result<Classifier> {
-        let mut conn = Connection::open_with_flags(
+        let conn = Connection::open_with_flags(
             db,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(litebroker_client::READER_BUSY_TIMEOUT)?;
+        Classifier::on(conn)
+    }
+
+    /// A classifier on an empty in-memory database: for statements that need
+    /// no schema (PRAGMA, transaction control).
+    pub(crate) fn open_in_memory() -> rusqlite::Result<Classifier> {
+        Classifier::on(Connection::open_in_memory()?)
+    }
+
+    fn on(mut conn: Connection) -> rusqlite::Result<Classifier> {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let record = Arc::clone(&seen);
         conn.authorizer(Some(move |ctx: AuthContext<'_>| {
@@ -145,6 +158,9 @@ impl Classifier {
                 }
                 AuthAction::Attach { .. } | AuthAction::Detach { .. } => s.connection_change = true,
                 AuthAction::Savepoint { .. } => s.savepoint = true,
+                AuthAction::Pragma { pragma_name, pragma_value } if ctx.accessor.is_none() => {
+                    s.pragma = Some((pragma_name.to_owned(), pragma_value.map(str::to_owned)));
+                }
                 _ => {}
             }
             Authorization::Allow
@@ -178,7 +194,7 @@ impl Classifier {
         };
         let params =
             (1..=stmt.parameter_count()).map(|i| stmt.parameter_name(i).map(str::to_owned)).collect();
-        Ok(Prepared { kind, params })
+        Ok(Prepared { kind, params, pragma: seen.pragma })
     }
 
     /// Prepares each statement of `sql` in turn (the text may hold several)

@@ -60,7 +60,9 @@ fn py_err(py: Python<'_>, e: ClientError) -> PyErr {
         return raise(py, "BrokerUnavailableError", e.to_string(), &e);
     }
     let class = match &e {
-        ClientError::Broker(info) | ClientError::RowFailed { error: info, .. } => match info.kind {
+        ClientError::Broker(info)
+        | ClientError::RowFailed { error: info, .. }
+        | ClientError::StatementFailed { error: info, .. } => match info.kind {
             ErrorKind::Constraint => "IntegrityError",
             ErrorKind::Timeout => "WriterTimeoutError",
             ErrorKind::NotAllowed => "ProgrammingError",

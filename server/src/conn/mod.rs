@@ -33,7 +33,7 @@ use self::io::{is_timeout, FrameIo, Incoming, Wait};
 use self::pipeline::Pipeline;
 use self::route::Route;
 use crate::admin;
-use crate::job::{InFlight, Job, JobKind, JobLine, PIPELINE_DEPTH};
+use crate::job::{InFlight, Job, JobKind, JobLine, StreamOf, PIPELINE_DEPTH};
 use crate::metrics::RequestKind;
 use crate::shared::{session_state, ClientEntry, Shared};
 use crate::texts;
@@ -170,9 +170,16 @@ impl Conn {
             let since = req.since_minor();
             let (resp, keep_open) = match (req, self.client.clone()) {
                 // From an older client, routing answers that it needs a newer minor.
-                (Request::ManyBegin { sql, opts }, Some(client)) if client.minor >= since => {
+                (req @ (Request::ManyBegin { .. } | Request::BatchBegin { .. }), Some(client))
+                    if client.minor >= since =>
+                {
                     client.requests.fetch_add(1, Ordering::Relaxed);
-                    match many::serve(self, &client, sql, opts)? {
+                    let (of, opts) = match req {
+                        Request::ManyBegin { sql, opts } => (StreamOf::Rows { sql }, opts),
+                        Request::BatchBegin { opts } => (StreamOf::Statements, opts),
+                        _ => unreachable!("matched above"),
+                    };
+                    match many::serve(self, &client, of, opts)? {
                         Some(resp) => (resp, true),
                         None => return Ok(()),
                     }

@@ -11,7 +11,7 @@
 //! | `Execute`, `Batch` | a `Write` job, or a `SessionWrite` job when this client holds a session |
 //! | `BeginSession`, `Commit`, `Rollback` | `BeginSession`, `EndSession` jobs |
 //! | `Checkpoint`, `Migrate`, `Restore` | jobs of their own |
-//! | `ManyBegin` | the stream, served by `conn::many` (never here); `ManyRows`, `ManyEnd` here are out of place |
+//! | `ManyBegin`, `BatchBegin` | the stream, served by `conn::many` (never here); `ManyRows`, `BatchPart`, `ManyEnd` here are out of place |
 //! | `FeedStats` | an answer from the change feed |
 //! | `Watch` | the connection becomes a stream (`conn::watch`), before routing |
 //!
@@ -112,9 +112,13 @@ pub(super) fn route(req: Request, client: &Arc<ClientEntry>, shared: &Shared) ->
                 return job(JobKind::Restore(p), timeout_of(timeout_ms, config));
             }
         },
-        // A stream's frames are read by `conn::many` once `ManyBegin` opened it.
+        // A stream's frames are read by `conn::many` once `ManyBegin` or
+        // `BatchBegin` opened it.
         Request::ManyBegin { .. } | Request::ManyRows { .. } | Request::ManyEnd { .. } => {
-            Response::Error(texts::many_out_of_place(req.kind()))
+            Response::Error(texts::many_out_of_place(texts::EXECUTEMANY, req.kind()))
+        }
+        Request::BatchBegin { .. } | Request::BatchPart { .. } => {
+            Response::Error(texts::many_out_of_place(texts::STREAMED_BATCH, req.kind()))
         }
         Request::FeedStats => Response::FeedStats(shared.feed.figures()),
         // Served by the connection (`conn::watch`) before routing.
@@ -173,7 +177,7 @@ pub(super) fn check_statement(s: &Statement, config: &Config) -> Result<(), Erro
     Ok(())
 }
 
-fn check_batch(stmts: &[Statement], config: &Config) -> Result<(), ErrorInfo> {
+pub(super) fn check_batch(stmts: &[Statement], config: &Config) -> Result<(), ErrorInfo> {
     let max = config.max_batch_statements;
     if stmts.len() > max {
         return Err(texts::too_many_batch_statements(stmts.len(), max));

@@ -57,6 +57,8 @@ pub(crate) const KINDS: &[&str] = &[
     "many-begin",
     "many-rows",
     "many-end",
+    "batch-begin",
+    "batch-part",
     "unknown",
 ];
 
@@ -83,7 +85,7 @@ pub(crate) const OUTCOMES: &[&str] = &[
     "other",
 ];
 
-const N_KINDS: usize = 25;
+const N_KINDS: usize = 27;
 const N_OUTCOMES: usize = 18;
 
 /// A request's kind, as counted (an index into [`KINDS`]).
@@ -94,7 +96,7 @@ impl RequestKind {
     /// A one-shot `Execute` (the answer-on-the-socket shortcut counts its answers).
     pub(crate) const EXECUTE: RequestKind = RequestKind(2);
     /// A frame that did not decode as a request.
-    pub(crate) const UNKNOWN: RequestKind = RequestKind(24);
+    pub(crate) const UNKNOWN: RequestKind = RequestKind(26);
 
     /// The kind of `req`.
     pub(crate) fn of(req: &Request) -> RequestKind {
@@ -123,6 +125,8 @@ impl RequestKind {
             Request::ManyBegin { .. } => 21,
             Request::ManyRows { .. } => 22,
             Request::ManyEnd { .. } => 23,
+            Request::BatchBegin { .. } => 24,
+            Request::BatchPart { .. } => 25,
         })
     }
 }
@@ -339,6 +343,8 @@ mod tests {
             Request::ManyBegin { sql: String::new(), opts: WriteOptions::default() },
             Request::ManyRows { rows: Vec::new() },
             Request::ManyEnd { rows: 0, commit: false },
+            Request::BatchBegin { opts: WriteOptions::default() },
+            Request::BatchPart { statements: Vec::new() },
         ];
         assert_eq!((KINDS.len(), OUTCOMES.len()), (N_KINDS, N_OUTCOMES));
         for (i, r) in requests.iter().enumerate() {

@@ -70,6 +70,12 @@ pub struct ExecLimits {
 pub struct Tracker {
     mode: Mode,
     statements: usize,
+    /// Statements of the current part of a stream (of the request otherwise):
+    /// what the statement limit bounds.
+    in_part: usize,
+    /// Rows statements return are stepped through and dropped (a streamed
+    /// batch answers with a summary), so nothing is charged to the answer.
+    summary: bool,
     wrapped: bool,
     closed: bool,
     answer_bytes: usize,
@@ -91,6 +97,8 @@ impl Tracker {
         Tracker {
             mode,
             statements: 0,
+            in_part: 0,
+            summary: false,
             wrapped: false,
             closed: false,
             answer_bytes: 0,
@@ -101,12 +109,26 @@ impl Tracker {
         }
     }
 
+    /// A tracker for a streamed batch: one for the whole stream, so that a
+    /// `BEGIN … COMMIT` around all its parts is honoured as in one request; the
+    /// statement limit applies per part ([`Tracker::next_part`]); returned rows
+    /// are dropped.
+    pub fn summarising(mode: Mode) -> Tracker {
+        Tracker { summary: true, ..Tracker::new(mode) }
+    }
+
+    /// The stream's next part starts: the statement limit counts afresh.
+    pub fn next_part(&mut self) {
+        self.in_part = 0;
+    }
+
     /// Takes note of the next statement, as SQLite reported it, before it runs.
     /// `Ok(true)` = execute it, `Ok(false)` = it was honoured without executing.
     fn admit(&mut self, seen: Seen, limits: &ExecLimits) -> Result<bool, ErrorInfo> {
         let first = self.statements == 0;
         self.statements += 1;
-        if self.statements > limits.max_statements {
+        self.in_part += 1;
+        if self.in_part > limits.max_statements {
             return Err(texts::limit(
                 "statements in one request",
                 limits.max_statements,
@@ -150,6 +172,9 @@ impl Tracker {
 
     /// Counts `bytes` more of the answer against the frame limit.
     fn charge(&mut self, bytes: usize, limits: &ExecLimits) -> Result<(), ErrorInfo> {
+        if self.summary {
+            return Ok(());
+        }
         self.answer_bytes = self.answer_bytes.saturating_add(bytes);
         if self.answer_bytes > limits.max_answer_bytes {
             return Err(texts::rows_too_large(limits.max_answer_bytes));
@@ -306,7 +331,31 @@ fn prepare_single<'c>(conn: &'c Connection, sql: &str) -> Result<Option<CachedSt
     Ok(Some(stmt))
 }
 
-/// Runs the statements of a batch request in order, one result each in `out`.
+/// Where a batch's results go: one each (`Batch`), or summed (a streamed batch,
+/// whose answer is a summary).
+pub trait BatchResults {
+    /// The result of the next statement.
+    fn add(&mut self, r: ExecResult);
+}
+
+impl BatchResults for Vec<ExecResult> {
+    fn add(&mut self, r: ExecResult) {
+        self.push(r);
+    }
+}
+
+/// Changes and statements counted; the caller sets the last rowid from the
+/// connection (a statement honoured without running, e.g. a wrapping `COMMIT`,
+/// reports none).
+impl BatchResults for ManySummary {
+    fn add(&mut self, r: ExecResult) {
+        self.changes += r.changes;
+        self.rows += 1;
+    }
+}
+
+/// Runs the statements of a batch request in order, each result added to `out`
+/// (so a failing statement's index is the number of results added before it).
 /// Consecutive statements with the same SQL text share one prepared statement
 /// (checked and authorized once), as a bulk load sends the same INSERT thousands
 /// of times.
@@ -318,7 +367,7 @@ pub fn run_batch(
     stmts: &[Statement],
     tracker: &mut Tracker,
     limits: &ExecLimits,
-    out: &mut Vec<ExecResult>,
+    out: &mut impl BatchResults,
 ) -> Result<(), ErrorInfo> {
     let mut last: Option<(&str, CachedStatement<'_>)> = None;
     for s in stmts {
@@ -350,7 +399,7 @@ pub fn run_batch(
                 }
             }
         }
-        out.push(r);
+        out.add(r);
     }
     Ok(())
 }
@@ -429,7 +478,10 @@ fn run_one(
 ) -> Result<(), ErrorInfo> {
     bind_params(stmt, params).map_err(|e| sql_error(&e))?;
     let before = conn.total_changes();
-    if stmt.column_count() > 0 {
+    if stmt.column_count() > 0 && tracker.summary {
+        let mut rows = stmt.raw_query();
+        while rows.next().map_err(|e| sql_error(&e))?.is_some() {}
+    } else if stmt.column_count() > 0 {
         let room = limits.max_rows.saturating_sub(out.rows.len());
         let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
         tracker.charge(columns.iter().map(|c| c.len() + ITEM_OVERHEAD).sum(), limits)?;
@@ -600,6 +652,33 @@ mod tests {
         let vacuum = Statement::new("VACUUM", vec![]);
         let e = run_batch(&c, &[vacuum.clone(), vacuum], &mut t, &limits(10), &mut Vec::new()).unwrap_err();
         assert_eq!(e.kind, ErrorKind::NotAllowed);
+    }
+
+    #[test]
+    fn a_streamed_batch_is_tracked_across_parts_and_limited_per_part() {
+        let c = conn();
+        run(&c, "CREATE TABLE t(id INTEGER PRIMARY KEY, v)", &[], Mode::OneShot).unwrap();
+        let mut t = Tracker::summarising(Mode::OneShot);
+        let mut limits = limits(1);
+        limits.max_statements = 3;
+        let ins = |v: i64| Statement::new("INSERT INTO t(v) VALUES (?) RETURNING id", vec![v.into()]);
+        let mut sum = ManySummary::default();
+        // A BEGIN in the first part, its COMMIT in the last; each part within the limit.
+        for part in [vec![Statement::new("BEGIN", vec![]), ins(1), ins(2)], vec![ins(3), ins(4)]] {
+            t.next_part();
+            run_batch(&c, &part, &mut t, &limits, &mut sum).unwrap();
+        }
+        assert!(t.finish().is_err(), "the BEGIN is not closed yet");
+        t.next_part();
+        run_batch(&c, &[Statement::new("COMMIT", vec![])], &mut t, &limits, &mut sum).unwrap();
+        t.finish().unwrap();
+        // Returned rows were dropped, past --max-rows (1) without an error.
+        assert_eq!((sum.rows, sum.changes), (6, 4));
+        // A part over the limit fails, however few the stream ran before it.
+        let mut t = Tracker::summarising(Mode::OneShot);
+        let four = vec![ins(5), ins(6), ins(7), ins(8)];
+        let e = run_batch(&c, &four, &mut t, &limits, &mut sum).unwrap_err();
+        assert!(e.message.contains("--max-batch-statements"), "{e}");
     }
 
     #[test]

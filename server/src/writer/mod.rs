@@ -157,11 +157,11 @@ impl Writer {
             JobKind::SessionWrite(_) | JobKind::EndSession { .. } => {
                 self.sessions.refuse_stale(&self.core, job)
             }
-            JobKind::ManyRows(_) | JobKind::ManyEnd { .. } if mine => {
+            JobKind::ManyPart(_) | JobKind::ManyEnd { .. } if mine => {
                 many::run(&mut self.core, &mut self.sessions, job)
             }
             // The stream was rolled back (deadline, shutdown) after the client sent this.
-            JobKind::ManyRows(_) | JobKind::ManyEnd { .. } => many::refuse_stale(&self.core, job),
+            JobKind::ManyPart(_) | JobKind::ManyEnd { .. } => many::refuse_stale(&self.core, job),
             _ if holder.is_some() => self.sessions.park(job),
             JobKind::ManyBegin { .. } => many::begin(&mut self.core, &mut self.sessions, job, self.stopping),
             JobKind::Write(_) => self.group.run(&mut self.core, &mut self.sessions, &self.queue, job),

@@ -32,15 +32,37 @@ use crate::shared::{session_state, ClientEntry, Holder};
 use crate::sql::exec::{sql_error, Mode, SessionEnd, Tracker};
 use crate::texts;
 
-/// What the writer keeps of an open streamed executemany (`super::many`), which
-/// holds the writer as a session does.
+/// What the writer keeps of an open streamed executemany or batch
+/// (`super::many`), which holds the writer as a session does.
 #[derive(Debug)]
 pub(super) struct ManyStream {
-    pub(super) sql: String,
+    pub(super) body: StreamBody,
     pub(super) request_id: Option<RequestId>,
     pub(super) sum: ManySummary,
     /// The request's deadline: no lease renewal goes past it.
     pub(super) deadline: Instant,
+}
+
+/// What each part of a stream runs.
+#[derive(Debug)]
+pub(super) enum StreamBody {
+    /// An executemany: this one statement per parameter row.
+    Rows {
+        /// The statement (prepared once, from the statement cache).
+        sql: String,
+    },
+    /// A streamed batch: its statements, tracked across all its parts.
+    Statements(Tracker),
+}
+
+impl StreamBody {
+    /// The words messages use for this stream.
+    pub(super) fn words(&self) -> texts::StreamWords {
+        match self {
+            StreamBody::Rows { .. } => texts::EXECUTEMANY,
+            StreamBody::Statements(_) => texts::STREAMED_BATCH,
+        }
+    }
 }
 
 struct ActiveSession {
@@ -313,11 +335,13 @@ impl Sessions {
         if Instant::now() < s.lease_deadline {
             return;
         }
-        if s.many.is_some() {
+        if let Some(m) = &s.many {
+            let w = m.body.words();
             warn!(
-                "the executemany of {} sent no rows for the {} s lease or was not complete by its deadline; \
-                 rolled back",
+                "the {} of {} sent no {}s for the {} s lease or was not complete by its deadline; rolled back",
+                w.name,
                 s.client.describe(),
+                w.item,
                 core.shared.config.lease.as_secs_f64()
             );
         } else {
