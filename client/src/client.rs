@@ -23,7 +23,6 @@ use crate::error::{exchange_error, unexpected, ClientError, Result};
 use crate::many::{Chunker, StreamItem};
 use crate::options::{AutoStart, ConnectOptions};
 use crate::params::{Bound, Params};
-use crate::pipeline::Pipeline;
 use crate::tracking::Tracked;
 
 /// The default wait for the writer of a write session from `factory.writer()`.
@@ -235,15 +234,6 @@ impl Client {
     /// Marks the connection unusable (its stream's state is unknown).
     pub(crate) fn mark_broken(&mut self) {
         self.broken = true;
-    }
-
-    /// Pipelines one-shot writes on this connection: each is sent without
-    /// waiting for its answer, and the answers, matched in order, are read when
-    /// waited for ([`Pipeline`]). The broker commits the writes in flight
-    /// together, so one connection writes many times faster than with
-    /// [`Client::execute`]; each write keeps its own request id and outcome.
-    pub fn pipeline(&mut self) -> Pipeline<'_> {
-        Pipeline::new(self)
     }
 
     /// True once an I/O failure has made this connection unusable.

@@ -82,12 +82,20 @@ pub struct Pipeline<'c> {
     depth: usize,
 }
 
-impl<'c> Pipeline<'c> {
-    /// Pipelined writes on `client` (see [`Client::pipeline`]).
-    pub(crate) fn new(client: &'c mut Client) -> Pipeline<'c> {
-        Pipeline { client, sent: VecDeque::new(), done: BTreeMap::new(), next: 0, depth: DEFAULT_DEPTH }
+// Here rather than in `client.rs`, which knows nothing of pipelines: the
+// pipeline is built on the client's frame stream, not the other way round.
+impl Client {
+    /// Pipelines one-shot writes on this connection: each is sent without
+    /// waiting for its answer, and the answers, matched in order, are read when
+    /// waited for ([`Pipeline`]). The broker commits the writes in flight
+    /// together, so one connection writes many times faster than with
+    /// [`Client::execute`]; each write keeps its own request id and outcome.
+    pub fn pipeline(&mut self) -> Pipeline<'_> {
+        Pipeline { client: self, sent: VecDeque::new(), done: BTreeMap::new(), next: 0, depth: DEFAULT_DEPTH }
     }
+}
 
+impl<'c> Pipeline<'c> {
     /// At most `depth` writes unanswered (at least 1, and at most
     /// [`DEFAULT_DEPTH`], which is 1 on Windows): a submit beyond that reads the
     /// oldest answer first.
