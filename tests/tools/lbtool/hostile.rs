@@ -266,7 +266,7 @@ impl Attack {
         action
     }
 
-    /// A streamed executemany (which holds the writer while it runs) broken one
+    /// A streamed executemany or batch (which holds the writer while it runs) broken one
     /// way or another: left mid-stream, interrupted by another request or by
     /// garbage, ended with a wrong row count, mixed with pipelined writes, or
     /// left silent until its short deadline. Its statement only reads, so no
@@ -276,13 +276,17 @@ impl Attack {
         if !self.handshake(&s) {
             return;
         }
-        let begin = Request::ManyBegin {
-            sql: "SELECT ?1".into(),
-            opts: WriteOptions { timeout_ms: 300, ..WriteOptions::default() },
+        let opts = WriteOptions { timeout_ms: 300, ..WriteOptions::default() };
+        let n = 1 + self.rng.below(64);
+        // An executemany or a streamed batch: the same stream at the broker.
+        let (begin, part) = if self.rng.below(2) == 0 {
+            let rows = (0..n).map(|i| vec![Value::Integer(i as i64)]).collect();
+            (Request::ManyBegin { sql: "SELECT ?1".into(), opts }, Request::ManyRows { rows })
+        } else {
+            let statements = (0..n).map(|i| Statement::new(format!("SELECT {i}"), vec![])).collect();
+            (Request::BatchBegin { opts }, Request::BatchPart { statements })
         };
-        let rows =
-            |n: u64| Request::ManyRows { rows: (0..n).map(|i| vec![Value::Integer(i as i64)]).collect() };
-        let mut frames = vec![frame_of(&begin), frame_of(&rows(1 + self.rng.below(64)))];
+        let mut frames = vec![frame_of(&begin), frame_of(&part)];
         match self.rng.below(6) {
             // Left mid-stream: the connection's end rolls it back.
             0 => {}
