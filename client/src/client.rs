@@ -1,4 +1,7 @@
-//! A connection to the broker: requests, reconnecting, write sessions.
+//! A connection to the broker: requests, reconnecting, one-shot writes and
+//! write sessions. Its streams (executemany, streamed batches) are in
+//! `many.rs`, its pipeline in `pipeline.rs`, the operations' requests in
+//! `admin.rs`: each builds on the request path here.
 //!
 //! One file for [`Client`] and its [`WriteSession`] (over 600 lines): a session is a
 //! mode of one connection, run through the connection's own request path, and the
@@ -12,17 +15,13 @@ use litebroker_protocol::backoff::jitter;
 use litebroker_protocol::rendezvous::Location;
 use litebroker_protocol::stream::{ExchangeError, FrameStream};
 use litebroker_protocol::{
-    BackupReport, BrokerStatus, CheckpointMode, CheckpointReport, ClientInfo, DbStats, ErrorInfo, ErrorKind,
-    ExecResult, HealthReport, HelloAck, ManySummary, MetricsReport, Migration, MigrationReport, Request,
-    Response, RestoreReport, Statement, Value, VerifyReport, WriteOptions,
+    ErrorInfo, ErrorKind, ExecResult, HelloAck, Request, Response, Statement, Value, WriteOptions,
 };
 
 use crate::autostart::{self, StartOutcome};
 use crate::connect::{connect, Connected};
 use crate::error::{exchange_error, unexpected, ClientError, Result};
-use crate::many::{Chunker, StreamItem};
 use crate::options::{AutoStart, ConnectOptions};
-use crate::params::{Bound, Params};
 use crate::tracking::Tracked;
 
 /// The default wait for the writer of a write session from `factory.writer()`.
@@ -52,13 +51,13 @@ pub fn connect_or_start(opts: &ConnectOptions, auto: &AutoStart) -> Result<(Clie
 /// what the caller waits for.
 #[derive(Debug)]
 pub struct Client {
-    stream: FrameStream,
-    hello: HelloAck,
-    location: Location,
-    timeout: Duration,
+    pub(crate) stream: FrameStream,
+    pub(crate) hello: HelloAck,
+    pub(crate) location: Location,
+    pub(crate) timeout: Duration,
     /// Set after an I/O failure: the stream's state is unknown, so it is not reused.
-    broken: bool,
-    opts: ConnectOptions,
+    pub(crate) broken: bool,
+    pub(crate) opts: ConnectOptions,
     reconnects: u64,
     _tracked: Tracked,
 }
@@ -262,7 +261,7 @@ impl Client {
     /// Turns the outcome of an exchange into this library's terms: an error
     /// answer becomes [`ClientError::Broker`], and a failure that leaves the
     /// stream in an unknown state marks the connection broken.
-    fn settle(&mut self, answer: Result<Response, ExchangeError>) -> Result<Response> {
+    pub(crate) fn settle(&mut self, answer: Result<Response, ExchangeError>) -> Result<Response> {
         match answer {
             Ok(Response::Error(info)) => Err(ClientError::Broker(info)),
             Ok(resp) => Ok(resp),
@@ -300,7 +299,7 @@ impl Client {
         }
     }
 
-    fn call(&mut self, req: &Request, timeout: Duration) -> Result<Response> {
+    pub(crate) fn call(&mut self, req: &Request, timeout: Duration) -> Result<Response> {
         self.round_trip(req, timeout + ANSWER_GRACE)
     }
 
@@ -378,168 +377,6 @@ impl Client {
         }
     }
 
-    /// Runs `sql`, one statement, once per row of `rows`, in one transaction at
-    /// the broker (a streamed executemany): the rows are sent in chunks as the
-    /// iterator yields them, and run while they arrive, so a million rows never
-    /// sit in memory whole. Answers with a summary, not one result per row.
-    /// Each row's parameters convert as [`Client::execute`]'s do (positional
-    /// only here: [`crate::Db::execute_many`] takes named ones).
-    ///
-    /// # Errors
-    /// [`ClientError::RowFailed`] naming the first failing row (counting from 0);
-    /// [`ClientError::Parameter`] for a row that does not convert; a broker too
-    /// old for executemany (protocol minor below 2); the errors of
-    /// [`Client::execute`]. Nothing of the rows is applied then.
-    pub fn execute_many<P: Params>(
-        &mut self,
-        sql: &str,
-        rows: impl IntoIterator<Item = P>,
-    ) -> Result<ManySummary> {
-        let rows = rows.into_iter().map(|p| p.bind().and_then(Bound::into_positional));
-        self.execute_many_with(sql, rows, WriteOptions::default())
-    }
-
-    /// [`Client::execute_many`] with rows already converted, and explicit options:
-    /// the timeout covers the whole stream, and the request id the whole stream
-    /// (a new one unless given). The first `Err` row abandons the stream (nothing
-    /// applied) and is returned.
-    ///
-    /// Not resent after a lost connection (the rows were consumed): when the
-    /// answer was lost after the whole stream was sent, the error says so;
-    /// sending the same rows again with the same request id is then answered
-    /// from the broker's record if the first attempt committed, and applies them
-    /// once if it did not.
-    ///
-    /// # Errors
-    /// As [`Client::execute_many`].
-    pub fn execute_many_with(
-        &mut self,
-        sql: &str,
-        rows: impl IntoIterator<Item = Result<Vec<Value>>>,
-        opts: WriteOptions,
-    ) -> Result<ManySummary> {
-        self.stream(|opts| Request::ManyBegin { sql: sql.to_owned(), opts }, rows, opts)
-    }
-
-    /// Runs `statements` in order as one transaction at the broker (a streamed
-    /// batch): they are sent in parts as the iterator yields them and run while
-    /// they arrive, so a file of a million statements never sits in memory
-    /// whole. Each [`Statement`] may hold several `;`-separated statements (run
-    /// as [`Client::execute`] runs its SQL), and a `BEGIN … COMMIT` around the
-    /// whole stream is honoured. Answers with a summary ([`ManySummary::rows`]
-    /// counts the statements applied; rows they return are dropped), where
-    /// [`Client::execute_batch`] answers one result per statement.
-    ///
-    /// # Errors
-    /// [`ClientError::StatementFailed`] naming the first failing statement
-    /// (counting from 0); a broker too old for it (protocol minor below 3); the
-    /// errors of [`Client::execute`]. Nothing of the statements is applied then.
-    ///
-    /// ```no_run
-    /// # use litebroker_client::{Client, ConnectOptions, Statement, Value};
-    /// let mut client = Client::connect_with(&ConnectOptions::new("data/app.db"))?;
-    /// let load = (0..1_000_000i64)
-    ///     .map(|i| Statement::new("INSERT INTO skus (sku, qty) VALUES (?, ?)", vec![format!("sku-{i}").into(), Value::from(i % 7)]));
-    /// let done = client.execute_batch_stream(load)?;
-    /// assert_eq!(done.rows, 1_000_000);
-    /// # Ok::<(), litebroker_client::ClientError>(())
-    /// ```
-    pub fn execute_batch_stream(
-        &mut self,
-        statements: impl IntoIterator<Item = Statement>,
-    ) -> Result<ManySummary> {
-        self.execute_batch_stream_with(statements.into_iter().map(Ok), WriteOptions::default())
-    }
-
-    /// [`Client::execute_batch_stream`] with explicit options; the first `Err`
-    /// item abandons the stream (nothing applied) and is returned. Not resent,
-    /// as [`Client::execute_many_with`].
-    ///
-    /// # Errors
-    /// As [`Client::execute_batch_stream`].
-    pub fn execute_batch_stream_with(
-        &mut self,
-        statements: impl IntoIterator<Item = Result<Statement>>,
-        opts: WriteOptions,
-    ) -> Result<ManySummary> {
-        self.stream(|opts| Request::BatchBegin { opts }, statements, opts)
-    }
-
-    /// Sends a stream: the frame `begin` makes with the options, the items in
-    /// parts, then `ManyEnd`; one answer. The first `Err` item abandons it.
-    fn stream<T: StreamItem>(
-        &mut self,
-        begin: impl FnOnce(WriteOptions) -> Request,
-        items: impl IntoIterator<Item = Result<T>>,
-        mut opts: WriteOptions,
-    ) -> Result<ManySummary> {
-        let wait = timeout_of(&mut opts, self.timeout);
-        let deadline = Instant::now() + wait;
-        self.assign_request_id(&mut opts);
-        let id = opts.request_id;
-        let begin = begin(opts);
-        // An older broker could not decode the stream's frames.
-        if self.hello.minor < begin.since_minor() {
-            return Err(ClientError::Broker(ErrorInfo::new(
-                ErrorKind::Incompatible,
-                format!(
-                    "this broker speaks protocol {}.{}, and {} needs {}.{}: upgrade the broker",
-                    self.hello.protocol,
-                    self.hello.minor,
-                    T::NAME,
-                    self.hello.protocol,
-                    begin.since_minor()
-                ),
-            )));
-        }
-        self.send_part(&begin)?;
-        let mut chunks = Chunker::default();
-        let mut failure = None;
-        for item in items {
-            match item {
-                Ok(item) => {
-                    if let Some(chunk) = chunks.push(item) {
-                        self.send_part(&T::part(chunk))?;
-                    }
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
-            }
-        }
-        if let Some(chunk) = chunks.rest().filter(|_| failure.is_none()) {
-            self.send_part(&T::part(chunk))?;
-        }
-        let end = Request::ManyEnd { rows: chunks.total, commit: failure.is_none() };
-        let left = deadline.saturating_duration_since(Instant::now());
-        let answer = self.round_trip(&end, left + ANSWER_GRACE);
-        if let Some(e) = failure {
-            // Abandoned: the broker rolled the stream back (or the connection broke
-            // before it committed anything).
-            return Err(e);
-        }
-        match answer {
-            Ok(Response::ExecutedMany(s)) => Ok(s),
-            Ok(Response::ManyFailed { row, error }) => Err(T::failed(row, error)),
-            Ok(other) => Err(unexpected(T::NAME, &other)),
-            Err(ClientError::ConnectionLost { sent: true, reason }) => Err(ClientError::ConnectionLost {
-                sent: true,
-                reason: match id {
-                    Some(id) => format!(
-                        "{reason}; the {} is not resent by the client: send the same {} again with \
-                         request id {} and the broker applies them once",
-                        T::NAME,
-                        T::ITEMS,
-                        hex(&id)
-                    ),
-                    None => reason,
-                },
-            }),
-            Err(e) => Err(e),
-        }
-    }
-
     /// Sends a frame of a stream (see [`FrameStream::send`]). Nothing of the
     /// stream can have been applied when this fails: only its last frame commits.
     pub(crate) fn send_part(&mut self, req: &Request) -> Result<()> {
@@ -597,7 +434,7 @@ impl Client {
     /// Sends `req`, a request appended after protocol minor 0, after checking that
     /// the broker speaks the minor that appended it (an older broker could not
     /// decode it).
-    fn call_newer(&mut self, req: Request) -> Result<Response> {
+    pub(crate) fn call_newer(&mut self, req: Request) -> Result<Response> {
         if self.hello.minor < req.since_minor() {
             let h = &self.hello;
             return Err(ClientError::Unexpected(format!(
@@ -627,181 +464,6 @@ impl Client {
             Response::SessionEnded { committed } if committed == commit => Ok(()),
             other => Err(unexpected(req.kind(), &other)),
         }
-    }
-
-    /// The broker's status.
-    ///
-    /// # Errors
-    /// When the broker does not answer.
-    pub fn status(&mut self) -> Result<BrokerStatus> {
-        match self.call(&Request::Status, self.timeout)? {
-            Response::Status(s) => Ok(s),
-            other => Err(unexpected("status", &other)),
-        }
-    }
-
-    /// Whether the broker's guarantees hold now: exactly-once writes, and whether
-    /// it accepts writes at all (each with its reason when not).
-    ///
-    /// # Errors
-    /// When the broker does not answer, or is too old to tell (protocol minor 0).
-    pub fn health(&mut self) -> Result<HealthReport> {
-        match self.call_newer(Request::Health)? {
-            Response::Health(h) => Ok(h),
-            other => Err(unexpected("health", &other)),
-        }
-    }
-
-    /// The broker's figures: requests by kind and outcome, latency histograms,
-    /// queue, sessions, locks, WAL, checkpoints, process (the Prometheus data
-    /// model; [`MetricsReport::exposition`] renders the text format).
-    ///
-    /// # Errors
-    /// When the broker does not answer, or is too old to report them (protocol
-    /// minor below 2).
-    pub fn metrics(&mut self) -> Result<MetricsReport> {
-        match self.call_newer(Request::Metrics)? {
-            Response::Metrics(m) => Ok(m),
-            other => Err(unexpected("metrics", &other)),
-        }
-    }
-
-    /// Replication status: the supervised Litestream, the replica's and the local
-    /// positions, lag, the last error (`state` is `Off` without `--replicate`).
-    ///
-    /// # Errors
-    /// When the broker does not answer, or is too old to tell (protocol minor
-    /// below 2): then [`ClientError::Unexpected`].
-    pub fn replication(&mut self) -> Result<litebroker_protocol::replication::ReplicationReport> {
-        match self.call_newer(Request::Replication)? {
-            Response::Replication(r) => Ok(r),
-            other => Err(unexpected("replication", &other)),
-        }
-    }
-
-    /// The broker's connected clients.
-    ///
-    /// # Errors
-    /// When the broker does not answer.
-    pub fn connections(&mut self) -> Result<Vec<ClientInfo>> {
-        match self.call(&Request::Connections, self.timeout)? {
-            Response::Connections(c) => Ok(c),
-            other => Err(unexpected("connections", &other)),
-        }
-    }
-
-    /// Asks the broker to shut down cleanly.
-    ///
-    /// # Errors
-    /// When the broker does not answer.
-    pub fn shutdown(&mut self) -> Result<()> {
-        match self.call(&Request::Shutdown, self.timeout)? {
-            Response::ShuttingDown => Ok(()),
-            other => Err(unexpected("shutdown", &other)),
-        }
-    }
-
-    /// Database and broker figures.
-    ///
-    /// # Errors
-    /// When the broker cannot read the database or does not answer.
-    pub fn stats(&mut self) -> Result<DbStats> {
-        match self.call(&Request::Stats, self.timeout)? {
-            Response::Stats(s) => Ok(*s),
-            other => Err(unexpected("stats", &other)),
-        }
-    }
-
-    /// `integrity_check` and `foreign_key_check`, run by the broker on a read-only
-    /// connection.
-    ///
-    /// # Errors
-    /// When the broker cannot read the database or does not answer.
-    pub fn verify(&mut self) -> Result<VerifyReport> {
-        match self.call(&Request::Verify, self.timeout)? {
-            Response::Verify(r) => Ok(r),
-            other => Err(unexpected("verify", &other)),
-        }
-    }
-
-    /// Runs a WAL checkpoint at the broker.
-    ///
-    /// # Errors
-    /// When the checkpoint fails or the broker does not answer.
-    pub fn checkpoint(&mut self, mode: CheckpointMode) -> Result<CheckpointReport> {
-        match self.call(&Request::Checkpoint { mode }, self.timeout)? {
-            Response::Checkpoint(r) => Ok(r),
-            other => Err(unexpected("checkpoint", &other)),
-        }
-    }
-
-    /// An online backup into the database's `backups/` folder; `progress(done,
-    /// total)` is called while it runs. `keep` > 0 keeps only the newest `keep`.
-    ///
-    /// # Errors
-    /// When the copy or its check fails.
-    pub fn backup(
-        &mut self,
-        label: &str,
-        keep: u32,
-        progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<BackupReport> {
-        let req = Request::Backup { label: label.to_owned(), keep };
-        match self.call_with_progress(&req, self.timeout, progress)? {
-            Response::Backup(r) => Ok(r),
-            other => Err(unexpected("backup", &other)),
-        }
-    }
-
-    /// Replaces the database's content with the SQLite file at `path` (a path the
-    /// broker can read): verified first, a safety backup taken, then copied while
-    /// the broker holds the writer.
-    ///
-    /// # Errors
-    /// [`ErrorKind::VerificationFailed`] for a corrupt or non-SQLite file; any
-    /// failure of the copy (the database is then unchanged).
-    pub fn restore(&mut self, path: &Path) -> Result<RestoreReport> {
-        let abs = std::path::absolute(path)?;
-        let req =
-            Request::Restore { path: abs.to_string_lossy().into_owned(), timeout_ms: millis(self.timeout) };
-        match self.call_with_progress(&req, self.timeout, &mut |_, _| {})? {
-            Response::Restored(r) => Ok(r),
-            other => Err(unexpected("restore", &other)),
-        }
-    }
-
-    /// Applies the migrations above the database's schema version, each in its own
-    /// transaction, through the broker. Concurrent callers wait for each other; each
-    /// migration is applied exactly once.
-    ///
-    /// # Errors
-    /// The failing migration's error (it was rolled back; earlier ones stay).
-    pub fn migrate(&mut self, migrations: &[Migration]) -> Result<MigrationReport> {
-        let req = Request::Migrate { migrations: migrations.to_vec(), timeout_ms: millis(self.timeout) };
-        match self.call(&req, self.timeout)? {
-            Response::Migrated(r) => {
-                self.hello.schema_version = r.to_version;
-                Ok(r)
-            }
-            other => Err(unexpected("migrate", &other)),
-        }
-    }
-
-    /// Sends `req` and reads answers until one that is not [`Response::Progress`].
-    /// Long operations send progress frames, so the wait is renewed by each.
-    fn call_with_progress(
-        &mut self,
-        req: &Request,
-        timeout: Duration,
-        progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<Response> {
-        let mut resp = self.call(req, timeout)?;
-        while let Response::Progress { done, total } = resp {
-            progress(done, total);
-            let next = self.stream.read_response();
-            resp = self.settle(next)?;
-        }
-        Ok(resp)
     }
 
     /// Opens an exclusive write session on this connection, waiting up to `timeout`
@@ -981,7 +643,7 @@ pub(crate) fn hex(id: &[u8]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn millis(d: Duration) -> u32 {
+pub(crate) fn millis(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1)
 }
 

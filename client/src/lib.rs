@@ -52,6 +52,7 @@
 //! }
 //! ```
 
+mod admin;
 pub mod autostart;
 mod client;
 mod connect;

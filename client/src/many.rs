@@ -4,9 +4,15 @@
 //! items never sits in memory whole (on either side: the broker runs one part at
 //! a time while the next waits in the socket).
 
-use litebroker_protocol::{ErrorInfo, Request, Statement, Value};
+use std::time::Instant;
 
-use crate::error::ClientError;
+use litebroker_protocol::{
+    ErrorInfo, ErrorKind, ManySummary, Request, Response, Statement, Value, WriteOptions,
+};
+
+use crate::client::{hex, timeout_of, Client, ANSWER_GRACE};
+use crate::error::{unexpected, ClientError, Result};
+use crate::params::{Bound, Params};
 
 /// Items per part at most. Large enough that the broker's per-part hand-off to
 /// its writer costs little next to the items, small enough to keep a part's
@@ -101,6 +107,172 @@ impl<T: StreamItem> Chunker<T> {
     fn take(&mut self) -> Vec<T> {
         self.bytes = 0;
         std::mem::replace(&mut self.items, Vec::with_capacity(CHUNK_ROWS.min(256)))
+    }
+}
+
+// The streams are sent by the client, and live here with their parts: the
+// client's own file knows nothing of them.
+impl Client {
+    /// Runs `sql`, one statement, once per row of `rows`, in one transaction at
+    /// the broker (a streamed executemany): the rows are sent in chunks as the
+    /// iterator yields them, and run while they arrive, so a million rows never
+    /// sit in memory whole. Answers with a summary, not one result per row.
+    /// Each row's parameters convert as [`Client::execute`]'s do (positional
+    /// only here: [`crate::Db::execute_many`] takes named ones).
+    ///
+    /// # Errors
+    /// [`ClientError::RowFailed`] naming the first failing row (counting from 0);
+    /// [`ClientError::Parameter`] for a row that does not convert; a broker too
+    /// old for executemany (protocol minor below 2); the errors of
+    /// [`Client::execute`]. Nothing of the rows is applied then.
+    pub fn execute_many<P: Params>(
+        &mut self,
+        sql: &str,
+        rows: impl IntoIterator<Item = P>,
+    ) -> Result<ManySummary> {
+        let rows = rows.into_iter().map(|p| p.bind().and_then(Bound::into_positional));
+        self.execute_many_with(sql, rows, WriteOptions::default())
+    }
+
+    /// [`Client::execute_many`] with rows already converted, and explicit options:
+    /// the timeout covers the whole stream, and the request id the whole stream
+    /// (a new one unless given). The first `Err` row abandons the stream (nothing
+    /// applied) and is returned.
+    ///
+    /// Not resent after a lost connection (the rows were consumed): when the
+    /// answer was lost after the whole stream was sent, the error says so;
+    /// sending the same rows again with the same request id is then answered
+    /// from the broker's record if the first attempt committed, and applies them
+    /// once if it did not.
+    ///
+    /// # Errors
+    /// As [`Client::execute_many`].
+    pub fn execute_many_with(
+        &mut self,
+        sql: &str,
+        rows: impl IntoIterator<Item = Result<Vec<Value>>>,
+        opts: WriteOptions,
+    ) -> Result<ManySummary> {
+        self.stream(|opts| Request::ManyBegin { sql: sql.to_owned(), opts }, rows, opts)
+    }
+
+    /// Runs `statements` in order as one transaction at the broker (a streamed
+    /// batch): they are sent in parts as the iterator yields them and run while
+    /// they arrive, so a file of a million statements never sits in memory
+    /// whole. Each [`Statement`] may hold several `;`-separated statements (run
+    /// as [`Client::execute`] runs its SQL), and a `BEGIN … COMMIT` around the
+    /// whole stream is honoured. Answers with a summary ([`ManySummary::rows`]
+    /// counts the statements applied; rows they return are dropped), where
+    /// [`Client::execute_batch`] answers one result per statement.
+    ///
+    /// # Errors
+    /// [`ClientError::StatementFailed`] naming the first failing statement
+    /// (counting from 0); a broker too old for it (protocol minor below 3); the
+    /// errors of [`Client::execute`]. Nothing of the statements is applied then.
+    ///
+    /// ```no_run
+    /// # use litebroker_client::{Client, ConnectOptions, Statement, Value};
+    /// let mut client = Client::connect_with(&ConnectOptions::new("data/app.db"))?;
+    /// let load = (0..1_000_000i64)
+    ///     .map(|i| Statement::new("INSERT INTO skus (sku, qty) VALUES (?, ?)", vec![format!("sku-{i}").into(), Value::from(i % 7)]));
+    /// let done = client.execute_batch_stream(load)?;
+    /// assert_eq!(done.rows, 1_000_000);
+    /// # Ok::<(), litebroker_client::ClientError>(())
+    /// ```
+    pub fn execute_batch_stream(
+        &mut self,
+        statements: impl IntoIterator<Item = Statement>,
+    ) -> Result<ManySummary> {
+        self.execute_batch_stream_with(statements.into_iter().map(Ok), WriteOptions::default())
+    }
+
+    /// [`Client::execute_batch_stream`] with explicit options; the first `Err`
+    /// item abandons the stream (nothing applied) and is returned. Not resent,
+    /// as [`Client::execute_many_with`].
+    ///
+    /// # Errors
+    /// As [`Client::execute_batch_stream`].
+    pub fn execute_batch_stream_with(
+        &mut self,
+        statements: impl IntoIterator<Item = Result<Statement>>,
+        opts: WriteOptions,
+    ) -> Result<ManySummary> {
+        self.stream(|opts| Request::BatchBegin { opts }, statements, opts)
+    }
+
+    /// Sends a stream: the frame `begin` makes with the options, the items in
+    /// parts, then `ManyEnd`; one answer. The first `Err` item abandons it.
+    fn stream<T: StreamItem>(
+        &mut self,
+        begin: impl FnOnce(WriteOptions) -> Request,
+        items: impl IntoIterator<Item = Result<T>>,
+        mut opts: WriteOptions,
+    ) -> Result<ManySummary> {
+        let wait = timeout_of(&mut opts, self.timeout);
+        let deadline = Instant::now() + wait;
+        self.assign_request_id(&mut opts);
+        let id = opts.request_id;
+        let begin = begin(opts);
+        // An older broker could not decode the stream's frames.
+        if self.hello.minor < begin.since_minor() {
+            return Err(ClientError::Broker(ErrorInfo::new(
+                ErrorKind::Incompatible,
+                format!(
+                    "this broker speaks protocol {}.{}, and {} needs {}.{}: upgrade the broker",
+                    self.hello.protocol,
+                    self.hello.minor,
+                    T::NAME,
+                    self.hello.protocol,
+                    begin.since_minor()
+                ),
+            )));
+        }
+        self.send_part(&begin)?;
+        let mut chunks = Chunker::default();
+        let mut failure = None;
+        for item in items {
+            match item {
+                Ok(item) => {
+                    if let Some(chunk) = chunks.push(item) {
+                        self.send_part(&T::part(chunk))?;
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(chunk) = chunks.rest().filter(|_| failure.is_none()) {
+            self.send_part(&T::part(chunk))?;
+        }
+        let end = Request::ManyEnd { rows: chunks.total, commit: failure.is_none() };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let answer = self.round_trip(&end, left + ANSWER_GRACE);
+        if let Some(e) = failure {
+            // Abandoned: the broker rolled the stream back (or the connection broke
+            // before it committed anything).
+            return Err(e);
+        }
+        match answer {
+            Ok(Response::ExecutedMany(s)) => Ok(s),
+            Ok(Response::ManyFailed { row, error }) => Err(T::failed(row, error)),
+            Ok(other) => Err(unexpected(T::NAME, &other)),
+            Err(ClientError::ConnectionLost { sent: true, reason }) => Err(ClientError::ConnectionLost {
+                sent: true,
+                reason: match id {
+                    Some(id) => format!(
+                        "{reason}; the {} is not resent by the client: send the same {} again with \
+                         request id {} and the broker applies them once",
+                        T::NAME,
+                        T::ITEMS,
+                        hex(&id)
+                    ),
+                    None => reason,
+                },
+            }),
+            Err(e) => Err(e),
+        }
     }
 }
 
