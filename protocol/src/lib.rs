@@ -26,6 +26,7 @@
 //! client understands, whatever its version.
 
 pub mod backoff;
+mod feed;
 pub mod frame;
 pub mod host;
 mod messages;
@@ -34,16 +35,19 @@ pub mod metrics;
 pub mod pipe_deadline;
 pub mod rendezvous;
 pub mod replication;
+mod reports;
 #[cfg(feature = "rusqlite")]
 pub mod sql;
 pub mod stream;
 
+pub use feed::*;
 pub use frame::{
     decode_payload, encode_frame, read_frame, write_frame, FrameError, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN,
     HARD_MAX_FRAME,
 };
 pub use messages::*;
 pub use metrics::{HistogramValue, MetricFamily, MetricKind, MetricSeries, MetricValue, MetricsReport};
+pub use reports::*;
 
 /// Major protocol version. Part of the socket name: brokers and clients of different
 /// majors never talk on the same socket. Bumped for any incompatible change.
