@@ -33,10 +33,11 @@
 //!   `direct-immediate` at 8, which its targets compare it with.
 //! - `broker-bulk`: one client sending 100,000 rows for one INSERT as one streamed
 //!   executemany (`Client::execute_many_with`): one transaction, one summary.
-//! - `import` (the synchronous setting NORMAL, or the first asked for): a
-//!   1,000,000-row CSV loaded by `litebroker import` and by the sqlite3 CLI's
-//!   `.import`, same file, same run: rows/s of both, their ratio, the broker's
-//!   peak RSS (module `import`).
+//! - `import` and `batch` (the synchronous setting NORMAL, or the first asked
+//!   for): a 1,000,000-row CSV loaded by `litebroker import` and by the sqlite3
+//!   CLI's `.import`, and a 1,000,000-INSERT SQL file by `litebroker batch` and
+//!   by the sqlite3 CLI's `.read`, same file, same run: rows/s of both, their
+//!   ratio, the broker's peak RSS (module `load`).
 //!
 //! Latency figures are those of the worst client: for p50, p99 and max, the largest
 //! value any client saw. Fairness is the smallest per-client write count divided by
@@ -55,8 +56,8 @@
 #[path = "lbbench/broker.rs"]
 mod broker;
 #[cfg(unix)]
-#[path = "lbbench/import.rs"]
-mod import;
+#[path = "lbbench/load.rs"]
+mod load;
 #[cfg(unix)]
 #[path = "lbbench/measure.rs"]
 mod measure;

@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::{json, Value as Json};
 
-use crate::import::{ImportFigures, IMPORT_ROWS};
+use crate::load::{Load, LoadFigures};
 use crate::measure::Sample;
 use crate::scenario::{Mode, SyncMode, WATCHERS, WATCH_WRITERS};
 use crate::stats::median;
@@ -140,7 +140,7 @@ fn find(all: &[Summary], mode: Mode, sync: SyncMode, n: usize) -> Option<&Summar
 }
 
 /// The performance targets, as ratios from this run.
-fn targets(all: &[Summary], rtt_p50: f64, import: Option<&ImportFigures>) -> Vec<Json> {
+fn targets(all: &[Summary], rtt_p50: f64, loads: &[LoadFigures]) -> Vec<Json> {
     let mut out = Vec::new();
     let mut push = |name: String, value: f64, goal: String, met: bool| {
         out.push(json!({ "target": name, "value": round2(value), "goal": goal, "met": met }));
@@ -305,9 +305,10 @@ fn targets(all: &[Summary], rtt_p50: f64, import: Option<&ImportFigures>) -> Vec
             );
         }
     }
-    if let Some(f) = import {
+    // The issue's goals are the import's; `batch` is reported without one.
+    if let Some(f) = loads.iter().find(|f| f.load == Load::Import) {
         let (_, _, ratio) = f.medians();
-        let s = f.sync.map_or("", SyncMode::as_str);
+        let s = f.sync.as_str();
         push(
             format!("{s}: import rows/s, litebroker import / sqlite3 .import"),
             ratio,
@@ -407,14 +408,14 @@ pub struct Run<'a> {
     pub fsync: (f64, f64),
     /// Measurements redone because other processes disturbed them.
     pub redone: usize,
-    /// The `import` scenario, when it ran.
-    pub import: Option<&'a ImportFigures>,
+    /// The file-load scenarios that ran.
+    pub loads: &'a [LoadFigures],
 }
 
 /// Prints the report (text, then one JSON line) and saves both under `out`:
 /// time-stamped and as `latest-<quick|full>`.
 pub fn publish(r: &Run, out: &Path) -> Result<()> {
-    let goals = targets(r.all, r.rtt.0, r.import);
+    let goals = targets(r.all, r.rtt.0, r.loads);
     let mut text = format!(
         "lbbench on {}\n{} s per measurement, {} repetitions (median, range over repetitions; \
          latency = worst client, max = worst repetition); run took {:.0} s\n\n",
@@ -434,21 +435,8 @@ pub fn publish(r: &Run, out: &Path) -> Result<()> {
     );
     text.push_str(&table(r.all, r.rtt));
     let _ = writeln!(text, "broker ping (Ping request, no writer): p50 {:.1} µs", r.ping);
-    if let Some(f) = r.import {
-        let (l, s, ratio) = f.medians();
-        let _ = writeln!(
-            text,
-            "import ({} rows, {:.1} MB CSV, synchronous {}, median of {}): litebroker import {:.0} rows/s, \
-             sqlite3 .import {:.0} rows/s, ratio {:.2}; broker peak RSS {:.1} MiB",
-            IMPORT_ROWS,
-            f.file_bytes as f64 / 1e6,
-            f.sync.map_or("", SyncMode::as_str),
-            f.litebroker.len(),
-            l,
-            s,
-            ratio,
-            f.peak_rss_mib()
-        );
+    for f in r.loads {
+        let _ = writeln!(text, "{}", f.line());
     }
     text.push_str("\ntargets:\n");
     for g in &goals {
@@ -473,7 +461,8 @@ pub fn publish(r: &Run, out: &Path) -> Result<()> {
         "fdatasync_p50_us": [round(r.fsync.0), round(r.fsync.1)],
         "other_load_max": round3(worst_foreign),
         "redone": r.redone,
-        "import": r.import.map(ImportFigures::to_json),
+        "import": r.loads.iter().find(|f| f.load == Load::Import).map(LoadFigures::to_json),
+        "batch": r.loads.iter().find(|f| f.load == Load::Batch).map(LoadFigures::to_json),
         "targets": goals,
     });
     let line = doc.to_string();

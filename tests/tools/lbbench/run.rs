@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 
-use crate::import::measure_import;
+use crate::load::{self, Load};
 use crate::measure::measure;
 use crate::probes::{broker_ping, fsync_probe, socket_rtt};
 use crate::quiet::{wait_quiet, Foreign, QUIET};
@@ -145,14 +145,15 @@ pub fn run(a: RunArgs) -> Result<()> {
             sum.samples.push(s);
         }
     }
-    // The import scenario last: its large files would slow whatever runs next.
-    let import = if a.only.is_empty() || a.only.iter().any(|o| o == "import") {
-        let sync = if a.sync.contains(&SyncMode::Normal) { SyncMode::Normal } else { a.sync[0] };
-        wait_quiet(patience(a.max_quiet_wait));
-        Some(measure_import(&work, sync, repeats).context("import")?)
-    } else {
-        None
-    };
+    // The file loads last: their large files would slow whatever runs next.
+    let mut loads = Vec::new();
+    for l in [Load::Import, Load::Batch] {
+        if a.only.is_empty() || a.only.iter().any(|o| o == l.name()) {
+            let sync = if a.sync.contains(&SyncMode::Normal) { SyncMode::Normal } else { a.sync[0] };
+            wait_quiet(patience(a.max_quiet_wait));
+            loads.push(load::measure(l, &work, sync, repeats).context(l.name())?);
+        }
+    }
     let fsync_after = fsync_probe(&work)?;
     let run = Run {
         machine: &machine,
@@ -165,7 +166,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         ping,
         fsync: (fsync_before, fsync_after),
         redone,
-        import: import.as_ref(),
+        loads: &loads,
     };
     publish(&run, &out)?;
     std::fs::remove_dir_all(&work).ok();
