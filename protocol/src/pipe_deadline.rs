@@ -42,8 +42,10 @@ struct SlotState {
 
 struct Slot {
     state: Mutex<SlotState>,
-    /// Disconnect the pipe too (broker side): later I/O fails at once.
-    disconnect: bool,
+    /// The pipe name of the broker whose end of a pipe this is (None: a
+    /// client's end). A broker's end is disconnected too when its deadline
+    /// passes, so that later I/O fails at once, and at that broker's shutdown.
+    server_of: Option<String>,
 }
 
 impl Slot {
@@ -54,7 +56,7 @@ impl Slot {
         // SAFETY: the handle is valid: it is only closed after `release`, which
         // takes this slot's lock, held here.
         unsafe {
-            if self.disconnect {
+            if self.server_of.is_some() {
                 DisconnectNamedPipe(h);
             }
             CancelIoEx(h, std::ptr::null());
@@ -132,19 +134,21 @@ pub struct PipeDeadline {
 
 impl std::fmt::Debug for PipeDeadline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PipeDeadline").field("disconnect", &self.slot.disconnect).finish_non_exhaustive()
+        f.debug_struct("PipeDeadline").field("server_of", &self.slot.server_of).finish_non_exhaustive()
     }
 }
 
 impl PipeDeadline {
-    /// Watches the pipe handle of `stream`. `disconnect`: also disconnect the pipe when the
-    /// deadline passes (only meaningful on the server end of a pipe).
-    pub fn new(stream: &Stream, disconnect: bool) -> PipeDeadline {
+    /// Watches the pipe handle of `stream`. `server_of`: the pipe name of the
+    /// broker whose end of the pipe this is (None for a client's end); a broker's
+    /// end is also disconnected when the deadline passes, and by
+    /// [`disconnect_servers`] at that broker's shutdown.
+    pub fn new(stream: &Stream, server_of: Option<&str>) -> PipeDeadline {
         let Stream::NamedPipe(pipe) = stream;
         let handle: RawHandle = pipe.as_handle().as_raw_handle();
         let slot = Arc::new(Slot {
             state: Mutex::new(SlotState { handle: Some(handle as usize), deadline: None, fired: false }),
-            disconnect,
+            server_of: server_of.map(str::to_owned),
         });
         let mut watch = lock(&registry().slots);
         watch.slots.retain(|w| w.strong_count() > 0);
@@ -194,12 +198,15 @@ impl Drop for PipeDeadline {
     }
 }
 
-/// Disconnects every watched broker-side pipe of this process now (the broker's
-/// shutdown: idle connections blocked in a read end at once, and the pipe name
-/// disappears before the single-instance lock is released).
-pub fn disconnect_all_servers() {
+/// Disconnects every watched end of the broker serving the pipe name `pipe`
+/// now (its shutdown: idle connections blocked in a read end at once, and the
+/// pipe name disappears before the single-instance lock is released). Only that
+/// broker's: a process may run several (tests do), and stopping one must not cut
+/// the others' clients.
+pub fn disconnect_servers(pipe: &str) {
     let watch = lock(&registry().slots);
-    for slot in watch.slots.iter().filter_map(Weak::upgrade).filter(|s| s.disconnect) {
+    for slot in watch.slots.iter().filter_map(Weak::upgrade).filter(|s| s.server_of.as_deref() == Some(pipe))
+    {
         let mut st = lock(&slot.state);
         slot.fire(&mut st);
     }

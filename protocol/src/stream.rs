@@ -94,7 +94,7 @@ impl FrameStream {
         let stream = Stream::connect(socket_name(socket)?)?;
         Ok(FrameStream {
             #[cfg(windows)]
-            deadline: crate::pipe_deadline::PipeDeadline::new(&stream, false),
+            deadline: crate::pipe_deadline::PipeDeadline::new(&stream, None),
             reader: BufReader::with_capacity(64 * 1024, stream),
             wbuf: Vec::with_capacity(4096),
             rbuf: Vec::with_capacity(4096),

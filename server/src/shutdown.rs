@@ -153,7 +153,7 @@ pub(crate) fn wait_then_stop(stop: Receiver<StopReason>, broker: Running) -> Res
     // pipe instances (the pipe name lives on with them).
     instance::remove_socket_file(&location);
     #[cfg(windows)]
-    litebroker_protocol::pipe_deadline::disconnect_all_servers();
+    litebroker_protocol::pipe_deadline::disconnect_servers(&shared.socket);
     // 9. The lock, last.
     lock.release(&location);
     info!("stopped cleanly");

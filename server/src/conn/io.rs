@@ -72,15 +72,20 @@ pub(super) struct FrameIo {
 
 impl FrameIo {
     /// Frames on `stream`, which was just accepted: until the handshake, a silent
-    /// peer is given the handshake's time only.
-    pub(super) fn new(stream: Stream, config: &Config) -> FrameIo {
+    /// peer is given the handshake's time only. `pipe` is the broker's pipe name:
+    /// on Windows the pipe watchdog knows this broker's ends by it.
+    pub(super) fn new(
+        stream: Stream,
+        config: &Config,
+        #[cfg_attr(not(windows), allow(unused_variables))] pipe: &str,
+    ) -> FrameIo {
         let first_wait = config.handshake_timeout.min(config.io_timeout);
         // Unix sockets honour these; on Windows the pipe does not support them and
         // the pipe watchdog disconnects a client that misses the same deadlines.
         let _ = stream.set_recv_timeout(Some(first_wait));
         let _ = stream.set_send_timeout(Some(config.io_timeout));
         #[cfg(windows)]
-        let deadline = litebroker_protocol::pipe_deadline::PipeDeadline::new(&stream, true);
+        let deadline = litebroker_protocol::pipe_deadline::PipeDeadline::new(&stream, Some(pipe));
         #[cfg(windows)]
         deadline.arm(config.handshake_timeout);
         FrameIo {

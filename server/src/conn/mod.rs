@@ -41,7 +41,7 @@ use crate::writer::WriterHandle;
 
 /// Serves one client until it leaves, misbehaves or the broker stops.
 pub fn serve(stream: Stream, shared: Arc<Shared>, writer: Arc<WriterHandle>, peer_pid: Option<u32>) {
-    let io = FrameIo::new(stream, &shared.config);
+    let io = FrameIo::new(stream, &shared.config, &shared.socket);
     // Room for the reply of every job the connection may have in flight.
     let (tx, replies) = mpsc::sync_channel(PIPELINE_DEPTH + 1);
     let (direct, reply) = Direct::new(io.stream(), shared.config.max_frame, tx, shared.clone());
