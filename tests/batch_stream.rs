@@ -54,6 +54,10 @@ fn write_file(path: &Path, n: u64, bad_at: Option<u64>) {
 }
 
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "reads the broker's peak RSS (VmHWM) from /proc, which only Linux has"
+)]
 fn a_big_file_streams_in_whole_with_the_brokers_memory_far_below_its_size() {
     let (t, b) = setup();
     let file = t.path().join("big.sql");
@@ -173,6 +177,7 @@ fn a_stream_resent_after_a_lost_answer_is_applied_once() {
 }
 
 #[test]
+#[cfg_attr(litebroker_wine, ignore = "drives the sqlite3 CLI, a Linux program Wine cannot start")]
 fn a_wrapped_file_and_a_sqlite3_dump_load() {
     let (t, b) = setup();
     let db = t.db();
