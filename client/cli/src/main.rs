@@ -1,19 +1,18 @@
 //! `litebroker`: ad-hoc writes, reads and operations against a database served by
 //! `litebrokerd`.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use litebroker_client::protocol::FrameError;
-use litebroker_client::{
-    AutoStart, Client, ClientError, ConnectOptions, ErrorKind, ExecResult, Reader, Value, LOCKED_USER_TEXT,
-};
+use litebroker_client::{AutoStart, Client, ClientError, ConnectOptions, Reader, Value};
 use serde_json::{json, Value as Json};
 
-use render::{Format, Style};
+pub(crate) use failure::{client_failure, fail, if_known, reported, Failure};
+pub(crate) use output::{ms_to_text, output_width, print_exec, print_rows, ratio, rows_json, style};
+use render::Format;
 
 /// Writes through the database's broker, reads through a local read-only
 /// connection, and operates the broker. Without a command, on a terminal: the
@@ -289,10 +288,12 @@ enum ModeArg {
 
 mod batch;
 mod doctor;
+mod failure;
 mod import;
 mod linemap;
 mod metrics;
 mod ops;
+mod output;
 mod params;
 mod render;
 mod replication;
@@ -300,90 +301,6 @@ mod shell;
 mod statements;
 mod top;
 mod watch;
-
-/// A failure with its exit code.
-pub(crate) struct Failure {
-    pub(crate) code: u8,
-    pub(crate) kind: &'static str,
-    pub(crate) message: String,
-    /// The command already printed its result document (e.g. a failed `verify`):
-    /// with `--json`, no second (error) document follows it.
-    pub(crate) reported: bool,
-}
-
-fn fail(code: u8, kind: &'static str, message: impl Into<String>) -> Failure {
-    Failure { code, kind, message: message.into(), reported: false }
-}
-
-/// A failure whose details the command already printed.
-fn reported(code: u8, kind: &'static str, message: impl Into<String>) -> Failure {
-    Failure { reported: true, ..fail(code, kind, message) }
-}
-
-impl From<anyhow::Error> for Failure {
-    fn from(e: anyhow::Error) -> Self {
-        // Errors from the client library keep their exit code through the context chain.
-        if let Some(ce) = e.downcast_ref::<ClientError>() {
-            let mut f = client_failure(ce, None);
-            f.message = format!("{e:#}");
-            return f;
-        }
-        fail(1, "error", format!("{e:#}"))
-    }
-}
-
-/// A report the broker may be too old to give: None then (the client library
-/// says so with `Unexpected`, before sending anything).
-pub(crate) fn if_known<T>(r: Result<T, ClientError>) -> Result<Option<T>, ClientError> {
-    match r {
-        Ok(v) => Ok(Some(v)),
-        Err(ClientError::Unexpected(_)) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-fn client_failure(e: &ClientError, cli: Option<&Cli>) -> Failure {
-    match e {
-        ClientError::NotRunning { .. } => {
-            let db = cli.map_or_else(|| "data/app.db".into(), |c| c.db.display().to_string());
-            fail(
-                3,
-                "not_running",
-                format!(
-                    "{e}.\nReads still work without it (read-only mode): litebroker --db {db} query \"SELECT …\"\n\
-                     Start the broker with: litebrokerd --db {db}"
-                ),
-            )
-        }
-        ClientError::ConnectionLost { .. } => fail(3, "connection_lost", e.to_string()),
-        ClientError::AutoStart(_) => fail(3, "autostart_failed", e.to_string()),
-        ClientError::Frame(FrameError::TooLarge { .. }) => fail(6, "limit_exceeded", e.to_string()),
-        ClientError::Untrusted(_) => fail(3, "untrusted_broker", e.to_string()),
-        ClientError::Broker(info) => match info.kind {
-            ErrorKind::VerificationFailed => fail(5, "verification_failed", info.message.clone()),
-            ErrorKind::LimitExceeded => fail(6, "limit_exceeded", info.message.clone()),
-            ErrorKind::WritesStopped => {
-                let db = cli.map_or_else(|| "data/app.db".into(), |c| c.db.display().to_string());
-                fail(
-                    3,
-                    "writes_stopped",
-                    format!("{}\nReads still work: litebroker --db {db} query \"SELECT …\"", info.message),
-                )
-            }
-            ErrorKind::SchemaMismatch => fail(1, "schema_mismatch", info.message.clone()),
-            ErrorKind::Locked => {
-                fail(4, "locked", format!("{LOCKED_USER_TEXT}\n\nDetails: {}", info.message))
-            }
-            ErrorKind::Timeout => fail(4, "timeout", info.message.clone()),
-            ErrorKind::ShuttingDown | ErrorKind::Incompatible => {
-                fail(3, info.kind.as_str(), info.message.clone())
-            }
-            k => fail(1, k.as_str(), info.message.clone()),
-        },
-        e if e.is_locked() => fail(4, "locked", format!("{LOCKED_USER_TEXT}\n\nDetails: {e}")),
-        other => fail(1, "error", other.to_string()),
-    }
-}
 
 /// The SQL and the parameters of `exec`/`query`; a SQL without any statement
 /// (empty, or only comments) is a usage error.
@@ -418,82 +335,6 @@ fn param_values(cli: &Cli, sql: &str, args: &[String]) -> Result<Vec<Value>, Fai
     params::resolve(args, &prepared)
 }
 
-fn rows_json(columns: &[String], rows: &[Vec<Value>]) -> Json {
-    json!({
-        "columns": columns,
-        "rows": rows.iter().map(|r| r.iter().map(render::to_json).collect::<Vec<_>>()).collect::<Vec<_>>(),
-    })
-}
-
-/// The width display formats fit: `--width`, else the terminal's when stdout is one.
-fn output_width(cli: &Cli) -> Option<usize> {
-    match cli.width {
-        Some(0) => None,
-        Some(w) => Some(w),
-        None if std::io::stdout().is_terminal() => {
-            console::Term::stdout().size_checked().map(|(_rows, cols)| usize::from(cols))
-        }
-        None => None,
-    }
-}
-
-/// How rows are printed on stdout.
-pub(crate) fn style(cli: &Cli) -> Style {
-    Style {
-        format: cli.format.unwrap_or(Format::Table),
-        headers: true,
-        null: cli.null.clone(),
-        width: output_width(cli),
-    }
-}
-
-/// Prints rows on stdout in `style`.
-pub(crate) fn print_rows(columns: &[String], rows: &[Vec<Value>], style: &Style) -> Result<(), Failure> {
-    let mut out = std::io::stdout().lock();
-    render::write_rows(&mut out, columns, rows, style)
-        .and_then(|()| out.flush())
-        .map_err(|e| fail(1, "error", format!("cannot write the output: {e}")))
-}
-
-/// Prints what `exec` or `batch` did: the rows of a statement returning rows, and
-/// the counters. In data formats (csv, tsv, json, jsonl) a result without rows is
-/// the one row `changes, last_insert_rowid`, so the output stays parseable.
-pub(crate) fn print_exec(cli: &Cli, r: &ExecResult) -> Result<(), Failure> {
-    if cli.json {
-        let mut doc = json!({ "changes": r.changes, "last_insert_rowid": r.last_insert_rowid });
-        if !r.columns.is_empty() {
-            let rows = rows_json(&r.columns, &r.rows);
-            doc["columns"] = rows["columns"].clone();
-            doc["rows"] = rows["rows"].clone();
-        }
-        println!("{doc}");
-        return Ok(());
-    }
-    let style = style(cli);
-    if style.format.is_data() {
-        return if r.columns.is_empty() {
-            let columns = ["changes".to_owned(), "last_insert_rowid".to_owned()];
-            print_rows(
-                &columns,
-                &[vec![Value::Integer(r.changes as i64), Value::Integer(r.last_insert_rowid)]],
-                &style,
-            )
-        } else {
-            print_rows(&r.columns, &r.rows, &style)
-        };
-    }
-    if !r.columns.is_empty() {
-        print_rows(&r.columns, &r.rows, &style)?;
-    }
-    // After rows the counters are noise (the rowid is the connection's last
-    // insert, from any earlier statement) unless the statement changed rows too
-    // (`INSERT … RETURNING`).
-    if r.columns.is_empty() || r.changes > 0 {
-        println!("changes: {}, last insert rowid: {}", r.changes, r.last_insert_rowid);
-    }
-    Ok(())
-}
-
 fn connect_options(cli: &Cli) -> ConnectOptions {
     let mut opts = ConnectOptions::new(&cli.db).client_name("litebroker-cli");
     opts.socket = cli.socket.clone();
@@ -516,24 +357,6 @@ pub(crate) fn connect_for_write(cli: &Cli) -> Result<Client, Failure> {
         opts.autostart = Some(AutoStart::default());
     }
     Client::connect_with(&opts).map_err(|e| client_failure(&e, Some(cli)))
-}
-
-/// `total / count`, 0 when nothing was counted yet.
-fn ratio(total: u64, count: u64) -> f64 {
-    if count == 0 {
-        0.0
-    } else {
-        total as f64 / count as f64
-    }
-}
-
-fn ms_to_text(ms: u64) -> String {
-    let s = ms / 1000;
-    match s {
-        0..=59 => format!("{:.1} s", ms as f64 / 1000.0),
-        60..=3599 => format!("{}m {:02}s", s / 60, s % 60),
-        _ => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
-    }
 }
 
 fn run(cli: &Cli) -> Result<(), Failure> {
@@ -831,6 +654,8 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
     use litebroker_client::protocol::ErrorInfo;
+    use litebroker_client::protocol::FrameError;
+    use litebroker_client::ErrorKind;
 
     #[test]
     fn each_broker_refusal_gets_its_exit_code() {
