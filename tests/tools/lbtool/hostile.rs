@@ -81,6 +81,15 @@ impl Attack {
         }
     }
 
+    /// Holds `s` open and silent, the oldest of 8 held going first (or the
+    /// broker's io timeout dropping them before).
+    fn keep_stalled(&mut self, s: RawConn) {
+        self.stalled.push_back(s);
+        if self.stalled.len() > 8 {
+            self.stalled.pop_front();
+        }
+    }
+
     fn handshake(&mut self, s: &RawConn) -> bool {
         if !send(s, &frame_of(&Request::Hello(hello("lbtool-hostile")))) {
             return false;
@@ -165,10 +174,7 @@ impl Attack {
                 send(&s, &bytes);
                 self.drain(&s, 1);
                 if keep {
-                    self.stalled.push_back(s);
-                    if self.stalled.len() > 8 {
-                        self.stalled.pop_front();
-                    }
+                    self.keep_stalled(s);
                 }
             }
             4 => {
@@ -212,10 +218,7 @@ impl Attack {
                 send(&s, &full[..full.len() / 2]);
                 // Held open, silent, until pushed out by newer ones (or the broker's
                 // io timeout drops them first).
-                self.stalled.push_back(s);
-                if self.stalled.len() > 8 {
-                    self.stalled.pop_front();
-                }
+                self.keep_stalled(s);
             }
             6 => {
                 for _ in 0..20 {
@@ -304,10 +307,7 @@ impl Attack {
             }
             _ => {
                 send(&s, &frames.concat());
-                self.stalled.push_back(s);
-                if self.stalled.len() > 8 {
-                    self.stalled.pop_front();
-                }
+                self.keep_stalled(s);
                 return;
             }
         }
